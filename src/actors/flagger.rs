@@ -1,0 +1,1 @@
+pub const POLICIES: &[&str] = &["default", "always_immediate"];

@@ -1,0 +1,3 @@
+//! The city pipeline, one actor per file.
+pub mod flagger;
+pub mod prioritizer;

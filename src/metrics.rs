@@ -1,0 +1,80 @@
+//! Metric names and the process-wide Prometheus recorder.
+//!
+//! One named metric per thing worth watching. `/metrics` renders the recorder's handle from
+//! our own actix-web route; a background task runs the handle's upkeep so histograms do not
+//! grow without bound.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Counter, label `reason`: transactions refused (an API error code).
+pub const TX_REJECTED: &str = "citychain_tx_rejected_total";
+/// Counter: transactions acknowledged durable (200 on first submission).
+pub const TX_ACCEPTED: &str = "citychain_tx_accepted_total";
+/// Counter, label `tier`: batches stored, by the tier they reached.
+pub const BATCHES_STORED: &str = "citychain_batches_stored_total";
+/// Counter: batches no tier could store.
+pub const BATCHES_FAILED: &str = "citychain_batches_failed_total";
+/// Histogram (seconds): from a transaction's arrival to its batch being durable.
+pub const STORE_LATENCY: &str = "citychain_store_latency_seconds";
+/// Histogram: transactions per batch.
+pub const BATCH_SIZE: &str = "citychain_batch_txs";
+/// Gauge, label `actor`: messages waiting in the actor's mailbox.
+pub const MAILBOX_DEPTH: &str = "citychain_mailbox_depth";
+/// Gauge, label `node`: 1 while a storage node is up, 0 when down.
+pub const STORAGE_NODE_UP: &str = "citychain_storage_node_up";
+/// Gauge, label `node`: the 0–9 score of a storage node.
+pub const STORAGE_NODE_SCORE: &str = "citychain_storage_node_score";
+/// Counter, label `tier`: tier attempts that failed and fell through.
+pub const TIER_FAILURES: &str = "citychain_tier_failures_total";
+/// Counter, label `reason`: acks refused by verification.
+pub const ACKS_REJECTED: &str = "citychain_acks_rejected_total";
+/// Counter (storage nodes), label `outcome`: batches offered to this node.
+pub const STORE_REQUESTS: &str = "citychain_store_requests_total";
+/// Gauge (storage nodes): bytes held.
+pub const STORE_USED_BYTES: &str = "citychain_store_used_bytes";
+/// Counter: records appended to the immutable log.
+pub const LOG_APPENDS: &str = "citychain_log_appends_total";
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the recorder on first use and returns its handle. Safe to call from every
+/// node started in one process (tests start several).
+pub fn handle() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let buckets = [
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+            ];
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(STORE_LATENCY.into()), &buckets)
+                .expect("buckets are non-empty")
+                .set_buckets_for_metric(
+                    Matcher::Full(BATCH_SIZE.into()),
+                    &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0],
+                )
+                .expect("buckets are non-empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (an embedding application's);
+            // then ours still renders whatever is recorded through it, which is nothing,
+            // and the embedding application owns its metrics.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// Runs the recorder's upkeep every few seconds until the runtime stops.
+pub fn spawn_upkeep() {
+    let handle = handle();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            handle.run_upkeep();
+        }
+    });
+}
