@@ -1,2 +1,414 @@
-//! The command line.
-pub fn main() -> std::process::ExitCode { std::process::ExitCode::SUCCESS }
+//! The command line of API.md. Exit codes: 0 ok, 1 a failed check or request, 2 bad usage.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Config;
+use crate::crypto::SigningKey;
+use crate::federation::{Federation, FederationSpec};
+use crate::messages::{FlagKind, SignedTx, Tx, now_ms};
+use crate::storage::immutable_log::{ImmutableLog, LogError};
+
+#[derive(Parser)]
+#[command(
+    name = "citychain",
+    version,
+    about = "One binary for every node role of the City Chain federation"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a whole local federation on loopback (1 city, 1 continent, 1 global, 6 light,
+    /// 2 full nodes), each node its own process; Ctrl-C stops them all.
+    Up {
+        /// Where configs, data, logs and federation.json go.
+        #[arg(long, default_value = "data")]
+        dir: PathBuf,
+    },
+    /// Run one node; its role comes from the config file.
+    Node {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Config file tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Write a new ML-DSA-65 key pair and print its sender address.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print one signed transaction request (the POST /v1/tx body).
+    Tx(TxArgs),
+    /// Sign and submit a transaction; print the node's answer.
+    Send {
+        /// Base URL of a city node, e.g. http://127.0.0.1:8080
+        #[arg(long)]
+        node: String,
+        #[command(flatten)]
+        tx: TxArgs,
+    },
+    /// Open-loop signed load against a city node.
+    Bench {
+        #[arg(long)]
+        node: String,
+        /// Transactions per second.
+        #[arg(long)]
+        rate: u64,
+        /// How long to send, e.g. 10s.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Print one JSON summary object instead of the human report.
+        #[arg(long)]
+        json: bool,
+        /// Sender key (default: a fresh key).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// City of the transactions (default: the node's, from /healthz).
+        #[arg(long)]
+        city: Option<String>,
+    },
+    /// Immutable log tools.
+    Log {
+        #[command(subcommand)]
+        command: LogCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a config file and print every problem at once.
+    Check { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum LogCommand {
+    /// Check an immutable log end to end.
+    Verify {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Args, Clone)]
+struct TxArgs {
+    /// Key file written by `citychain keygen`.
+    #[arg(long)]
+    key: PathBuf,
+    /// Receiver address or account name.
+    #[arg(long)]
+    to: String,
+    /// Amount in minor units.
+    #[arg(long)]
+    amount: u64,
+    #[arg(long)]
+    city: String,
+    #[arg(long)]
+    continent: Option<String>,
+    /// A JSON object carried with the transaction.
+    #[arg(long)]
+    payload: Option<String>,
+    /// Default: the current time in microseconds, unique enough for one sender.
+    #[arg(long)]
+    nonce: Option<u64>,
+    #[arg(long, default_value = "fresh_tx", value_parser = parse_kind)]
+    kind: FlagKind,
+}
+
+fn parse_kind(s: &str) -> Result<FlagKind, String> {
+    FlagKind::parse(s).ok_or_else(|| {
+        let all: Vec<_> = FlagKind::ALL.iter().map(|k| k.as_str()).collect();
+        format!("unknown kind {s:?} (one of: {})", all.join(", "))
+    })
+}
+
+impl TxArgs {
+    fn build(&self) -> anyhow::Result<crate::messages::TxRequest> {
+        let key = SigningKey::load(&self.key)?;
+        let payload = match &self.payload {
+            None => None,
+            Some(text) => match serde_json::from_str::<serde_json::Value>(text)
+                .context("--payload is not JSON")?
+            {
+                serde_json::Value::Object(map) => Some(map),
+                _ => anyhow::bail!("--payload must be a JSON object"),
+            },
+        };
+        let nonce = self.nonce.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_micros() as u64)
+                .unwrap_or(0)
+                % crate::messages::MAX_SAFE_AMOUNT
+        });
+        let tx = Tx {
+            kind: self.kind,
+            sender: key.address(),
+            receiver: self.to.clone(),
+            amount: self.amount,
+            timestamp_ms: now_ms(),
+            nonce,
+            city_id: self.city.clone(),
+            continent: self.continent.clone(),
+            payload,
+            pop: None,
+        };
+        Ok(SignedTx::sign(tx, &key)?)
+    }
+}
+
+/// Failure kinds that map to exit codes.
+#[derive(Debug, thiserror::Error)]
+enum Failed {
+    /// A check or request failed (exit 1); the message was already printed.
+    #[error("{0}")]
+    Check(String),
+}
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    ExitCode::SUCCESS
+                }
+                _ => ExitCode::from(2),
+            };
+        }
+    };
+    let verbose = matches!(cli.command, Command::Node { .. } | Command::Up { .. });
+    init_tracing(if verbose { "info" } else { "warn" });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            match e.downcast_ref::<Failed>() {
+                Some(Failed::Check(msg)) if msg.is_empty() => {}
+                _ => eprintln!("error: {e:#}"),
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Node { config } => {
+            let config = Config::load(&config)
+                .map_err(|e| anyhow::anyhow!("{}: invalid config:\n{e}", config.display()))?;
+            let node = crate::node::start(config).await?;
+            node.run_until(shutdown_signal()).await
+        }
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => match Config::load(&file) {
+            Ok(c) => {
+                println!(
+                    "{}: ok ({} node {})",
+                    file.display(),
+                    c.node.role,
+                    c.node.id
+                );
+                Ok(())
+            }
+            Err(e) => {
+                for p in &e.problems {
+                    println!("{}: {p}", file.display());
+                }
+                println!("{} problem(s)", e.problems.len());
+                Err(Failed::Check(String::new()).into())
+            }
+        },
+        Command::Keygen { out } => {
+            if out.exists() {
+                anyhow::bail!("{} exists; refusing to overwrite a key", out.display());
+            }
+            let key = SigningKey::generate()?;
+            key.save(&out)?;
+            println!("{}", key.address());
+            Ok(())
+        }
+        Command::Tx(args) => {
+            println!("{}", serde_json::to_string_pretty(&args.build()?)?);
+            Ok(())
+        }
+        Command::Send { node, tx } => send(&node, &tx).await,
+        Command::Bench {
+            node,
+            rate,
+            duration,
+            json,
+            key,
+            city,
+        } => {
+            anyhow::ensure!(rate > 0, "--rate must be positive");
+            let key = key.map(|k| SigningKey::load(&k)).transpose()?;
+            let report = crate::bench::run(crate::bench::BenchArgs {
+                node,
+                rate,
+                duration,
+                json,
+                key,
+                city,
+                max_in_flight: 4096,
+            })
+            .await?;
+            if json {
+                println!("{}", report.to_json());
+            } else {
+                report.print_human();
+            }
+            Ok(())
+        }
+        Command::Log {
+            command: LogCommand::Verify { dir },
+        } => match ImmutableLog::verify(&dir) {
+            Ok(r) => {
+                println!(
+                    "{}: ok, {} records, {} bytes, head {}",
+                    dir.display(),
+                    r.records,
+                    r.bytes,
+                    hex::encode(r.head_hash)
+                );
+                Ok(())
+            }
+            Err(LogError::Corrupt(bad)) => {
+                println!("{}: TAMPERED OR DAMAGED: {bad}", dir.display());
+                Err(Failed::Check(String::new()).into())
+            }
+            Err(e) => Err(anyhow::Error::new(e).context(format!("reading {}", dir.display()))),
+        },
+        Command::Up { dir } => up(dir).await,
+    }
+}
+
+async fn send(node: &str, tx: &TxArgs) -> anyhow::Result<()> {
+    let body = tx.build()?;
+    let client = reqwest::Client::builder().no_proxy().build()?;
+    let resp = client
+        .post(format!("{}/v1/tx", node.trim_end_matches('/')))
+        .json(&body)
+        .send()
+        .await
+        .with_context(|| format!("sending to {node}"))?;
+    let status = resp.status();
+    let text = resp.text().await?;
+    match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(v) => println!("{}", serde_json::to_string_pretty(&v)?),
+        Err(_) => println!("{text}"),
+    }
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(Failed::Check(format!("the node answered {status}")).into())
+    }
+}
+
+async fn up(dir: PathBuf) -> anyhow::Result<()> {
+    let binary = std::env::current_exe().context("locating the citychain binary")?;
+    let spec = FederationSpec::local(dir.clone(), binary);
+    eprintln!(
+        "starting a local federation in {}/ ({} light, {} full, 1 city, 1 continent, 1 global)...",
+        dir.display(),
+        spec.lights,
+        spec.fulls
+    );
+    let mut fed = Federation::launch(spec).await?;
+    let city = fed.city_url();
+    println!("\ncitychain federation is up:");
+    for n in &fed.nodes {
+        println!(
+            "  {:<14} {:<10} {}  (pid {})",
+            n.id,
+            n.role.as_str(),
+            n.url,
+            n.pid().unwrap_or(0)
+        );
+    }
+    let key = dir.join("demo.key");
+    if !key.exists() {
+        SigningKey::generate()?.save(&key)?;
+    }
+    println!(
+        "\nmanifest: {}/federation.json   logs: {}/logs/",
+        dir.display(),
+        dir.display()
+    );
+    println!("\ntry it:");
+    println!(
+        "  cargo run --release -- send --node {city} --key {} --to bob --amount 1250 --city {}",
+        key.display(),
+        fed.spec.city
+    );
+    println!(
+        "  cargo run --release -- tx --key {} --to bob --amount 1250 --city {} > tx.json && \\\n    curl -s -H 'content-type: application/json' --data @tx.json {city}/v1/tx",
+        key.display(),
+        fed.spec.city
+    );
+    println!("  curl -s {city}/v1/nodes");
+    println!("  cargo run --release -- bench --node {city} --rate 500 --duration 10s");
+    println!("\nCtrl-C stops every node.");
+
+    let watch = async {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            for (id, status) in fed.exited() {
+                eprintln!(
+                    "node {id} exited ({status}); restart it with: citychain node --config {}",
+                    fed.node(&id).config_path.display()
+                );
+            }
+        }
+    };
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        _ = watch => {}
+    }
+    eprintln!("stopping every node...");
+    fed.shutdown().await?;
+    eprintln!("stopped.");
+    Ok(())
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -179,7 +179,11 @@ impl Default for FlaggerConfig {
         Self {
             policy: "default".into(),
             immediate_amount: 100_000_000,
-            immediate_kinds: vec![FlagKind::Checkpoint, FlagKind::RepairAck, FlagKind::RepairReq],
+            immediate_kinds: vec![
+                FlagKind::Checkpoint,
+                FlagKind::RepairAck,
+                FlagKind::RepairReq,
+            ],
             deferred_kinds: vec![FlagKind::SystemTx],
         }
     }
@@ -497,11 +501,14 @@ impl Config {
             if !e.role.is_storage() {
                 p.push(format!("{at}: role must be light or full, not {}", e.role));
             }
-            if reqwest::Url::parse(&e.url).map_or(true, |u| !matches!(u.scheme(), "http" | "https")) {
+            if reqwest::Url::parse(&e.url).map_or(true, |u| !matches!(u.scheme(), "http" | "https"))
+            {
                 p.push(format!("{at}: url {:?} is not an http(s) URL", e.url));
             }
             if decode_public_key(&e.public_key).is_none() {
-                p.push(format!("{at}: public_key is not a base64 ML-DSA-65 public key"));
+                p.push(format!(
+                    "{at}: public_key is not a base64 ML-DSA-65 public key"
+                ));
             }
         }
         if n.role == Role::City {
@@ -522,7 +529,9 @@ impl Config {
         }
         let chain = &self.supervisor.chain;
         if chain.last() != Some(&Tier::Log) {
-            p.push("[supervisor] chain must end with \"log\", the tier that is always there".into());
+            p.push(
+                "[supervisor] chain must end with \"log\", the tier that is always there".into(),
+            );
         }
         if chain.iter().collect::<BTreeSet<_>>().len() != chain.len() {
             p.push("[supervisor] chain lists a tier twice".into());

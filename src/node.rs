@@ -1,1 +1,307 @@
-//! TODO
+//! Role wiring: what a node of each role starts, and how it stops.
+//!
+//! - `city`: the actor pipeline under its FailoverSupervisor, the tier chain over the
+//!   storage nodes and the local immutable log, and the public API.
+//! - `light` / `full`: a redb batch store and the internal storage API.
+//! - `continent` / `global`: health, readiness, metrics and the (empty, for now) actor
+//!   table; they aggregate city batches in a later release.
+//!
+//! Every role serves `/healthz`, `/readyz` and `/metrics`. Shutdown is one call
+//! ([`RunningNode::stop`]): the HTTP server stops taking connections and lets in-flight
+//! requests finish (so every transaction already in the pipeline is answered), then the
+//! actors stop.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use actix_web::dev::ServerHandle;
+use actix_web::{App, HttpServer, web};
+use anyhow::Context;
+use ractor::{Actor, ActorRef};
+
+use crate::actors::failover_supervisor::{
+    ActorTable, FailoverSupervisor, SupervisorArgs, SupervisorMsg,
+};
+use crate::actors::intake::{IntakeLimits, StatusIndex};
+use crate::actors::{flagger, prioritizer};
+use crate::config::{Config, Role};
+use crate::crypto::SigningKey;
+use crate::http::city_api::CityState;
+use crate::http::common::{self, ReadinessCheck};
+use crate::http::storage_api::{self, StorageState};
+use crate::storage::immutable_log::ImmutableLog;
+use crate::storage::peer::PeerClient;
+use crate::storage::store::BatchStore;
+use crate::storage::tier::TierChain;
+
+/// A node that is running; dropping it does not stop it, [`RunningNode::stop`] does.
+pub struct RunningNode {
+    pub addr: SocketAddr,
+    pub role: Role,
+    server: ServerHandle,
+    server_task: tokio::task::JoinHandle<std::io::Result<()>>,
+    supervisor: Option<ActorRef<SupervisorMsg>>,
+}
+
+impl RunningNode {
+    /// Stops taking requests, finishes the ones in flight, then stops the actors.
+    pub async fn stop(self) {
+        self.server.stop(true).await;
+        let _ = self.server_task.await;
+        if let Some(sup) = self.supervisor {
+            let _ = sup.stop_and_wait(Some("shutdown".into()), None).await;
+        }
+    }
+
+    /// Runs until `shutdown` resolves or the HTTP server ends on its own, then stops.
+    pub async fn run_until(
+        mut self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        tokio::select! {
+            _ = shutdown => {
+                tracing::info!("shutting down");
+                self.stop().await;
+                Ok(())
+            }
+            ended = &mut self.server_task => {
+                if let Some(sup) = self.supervisor {
+                    let _ = sup.stop_and_wait(Some("server ended".into()), None).await;
+                }
+                ended.context("HTTP server task")?.context("HTTP server")?;
+                anyhow::bail!("HTTP server stopped unexpectedly")
+            }
+        }
+    }
+}
+
+/// Loads the node key, or creates it on first start.
+pub fn load_or_create_key(path: &Path) -> anyhow::Result<SigningKey> {
+    if path.exists() {
+        Ok(SigningKey::load(path)?)
+    } else {
+        let key = SigningKey::generate()?;
+        key.save(path)?;
+        tracing::info!(path = %path.display(), address = %key.address(), "created node key");
+        Ok(key)
+    }
+}
+
+/// Starts the node `config` describes and returns once it listens.
+pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
+    std::fs::create_dir_all(&config.node.data_dir)
+        .with_context(|| format!("creating data dir {}", config.node.data_dir.display()))?;
+    tracing::info!(
+        node = %config.node.id,
+        role = %config.node.role,
+        "effective config:\n{}",
+        config.to_toml()
+    );
+    crate::metrics::handle();
+    crate::metrics::spawn_upkeep();
+    let identity = web::Data::new(common::NodeIdentity::of(&config));
+    let listener = TcpListener::bind(config.node.listen)
+        .with_context(|| format!("binding {}", config.node.listen))?;
+    let addr = listener.local_addr()?;
+    let addr_file = config.node.data_dir.join(LISTEN_ADDR_FILE);
+    let _ = std::fs::remove_file(&addr_file);
+    let node = match config.node.role {
+        Role::City => start_city(config, listener, addr, identity).await,
+        Role::Light | Role::Full => start_storage(config, listener, addr, identity),
+        Role::Continent | Role::Global => start_aggregator(config, listener, addr, identity),
+    }?;
+    // Written once the node serves, so a launcher that asked for port 0 learns the real one.
+    let tmp = addr_file.with_extension("tmp");
+    std::fs::write(&tmp, addr.to_string())?;
+    std::fs::rename(&tmp, &addr_file)?;
+    Ok(node)
+}
+
+/// The file in the data dir where a running node writes the address it listens on.
+pub const LISTEN_ADDR_FILE: &str = "listen.addr";
+
+fn workers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().min(4))
+}
+
+async fn start_city(
+    config: Config,
+    listener: TcpListener,
+    addr: SocketAddr,
+    identity: web::Data<common::NodeIdentity>,
+) -> anyhow::Result<RunningNode> {
+    let config = Arc::new(config);
+    let log = Arc::new(ImmutableLog::open(&config.log_dir()).with_context(|| {
+        format!(
+            "opening the immutable log in {}",
+            config.log_dir().display()
+        )
+    })?);
+    let client = PeerClient::new();
+    let chain = TierChain::build(&config, client.clone(), log.clone());
+    let index = Arc::new(StatusIndex::default());
+    let nodes = prioritizer::NodesSnapshot::default();
+    let actors = Arc::new(ActorTable::default());
+    let intake_slot = Default::default();
+
+    // The FailoverSupervisor spawns the pipeline, Intake → DagBatcher → Flagger →
+    // Prioritizer → StorageWriter, each linked to it.
+    let (supervisor, _) = Actor::spawn(
+        None,
+        FailoverSupervisor,
+        SupervisorArgs {
+            config: config.clone(),
+            chain,
+            client,
+            flag_policy: flagger::policy_from_config(&config.flagger),
+            node_policy: prioritizer::policy_from_config(&config.prioritizer),
+            index: index.clone(),
+            nodes: nodes.clone(),
+            actors: actors.clone(),
+            intake_slot: Arc::clone(&intake_slot),
+            next_seq: 0,
+            recent: Vec::new(),
+        },
+    )
+    .await
+    .context("starting the city pipeline")?;
+
+    let city = web::Data::new(CityState {
+        limits: IntakeLimits {
+            city: config.node.city.clone().unwrap_or_default(),
+            max_clock_skew: config.intake.max_clock_skew,
+            max_payload_bytes: config.intake.max_payload_bytes,
+        },
+        max_body_bytes: config.intake.max_body_bytes,
+        request_timeout: config.intake.request_timeout,
+        intake: intake_slot,
+        index,
+        nodes,
+    });
+    let ready_actors = actors.clone();
+    let readiness: ReadinessCheck = Arc::new(move || {
+        if ready_actors.all_running() {
+            Ok(())
+        } else {
+            Err("an actor of the pipeline is not running".into())
+        }
+    });
+    let readiness = web::Data::new(readiness);
+    let actors = web::Data::new(actors);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(city.clone())
+            .app_data(readiness.clone())
+            .app_data(identity.clone())
+            .app_data(actors.clone())
+            .app_data(common::path_config())
+            .configure(crate::http::city_api::configure)
+            .configure(common::configure)
+            .configure(common::configure_actors)
+            .default_service(web::to(common::not_found))
+    })
+    .workers(workers())
+    .disable_signals()
+    .shutdown_timeout(config.intake.request_timeout.as_secs() + 2)
+    .listen(listener)?
+    .run();
+    tracing::info!(%addr, node = %config.node.id, "city node listening");
+    Ok(RunningNode {
+        addr,
+        role: Role::City,
+        server: server.handle(),
+        server_task: tokio::spawn(server),
+        supervisor: Some(supervisor),
+    })
+}
+
+fn start_storage(
+    config: Config,
+    listener: TcpListener,
+    addr: SocketAddr,
+    identity: web::Data<common::NodeIdentity>,
+) -> anyhow::Result<RunningNode> {
+    let role = config.node.role;
+    let capacity = config.storage.capacity_for(role);
+    let store = BatchStore::open(&config.node.data_dir, capacity).with_context(|| {
+        format!(
+            "opening the batch store in {}",
+            config.node.data_dir.display()
+        )
+    })?;
+    let key = load_or_create_key(&config.node.key_path())?;
+    let state = web::Data::new(StorageState {
+        node_id: config.node.id.clone(),
+        role,
+        continent: config.node.continent.clone(),
+        store: Arc::new(store),
+        key: Arc::new(key),
+        max_batch_bytes: config.batcher.max_batch_bytes + 64 * 1024,
+        inflight: AtomicU64::new(0),
+    });
+    let readiness: ReadinessCheck = Arc::new(|| Ok(()));
+    let readiness = web::Data::new(readiness);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .app_data(readiness.clone())
+            .app_data(identity.clone())
+            .app_data(common::path_config())
+            .configure(storage_api::configure)
+            .configure(common::configure)
+            .default_service(web::to(common::not_found))
+    })
+    .workers(2)
+    .disable_signals()
+    .shutdown_timeout(5)
+    .listen(listener)?
+    .run();
+    tracing::info!(%addr, node = %config.node.id, %role, capacity, "storage node listening");
+    Ok(RunningNode {
+        addr,
+        role,
+        server: server.handle(),
+        server_task: tokio::spawn(server),
+        supervisor: None,
+    })
+}
+
+fn start_aggregator(
+    config: Config,
+    listener: TcpListener,
+    addr: SocketAddr,
+    identity: web::Data<common::NodeIdentity>,
+) -> anyhow::Result<RunningNode> {
+    let role = config.node.role;
+    let readiness: ReadinessCheck = Arc::new(|| Ok(()));
+    let readiness = web::Data::new(readiness);
+    let actors = web::Data::new(Arc::new(ActorTable::default()));
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(readiness.clone())
+            .app_data(identity.clone())
+            .app_data(actors.clone())
+            .configure(common::configure)
+            .configure(common::configure_actors)
+            .default_service(web::to(common::not_found))
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(2)
+    .listen(listener)?
+    .run();
+    tracing::info!(%addr, node = %config.node.id, %role, "node listening");
+    Ok(RunningNode {
+        addr,
+        role,
+        server: server.handle(),
+        server_task: tokio::spawn(server),
+        supervisor: None,
+    })
+}
+
+/// How long `run` waits for a clean stop before giving up.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);

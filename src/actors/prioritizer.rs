@@ -1,1 +1,583 @@
+//! Prioritizer: the registry of storage nodes and the choice of where each batch goes.
+//!
+//! Knows every storage node from `[[storage.nodes]]`; learns about them from periodic
+//! health probes and from every write the tiers report ([`NodeObservation`]); marks a node
+//! down after `down_after_failures` consecutive failures and up again on a good probe. A
+//! [`NodePolicy`] (upstream `select_nodes(flag, context)`) scores nodes 0–9 and picks the
+//! light and full nodes of each batch. Receives sealed batches from the Flagger and sends
+//! [`StoreJob`]s to the StorageWriter. `GET /v1/nodes` reads the published snapshot.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde::Serialize;
+
+use super::failover_supervisor::SupervisorMsg;
+use super::intake::SubmitError;
+use super::mailbox::{Depth, Mailbox, SendError};
+use super::storage_writer::WriterMsg;
+use crate::config::{PrioritizerConfig, Role, StorageNodeEntry, Weights, decode_public_key};
+use crate::messages::{FlagKind, NodeObservation, Placement, SealedBatch, StoreJob, Target};
+use crate::storage::peer::{HealthReport, PeerClient};
+
+/// Node policies selectable by `[prioritizer] policy`.
 pub const POLICIES: &[&str] = &["weighted"];
+
+/// Mailbox capacity (batches); the Flagger never has more than `max_inflight_batches` out.
+pub const MAILBOX_CAPACITY: usize = 4096;
+
+/// What the registry knows of one storage node.
+#[derive(Debug, Clone)]
+pub struct NodeStats {
+    pub entry: StorageNodeEntry,
+    pub public_key: Arc<[u8]>,
+    pub up: bool,
+    pub consecutive_failures: u32,
+    /// Smoothed write/probe latency; `None` until first seen.
+    pub latency_ms: Option<f64>,
+    pub successes: u64,
+    pub attempts: u64,
+    pub used_bytes: u64,
+    pub capacity_bytes: u64,
+    pub inflight: u64,
+}
+
+impl NodeStats {
+    pub fn new(entry: StorageNodeEntry) -> Option<Self> {
+        let key = decode_public_key(&entry.public_key)?;
+        Some(Self {
+            entry,
+            public_key: Arc::from(key),
+            // Optimistic until the first probe says otherwise, so a city can write from its
+            // first second.
+            up: true,
+            consecutive_failures: 0,
+            latency_ms: None,
+            successes: 0,
+            attempts: 0,
+            used_bytes: 0,
+            capacity_bytes: 0,
+            inflight: 0,
+        })
+    }
+
+    fn observe(&mut self, ok: bool, latency: Duration, down_after: u32) {
+        self.attempts += 1;
+        let ms = latency.as_secs_f64() * 1000.0;
+        if ok {
+            self.successes += 1;
+            self.consecutive_failures = 0;
+            self.up = true;
+            self.latency_ms = Some(match self.latency_ms {
+                Some(old) => 0.8 * old + 0.2 * ms,
+                None => ms,
+            });
+        } else {
+            self.consecutive_failures += 1;
+            if self.consecutive_failures >= down_after {
+                self.up = false;
+            }
+        }
+    }
+
+    fn target(&self) -> Target {
+        Target {
+            node_id: self.entry.id.clone(),
+            url: self.entry.url.clone(),
+            public_key: self.public_key.clone(),
+        }
+    }
+}
+
+/// The context of one choice.
+#[derive(Debug, Clone)]
+pub struct SelectContext {
+    /// The continent of the city node choosing.
+    pub continent: String,
+    pub light_fanout: usize,
+    /// Increases with every batch; breaks ties between equal scores so load spreads.
+    pub rotation: usize,
+}
+
+/// Each factor in [0, 1], higher is better.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Factors {
+    pub latency: f64,
+    pub uptime: f64,
+    pub capacity: f64,
+    pub load: f64,
+    pub same_continent: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Score {
+    /// 0–9, as shown by `GET /v1/nodes`.
+    pub value: u8,
+    /// The weighted factor sum in [0, 1] the value is rounded from.
+    pub raw: f64,
+    pub factors: Factors,
+}
+
+/// Scores nodes and chooses where a batch goes (upstream `select_nodes(flag, context)`).
+pub trait NodePolicy: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn score(&self, node: &NodeStats, ctx: &SelectContext) -> Score;
+
+    /// Up nodes only, best first. Checkpoints go to every up light node; other batches to
+    /// `light_fanout` of them.
+    fn select_nodes(&self, flag: FlagKind, ctx: &SelectContext, nodes: &[NodeStats]) -> Placement {
+        let mut ranked: Vec<(f64, usize, &NodeStats)> = nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.up)
+            .map(|(i, n)| (self.score(n, ctx).raw, i, n))
+            .collect();
+        let count = nodes.len().max(1);
+        // Equal scores are common (identical idle nodes); rotate among them so one node is
+        // not chosen for every batch.
+        ranked.sort_by(|a, b| {
+            b.0.total_cmp(&a.0).then_with(|| {
+                let ra = (a.1 + count - ctx.rotation % count) % count;
+                let rb = (b.1 + count - ctx.rotation % count) % count;
+                ra.cmp(&rb)
+            })
+        });
+        let fanout = if flag == FlagKind::Checkpoint {
+            usize::MAX
+        } else {
+            ctx.light_fanout
+        };
+        Placement {
+            light: ranked
+                .iter()
+                .filter(|(_, _, n)| n.entry.role == Role::Light)
+                .take(fanout)
+                .map(|(_, _, n)| n.target())
+                .collect(),
+            full: ranked
+                .iter()
+                .filter(|(_, _, n)| n.entry.role == Role::Full)
+                .map(|(_, _, n)| n.target())
+                .collect(),
+        }
+    }
+}
+
+/// The default policy: a weighted sum of latency, uptime, free capacity, load and
+/// same-continent, with weights from `[prioritizer.weights]`.
+pub struct WeightedPolicy {
+    pub weights: Weights,
+    /// Latency at which the latency factor is 0.5.
+    pub latency_reference: Duration,
+}
+
+impl NodePolicy for WeightedPolicy {
+    fn name(&self) -> &'static str {
+        "weighted"
+    }
+
+    fn score(&self, n: &NodeStats, ctx: &SelectContext) -> Score {
+        let reference = self.latency_reference.as_secs_f64() * 1000.0;
+        let factors = Factors {
+            // Unknown latency counts as the reference: neither favoured nor shunned.
+            latency: reference / (reference + n.latency_ms.unwrap_or(reference)),
+            // Laplace-smoothed success ratio: a new node starts at 0.5·(1+1)/(0+2) = 1.
+            uptime: (n.successes + 1) as f64 / (n.attempts + 1) as f64,
+            capacity: if n.capacity_bytes == 0 {
+                1.0
+            } else {
+                1.0 - (n.used_bytes as f64 / n.capacity_bytes as f64).min(1.0)
+            },
+            load: 1.0 / (1.0 + n.inflight as f64 / 4.0),
+            same_continent: if n.entry.continent == ctx.continent {
+                1.0
+            } else {
+                0.0
+            },
+        };
+        let w = &self.weights;
+        let total = w.latency + w.uptime + w.capacity + w.load + w.same_continent;
+        let raw = if n.up {
+            (w.latency * factors.latency
+                + w.uptime * factors.uptime
+                + w.capacity * factors.capacity
+                + w.load * factors.load
+                + w.same_continent * factors.same_continent)
+                / total
+        } else {
+            0.0
+        };
+        Score {
+            value: (raw * 9.0).round().clamp(0.0, 9.0) as u8,
+            raw,
+            factors,
+        }
+    }
+}
+
+pub fn policy_from_config(cfg: &PrioritizerConfig) -> Arc<dyn NodePolicy> {
+    Arc::new(WeightedPolicy {
+        weights: cfg.weights.clone(),
+        latency_reference: cfg.latency_reference,
+    })
+}
+
+/// One node as `GET /v1/nodes` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeView {
+    pub node_id: String,
+    pub role: Role,
+    pub url: String,
+    pub continent: String,
+    pub up: bool,
+    pub score: u8,
+    pub factors: Factors,
+    pub latency_ms: Option<f64>,
+    pub used_bytes: u64,
+    pub capacity_bytes: u64,
+}
+
+/// The published registry snapshot.
+pub type NodesSnapshot = Arc<RwLock<Vec<NodeView>>>;
+
+pub enum PrioritizerMsg {
+    /// A batch to place (from the Flagger).
+    Route(SealedBatch),
+    /// What writes showed (from the tiers, via the FailoverSupervisor).
+    Observe(Vec<NodeObservation>),
+    /// A probe round finished.
+    Probed(Vec<(String, Duration, Result<HealthReport, String>)>),
+}
+
+pub struct Prioritizer;
+
+pub struct PrioritizerArgs {
+    pub config: PrioritizerConfig,
+    pub continent: String,
+    pub nodes: Vec<StorageNodeEntry>,
+    pub policy: Arc<dyn NodePolicy>,
+    pub client: PeerClient,
+    pub snapshot: NodesSnapshot,
+    pub depth: Depth,
+    pub writer: Mailbox<WriterMsg>,
+    pub supervisor: ActorRef<SupervisorMsg>,
+}
+
+pub struct PrioritizerState {
+    args: PrioritizerArgs,
+    nodes: Vec<NodeStats>,
+    rotation: usize,
+    prober: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl PrioritizerState {
+    fn context(&self) -> SelectContext {
+        SelectContext {
+            continent: self.args.continent.clone(),
+            light_fanout: self.args.config.light_fanout,
+            rotation: self.rotation,
+        }
+    }
+
+    fn publish(&self) {
+        let ctx = self.context();
+        let views: Vec<NodeView> = self
+            .nodes
+            .iter()
+            .map(|n| {
+                let score = self.args.policy.score(n, &ctx);
+                metrics::gauge!(crate::metrics::STORAGE_NODE_UP, "node" => n.entry.id.clone())
+                    .set(if n.up { 1.0 } else { 0.0 });
+                metrics::gauge!(crate::metrics::STORAGE_NODE_SCORE, "node" => n.entry.id.clone())
+                    .set(score.value as f64);
+                NodeView {
+                    node_id: n.entry.id.clone(),
+                    role: n.entry.role,
+                    url: n.entry.url.clone(),
+                    continent: n.entry.continent.clone(),
+                    up: n.up,
+                    score: score.value,
+                    factors: score.factors,
+                    latency_ms: n.latency_ms,
+                    used_bytes: n.used_bytes,
+                    capacity_bytes: n.capacity_bytes,
+                }
+            })
+            .collect();
+        *self.args.snapshot.write().expect("snapshot lock poisoned") = views;
+    }
+
+    fn node_mut(&mut self, id: &str) -> Option<&mut NodeStats> {
+        self.nodes.iter_mut().find(|n| n.entry.id == id)
+    }
+}
+
+/// Probes every node once, concurrently, each bounded by `timeout`.
+async fn probe_all(
+    client: &PeerClient,
+    nodes: &[(String, String)],
+    timeout: Duration,
+) -> Vec<(String, Duration, Result<HealthReport, String>)> {
+    let probes = nodes.iter().map(|(id, url)| async move {
+        let start = Instant::now();
+        let r = client.health(url, timeout).await.map_err(|e| e.to_string());
+        (id.clone(), start.elapsed(), r)
+    });
+    futures::future::join_all(probes).await
+}
+
+impl Actor for Prioritizer {
+    type Msg = PrioritizerMsg;
+    type State = PrioritizerState;
+    type Arguments = PrioritizerArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: PrioritizerArgs,
+    ) -> Result<PrioritizerState, ActorProcessingErr> {
+        let nodes = args
+            .nodes
+            .iter()
+            .map(|e| {
+                NodeStats::new(e.clone())
+                    .ok_or_else(|| format!("storage node {}: invalid public key", e.id))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let state = PrioritizerState {
+            args,
+            nodes,
+            rotation: 0,
+            prober: None,
+        };
+        state.publish();
+        Ok(state)
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut PrioritizerState,
+    ) -> Result<(), ActorProcessingErr> {
+        let client = state.args.client.clone();
+        let targets: Vec<(String, String)> = state
+            .nodes
+            .iter()
+            .map(|n| (n.entry.id.clone(), n.entry.url.clone()))
+            .collect();
+        let interval = state.args.config.probe_interval;
+        let timeout = state.args.config.probe_timeout;
+        state.prober = Some(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let results = probe_all(&client, &targets, timeout).await;
+                if myself.cast(PrioritizerMsg::Probed(results)).is_err() {
+                    break;
+                }
+            }
+        }));
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut PrioritizerState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(p) = state.prober.take() {
+            p.abort();
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: PrioritizerMsg,
+        state: &mut PrioritizerState,
+    ) -> Result<(), ActorProcessingErr> {
+        let down_after = state.args.config.down_after_failures;
+        match msg {
+            PrioritizerMsg::Route(sealed) => {
+                state.args.depth.taken();
+                state.rotation = state.rotation.wrapping_add(1);
+                let ctx = state.context();
+                let placement = state
+                    .args
+                    .policy
+                    .select_nodes(sealed.flag(), &ctx, &state.nodes);
+                let job = StoreJob { sealed, placement };
+                if let Err(e) = state.args.writer.try_send(WriterMsg::Write(job)) {
+                    let reason = match &e {
+                        SendError::Full(_) => SubmitError::Overloaded(state.args.writer.depth()),
+                        SendError::Closed(_) => SubmitError::ShuttingDown,
+                    };
+                    let WriterMsg::Write(job) = e.into_inner();
+                    let _ = state.args.supervisor.cast(SupervisorMsg::Undeliverable {
+                        tx_ids: job.sealed.tx_ids,
+                        reason,
+                        holds_credit: true,
+                    });
+                }
+            }
+            PrioritizerMsg::Observe(observations) => {
+                for o in observations {
+                    if let Some(n) = state.node_mut(&o.node_id) {
+                        let was_up = n.up;
+                        n.observe(o.ok, o.latency, down_after);
+                        if was_up && !n.up {
+                            tracing::warn!(node = %o.node_id, "storage node marked down after failed writes");
+                        }
+                    }
+                }
+                state.publish();
+            }
+            PrioritizerMsg::Probed(results) => {
+                for (id, latency, result) in results {
+                    let Some(n) = state.node_mut(&id) else {
+                        continue;
+                    };
+                    let was_up = n.up;
+                    match result {
+                        Ok(h) => {
+                            n.used_bytes = h.used_bytes;
+                            n.capacity_bytes = h.capacity_bytes;
+                            n.inflight = h.inflight;
+                            n.observe(true, latency, down_after);
+                        }
+                        Err(e) => {
+                            n.observe(false, latency, down_after);
+                            tracing::debug!(node = %id, error = %e, "probe failed");
+                        }
+                    }
+                    if was_up != n.up {
+                        tracing::warn!(node = %id, up = n.up, "storage node changed state");
+                    }
+                }
+                state.publish();
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::SigningKey;
+    use base64::Engine;
+
+    fn node(id: &str, role: Role, continent: &str) -> NodeStats {
+        let key = SigningKey::from_seed([3; 32]).unwrap();
+        NodeStats::new(StorageNodeEntry {
+            id: id.into(),
+            role,
+            url: format!("http://127.0.0.1:1/{id}"),
+            continent: continent.into(),
+            public_key: base64::engine::general_purpose::STANDARD.encode(key.public_key()),
+        })
+        .unwrap()
+    }
+
+    fn policy() -> WeightedPolicy {
+        WeightedPolicy {
+            weights: Weights::default(),
+            latency_reference: Duration::from_millis(20),
+        }
+    }
+
+    fn ctx(rotation: usize) -> SelectContext {
+        SelectContext {
+            continent: "asia".into(),
+            light_fanout: 2,
+            rotation,
+        }
+    }
+
+    #[test]
+    fn score_orders_by_latency_load_capacity_and_continent() {
+        let p = policy();
+        let mut fast = node("fast", Role::Light, "asia");
+        fast.observe(true, Duration::from_millis(2), 2);
+        let mut slow = node("slow", Role::Light, "asia");
+        slow.observe(true, Duration::from_millis(200), 2);
+        assert!(p.score(&fast, &ctx(0)).raw > p.score(&slow, &ctx(0)).raw);
+
+        let mut busy = node("busy", Role::Light, "asia");
+        busy.observe(true, Duration::from_millis(2), 2);
+        busy.inflight = 40;
+        assert!(p.score(&fast, &ctx(0)).raw > p.score(&busy, &ctx(0)).raw);
+
+        let mut full = node("full", Role::Light, "asia");
+        full.observe(true, Duration::from_millis(2), 2);
+        full.capacity_bytes = 100;
+        full.used_bytes = 95;
+        assert!(p.score(&fast, &ctx(0)).raw > p.score(&full, &ctx(0)).raw);
+
+        let mut far = node("far", Role::Light, "europe");
+        far.observe(true, Duration::from_millis(2), 2);
+        assert!(p.score(&fast, &ctx(0)).raw > p.score(&far, &ctx(0)).raw);
+
+        let s = p.score(&fast, &ctx(0));
+        assert!(
+            s.value <= 9 && s.value >= 8,
+            "a fast idle local node scores high: {s:?}"
+        );
+    }
+
+    #[test]
+    fn down_nodes_are_skipped_and_come_back_on_success() {
+        let p = policy();
+        let mut nodes = vec![
+            node("l1", Role::Light, "asia"),
+            node("l2", Role::Light, "asia"),
+            node("l3", Role::Light, "asia"),
+            node("f1", Role::Full, "asia"),
+        ];
+        nodes[0].observe(false, Duration::from_millis(5), 2);
+        assert!(nodes[0].up, "one failure is not enough to go down");
+        nodes[0].observe(false, Duration::from_millis(5), 2);
+        assert!(!nodes[0].up);
+        assert_eq!(p.score(&nodes[0], &ctx(0)).value, 0);
+        for rotation in 0..6 {
+            let placement = p.select_nodes(FlagKind::FreshTx, &ctx(rotation), &nodes);
+            assert_eq!(placement.light.len(), 2);
+            assert!(
+                placement.light.iter().all(|t| t.node_id != "l1"),
+                "{placement:?}"
+            );
+            assert_eq!(placement.full.len(), 1);
+        }
+        nodes[0].observe(true, Duration::from_millis(5), 2);
+        assert!(nodes[0].up);
+        let chosen: std::collections::BTreeSet<String> = (0..8)
+            .flat_map(|r| p.select_nodes(FlagKind::FreshTx, &ctx(r), &nodes).light)
+            .map(|t| t.node_id)
+            .collect();
+        assert!(
+            chosen.contains("l1"),
+            "a recovered node is chosen again: {chosen:?}"
+        );
+    }
+
+    #[test]
+    fn ties_rotate_and_checkpoints_go_everywhere() {
+        let p = policy();
+        let nodes: Vec<_> = (0..4)
+            .map(|i| node(&format!("l{i}"), Role::Light, "asia"))
+            .collect();
+        let firsts: std::collections::BTreeSet<String> = (0..4)
+            .map(|r| {
+                p.select_nodes(FlagKind::FreshTx, &ctx(r), &nodes).light[0]
+                    .node_id
+                    .clone()
+            })
+            .collect();
+        assert_eq!(firsts.len(), 4, "equal nodes take turns being first");
+        let all = p.select_nodes(FlagKind::Checkpoint, &ctx(0), &nodes);
+        assert_eq!(all.light.len(), 4);
+    }
+}

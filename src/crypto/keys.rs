@@ -49,7 +49,10 @@ impl SigningKey {
 
     pub fn sign(&self, msg: &[u8]) -> Result<Vec<u8>> {
         let mut sig = vec![0u8; SIGNATURE_LEN];
-        let n = self.pair.sign(msg, &mut sig).map_err(|_| CryptoError::Library)?;
+        let n = self
+            .pair
+            .sign(msg, &mut sig)
+            .map_err(|_| CryptoError::Library)?;
         sig.truncate(n);
         Ok(sig)
     }

@@ -48,7 +48,11 @@ mod tests {
         let r = merkle_root(&[a, b, c]);
         assert_ne!(r, merkle_root(&[a, c, b]));
         assert_ne!(r, merkle_root(&[a, b]));
-        assert_ne!(merkle_root(&[a]), a, "leaves are prefixed, never the raw id");
+        assert_ne!(
+            merkle_root(&[a]),
+            a,
+            "leaves are prefixed, never the raw id"
+        );
         assert_eq!(r, merkle_root(&[a, b, c]));
     }
 }

@@ -1,1 +1,141 @@
-//! TODO
+//! Routes every role serves: `/healthz`, `/readyz`, `/metrics`, and JSON answers for
+//! unknown paths and malformed path parameters.
+
+use std::sync::Arc;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use futures::StreamExt;
+
+use super::{ApiError, ApiResult};
+use crate::actors::failover_supervisor::ActorTable;
+
+/// Whether the node can do its job now; `Err` says why not.
+pub type ReadinessCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// Who a node is, as `/healthz` tells it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct NodeIdentity {
+    pub node_id: String,
+    pub role: crate::config::Role,
+    pub city: Option<String>,
+    pub continent: String,
+}
+
+impl NodeIdentity {
+    pub fn of(config: &crate::config::Config) -> Self {
+        Self {
+            node_id: config.node.id.clone(),
+            role: config.node.role,
+            city: config.node.city.clone(),
+            continent: config.node.continent.clone(),
+        }
+    }
+}
+
+/// `/healthz`, `/readyz`, `/metrics`. Expects `web::Data<ReadinessCheck>` and
+/// `web::Data<NodeIdentity>`.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics_text));
+}
+
+/// `/v1/actors`. Expects `web::Data<Arc<ActorTable>>`.
+pub fn configure_actors(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/actors", web::get().to(actors));
+}
+
+/// The JSON 404 for paths no route matches.
+pub async fn not_found(req: HttpRequest) -> HttpResponse {
+    actix_web::ResponseError::error_response(&ApiError::not_found(format!(
+        "no route for {} {}",
+        req.method(),
+        req.path()
+    )))
+}
+
+/// JSON errors for path parameters that do not parse.
+pub fn path_config() -> web::PathConfig {
+    web::PathConfig::default()
+        .error_handler(|e, _| ApiError::bad_request("invalid_path", e.to_string()).into())
+}
+
+async fn healthz(me: web::Data<NodeIdentity>) -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({
+        "status": "ok",
+        "node_id": me.node_id,
+        "role": me.role,
+        "city": me.city,
+        "continent": me.continent,
+    }))
+}
+
+async fn readyz(check: web::Data<ReadinessCheck>) -> HttpResponse {
+    match (check.get_ref())() {
+        Ok(()) => HttpResponse::Ok().json(serde_json::json!({"status": "ready"})),
+        Err(reason) => HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({"status": "not_ready", "reason": reason})),
+    }
+}
+
+async fn metrics_text() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(crate::metrics::handle().render())
+}
+
+async fn actors(table: web::Data<Arc<ActorTable>>) -> HttpResponse {
+    HttpResponse::Ok().json(table.views())
+}
+
+/// Reads a request body of at most `limit` bytes, answering 413 past it without reading
+/// the rest.
+pub async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> ApiResult<web::BytesMut> {
+    let too_large = || {
+        ApiError::new(
+            413,
+            "payload_too_large",
+            format!("request body is larger than {limit} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Refuses anything but `application/json` (parameters such as `charset` allowed).
+pub fn require_json(req: &HttpRequest) -> ApiResult<()> {
+    let ct = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = ct.split(';').next().unwrap_or("").trim();
+    if essence.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            415,
+            "unsupported_media_type",
+            format!("content type must be application/json, not {ct:?}"),
+        ))
+    }
+}

@@ -41,7 +41,12 @@ pub enum AckError {
 }
 
 impl PohAck {
-    fn signed_bytes(holder_id: &str, batch_id: &BatchId, held_hash: &Hash32, time_ms: u64) -> Vec<u8> {
+    fn signed_bytes(
+        holder_id: &str,
+        batch_id: &BatchId,
+        held_hash: &Hash32,
+        time_ms: u64,
+    ) -> Vec<u8> {
         let fields = postcard::to_stdvec(&(holder_id, batch_id, held_hash, time_ms))
             .expect("ack fields encode");
         crypto::tagged(POH_TAG, &fields)
@@ -56,7 +61,9 @@ impl PohAck {
         time_ms: u64,
     ) -> crypto::Result<Self> {
         let held_hash = crypto::hash(held);
-        let signature = key.sign(&Self::signed_bytes(holder_id, &batch_id, &held_hash, time_ms))?;
+        let signature = key.sign(&Self::signed_bytes(
+            holder_id, &batch_id, &held_hash, time_ms,
+        ))?;
         Ok(Self {
             holder_id: holder_id.to_owned(),
             batch_id,
@@ -89,7 +96,12 @@ impl PohAck {
         if age_ms > ACK_VALIDITY_MS as i64 || age_ms < -(CLOCK_TOLERANCE_MS as i64) {
             return Err(AckError::Stale { age_ms });
         }
-        let msg = Self::signed_bytes(&self.holder_id, &self.batch_id, &self.held_hash, self.time_ms);
+        let msg = Self::signed_bytes(
+            &self.holder_id,
+            &self.batch_id,
+            &self.held_hash,
+            self.time_ms,
+        );
         crypto::verify(holder_key, &msg, &self.signature).map_err(|_| AckError::BadSignature)
     }
 }
@@ -108,9 +120,18 @@ mod tests {
         let h = crypto::hash(held);
         let now = 1_000_500;
 
-        assert_eq!(ack.verify("light-1", key.public_key(), &batch, &h, now), Ok(()));
         assert_eq!(
-            ack.verify("light-1", key.public_key(), &batch, &crypto::hash(b"other"), now),
+            ack.verify("light-1", key.public_key(), &batch, &h, now),
+            Ok(())
+        );
+        assert_eq!(
+            ack.verify(
+                "light-1",
+                key.public_key(),
+                &batch,
+                &crypto::hash(b"other"),
+                now
+            ),
             Err(AckError::WrongHash)
         );
         assert_eq!(
@@ -132,7 +153,13 @@ mod tests {
             Err(AckError::WrongBatch)
         );
         assert!(matches!(
-            ack.verify("light-1", key.public_key(), &batch, &h, now + ACK_VALIDITY_MS),
+            ack.verify(
+                "light-1",
+                key.public_key(),
+                &batch,
+                &h,
+                now + ACK_VALIDITY_MS
+            ),
             Err(AckError::Stale { .. })
         ));
     }

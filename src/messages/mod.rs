@@ -7,10 +7,12 @@
 
 mod ack;
 mod batch;
+mod pipeline;
 mod tx;
 
 pub use ack::{ACK_VALIDITY_MS, AckError, PohAck};
 pub use batch::{Batch, BatchHeader, BatchId, StoredTx};
+pub use pipeline::{Flag, NodeObservation, Placement, SealedBatch, StoreJob, Target, Urgency};
 pub use tx::{
     FlagKind, MAX_SAFE_AMOUNT, Pop, SignedTx, Tx, TxId, TxRequest, TxValidationError, tx_id_hex,
 };

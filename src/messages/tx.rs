@@ -282,7 +282,11 @@ impl SignedTx {
         self.tx
             .payload
             .as_ref()
-            .map(|p| serde_json::to_string(p).map(|s| s.len()).unwrap_or(usize::MAX))
+            .map(|p| {
+                serde_json::to_string(p)
+                    .map(|s| s.len())
+                    .unwrap_or(usize::MAX)
+            })
             .unwrap_or(0)
     }
 

@@ -1,1 +1,352 @@
-//! TODO
+//! The client side of light and full nodes: what a city node uses to write a batch, read
+//! it back, and probe a storage node's health over the internal HTTP API
+//! (`/internal/v1/...`, served by [`crate::http::storage_api`]).
+//!
+//! One [`PeerClient`] wraps one connection pool shared by every storage node; it is cheap
+//! to clone. It reports what happened and leaves judgement to the caller: an ack is
+//! returned as received, and verifying it against the holder's key is the caller's job.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Role;
+use crate::messages::{self, PohAck};
+
+/// What a storage node reports on `GET /internal/v1/health` (JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthReport {
+    pub node_id: String,
+    pub role: Role,
+    pub continent: String,
+    /// Bytes of batches held.
+    pub used_bytes: u64,
+    /// Bytes the node will hold at most.
+    pub capacity_bytes: u64,
+    /// Batches held.
+    pub batches: u64,
+    /// Write requests being served right now.
+    pub inflight: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// No answer: connection refused or reset, timeout, bad URL.
+    #[error("storage node unreachable: {0}")]
+    Unreachable(String),
+    /// The node answered with a non-2xx status.
+    #[error("storage node refused with {status} {code}: {message}")]
+    Refused {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    /// The node answered 2xx but the body is not what the API promises.
+    #[error("malformed answer from storage node: {0}")]
+    Malformed(String),
+}
+
+pub type Result<T> = std::result::Result<T, PeerError>;
+
+/// How long an idle pooled connection is kept. Probes run every few hundred milliseconds,
+/// so connections to live nodes stay warm well within this.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Idle connections kept per storage node; enough for parallel batch writes to one node.
+const POOL_MAX_IDLE_PER_HOST: usize = 32;
+/// A node that does not accept a connection within this is treated as down. Loopback and
+/// datacenter links connect in well under a millisecond.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How much of a non-JSON error body is kept in [`PeerError::Refused`]'s message.
+const ERROR_SNIPPET_CHARS: usize = 200;
+
+/// The HTTP client of the storage tiers.
+#[derive(Clone, Debug)]
+pub struct PeerClient {
+    http: reqwest::Client,
+}
+
+impl Default for PeerClient {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The JSON error body of [`crate::http::ApiError`].
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Deserialize)]
+struct ErrorDetail {
+    code: String,
+    message: String,
+}
+
+fn unreachable(e: reqwest::Error) -> PeerError {
+    // reqwest's Display omits the cause ("error sending request"); keep the chain.
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    PeerError::Unreachable(msg)
+}
+
+fn batch_url(base_url: &str, batch_id: &[u8; 32]) -> String {
+    format!(
+        "{}/internal/v1/batches/{}",
+        base_url.trim_end_matches('/'),
+        messages::hex32(batch_id)
+    )
+}
+
+impl PeerClient {
+    pub fn new() -> Self {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
+            .tcp_nodelay(true)
+            .build()
+            // Only TLS backend or resolver set-up can fail, and this build has neither.
+            .expect("an HTTP client without TLS always builds");
+        Self { http }
+    }
+
+    /// Writes `bytes` as batch `batch_id` to the storage node at `base_url`
+    /// (`PUT /internal/v1/batches/{hex id}`), the whole exchange bounded by `timeout`.
+    /// Returns the node's proof-of-hold ack, unverified.
+    ///
+    /// `bytes` is anything reqwest can send without borrowing: pass `bytes::Bytes` (e.g.
+    /// `actix_web::web::Bytes`) to send one buffer to many nodes without copying, or a
+    /// `Vec<u8>`.
+    pub async fn put_batch(
+        &self,
+        base_url: &str,
+        batch_id: &[u8; 32],
+        bytes: impl Into<reqwest::Body>,
+        timeout: Duration,
+    ) -> Result<PohAck> {
+        let resp = self
+            .http
+            .put(batch_url(base_url, batch_id))
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(bytes)
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(unreachable)?;
+        let body = success_body(resp).await?;
+        messages::decode::<PohAck>(&body).map_err(|e| PeerError::Malformed(format!("ack: {e}")))
+    }
+
+    /// Reads batch `batch_id` back from the node at `base_url`; `None` if it does not hold
+    /// it (404).
+    pub async fn get_batch(
+        &self,
+        base_url: &str,
+        batch_id: &[u8; 32],
+        timeout: Duration,
+    ) -> Result<Option<Vec<u8>>> {
+        let resp = self
+            .http
+            .get(batch_url(base_url, batch_id))
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(unreachable)?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        // Zero-copy when the buffer is uniquely owned, as a freshly read body is.
+        Ok(Some(Vec::from(success_body(resp).await?)))
+    }
+
+    /// Asks the node at `base_url` how it is (`GET /internal/v1/health`).
+    pub async fn health(&self, base_url: &str, timeout: Duration) -> Result<HealthReport> {
+        let resp = self
+            .http
+            .get(format!(
+                "{}/internal/v1/health",
+                base_url.trim_end_matches('/')
+            ))
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(unreachable)?;
+        let body = success_body(resp).await?;
+        serde_json::from_slice(&body).map_err(|e| PeerError::Malformed(format!("health: {e}")))
+    }
+}
+
+/// The body of a 2xx answer, or the error the answer carries. (reqwest does not re-export
+/// `bytes`; actix-web does, and both depend on the same `bytes` 1.)
+async fn success_body(resp: reqwest::Response) -> Result<actix_web::web::Bytes> {
+    let status = resp.status();
+    let body = resp.bytes().await.map_err(unreachable)?;
+    if status.is_success() {
+        return Ok(body);
+    }
+    Err(match serde_json::from_slice::<ErrorBody>(&body) {
+        Ok(e) => PeerError::Refused {
+            status: status.as_u16(),
+            code: e.error.code,
+            message: e.error.message,
+        },
+        // Not our error format (a proxy, another program on the port): keep what there is.
+        Err(_) => PeerError::Refused {
+            status: status.as_u16(),
+            code: "unknown".into(),
+            message: String::from_utf8_lossy(&body)
+                .chars()
+                .take(ERROR_SNIPPET_CHARS)
+                .collect(),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+
+    use actix_web::{App, HttpResponse, HttpServer, web};
+
+    use super::*;
+
+    /// Serves fixed answers on the storage API's paths, to see how the client reads them.
+    fn start_fake(
+        put: fn() -> HttpResponse,
+        get: fn() -> HttpResponse,
+    ) -> (String, actix_web::dev::ServerHandle) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = HttpServer::new(move || {
+            App::new()
+                .route(
+                    "/internal/v1/batches/{id}",
+                    web::put().to(move || async move { put() }),
+                )
+                .route(
+                    "/internal/v1/batches/{id}",
+                    web::get().to(move || async move { get() }),
+                )
+                .route(
+                    "/internal/v1/health",
+                    web::get().to(move || async move { get() }),
+                )
+        })
+        .workers(1)
+        .disable_signals()
+        .listen(listener)
+        .unwrap()
+        .run();
+        let handle = server.handle();
+        actix_web::rt::spawn(server);
+        (url, handle)
+    }
+
+    #[actix_web::test]
+    async fn error_bodies_and_garbage_are_reported_as_such() {
+        let (url, handle) = start_fake(
+            || HttpResponse::Ok().body("not an ack"),
+            || {
+                HttpResponse::BadGateway()
+                    .content_type("text/plain")
+                    .body("upstream down")
+            },
+        );
+        let client = PeerClient::new();
+        let t = Duration::from_secs(5);
+
+        let err = client.put_batch(&url, &[1; 32], vec![1, 2, 3], t).await;
+        assert!(matches!(err, Err(PeerError::Malformed(_))), "{err:?}");
+
+        match client.get_batch(&url, &[1; 32], t).await {
+            Err(PeerError::Refused {
+                status: 502,
+                code,
+                message,
+            }) => {
+                assert_eq!(code, "unknown");
+                assert_eq!(message, "upstream down");
+            }
+            other => panic!("expected Refused 502, got {other:?}"),
+        }
+        let err = client.health(&url, t).await;
+        assert!(
+            matches!(err, Err(PeerError::Refused { status: 502, .. })),
+            "{err:?}"
+        );
+        handle.stop(true).await;
+    }
+
+    #[actix_web::test]
+    async fn json_errors_keep_code_and_message_and_bad_health_is_malformed() {
+        let (url, handle) = start_fake(
+            || {
+                actix_web::ResponseError::error_response(&crate::http::ApiError::new(
+                    503,
+                    "overloaded",
+                    "try later",
+                ))
+            },
+            || HttpResponse::Ok().json(serde_json::json!({"node_id": "x"})),
+        );
+        let client = PeerClient::new();
+        let t = Duration::from_secs(5);
+        match client.put_batch(&url, &[1; 32], Vec::new(), t).await {
+            Err(PeerError::Refused {
+                status,
+                code,
+                message,
+            }) => assert_eq!(
+                (status, code.as_str(), message.as_str()),
+                (503, "overloaded", "try later")
+            ),
+            other => panic!("expected Refused, got {other:?}"),
+        }
+        let err = client.health(&url, t).await;
+        assert!(matches!(err, Err(PeerError::Malformed(_))), "{err:?}");
+        handle.stop(true).await;
+    }
+
+    #[actix_web::test]
+    async fn closed_port_is_unreachable() {
+        // Bind then drop: nothing listens on the port any more.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("http://127.0.0.1:{port}");
+        let err = PeerClient::new().health(&url, Duration::from_secs(5)).await;
+        assert!(matches!(err, Err(PeerError::Unreachable(_))), "{err:?}");
+    }
+
+    #[actix_web::test]
+    async fn silent_node_times_out_as_unreachable() {
+        // The kernel accepts the connection into the backlog; nobody ever answers.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let err = PeerClient::new()
+            .put_batch(&url, &[2; 32], vec![0u8; 16], Duration::from_millis(200))
+            .await;
+        match err {
+            Err(PeerError::Unreachable(msg)) => assert!(msg.contains("timed out"), "{msg}"),
+            other => panic!("expected Unreachable, got {other:?}"),
+        }
+        drop(listener);
+    }
+
+    #[test]
+    fn urls_tolerate_a_trailing_slash() {
+        let id = [0xab; 32];
+        let want = format!("http://h:1/internal/v1/batches/{}", "ab".repeat(32));
+        assert_eq!(batch_url("http://h:1", &id), want);
+        assert_eq!(batch_url("http://h:1/", &id), want);
+    }
+}

@@ -1,0 +1,369 @@
+//! Intake: the city pipeline's front door.
+//!
+//! Receives authenticated transactions from the HTTP layer (which parses and verifies
+//! signatures on its worker threads, in parallel, with [`SignedTx::from_request_bytes`]
+//! and [`check_policy`]); de-duplicates them by id; admits at most `queue_capacity`
+//! transactions that are not yet durable (past it: `overloaded`); feeds the DagBatcher;
+//! and answers every waiting client once the FailoverSupervisor reports its batch durable
+//! or failed. It owns the status index `GET /v1/tx/{id}` and `GET /v1/batches/{id}` read.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::oneshot;
+
+use super::dag_batcher::BatcherMsg;
+use super::mailbox::{Depth, Mailbox, SendError};
+use crate::messages::{
+    BatchHeader, BatchId, FlagKind, PohAck, SignedTx, StoreOutcome, Tier, TxId, TxValidationError,
+};
+
+/// Intake mailbox capacity (messages). Admission is bounded separately by
+/// `[intake] queue_capacity`; this bound only protects the actor from a burst of requests.
+pub const MAILBOX_CAPACITY: usize = 8192;
+
+/// At most this many clients wait on the same pending transaction; more re-submissions of
+/// it are told to come back later.
+const MAX_WAITERS_PER_TX: usize = 16;
+
+/// Policy checks that need the node's configuration or clock.
+#[derive(Debug, Clone)]
+pub struct IntakeLimits {
+    pub city: String,
+    pub max_clock_skew: Duration,
+    pub max_payload_bytes: usize,
+}
+
+/// Checks a signed transaction against this node's policy.
+pub fn check_policy(
+    tx: &SignedTx,
+    limits: &IntakeLimits,
+    now_ms: u64,
+) -> Result<(), TxValidationError> {
+    let skew = now_ms.abs_diff(tx.tx.timestamp_ms);
+    let limit = limits.max_clock_skew.as_millis() as u64;
+    if skew > limit {
+        return Err(TxValidationError::TimestampSkew {
+            skew_ms: skew,
+            limit_ms: limit,
+        });
+    }
+    let size = tx.payload_size();
+    if size > limits.max_payload_bytes {
+        return Err(TxValidationError::PayloadTooLarge {
+            size,
+            limit: limits.max_payload_bytes,
+        });
+    }
+    if tx.tx.city_id != limits.city {
+        return Err(TxValidationError::WrongCity {
+            got: tx.tx.city_id.clone(),
+            expected: limits.city.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// A durable transaction, as `POST /v1/tx` answers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    pub tx_id: TxId,
+    pub tier: Tier,
+    pub batch_id: BatchId,
+    pub acks: usize,
+    pub flag: FlagKind,
+    pub duplicate: bool,
+}
+
+/// Why a transaction was not made durable. Nothing was acknowledged; the client may retry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    #[error("the node is at capacity ({0} transactions in flight); retry shortly")]
+    Overloaded(usize),
+    #[error("no storage tier could make the batch durable: {0}")]
+    StorageUnavailable(String),
+    #[error("the node is shutting down")]
+    ShuttingDown,
+}
+
+pub type SubmitResult = Result<Receipt, SubmitError>;
+
+pub enum IntakeMsg {
+    /// A verified transaction from the HTTP layer.
+    Submit {
+        tx: SignedTx,
+        arrived: Instant,
+        reply: oneshot::Sender<SubmitResult>,
+    },
+    /// A batch is durable (from the FailoverSupervisor).
+    Stored {
+        header: BatchHeader,
+        tx_ids: Arc<Vec<TxId>>,
+        outcome: StoreOutcome,
+    },
+    /// These transactions could not be made durable.
+    Failed {
+        tx_ids: Arc<Vec<TxId>>,
+        reason: SubmitError,
+    },
+}
+
+/// Where a transaction stands.
+#[derive(Debug, Clone)]
+pub enum TxState {
+    Pending,
+    Stored {
+        batch_id: BatchId,
+        tier: Tier,
+        holders: Arc<Vec<String>>,
+        acks: usize,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct TxEntry {
+    pub flag: FlagKind,
+    /// The signed canonical JSON of the transaction.
+    pub canonical: Arc<str>,
+    pub state: TxState,
+}
+
+#[derive(Debug, Clone)]
+pub struct BatchEntry {
+    pub header: BatchHeader,
+    pub tx_ids: Arc<Vec<TxId>>,
+    pub tier: Tier,
+    pub holders: Arc<Vec<String>>,
+    pub acks: Vec<PohAck>,
+}
+
+/// The status index: written by the Intake, read by HTTP handlers without a round trip
+/// through the actor.
+#[derive(Default)]
+pub struct StatusIndex {
+    pub txs: DashMap<TxId, TxEntry>,
+    pub batches: DashMap<BatchId, Arc<BatchEntry>>,
+}
+
+pub struct Intake;
+
+pub struct IntakeArgs {
+    pub queue_capacity: usize,
+    pub index: Arc<StatusIndex>,
+    pub depth: Depth,
+    pub batcher: Mailbox<BatcherMsg>,
+}
+
+struct Waiter {
+    reply: oneshot::Sender<SubmitResult>,
+    arrived: Instant,
+    duplicate: bool,
+}
+
+pub struct IntakeState {
+    args: IntakeArgs,
+    waiters: HashMap<TxId, Vec<Waiter>>,
+}
+
+impl Intake {
+    fn submit(
+        state: &mut IntakeState,
+        tx: SignedTx,
+        arrived: Instant,
+        reply: oneshot::Sender<SubmitResult>,
+    ) {
+        let index = &state.args.index;
+        if let Some(entry) = index.txs.get(&tx.id) {
+            match &entry.state {
+                TxState::Stored {
+                    batch_id,
+                    tier,
+                    acks,
+                    ..
+                } => {
+                    let _ = reply.send(Ok(Receipt {
+                        tx_id: tx.id,
+                        tier: *tier,
+                        batch_id: *batch_id,
+                        acks: *acks,
+                        flag: entry.flag,
+                        duplicate: true,
+                    }));
+                }
+                TxState::Pending => {
+                    let waiters = state.waiters.entry(tx.id).or_default();
+                    if waiters.len() >= MAX_WAITERS_PER_TX {
+                        let _ = reply.send(Err(SubmitError::Overloaded(waiters.len())));
+                    } else {
+                        waiters.push(Waiter {
+                            reply,
+                            arrived,
+                            duplicate: true,
+                        });
+                    }
+                }
+            }
+            return;
+        }
+        let in_flight = state.waiters.len();
+        if in_flight >= state.args.queue_capacity {
+            metrics::counter!(crate::metrics::TX_REJECTED, "reason" => "overloaded").increment(1);
+            let _ = reply.send(Err(SubmitError::Overloaded(in_flight)));
+            return;
+        }
+        let id = tx.id;
+        index.txs.insert(
+            id,
+            TxEntry {
+                flag: tx.tx.kind,
+                canonical: Arc::from(tx.canonical.as_str()),
+                state: TxState::Pending,
+            },
+        );
+        match state.args.batcher.try_send(BatcherMsg::Add { tx, arrived }) {
+            Ok(()) => {
+                state.waiters.insert(
+                    id,
+                    vec![Waiter {
+                        reply,
+                        arrived,
+                        duplicate: false,
+                    }],
+                );
+            }
+            Err(e) => {
+                index.txs.remove(&id);
+                let err = match e {
+                    SendError::Full(_) => SubmitError::Overloaded(in_flight),
+                    SendError::Closed(_) => SubmitError::ShuttingDown,
+                };
+                metrics::counter!(crate::metrics::TX_REJECTED, "reason" => "overloaded")
+                    .increment(1);
+                let _ = reply.send(Err(err));
+            }
+        }
+    }
+
+    fn stored(
+        state: &mut IntakeState,
+        header: BatchHeader,
+        tx_ids: Arc<Vec<TxId>>,
+        outcome: StoreOutcome,
+    ) {
+        let index = &state.args.index;
+        let holders = Arc::new(outcome.holders.clone());
+        let acks = outcome.acks.len();
+        for id in tx_ids.iter() {
+            let flag = match index.txs.get_mut(id) {
+                Some(mut entry) => {
+                    entry.state = TxState::Stored {
+                        batch_id: outcome.batch_id,
+                        tier: outcome.tier,
+                        holders: holders.clone(),
+                        acks,
+                    };
+                    entry.flag
+                }
+                // Every batched transaction was indexed on submission; its absence means the
+                // index was changed behind the Intake's back.
+                None => panic!(
+                    "batched transaction {} missing from the index",
+                    hex::encode(id)
+                ),
+            };
+            for w in state.waiters.remove(id).unwrap_or_default() {
+                if !w.duplicate {
+                    metrics::counter!(crate::metrics::TX_ACCEPTED).increment(1);
+                    metrics::histogram!(crate::metrics::STORE_LATENCY)
+                        .record(w.arrived.elapsed().as_secs_f64());
+                }
+                let _ = w.reply.send(Ok(Receipt {
+                    tx_id: *id,
+                    tier: outcome.tier,
+                    batch_id: outcome.batch_id,
+                    acks,
+                    flag,
+                    duplicate: w.duplicate,
+                }));
+            }
+        }
+        index.batches.insert(
+            outcome.batch_id,
+            Arc::new(BatchEntry {
+                header,
+                tx_ids,
+                tier: outcome.tier,
+                holders,
+                acks: outcome.acks,
+            }),
+        );
+    }
+
+    fn failed(state: &mut IntakeState, tx_ids: &[TxId], reason: SubmitError) {
+        let code = match reason {
+            SubmitError::Overloaded(_) => "overloaded",
+            SubmitError::StorageUnavailable(_) => "storage_unavailable",
+            SubmitError::ShuttingDown => "shutting_down",
+        };
+        for id in tx_ids {
+            // Not durable: forget it, so a retry is a fresh submission.
+            state.args.index.txs.remove(id);
+            for w in state.waiters.remove(id).unwrap_or_default() {
+                metrics::counter!(crate::metrics::TX_REJECTED, "reason" => code).increment(1);
+                let _ = w.reply.send(Err(reason.clone()));
+            }
+        }
+    }
+}
+
+impl Actor for Intake {
+    type Msg = IntakeMsg;
+    type State = IntakeState;
+    type Arguments = IntakeArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: IntakeArgs,
+    ) -> Result<IntakeState, ActorProcessingErr> {
+        Ok(IntakeState {
+            args,
+            waiters: HashMap::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: IntakeMsg,
+        state: &mut IntakeState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            IntakeMsg::Submit { tx, arrived, reply } => {
+                state.args.depth.taken();
+                Self::submit(state, tx, arrived, reply);
+            }
+            IntakeMsg::Stored {
+                header,
+                tx_ids,
+                outcome,
+            } => Self::stored(state, header, tx_ids, outcome),
+            IntakeMsg::Failed { tx_ids, reason } => Self::failed(state, &tx_ids, reason),
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut IntakeState,
+    ) -> Result<(), ActorProcessingErr> {
+        // Whoever still waits gets a clear answer instead of a dropped connection.
+        let pending: Vec<TxId> = state.waiters.keys().copied().collect();
+        Self::failed(state, &pending, SubmitError::ShuttingDown);
+        Ok(())
+    }
+}

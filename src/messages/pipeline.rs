@@ -1,0 +1,94 @@
+//! Messages that travel between the city pipeline's actors, in process.
+//!
+//! A transaction enters as a [`crate::messages::SignedTx`]; the DagBatcher seals a
+//! [`SealedBatch`]; the Prioritizer turns it into a [`StoreJob`] by choosing where it goes;
+//! the storage tiers answer with a [`crate::messages::StoreOutcome`] and the
+//! [`NodeObservation`]s the Prioritizer learns from.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::{Batch, BatchId, FlagKind, TxId};
+
+/// How urgently a transaction must be written (the Flagger's decision).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Urgency {
+    /// May wait up to `batcher.deferred_delay` to share a batch.
+    Deferred,
+    /// Waits at most the adaptive batching window.
+    Normal,
+    /// Closes its batch at once.
+    Immediate,
+}
+
+/// The flag of one transaction: its kind and how urgently it is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Flag {
+    pub kind: FlagKind,
+    pub urgency: Urgency,
+}
+
+/// A closed batch on its way to storage.
+#[derive(Debug, Clone)]
+pub struct SealedBatch {
+    pub id: BatchId,
+    pub batch: Arc<Batch>,
+    /// The batch's wire encoding: exactly the bytes every tier stores and every ack hashes.
+    pub bytes: Bytes,
+    pub tx_ids: Arc<Vec<TxId>>,
+    pub urgency: Urgency,
+    /// When the batch's oldest transaction arrived, for the end-to-end latency histogram.
+    pub first_arrival: Instant,
+}
+
+impl SealedBatch {
+    pub fn new(batch: Batch, tx_ids: Vec<TxId>, urgency: Urgency, first_arrival: Instant) -> Self {
+        let bytes = Bytes::from(super::encode(&batch));
+        Self {
+            id: batch.id(),
+            batch: Arc::new(batch),
+            bytes,
+            tx_ids: Arc::new(tx_ids),
+            urgency,
+            first_arrival,
+        }
+    }
+
+    pub fn flag(&self) -> FlagKind {
+        self.batch.header.flag
+    }
+}
+
+/// A storage node chosen for a batch, with what is needed to check its ack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub node_id: String,
+    pub url: String,
+    pub public_key: Arc<[u8]>,
+}
+
+/// Where a batch goes, best first within each role.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Placement {
+    pub light: Vec<Target>,
+    pub full: Vec<Target>,
+}
+
+/// A batch with its placement: what the StorageWriter and FailoverSupervisor work on.
+#[derive(Debug, Clone)]
+pub struct StoreJob {
+    pub sealed: SealedBatch,
+    pub placement: Placement,
+}
+
+/// What one write to one storage node showed: fed back to the Prioritizer's scores.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeObservation {
+    pub node_id: String,
+    pub latency: Duration,
+    pub ok: bool,
+}

@@ -1,0 +1,439 @@
+//! A whole federation of real child processes on loopback: transactions end to end, the
+//! failover chain with nodes stopped, and every kind of bad input.
+
+mod common;
+
+use std::time::Duration;
+
+use citychain::config::Role;
+use citychain::crypto::SigningKey;
+use citychain::federation::ManifestEntry;
+use common::*;
+use futures::StreamExt;
+use serde_json::Value;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_signed_transactions_are_stored_on_light_nodes_and_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut fed = federation(dir.path()).await;
+    let city = fed.city_url();
+    let client = client();
+
+    // federation.json names every node with its pid and config.
+    let manifest: Vec<ManifestEntry> =
+        serde_json::from_slice(&std::fs::read(dir.path().join("federation.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest.len(), 11);
+    for role in [Role::City, Role::Continent, Role::Global] {
+        assert_eq!(manifest.iter().filter(|m| m.role == role).count(), 1);
+    }
+    assert_eq!(manifest.iter().filter(|m| m.role == Role::Light).count(), 6);
+    assert_eq!(manifest.iter().filter(|m| m.role == Role::Full).count(), 2);
+    assert!(
+        manifest
+            .iter()
+            .all(|m| m.pid.is_some() && m.config.exists())
+    );
+
+    let key = SigningKey::generate().unwrap();
+    let requests: Vec<_> = (0..1000).map(|n| signed(&key, n)).collect();
+    let answers: Vec<(String, u16, Value)> = futures::stream::iter(requests.iter())
+        .map(|req| {
+            let client = client.clone();
+            let city = city.clone();
+            async move {
+                let (status, body) = post(&client, &city, req).await;
+                (tx_id(req), status, body)
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+
+    let mut batches = std::collections::BTreeSet::new();
+    for (id, status, body) in &answers {
+        assert_eq!(*status, 200, "{body}");
+        assert_eq!(body["status"], "stored");
+        assert_eq!(body["tier"], "light", "{body}");
+        assert_eq!(body["tx_id"].as_str(), Some(id.as_str()));
+        assert_eq!(body["duplicate"], false);
+        assert_eq!(body["flag"], "fresh_tx");
+        assert!(body["acks"].as_u64().unwrap() >= 3, "{body}");
+        batches.insert(body["batch_id"].as_str().unwrap().to_string());
+    }
+    assert!(batches.len() < 1000, "transactions share batches");
+
+    for (id, _, posted) in &answers {
+        let (status, body) = get(&client, &format!("{city}/v1/tx/{id}")).await;
+        assert_eq!(status, 200);
+        assert_eq!(body["status"], "stored");
+        assert_eq!(body["tier"], "light");
+        assert_eq!(body["batch_id"], posted["batch_id"]);
+        assert!(body["holders"].as_array().unwrap().len() >= 3);
+        assert_eq!(body["tx"]["receiver"], "bob");
+    }
+
+    // A batch links into the DAG, its acks name its holders, and every holder really
+    // has it on disk (asked over the storage node's own API).
+    let some_batch = batches.iter().next().unwrap();
+    let (status, batch) = get(&client, &format!("{city}/v1/batches/{some_batch}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(batch["tier"], "light");
+    let holders: Vec<String> = batch["holders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(batch["acks"].as_array().unwrap().len(), holders.len());
+    for h in &holders {
+        let url = format!("{}/internal/v1/batches/{some_batch}", fed.node(h).url);
+        let resp = client.get(url).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 200, "holder {h} has the batch");
+    }
+    let seqs: Vec<u64> = {
+        let mut v = Vec::new();
+        for b in &batches {
+            let (_, body) = get(&client, &format!("{city}/v1/batches/{b}")).await;
+            if body["seq"].as_u64().unwrap() > 0 {
+                assert!(!body["parents"].as_array().unwrap().is_empty(), "{body}");
+            }
+            v.push(body["seq"].as_u64().unwrap());
+        }
+        v
+    };
+    assert_eq!(seqs.len(), batches.len());
+
+    // Re-submitting answers with the stored status.
+    let (status, again) = post(&client, &city, &requests[0]).await;
+    assert_eq!(status, 200);
+    assert_eq!(again["duplicate"], true);
+    assert_eq!(
+        again["batch_id"],
+        answers
+            .iter()
+            .find(|a| a.0 == tx_id(&requests[0]))
+            .unwrap()
+            .2["batch_id"]
+    );
+
+    let (status, _) = get(&client, &format!("{city}/v1/tx/{}", "ab".repeat(32))).await;
+    assert_eq!(status, 404);
+
+    let metrics = client
+        .get(format!("{city}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "citychain_tx_accepted_total",
+        "citychain_batches_stored_total{tier=\"light\"}",
+        "citychain_store_latency_seconds_bucket",
+        "citychain_mailbox_depth{actor=\"intake\"}",
+        "citychain_storage_node_up{node=\"light-1\"}",
+    ] {
+        assert!(metrics.contains(name), "metrics lack {name}");
+    }
+    let (_, actors) = get(&client, &format!("{city}/v1/actors")).await;
+    let names: Vec<&str> = actors
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    for a in [
+        "intake",
+        "dag_batcher",
+        "flagger",
+        "prioritizer",
+        "storage_writer",
+        "failover_supervisor",
+    ] {
+        assert!(names.contains(&a), "{a} missing from {names:?}");
+    }
+    fed.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_fall_through_to_full_nodes_then_to_the_verified_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut fed = federation(dir.path()).await;
+    let city = fed.city_url();
+    let client = client();
+    let key = SigningKey::generate().unwrap();
+
+    let (status, body) = post(&client, &city, &signed(&key, 0)).await;
+    assert_eq!(
+        (status, body["tier"].as_str()),
+        (200, Some("light")),
+        "{body}"
+    );
+
+    let lights = fed.ids(Role::Light);
+    for id in &lights {
+        fed.kill(id).unwrap();
+    }
+    for n in 1..=20 {
+        let req = signed(&key, n);
+        let (status, body) = post(&client, &city, &req).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["tier"], "full", "{body}");
+        let (_, read) = get(&client, &format!("{city}/v1/tx/{}", tx_id(&req))).await;
+        assert_eq!(read["tier"], "full");
+        let holders = read["holders"].as_array().unwrap();
+        assert!(
+            holders
+                .iter()
+                .all(|h| h.as_str().unwrap().starts_with("full-")),
+            "{read}"
+        );
+    }
+    wait_nodes(&client, &city, &lights, false).await;
+
+    for id in fed.ids(Role::Full) {
+        fed.kill(&id).unwrap();
+    }
+    let mut on_log = Vec::new();
+    for n in 21..=40 {
+        let req = signed(&key, n);
+        let (status, body) = post(&client, &city, &req).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["tier"], "log", "{body}");
+        on_log.push(tx_id(&req));
+    }
+    let (_, read) = get(&client, &format!("{city}/v1/tx/{}", on_log[0])).await;
+    assert_eq!(read["tier"], "log");
+    assert_eq!(read["holders"][0], "city-tokyo");
+
+    // The log verifies, and stops verifying after one byte of it changes.
+    let log_dir = fed.node("city-tokyo").config.log_dir();
+    fed.shutdown().await.unwrap();
+    let verify = |dir: &std::path::Path| {
+        std::process::Command::new(binary())
+            .args(["log", "verify", "--dir"])
+            .arg(dir)
+            .output()
+            .unwrap()
+    };
+    let ok = verify(&log_dir);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+    let file = log_dir.join(citychain::storage::immutable_log::LOG_FILE);
+    let mut bytes = std::fs::read(&file).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x01;
+    std::fs::write(&file, bytes).unwrap();
+    let bad = verify(&log_dir);
+    assert_eq!(
+        bad.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&bad.stdout)
+    );
+    assert!(String::from_utf8_lossy(&bad.stdout).contains("TAMPERED"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_its_status_and_code_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut fed = federation(dir.path()).await;
+    let city = fed.city_url();
+    let client = client();
+    let key = SigningKey::generate().unwrap();
+    let good = signed(&key, 7);
+    let good_json = serde_json::to_value(&good).unwrap();
+    let with = |f: &dyn Fn(&mut Value)| {
+        let mut v = good_json.clone();
+        f(&mut v);
+        serde_json::to_vec(&v).unwrap()
+    };
+    let other = SigningKey::generate().unwrap();
+
+    let cases: Vec<(&str, &str, Vec<u8>, u16, &str)> = vec![
+        (
+            "malformed JSON",
+            "application/json",
+            b"{\"tx\": {".to_vec(),
+            400,
+            "invalid_json",
+        ),
+        (
+            "unknown field",
+            "application/json",
+            with(&|v| v["tx"]["colour"] = "red".into()),
+            400,
+            "unknown_field",
+        ),
+        (
+            "unknown top-level field",
+            "application/json",
+            with(&|v| v["extra"] = 1.into()),
+            400,
+            "unknown_field",
+        ),
+        (
+            "missing field",
+            "application/json",
+            with(&|v| {
+                v["tx"].as_object_mut().unwrap().remove("amount");
+            }),
+            400,
+            "missing_field",
+        ),
+        (
+            "zero amount",
+            "application/json",
+            with(&|v| v["tx"]["amount"] = 0.into()),
+            400,
+            "invalid_amount",
+        ),
+        (
+            "negative amount",
+            "application/json",
+            with(&|v| v["tx"]["amount"] = (-5).into()),
+            400,
+            "invalid_field",
+        ),
+        (
+            "wrong sender",
+            "application/json",
+            with(&|v| v["tx"]["sender"] = other.address().into()),
+            400,
+            "sender_mismatch",
+        ),
+        (
+            "tampered signature",
+            "application/json",
+            with(&|v| {
+                let sig = v["signature"].as_str().unwrap();
+                let flipped = if sig.starts_with('A') { "B" } else { "A" };
+                v["signature"] = format!("{flipped}{}", &sig[1..]).into();
+            }),
+            401,
+            "bad_signature",
+        ),
+        (
+            "tampered amount",
+            "application/json",
+            with(&|v| v["tx"]["amount"] = 999_999.into()),
+            401,
+            "bad_signature",
+        ),
+        (
+            "old timestamp",
+            "application/json",
+            serde_json::to_vec(&{
+                let mut t = tx(&key, 8, 5);
+                t.timestamp_ms -= 10 * 60 * 1000;
+                citychain::messages::SignedTx::sign(t, &key).unwrap()
+            })
+            .unwrap(),
+            400,
+            "timestamp_skew",
+        ),
+        (
+            "oversized body",
+            "application/json",
+            {
+                let mut v = good_json.clone();
+                v["tx"]["payload"] = serde_json::json!({"blob": "x".repeat(100 * 1024)});
+                serde_json::to_vec(&v).unwrap()
+            },
+            413,
+            "payload_too_large",
+        ),
+        (
+            "wrong content type",
+            "text/plain",
+            serde_json::to_vec(&good).unwrap(),
+            415,
+            "unsupported_media_type",
+        ),
+    ];
+
+    let batches_before = stored_batches(&client, &fed).await;
+    for (what, content_type, body, want_status, want_code) in cases {
+        let (status, answer) = post_raw(&client, &city, content_type, body).await;
+        assert_eq!(status, want_status, "{what}: {answer}");
+        assert_eq!(answer["error"]["code"], want_code, "{what}: {answer}");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{what}"
+        );
+    }
+    // The transaction the tampered variants came from was never stored, and no storage
+    // node holds anything new.
+    let (status, _) = get(&client, &format!("{city}/v1/tx/{}", tx_id(&good))).await;
+    assert_eq!(status, 404);
+    assert_eq!(stored_batches(&client, &fed).await, batches_before);
+    let metrics = client
+        .get(format!("{city}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("citychain_tx_rejected_total{reason=\"bad_signature\"} 2"),
+        "{metrics}"
+    );
+
+    // Unknown routes and malformed ids answer JSON too.
+    let (status, body) = get(&client, &format!("{city}/v1/nope")).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
+    let (status, body) = get(&client, &format!("{city}/v1/tx/not-hex")).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_id"))
+    );
+
+    // And the good one still goes through afterwards.
+    let (status, body) = post(&client, &city, &good).await;
+    assert_eq!(status, 200, "{body}");
+    assert_ne!(stored_batches(&client, &fed).await, batches_before);
+    fed.shutdown().await.unwrap();
+}
+
+/// Batches held by each storage node, from their health reports.
+async fn stored_batches(
+    client: &reqwest::Client,
+    fed: &citychain::federation::Federation,
+) -> Vec<u64> {
+    let mut out = Vec::new();
+    for n in fed.nodes.iter().filter(|n| n.role.is_storage()) {
+        let (_, h) = get(client, &format!("{}/internal/v1/health", n.url)).await;
+        out.push(h["batches"].as_u64().expect("health has a batch count"));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_and_restarted_serves_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut fed = federation(dir.path()).await;
+    let city = fed.city_url();
+    let client = client();
+    fed.kill("light-1").unwrap();
+    wait_nodes(&client, &city, &["light-1".to_string()], false).await;
+    fed.restart("light-1").await.unwrap();
+    wait_nodes(&client, &city, &["light-1".to_string()], true).await;
+    let manifest: Vec<ManifestEntry> =
+        serde_json::from_slice(&std::fs::read(dir.path().join("federation.json")).unwrap())
+            .unwrap();
+    let entry = manifest.iter().find(|m| m.node_id == "light-1").unwrap();
+    assert_eq!(entry.pid, fed.node("light-1").pid());
+    let _ = Duration::ZERO;
+    fed.shutdown().await.unwrap();
+}

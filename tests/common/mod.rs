@@ -1,0 +1,140 @@
+//! Helpers shared by the integration tests: a federation of real child processes on
+//! loopback, signed transactions, and waiting on conditions instead of sleeping.
+
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use citychain::config::Config;
+use citychain::crypto::SigningKey;
+use citychain::federation::{Federation, FederationSpec};
+use citychain::messages::{FlagKind, SignedTx, Tx, TxRequest, now_ms};
+use serde_json::Value;
+
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_citychain"))
+}
+
+/// Test timers: probes often, so a stopped node is noticed within a few hundred ms, and
+/// tier deadlines are generous, so a loaded 2-core CI machine never turns a slow write into
+/// a failover the test did not ask for. (Speed is the bench command's business.)
+fn quick(c: &mut Config) {
+    c.prioritizer.probe_interval = Duration::from_millis(100);
+    c.prioritizer.probe_timeout = Duration::from_millis(500);
+    c.storage.light_deadline = Duration::from_secs(3);
+    c.storage.full_deadline = Duration::from_secs(3);
+    c.intake.request_timeout = Duration::from_secs(15);
+}
+
+pub async fn federation(dir: &Path) -> Federation {
+    let spec = FederationSpec {
+        tweak: quick,
+        ..FederationSpec::local(dir.to_path_buf(), binary())
+    };
+    Federation::launch(spec)
+        .await
+        .expect("the federation starts")
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+pub fn tx(key: &SigningKey, nonce: u64, amount: u64) -> Tx {
+    Tx {
+        kind: FlagKind::FreshTx,
+        sender: key.address(),
+        receiver: "bob".into(),
+        amount,
+        timestamp_ms: now_ms(),
+        nonce,
+        city_id: "tokyo".into(),
+        continent: Some("asia".into()),
+        payload: None,
+        pop: None,
+    }
+}
+
+pub fn signed(key: &SigningKey, nonce: u64) -> TxRequest {
+    SignedTx::sign(tx(key, nonce, 1000 + nonce), key).unwrap()
+}
+
+/// The tx id of a request, computed as the node does.
+pub fn tx_id(req: &TxRequest) -> String {
+    let body = serde_json::to_vec(req).unwrap();
+    hex::encode(SignedTx::from_request_bytes(&body).unwrap().id)
+}
+
+pub async fn post_raw(
+    client: &reqwest::Client,
+    url: &str,
+    content_type: &str,
+    body: Vec<u8>,
+) -> (u16, Value) {
+    let resp = client
+        .post(format!("{url}/v1/tx"))
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .expect("the city answers");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    let json = serde_json::from_str(&text)
+        .unwrap_or_else(|_| panic!("answer is not JSON ({status}): {text}"));
+    (status, json)
+}
+
+pub async fn post(client: &reqwest::Client, url: &str, req: &TxRequest) -> (u16, Value) {
+    post_raw(
+        client,
+        url,
+        "application/json",
+        serde_json::to_vec(req).unwrap(),
+    )
+    .await
+}
+
+pub async fn get(client: &reqwest::Client, url: &str) -> (u16, Value) {
+    let resp = client.get(url).send().await.expect("the node answers");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// Polls `check` until it returns `Some`, failing the test after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Waits until the city's registry shows every node in `ids` with `up == want`.
+pub async fn wait_nodes(client: &reqwest::Client, city: &str, ids: &[String], want: bool) {
+    wait_for(
+        "the city to see the node states",
+        Duration::from_secs(10),
+        || async {
+            let (_, nodes) = get(client, &format!("{city}/v1/nodes")).await;
+            let ok = nodes.as_array()?.iter().all(|n| {
+                let id = n["node_id"].as_str().unwrap_or_default().to_string();
+                !ids.contains(&id) || n["up"].as_bool() == Some(want)
+            });
+            ok.then_some(())
+        },
+    )
+    .await
+}
