@@ -260,3 +260,173 @@ impl Actor for DagBatcher {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actors::flagger::policy_from_config;
+    use crate::actors::testkit::{recorder, signed_tx};
+    use crate::config::FlaggerConfig;
+    use crate::crypto::SigningKey;
+    use tokio::sync::mpsc::UnboundedReceiver;
+
+    struct Harness {
+        batcher: ActorRef<BatcherMsg>,
+        sealed: UnboundedReceiver<FlaggerMsg>,
+        key: SigningKey,
+        nonce: u64,
+    }
+
+    impl Harness {
+        async fn start(config: BatcherConfig) -> Self {
+            let (flagger, sealed) = recorder::<FlaggerMsg>().await;
+            let (supervisor, _) = recorder::<SupervisorMsg>().await;
+            let depth = Depth::new("test_batcher");
+            let (batcher, _) = Actor::spawn(
+                None,
+                DagBatcher,
+                BatcherArgs {
+                    config,
+                    city: "tokyo".into(),
+                    policy: policy_from_config(&FlaggerConfig {
+                        immediate_amount: 1_000_000,
+                        ..FlaggerConfig::default()
+                    }),
+                    depth: depth.clone(),
+                    flagger: Mailbox::new(flagger, Depth::new("test_flagger"), 64),
+                    supervisor,
+                    next_seq: 0,
+                    recent: Vec::new(),
+                },
+            )
+            .await
+            .unwrap();
+            Self {
+                batcher,
+                sealed,
+                key: SigningKey::from_seed([9; 32]).unwrap(),
+                nonce: 0,
+            }
+        }
+
+        fn send(&mut self, kind: FlagKind, amount: u64) {
+            self.nonce += 1;
+            let tx = signed_tx(&self.key, self.nonce, kind, amount);
+            self.batcher
+                .cast(BatcherMsg::Add {
+                    tx,
+                    arrived: Instant::now(),
+                })
+                .unwrap();
+        }
+
+        /// The next sealed batch and the (paused, auto-advancing) time it took to come.
+        async fn next(&mut self) -> (SealedBatch, Duration) {
+            let start = tokio::time::Instant::now();
+            match self.sealed.recv().await.expect("the batcher is alive") {
+                FlaggerMsg::Sealed(b) => (b, start.elapsed()),
+                FlaggerMsg::Done => panic!("the batcher never sends Done"),
+            }
+        }
+    }
+
+    fn config(max_txs: usize, min: u64, max: u64) -> BatcherConfig {
+        BatcherConfig {
+            max_batch_txs: max_txs,
+            min_delay: Duration::from_millis(min),
+            max_delay: Duration::from_millis(max),
+            deferred_delay: Duration::from_millis(200),
+            ..BatcherConfig::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn closes_on_size_without_waiting_for_the_window() {
+        let mut h = Harness::start(config(3, 1000, 1000)).await;
+        for _ in 0..3 {
+            h.send(FlagKind::FreshTx, 10);
+        }
+        let (batch, waited) = h.next().await;
+        assert_eq!(batch.batch.header.tx_count, 3);
+        assert!(
+            waited < Duration::from_millis(1000),
+            "closed by size, not time: {waited:?}"
+        );
+        assert_eq!(batch.batch.header.seq, 0);
+        assert!(batch.batch.header.parents.is_empty());
+        batch.batch.check_integrity().unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn closes_on_bytes() {
+        let mut cfg = config(1000, 1000, 1000);
+        // One ML-DSA-65 transaction is over 5 KB with its key and signature.
+        cfg.max_batch_bytes = 12_000;
+        let mut h = Harness::start(cfg).await;
+        for _ in 0..3 {
+            h.send(FlagKind::FreshTx, 10);
+        }
+        let (batch, waited) = h.next().await;
+        assert_eq!(batch.batch.header.tx_count, 3);
+        assert!(waited < Duration::from_millis(1000), "{waited:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_transaction_closes_on_the_short_window() {
+        let mut h = Harness::start(config(100, 2, 50)).await;
+        h.send(FlagKind::FreshTx, 10);
+        let (batch, waited) = h.next().await;
+        assert_eq!(batch.batch.header.tx_count, 1);
+        assert!(
+            waited >= Duration::from_millis(2) && waited < Duration::from_millis(50),
+            "light load uses min_delay: {waited:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn immediate_closes_at_once_and_deferred_waits() {
+        let mut h = Harness::start(config(100, 5, 10)).await;
+        h.send(FlagKind::FreshTx, 5_000_000);
+        let (batch, waited) = h.next().await;
+        assert_eq!(waited, Duration::ZERO, "a large amount is written at once");
+        assert_eq!(batch.urgency, Urgency::Immediate);
+
+        h.send(FlagKind::SystemTx, 1);
+        let (batch, waited) = h.next().await;
+        assert!(
+            waited >= Duration::from_millis(200),
+            "system txs may wait: {waited:?}"
+        );
+        assert_eq!(batch.flag(), FlagKind::SystemTx);
+
+        // A normal transaction joining a deferred batch pulls its deadline in.
+        h.send(FlagKind::SystemTx, 1);
+        h.send(FlagKind::FreshTx, 1);
+        let (batch, waited) = h.next().await;
+        assert_eq!(batch.batch.header.tx_count, 2);
+        assert!(waited < Duration::from_millis(200), "{waited:?}");
+        assert_eq!(
+            batch.flag(),
+            FlagKind::FreshTx,
+            "the batch takes its highest flag"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn batches_link_to_their_predecessors() {
+        let mut h = Harness::start(config(1, 1, 1)).await;
+        let mut ids = Vec::new();
+        for seq in 0..4u64 {
+            h.send(FlagKind::FreshTx, 10);
+            let (batch, _) = h.next().await;
+            assert_eq!(batch.batch.header.seq, seq);
+            let parents = &batch.batch.header.parents;
+            match seq {
+                0 => assert!(parents.is_empty()),
+                1 => assert_eq!(parents, &vec![ids[0]]),
+                _ => assert_eq!(parents, &vec![ids[seq as usize - 1], ids[seq as usize - 2]]),
+            }
+            ids.push(batch.id);
+        }
+    }
+}

@@ -295,39 +295,88 @@ mod tests {
             Urgency::Immediate
         );
     }
+}
 
-    #[test]
-    fn queue_order_is_flag_then_urgency_then_age() {
-        let mut keys = [
-            (
-                FlagKind::FreshTx.priority(),
+#[cfg(test)]
+mod actor_tests {
+    use super::*;
+    use crate::actors::testkit::{recorder, signed_tx};
+    use crate::crypto::SigningKey;
+    use crate::messages::Batch;
+
+    fn sealed(kind: FlagKind, urgency: Urgency, nonce: u64) -> SealedBatch {
+        let key = SigningKey::from_seed([4; 32]).unwrap();
+        let tx = signed_tx(&key, nonce, kind, 1);
+        let batch = Batch::build("tokyo", nonce, vec![], kind, std::slice::from_ref(&tx), 0);
+        SealedBatch::new(batch, vec![tx.id], urgency, std::time::Instant::now())
+    }
+
+    #[tokio::test]
+    async fn releases_in_flag_order_within_the_inflight_limit() {
+        let (prioritizer, mut routed) = recorder::<PrioritizerMsg>().await;
+        let (supervisor, _) = recorder::<SupervisorMsg>().await;
+        let (flagger, _) = Actor::spawn(
+            None,
+            Flagger,
+            FlaggerArgs {
+                max_inflight: 1,
+                depth: Depth::new("test_flagger"),
+                prioritizer: Mailbox::new(prioritizer, Depth::new("test_prioritizer"), 64),
+                supervisor,
+            },
+        )
+        .await
+        .unwrap();
+        let mut next = async || match routed.recv().await.unwrap() {
+            PrioritizerMsg::Route(b) => b.flag(),
+            _ => panic!("the flagger only routes"),
+        };
+        flagger
+            .cast(FlaggerMsg::Sealed(sealed(
+                FlagKind::FreshTx,
                 Urgency::Normal,
-                std::cmp::Reverse(1u64),
-            ),
-            (
-                FlagKind::SystemTx.priority(),
-                Urgency::Immediate,
-                std::cmp::Reverse(2),
-            ),
-            (
-                FlagKind::Checkpoint.priority(),
-                Urgency::Normal,
-                std::cmp::Reverse(3),
-            ),
-            (
-                FlagKind::FreshTx.priority(),
-                Urgency::Immediate,
-                std::cmp::Reverse(4),
-            ),
-            (
-                FlagKind::FreshTx.priority(),
-                Urgency::Normal,
-                std::cmp::Reverse(5),
-            ),
-        ];
-        keys.sort();
-        keys.reverse();
-        let order: Vec<u64> = keys.iter().map(|k| k.2.0).collect();
-        assert_eq!(order, vec![3, 4, 1, 5, 2]);
+                1,
+            )))
+            .unwrap();
+        assert_eq!(
+            next().await,
+            FlagKind::FreshTx,
+            "the first batch goes at once"
+        );
+        for (i, kind) in [
+            FlagKind::SystemTx,
+            FlagKind::FreshTx,
+            FlagKind::Checkpoint,
+            FlagKind::RepairReq,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            flagger
+                .cast(FlaggerMsg::Sealed(sealed(
+                    kind,
+                    Urgency::Normal,
+                    2 + i as u64,
+                )))
+                .unwrap();
+        }
+        let mut order = Vec::new();
+        for _ in 0..4 {
+            flagger.cast(FlaggerMsg::Done).unwrap();
+            order.push(next().await);
+        }
+        assert_eq!(
+            order,
+            vec![
+                FlagKind::Checkpoint,
+                FlagKind::RepairReq,
+                FlagKind::FreshTx,
+                FlagKind::SystemTx
+            ]
+        );
+        assert!(
+            routed.try_recv().is_err(),
+            "nothing beyond the credits was released"
+        );
     }
 }

@@ -17,3 +17,5 @@ pub mod intake;
 pub mod mailbox;
 pub mod prioritizer;
 pub mod storage_writer;
+#[cfg(test)]
+pub(crate) mod testkit;
