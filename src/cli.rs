@@ -209,9 +209,12 @@ pub fn main() -> ExitCode {
 fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Node logs usually go to files (`up` writes DIR/logs/ID.log): no colour codes there.
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }
 
