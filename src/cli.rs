@@ -341,6 +341,13 @@ async fn up(dir: PathBuf) -> anyhow::Result<()> {
         spec.lights,
         spec.fulls
     );
+    std::fs::create_dir_all(&dir)?;
+    // The demo sender key exists before any node is ready, so the printed example works
+    // the moment the federation answers.
+    let key = dir.join("demo.key");
+    if !key.exists() {
+        SigningKey::generate()?.save(&key)?;
+    }
     let mut fed = Federation::launch(spec).await?;
     let city = fed.city_url();
     println!("\ncitychain federation is up:");
@@ -352,10 +359,6 @@ async fn up(dir: PathBuf) -> anyhow::Result<()> {
             n.url,
             n.pid().unwrap_or(0)
         );
-    }
-    let key = dir.join("demo.key");
-    if !key.exists() {
-        SigningKey::generate()?.save(&key)?;
     }
     println!(
         "\nmanifest: {}/federation.json   logs: {}/logs/",
