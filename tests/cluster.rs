@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use citychain::config::Role;
 use citychain::crypto::SigningKey;
 use citychain::federation::ManifestEntry;
@@ -434,6 +432,5 @@ async fn a_node_killed_and_restarted_serves_again() {
             .unwrap();
     let entry = manifest.iter().find(|m| m.node_id == "light-1").unwrap();
     assert_eq!(entry.pid, fed.node("light-1").pid());
-    let _ = Duration::ZERO;
     fed.shutdown().await.unwrap();
 }

@@ -367,3 +367,169 @@ impl Actor for Intake {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actors::testkit::{recorder, signed_tx};
+    use crate::crypto::SigningKey;
+    use crate::messages::Batch;
+
+    async fn intake(
+        capacity: usize,
+    ) -> (
+        ActorRef<IntakeMsg>,
+        Arc<StatusIndex>,
+        tokio::sync::mpsc::UnboundedReceiver<BatcherMsg>,
+    ) {
+        let (batcher, added) = recorder::<BatcherMsg>().await;
+        let index = Arc::new(StatusIndex::default());
+        let depth = Depth::new("test_intake");
+        let (actor, _) = Actor::spawn(
+            None,
+            Intake,
+            IntakeArgs {
+                queue_capacity: capacity,
+                index: index.clone(),
+                depth,
+                batcher: Mailbox::new(batcher, Depth::new("test_batcher"), 64),
+            },
+        )
+        .await
+        .unwrap();
+        (actor, index, added)
+    }
+
+    fn submit(actor: &ActorRef<IntakeMsg>, tx: SignedTx) -> oneshot::Receiver<SubmitResult> {
+        let (reply, answer) = oneshot::channel();
+        // Submissions normally come through a Mailbox, which counts them in.
+        actor
+            .cast(IntakeMsg::Submit {
+                tx,
+                arrived: Instant::now(),
+                reply,
+            })
+            .unwrap();
+        answer
+    }
+
+    #[tokio::test]
+    async fn admits_up_to_capacity_dedups_and_answers_everyone_once_stored() {
+        let (actor, index, mut added) = intake(1).await;
+        let key = SigningKey::from_seed([5; 32]).unwrap();
+        let first = signed_tx(&key, 1, FlagKind::FreshTx, 10);
+        let second = signed_tx(&key, 2, FlagKind::FreshTx, 10);
+
+        let a = submit(&actor, first.clone());
+        let dup = submit(&actor, first.clone());
+        let over = submit(&actor, second.clone());
+        assert_eq!(over.await.unwrap(), Err(SubmitError::Overloaded(1)));
+        assert!(
+            index.txs.get(&second.id).is_none(),
+            "a refused transaction leaves no trace"
+        );
+        let Some(BatcherMsg::Add { tx, .. }) = added.recv().await else {
+            panic!("the admitted transaction goes to the batcher")
+        };
+        assert_eq!(tx.id, first.id);
+        assert!(matches!(
+            index.txs.get(&first.id).unwrap().state,
+            TxState::Pending
+        ));
+
+        let batch = Batch::build(
+            "tokyo",
+            0,
+            vec![],
+            FlagKind::FreshTx,
+            std::slice::from_ref(&first),
+            0,
+        );
+        let outcome = StoreOutcome {
+            batch_id: batch.id(),
+            tier: Tier::Light,
+            holders: vec!["l1".into(), "l2".into(), "l3".into()],
+            acks: vec![],
+        };
+        actor
+            .cast(IntakeMsg::Stored {
+                header: batch.header.clone(),
+                tx_ids: Arc::new(vec![first.id]),
+                outcome,
+            })
+            .unwrap();
+        let receipt = a.await.unwrap().unwrap();
+        assert_eq!((receipt.tier, receipt.duplicate), (Tier::Light, false));
+        let receipt = dup.await.unwrap().unwrap();
+        assert!(
+            receipt.duplicate,
+            "the second client waited for the same outcome"
+        );
+        assert!(index.batches.contains_key(&batch.id()));
+
+        // Capacity is free again, and a stored transaction answers at once as a duplicate.
+        let again = submit(&actor, first.clone()).await.unwrap().unwrap();
+        assert!(again.duplicate);
+        let _b = submit(&actor, second.clone());
+        assert!(matches!(added.recv().await, Some(BatcherMsg::Add { .. })));
+    }
+
+    #[tokio::test]
+    async fn failed_batches_are_answered_and_forgotten() {
+        let (actor, index, mut added) = intake(10).await;
+        let key = SigningKey::from_seed([6; 32]).unwrap();
+        let tx = signed_tx(&key, 1, FlagKind::FreshTx, 10);
+        let answer = submit(&actor, tx.clone());
+        added.recv().await.unwrap();
+        actor
+            .cast(IntakeMsg::Failed {
+                tx_ids: Arc::new(vec![tx.id]),
+                reason: SubmitError::StorageUnavailable("every tier failed".into()),
+            })
+            .unwrap();
+        assert!(matches!(
+            answer.await.unwrap(),
+            Err(SubmitError::StorageUnavailable(_))
+        ));
+        assert!(
+            index.txs.get(&tx.id).is_none(),
+            "a retry is a fresh submission"
+        );
+    }
+
+    #[test]
+    fn policy_checks_skew_payload_and_city() {
+        let key = SigningKey::from_seed([7; 32]).unwrap();
+        let tx = signed_tx(&key, 1, FlagKind::FreshTx, 10);
+        let limits = IntakeLimits {
+            city: "tokyo".into(),
+            max_clock_skew: Duration::from_secs(60),
+            max_payload_bytes: 10,
+        };
+        let now = tx.tx.timestamp_ms;
+        assert_eq!(check_policy(&tx, &limits, now), Ok(()));
+        assert!(matches!(
+            check_policy(&tx, &limits, now + 61_000),
+            Err(TxValidationError::TimestampSkew { .. })
+        ));
+        let osaka = IntakeLimits {
+            city: "osaka".into(),
+            ..limits.clone()
+        };
+        assert_eq!(
+            check_policy(&tx, &osaka, now).unwrap_err().code(),
+            "wrong_city"
+        );
+        let mut big = tx.clone();
+        big.tx.payload = Some(
+            serde_json::json!({"memo": "a long memo"})
+                .as_object()
+                .unwrap()
+                .clone(),
+        );
+        assert_eq!(
+            check_policy(&big, &limits, now).unwrap_err().code(),
+            "payload_too_large"
+        );
+    }
+}

@@ -45,7 +45,13 @@ impl Depth {
 
     /// Marks one message as taken out of the mailbox.
     pub fn taken(&self) {
-        let now = self.count.fetch_sub(1, Ordering::AcqRel).saturating_sub(1);
+        let before = self
+            .count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some(n.saturating_sub(1))
+            })
+            .expect("the update closure always returns Some");
+        let now = before.saturating_sub(1);
         metrics::gauge!(crate::metrics::MAILBOX_DEPTH, "actor" => self.name).set(now as f64);
     }
 
