@@ -265,6 +265,57 @@ pub struct StorageConfig {
     pub capacity_bytes: u64,
     /// The storage nodes a city node writes to.
     pub nodes: Vec<StorageNodeEntry>,
+    /// The MongoDB tier, between full nodes and the immutable log.
+    pub mongo: MongoConfig,
+}
+
+/// `[storage.mongo]`: one MongoDB deployment per continent. A city writes to its own
+/// continent's; with no URI for it (in the file or in `CITYCHAIN_MONGO_URI_<CONTINENT>`),
+/// the tier is skipped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MongoConfig {
+    /// Continent → connection string, e.g. `asia = "mongodb://db.asia.example:27017"`.
+    pub uris: std::collections::BTreeMap<String, String>,
+    /// Database holding the monthly `unfinished_YYYYMM` / `finished_YYYYMM` collections.
+    pub database: String,
+    /// The whole tier attempt (connect, select a server, majority write) must fit in this.
+    #[serde(with = "humantime_serde")]
+    pub deadline: Duration,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub server_selection_timeout: Duration,
+}
+
+impl Default for MongoConfig {
+    fn default() -> Self {
+        Self {
+            uris: Default::default(),
+            database: "citychain".into(),
+            deadline: Duration::from_millis(300),
+            connect_timeout: Duration::from_millis(200),
+            server_selection_timeout: Duration::from_millis(250),
+        }
+    }
+}
+
+impl MongoConfig {
+    /// The environment variable that overrides the URI of `continent`.
+    pub fn env_var(continent: &str) -> String {
+        format!(
+            "CITYCHAIN_MONGO_URI_{}",
+            continent.to_ascii_uppercase().replace(['-', ' '], "_")
+        )
+    }
+
+    /// The URI for `continent`: the environment variable first, then the file.
+    pub fn uri_for(&self, continent: &str) -> Option<String> {
+        std::env::var(Self::env_var(continent))
+            .ok()
+            .filter(|u| !u.trim().is_empty())
+            .or_else(|| self.uris.get(continent).cloned())
+    }
 }
 
 impl Default for StorageConfig {
@@ -277,6 +328,7 @@ impl Default for StorageConfig {
             log_dir: None,
             capacity_bytes: 0,
             nodes: Vec::new(),
+            mongo: MongoConfig::default(),
         }
     }
 }
@@ -312,7 +364,7 @@ pub struct StorageNodeEntry {
 #[serde(deny_unknown_fields, default)]
 pub struct SupervisorConfig {
     /// Tiers in the order a batch tries them. Must end with `"log"`, the tier that is
-    /// always there.
+    /// always there. `"mongo"` is skipped when no URI is configured for the continent.
     pub chain: Vec<Tier>,
     /// Batches being written at once; further batches wait in the StorageWriter's mailbox.
     pub max_inflight_batches: usize,
@@ -321,7 +373,7 @@ pub struct SupervisorConfig {
 impl Default for SupervisorConfig {
     fn default() -> Self {
         Self {
-            chain: vec![Tier::Light, Tier::Full, Tier::Log],
+            chain: vec![Tier::Light, Tier::Full, Tier::Mongo, Tier::Log],
             max_inflight_batches: 64,
         }
     }
@@ -536,8 +588,15 @@ impl Config {
         if chain.iter().collect::<BTreeSet<_>>().len() != chain.len() {
             p.push("[supervisor] chain lists a tier twice".into());
         }
-        if chain.contains(&Tier::Mongo) {
-            p.push("[supervisor] the mongo tier is not available in this build".into());
+        for (continent, uri) in &s.mongo.uris {
+            if !uri.starts_with("mongodb://") && !uri.starts_with("mongodb+srv://") {
+                p.push(format!(
+                    "[storage.mongo.uris] {continent}: {uri:?} is not a mongodb:// or mongodb+srv:// URI"
+                ));
+            }
+        }
+        if s.mongo.deadline.is_zero() || s.mongo.database.trim().is_empty() {
+            p.push("[storage.mongo] deadline must be positive and database non-empty".into());
         }
         if self.supervisor.max_inflight_batches == 0 {
             p.push("[supervisor] max_inflight_batches must be at least 1".into());

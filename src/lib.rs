@@ -12,11 +12,13 @@
 //! - [`node`]: role wiring: which actors and routes a role starts, and clean shutdown.
 //! - [`federation`]: plans and launches a local federation of child processes (`up`).
 //! - [`bench`]: open-loop signed load generator (`citychain bench`).
+//! - [`chaos`]: fault injection: kill and restart nodes while checking every promise.
 //! - [`cli`]: the command line of API.md.
 //! - [`metrics`]: metric names and the Prometheus recorder.
 
 pub mod actors;
 pub mod bench;
+pub mod chaos;
 pub mod cli;
 pub mod config;
 pub mod crypto;

@@ -32,6 +32,7 @@ use crate::crypto::SigningKey;
 use crate::http::city_api::CityState;
 use crate::http::common::{self, ReadinessCheck};
 use crate::http::storage_api::{self, StorageState};
+use crate::storage::city_store::CityStore;
 use crate::storage::immutable_log::ImmutableLog;
 use crate::storage::peer::PeerClient;
 use crate::storage::store::BatchStore;
@@ -142,7 +143,21 @@ async fn start_city(
     })?);
     let client = PeerClient::new();
     let chain = TierChain::build(&config, client.clone(), log.clone());
-    let index = Arc::new(StatusIndex::default());
+    let store = Arc::new(CityStore::open(&config.node.data_dir).with_context(|| {
+        format!(
+            "opening the city store in {}",
+            config.node.data_dir.display()
+        )
+    })?);
+    let (next_seq, recent) = store.resume_point(config.batcher.max_parents)?;
+    if next_seq > 0 {
+        tracing::info!(
+            next_seq,
+            parents = recent.len(),
+            "resuming the batch DAG from disk"
+        );
+    }
+    let index = Arc::new(StatusIndex::new(store));
     let nodes = prioritizer::NodesSnapshot::default();
     let actors = Arc::new(ActorTable::default());
     let intake_slot = Default::default();
@@ -162,8 +177,8 @@ async fn start_city(
             nodes: nodes.clone(),
             actors: actors.clone(),
             intake_slot: Arc::clone(&intake_slot),
-            next_seq: 0,
-            recent: Vec::new(),
+            next_seq,
+            recent,
         },
     )
     .await

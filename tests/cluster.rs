@@ -434,3 +434,75 @@ async fn a_node_killed_and_restarted_serves_again() {
     assert_eq!(entry.pid, fed.node("light-1").pid());
     fed.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_city_resumes_its_index_and_dag_from_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut fed = federation(dir.path()).await;
+    let city = fed.city_url();
+    let client = client();
+    let key = SigningKey::generate().unwrap();
+
+    let mut promised = Vec::new();
+    let requests: Vec<_> = (0..30).map(|n| signed(&key, n)).collect();
+    for req in &requests {
+        let (status, body) = post(&client, &city, req).await;
+        assert_eq!(status, 200, "{body}");
+        promised.push((tx_id(req), body));
+    }
+    let last_seq = {
+        let (_, b) = get(
+            &client,
+            &format!(
+                "{city}/v1/batches/{}",
+                promised[29].1["batch_id"].as_str().unwrap()
+            ),
+        )
+        .await;
+        b["seq"].as_u64().unwrap()
+    };
+
+    // SIGKILL: no shutdown path runs.
+    fed.kill("city-tokyo").unwrap();
+    fed.restart("city-tokyo").await.unwrap();
+
+    for (id, posted) in &promised {
+        let (status, body) = get(&client, &format!("{city}/v1/tx/{id}")).await;
+        assert_eq!(
+            status, 200,
+            "acknowledged transaction {id} unknown after a crash"
+        );
+        assert_eq!(body["status"], "stored");
+        assert_eq!(body["batch_id"], posted["batch_id"]);
+        assert_eq!(body["tier"], posted["tier"]);
+    }
+    // A re-submission is still recognized as a duplicate.
+    let (status, again) = post(&client, &city, &requests[3]).await;
+    assert_eq!(
+        (status, again["duplicate"].as_bool()),
+        (200, Some(true)),
+        "{again}"
+    );
+
+    // The DAG goes on: a higher sequence number, parented on batches from before the crash.
+    let (status, body) = post(&client, &city, &signed(&key, 100)).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, batch) = get(
+        &client,
+        &format!("{city}/v1/batches/{}", body["batch_id"].as_str().unwrap()),
+    )
+    .await;
+    assert!(batch["seq"].as_u64().unwrap() > last_seq, "{batch}");
+    let parents: Vec<&str> = batch["parents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert!(!parents.is_empty());
+    for p in parents {
+        let (status, _) = get(&client, &format!("{city}/v1/batches/{p}")).await;
+        assert_eq!(status, 200, "parent {p} is a known batch");
+    }
+    fed.shutdown().await.unwrap();
+}

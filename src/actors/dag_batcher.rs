@@ -20,6 +20,7 @@ use super::intake::SubmitError;
 use super::mailbox::{Depth, Mailbox, SendError};
 use crate::config::BatcherConfig;
 use crate::messages::{Batch, BatchId, FlagKind, SealedBatch, SignedTx, Urgency, now_ms};
+use crate::storage::city_store::{CityStore, SEQ_BLOCK};
 
 /// Mailbox capacity (transactions).
 pub const MAILBOX_CAPACITY: usize = 16_384;
@@ -50,6 +51,8 @@ pub struct BatcherArgs {
     pub next_seq: u64,
     /// The most recent batch ids, oldest first, to parent the next batch on.
     pub recent: Vec<BatchId>,
+    /// Where sequence numbers are reserved before use.
+    pub store: Arc<CityStore>,
 }
 
 pub struct BatcherState {
@@ -63,6 +66,8 @@ pub struct BatcherState {
     deadline: Option<tokio::time::Instant>,
     generation: u64,
     seq: u64,
+    /// Sequence numbers below this are reserved on disk.
+    reserved: u64,
     recent: VecDeque<BatchId>,
     rate: RateEstimate,
 }
@@ -167,6 +172,21 @@ impl DagBatcher {
         state.opened_at = None;
         state.generation += 1;
         let first_arrival = state.first_arrival.take().unwrap_or_else(Instant::now);
+        if state.seq >= state.reserved {
+            let upto = state.seq + SEQ_BLOCK;
+            if let Err(e) = state.args.store.reserve_seq(upto) {
+                // Without a reservation a restart could reuse this number; refuse the batch.
+                tracing::error!(error = %e, "reserving batch sequence numbers failed");
+                let tx_ids = Arc::new(txs.iter().map(|t| t.id).collect());
+                let _ = state.args.supervisor.cast(SupervisorMsg::Undeliverable {
+                    tx_ids,
+                    reason: SubmitError::StorageUnavailable(format!("city store: {e}")),
+                    holds_credit: false,
+                });
+                return;
+            }
+            state.reserved = upto;
+        }
         let parents: Vec<BatchId> = state.recent.iter().rev().copied().collect();
         let batch = Batch::build(
             &state.args.city,
@@ -214,6 +234,7 @@ impl Actor for DagBatcher {
         let recent = args.recent.iter().copied().collect();
         Ok(BatcherState {
             seq: args.next_seq,
+            reserved: args.next_seq,
             recent,
             args,
             open: Vec::new(),
@@ -275,10 +296,12 @@ mod tests {
         sealed: UnboundedReceiver<FlaggerMsg>,
         key: SigningKey,
         nonce: u64,
+        _dir: tempfile::TempDir,
     }
 
     impl Harness {
         async fn start(config: BatcherConfig) -> Self {
+            let dir = tempfile::tempdir().unwrap();
             let (flagger, sealed) = recorder::<FlaggerMsg>().await;
             let (supervisor, _) = recorder::<SupervisorMsg>().await;
             let depth = Depth::new("test_batcher");
@@ -297,6 +320,7 @@ mod tests {
                     supervisor,
                     next_seq: 0,
                     recent: Vec::new(),
+                    store: Arc::new(CityStore::open(dir.path()).unwrap()),
                 },
             )
             .await
@@ -306,6 +330,7 @@ mod tests {
                 sealed,
                 key: SigningKey::from_seed([9; 32]).unwrap(),
                 nonce: 0,
+                _dir: dir,
             }
         }
 

@@ -29,7 +29,8 @@ use super::prioritizer::{
 };
 use super::storage_writer::{self, StorageWriter, WriterArgs};
 use crate::config::Config;
-use crate::messages::{BatchId, StoreJob, StoreOutcome, TxId};
+use crate::messages::{BatchId, FlagKind, SealedBatch, StoreJob, StoreOutcome, TxId};
+use crate::storage::city_store::{BatchRecord, CityStore, TxRecord};
 use crate::storage::peer::PeerClient;
 use crate::storage::tier::{TierChain, TierResult};
 
@@ -131,6 +132,7 @@ pub struct SupervisorArgs {
 
 pub struct SupervisorState {
     chain: TierChain,
+    store: Arc<CityStore>,
     actors: Arc<ActorTable>,
     names: HashMap<ActorId, &'static str>,
     intake: ActorRef<IntakeMsg>,
@@ -164,13 +166,68 @@ impl FailoverSupervisor {
             holders: stored.holders,
             acks: stored.acks,
         };
-        let _ = state.intake.cast(IntakeMsg::Stored {
-            header: job.sealed.batch.header.clone(),
-            tx_ids: job.sealed.tx_ids.clone(),
-            outcome,
+        // The record goes to disk before any client hears 200: a city killed the moment
+        // after still knows where every acknowledged transaction is.
+        let store = state.store.clone();
+        let intake = state.intake.clone();
+        let flagger = state.flagger.clone();
+        tokio::spawn(async move {
+            let sealed = &job.sealed;
+            let (batch, txs) = records(sealed, &outcome);
+            let msg = match store.record(batch, txs).await {
+                Ok(()) => IntakeMsg::Stored {
+                    tx_ids: sealed.tx_ids.clone(),
+                    outcome,
+                },
+                Err(e) => {
+                    tracing::error!(error = %e, "the batch is durable but its index record is not; failing it back");
+                    IntakeMsg::Failed {
+                        tx_ids: sealed.tx_ids.clone(),
+                        reason: SubmitError::StorageUnavailable(format!("status index: {e}")),
+                    }
+                }
+            };
+            let _ = intake.cast(msg);
+            let _ = flagger.cast(FlaggerMsg::Done);
         });
-        let _ = state.flagger.cast(FlaggerMsg::Done);
     }
+}
+
+/// The index records of a durable batch and its transactions.
+fn records(sealed: &SealedBatch, outcome: &StoreOutcome) -> (BatchRecord, Vec<(TxId, TxRecord)>) {
+    #[derive(serde::Deserialize)]
+    struct Kind {
+        kind: FlagKind,
+    }
+    let txs = sealed
+        .tx_ids
+        .iter()
+        .zip(&sealed.batch.body)
+        .map(|(id, stored)| {
+            let flag = serde_json::from_str::<Kind>(&stored.canonical)
+                .map(|k| k.kind)
+                .expect("batched transactions were parsed before");
+            (
+                *id,
+                TxRecord {
+                    flag,
+                    canonical: stored.canonical.clone(),
+                    batch_id: outcome.batch_id,
+                    tier: outcome.tier,
+                    holders: outcome.holders.clone(),
+                    acks: outcome.acks.len() as u32,
+                },
+            )
+        })
+        .collect();
+    let batch = BatchRecord {
+        header: sealed.batch.header.clone(),
+        tx_ids: sealed.tx_ids.as_ref().clone(),
+        tier: outcome.tier,
+        holders: outcome.holders.clone(),
+        acks: outcome.acks.clone(),
+    };
+    (batch, txs)
 }
 
 impl Actor for FailoverSupervisor {
@@ -263,6 +320,7 @@ impl Actor for FailoverSupervisor {
                 supervisor: myself.clone(),
                 next_seq: args.next_seq,
                 recent: args.recent.clone(),
+                store: args.index.store.clone(),
             },
             me.clone(),
         )
@@ -277,6 +335,7 @@ impl Actor for FailoverSupervisor {
             Intake,
             IntakeArgs {
                 queue_capacity: cfg.intake.queue_capacity,
+                sweep_after: cfg.intake.request_timeout * 2,
                 index: args.index.clone(),
                 depth: depth.clone(),
                 batcher: batcher_box,
@@ -294,6 +353,7 @@ impl Actor for FailoverSupervisor {
         table.set("failover_supervisor", "running", None, None);
 
         Ok(SupervisorState {
+            store: args.index.store.clone(),
             chain: args.chain,
             actors: args.actors,
             names,

@@ -5,7 +5,9 @@
 //! and [`check_policy`]); de-duplicates them by id; admits at most `queue_capacity`
 //! transactions that are not yet durable (past it: `overloaded`); feeds the DagBatcher;
 //! and answers every waiting client once the FailoverSupervisor reports its batch durable
-//! or failed. It owns the status index `GET /v1/tx/{id}` and `GET /v1/batches/{id}` read.
+//! or failed (by then the FailoverSupervisor has written the batch's record to the city's
+//! durable [`CityStore`]). It keeps the transactions in flight in memory; the
+//! [`StatusIndex`] answers `GET /v1/tx/{id}` from them or from the store.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,9 +19,8 @@ use tokio::sync::oneshot;
 
 use super::dag_batcher::BatcherMsg;
 use super::mailbox::{Depth, Mailbox, SendError};
-use crate::messages::{
-    BatchHeader, BatchId, FlagKind, PohAck, SignedTx, StoreOutcome, Tier, TxId, TxValidationError,
-};
+use crate::messages::{BatchId, FlagKind, SignedTx, StoreOutcome, Tier, TxId, TxValidationError};
+use crate::storage::city_store::{BatchRecord, CityStore, CityStoreError, TxRecord};
 
 /// Intake mailbox capacity (messages). Admission is bounded separately by
 /// `[intake] queue_capacity`; this bound only protects the actor from a burst of requests.
@@ -91,6 +92,7 @@ pub enum SubmitError {
 
 pub type SubmitResult = Result<Receipt, SubmitError>;
 
+#[allow(clippy::large_enum_variant)] // Submit is the common case; boxing it would cost an allocation per request.
 pub enum IntakeMsg {
     /// A verified transaction from the HTTP layer.
     Submit {
@@ -98,12 +100,15 @@ pub enum IntakeMsg {
         arrived: Instant,
         reply: oneshot::Sender<SubmitResult>,
     },
-    /// A batch is durable (from the FailoverSupervisor).
+    /// A batch is durable and its record is in the city store (from the
+    /// FailoverSupervisor).
     Stored {
-        header: BatchHeader,
         tx_ids: Arc<Vec<TxId>>,
         outcome: StoreOutcome,
     },
+    /// Fail back what has waited longer than this (a periodic sweep: whatever was lost in a
+    /// failed actor is answered with 503 rather than never).
+    Sweep(Duration),
     /// These transactions could not be made durable.
     Failed {
         tx_ids: Arc<Vec<TxId>>,
@@ -111,47 +116,53 @@ pub enum IntakeMsg {
     },
 }
 
-/// Where a transaction stands.
+/// A transaction admitted and not yet durable.
 #[derive(Debug, Clone)]
-pub enum TxState {
-    Pending,
-    Stored {
-        batch_id: BatchId,
-        tier: Tier,
-        holders: Arc<Vec<String>>,
-        acks: usize,
-    },
-}
-
-#[derive(Debug, Clone)]
-pub struct TxEntry {
+pub struct PendingTx {
     pub flag: FlagKind,
     /// The signed canonical JSON of the transaction.
     pub canonical: Arc<str>,
-    pub state: TxState,
 }
 
-#[derive(Debug, Clone)]
-pub struct BatchEntry {
-    pub header: BatchHeader,
-    pub tx_ids: Arc<Vec<TxId>>,
-    pub tier: Tier,
-    pub holders: Arc<Vec<String>>,
-    pub acks: Vec<PohAck>,
+/// What `GET /v1/tx/{id}` reads.
+pub enum TxView {
+    Pending(PendingTx),
+    Stored(TxRecord),
 }
 
-/// The status index: written by the Intake, read by HTTP handlers without a round trip
-/// through the actor.
-#[derive(Default)]
+/// The status index: transactions in flight (in memory, written by the Intake) over the
+/// durable city store (written by the FailoverSupervisor before any client hears 200).
 pub struct StatusIndex {
-    pub txs: DashMap<TxId, TxEntry>,
-    pub batches: DashMap<BatchId, Arc<BatchEntry>>,
+    pub pending: DashMap<TxId, PendingTx>,
+    pub store: Arc<CityStore>,
+}
+
+impl StatusIndex {
+    pub fn new(store: Arc<CityStore>) -> Self {
+        Self {
+            pending: DashMap::new(),
+            store,
+        }
+    }
+
+    pub fn tx(&self, id: &TxId) -> Result<Option<TxView>, CityStoreError> {
+        if let Some(p) = self.pending.get(id) {
+            return Ok(Some(TxView::Pending(p.clone())));
+        }
+        Ok(self.store.get_tx(id)?.map(TxView::Stored))
+    }
+
+    pub fn batch(&self, id: &BatchId) -> Result<Option<BatchRecord>, CityStoreError> {
+        self.store.get_batch(id)
+    }
 }
 
 pub struct Intake;
 
 pub struct IntakeArgs {
     pub queue_capacity: usize,
+    /// Transactions waiting longer than this are failed back with 503.
+    pub sweep_after: Duration,
     pub index: Arc<StatusIndex>,
     pub depth: Depth,
     pub batcher: Mailbox<BatcherMsg>,
@@ -176,37 +187,36 @@ impl Intake {
         reply: oneshot::Sender<SubmitResult>,
     ) {
         let index = &state.args.index;
-        if let Some(entry) = index.txs.get(&tx.id) {
-            match &entry.state {
-                TxState::Stored {
-                    batch_id,
-                    tier,
-                    acks,
-                    ..
-                } => {
-                    let _ = reply.send(Ok(Receipt {
-                        tx_id: tx.id,
-                        tier: *tier,
-                        batch_id: *batch_id,
-                        acks: *acks,
-                        flag: entry.flag,
-                        duplicate: true,
-                    }));
-                }
-                TxState::Pending => {
-                    let waiters = state.waiters.entry(tx.id).or_default();
-                    if waiters.len() >= MAX_WAITERS_PER_TX {
-                        let _ = reply.send(Err(SubmitError::Overloaded(waiters.len())));
-                    } else {
-                        waiters.push(Waiter {
-                            reply,
-                            arrived,
-                            duplicate: true,
-                        });
-                    }
-                }
+        if index.pending.contains_key(&tx.id) {
+            let waiters = state.waiters.entry(tx.id).or_default();
+            if waiters.len() >= MAX_WAITERS_PER_TX {
+                let _ = reply.send(Err(SubmitError::Overloaded(waiters.len())));
+            } else {
+                waiters.push(Waiter {
+                    reply,
+                    arrived,
+                    duplicate: true,
+                });
             }
             return;
+        }
+        match index.store.get_tx(&tx.id) {
+            Ok(Some(rec)) => {
+                let _ = reply.send(Ok(Receipt {
+                    tx_id: tx.id,
+                    tier: rec.tier,
+                    batch_id: rec.batch_id,
+                    acks: rec.acks as usize,
+                    flag: rec.flag,
+                    duplicate: true,
+                }));
+                return;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let _ = reply.send(Err(SubmitError::StorageUnavailable(e.to_string())));
+                return;
+            }
         }
         let in_flight = state.waiters.len();
         if in_flight >= state.args.queue_capacity {
@@ -215,12 +225,11 @@ impl Intake {
             return;
         }
         let id = tx.id;
-        index.txs.insert(
+        index.pending.insert(
             id,
-            TxEntry {
+            PendingTx {
                 flag: tx.tx.kind,
                 canonical: Arc::from(tx.canonical.as_str()),
-                state: TxState::Pending,
             },
         );
         match state.args.batcher.try_send(BatcherMsg::Add { tx, arrived }) {
@@ -235,7 +244,7 @@ impl Intake {
                 );
             }
             Err(e) => {
-                index.txs.remove(&id);
+                index.pending.remove(&id);
                 let err = match e {
                     SendError::Full(_) => SubmitError::Overloaded(in_flight),
                     SendError::Closed(_) => SubmitError::ShuttingDown,
@@ -247,33 +256,17 @@ impl Intake {
         }
     }
 
-    fn stored(
-        state: &mut IntakeState,
-        header: BatchHeader,
-        tx_ids: Arc<Vec<TxId>>,
-        outcome: StoreOutcome,
-    ) {
-        let index = &state.args.index;
-        let holders = Arc::new(outcome.holders.clone());
+    fn stored(state: &mut IntakeState, tx_ids: &[TxId], outcome: StoreOutcome) {
         let acks = outcome.acks.len();
-        for id in tx_ids.iter() {
-            let flag = match index.txs.get_mut(id) {
-                Some(mut entry) => {
-                    entry.state = TxState::Stored {
-                        batch_id: outcome.batch_id,
-                        tier: outcome.tier,
-                        holders: holders.clone(),
-                        acks,
-                    };
-                    entry.flag
-                }
-                // Every batched transaction was indexed on submission; its absence means the
-                // index was changed behind the Intake's back.
-                None => panic!(
-                    "batched transaction {} missing from the index",
-                    hex::encode(id)
-                ),
-            };
+        for id in tx_ids {
+            // Absent when a sweep already failed it back: then nobody waits, and the
+            // transaction is durable all the same (its record is in the store).
+            let flag = state
+                .args
+                .index
+                .pending
+                .remove(id)
+                .map_or(FlagKind::FreshTx, |(_, p)| p.flag);
             for w in state.waiters.remove(id).unwrap_or_default() {
                 if !w.duplicate {
                     metrics::counter!(crate::metrics::TX_ACCEPTED).increment(1);
@@ -290,16 +283,27 @@ impl Intake {
                 }));
             }
         }
-        index.batches.insert(
-            outcome.batch_id,
-            Arc::new(BatchEntry {
-                header,
-                tx_ids,
-                tier: outcome.tier,
-                holders,
-                acks: outcome.acks,
-            }),
-        );
+    }
+
+    fn sweep(state: &mut IntakeState, older_than: Duration) {
+        let stale: Vec<TxId> = state
+            .waiters
+            .iter()
+            .filter(|(_, ws)| ws.first().is_some_and(|w| w.arrived.elapsed() > older_than))
+            .map(|(id, _)| *id)
+            .collect();
+        if !stale.is_empty() {
+            tracing::warn!(
+                txs = stale.len(),
+                ?older_than,
+                "failing back transactions that waited too long"
+            );
+            Self::failed(
+                state,
+                &stale,
+                SubmitError::StorageUnavailable(format!("not durable within {older_than:?}")),
+            );
+        }
     }
 
     fn failed(state: &mut IntakeState, tx_ids: &[TxId], reason: SubmitError) {
@@ -310,7 +314,7 @@ impl Intake {
         };
         for id in tx_ids {
             // Not durable: forget it, so a retry is a fresh submission.
-            state.args.index.txs.remove(id);
+            state.args.index.pending.remove(id);
             for w in state.waiters.remove(id).unwrap_or_default() {
                 metrics::counter!(crate::metrics::TX_REJECTED, "reason" => code).increment(1);
                 let _ = w.reply.send(Err(reason.clone()));
@@ -335,6 +339,16 @@ impl Actor for Intake {
         })
     }
 
+    async fn post_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut IntakeState,
+    ) -> Result<(), ActorProcessingErr> {
+        let after = state.args.sweep_after;
+        myself.send_interval(after / 4, move || IntakeMsg::Sweep(after));
+        Ok(())
+    }
+
     async fn handle(
         &self,
         _myself: ActorRef<Self::Msg>,
@@ -346,11 +360,8 @@ impl Actor for Intake {
                 state.args.depth.taken();
                 Self::submit(state, tx, arrived, reply);
             }
-            IntakeMsg::Stored {
-                header,
-                tx_ids,
-                outcome,
-            } => Self::stored(state, header, tx_ids, outcome),
+            IntakeMsg::Stored { tx_ids, outcome } => Self::stored(state, &tx_ids, outcome),
+            IntakeMsg::Sweep(older_than) => Self::sweep(state, older_than),
             IntakeMsg::Failed { tx_ids, reason } => Self::failed(state, &tx_ids, reason),
         }
         Ok(())
@@ -377,19 +388,21 @@ mod tests {
 
     async fn intake(
         capacity: usize,
+        dir: &std::path::Path,
     ) -> (
         ActorRef<IntakeMsg>,
         Arc<StatusIndex>,
         tokio::sync::mpsc::UnboundedReceiver<BatcherMsg>,
     ) {
         let (batcher, added) = recorder::<BatcherMsg>().await;
-        let index = Arc::new(StatusIndex::default());
+        let index = Arc::new(StatusIndex::new(Arc::new(CityStore::open(dir).unwrap())));
         let depth = Depth::new("test_intake");
         let (actor, _) = Actor::spawn(
             None,
             Intake,
             IntakeArgs {
                 queue_capacity: capacity,
+                sweep_after: Duration::from_secs(60),
                 index: index.clone(),
                 depth,
                 batcher: Mailbox::new(batcher, Depth::new("test_batcher"), 64),
@@ -415,7 +428,8 @@ mod tests {
 
     #[tokio::test]
     async fn admits_up_to_capacity_dedups_and_answers_everyone_once_stored() {
-        let (actor, index, mut added) = intake(1).await;
+        let dir = tempfile::tempdir().unwrap();
+        let (actor, index, mut added) = intake(1, dir.path()).await;
         let key = SigningKey::from_seed([5; 32]).unwrap();
         let first = signed_tx(&key, 1, FlagKind::FreshTx, 10);
         let second = signed_tx(&key, 2, FlagKind::FreshTx, 10);
@@ -425,7 +439,7 @@ mod tests {
         let over = submit(&actor, second.clone());
         assert_eq!(over.await.unwrap(), Err(SubmitError::Overloaded(1)));
         assert!(
-            index.txs.get(&second.id).is_none(),
+            !index.pending.contains_key(&second.id),
             "a refused transaction leaves no trace"
         );
         let Some(BatcherMsg::Add { tx, .. }) = added.recv().await else {
@@ -433,10 +447,11 @@ mod tests {
         };
         assert_eq!(tx.id, first.id);
         assert!(matches!(
-            index.txs.get(&first.id).unwrap().state,
-            TxState::Pending
+            index.tx(&first.id).unwrap(),
+            Some(TxView::Pending(_))
         ));
 
+        // What the FailoverSupervisor does: the record to disk first, then the news.
         let batch = Batch::build(
             "tokyo",
             0,
@@ -445,15 +460,39 @@ mod tests {
             std::slice::from_ref(&first),
             0,
         );
+        let holders = vec!["l1".to_string(), "l2".into(), "l3".into()];
         let outcome = StoreOutcome {
             batch_id: batch.id(),
             tier: Tier::Light,
-            holders: vec!["l1".into(), "l2".into(), "l3".into()],
+            holders: holders.clone(),
             acks: vec![],
         };
+        index
+            .store
+            .record(
+                BatchRecord {
+                    header: batch.header.clone(),
+                    tx_ids: vec![first.id],
+                    tier: Tier::Light,
+                    holders: holders.clone(),
+                    acks: vec![],
+                },
+                vec![(
+                    first.id,
+                    TxRecord {
+                        flag: FlagKind::FreshTx,
+                        canonical: first.canonical.clone(),
+                        batch_id: batch.id(),
+                        tier: Tier::Light,
+                        holders,
+                        acks: 0,
+                    },
+                )],
+            )
+            .await
+            .unwrap();
         actor
             .cast(IntakeMsg::Stored {
-                header: batch.header.clone(),
                 tx_ids: Arc::new(vec![first.id]),
                 outcome,
             })
@@ -465,7 +504,12 @@ mod tests {
             receipt.duplicate,
             "the second client waited for the same outcome"
         );
-        assert!(index.batches.contains_key(&batch.id()));
+        assert!(index.batch(&batch.id()).unwrap().is_some());
+        assert!(matches!(
+            index.tx(&first.id).unwrap(),
+            Some(TxView::Stored(_))
+        ));
+        assert!(index.pending.is_empty(), "stored transactions leave memory");
 
         // Capacity is free again, and a stored transaction answers at once as a duplicate.
         let again = submit(&actor, first.clone()).await.unwrap().unwrap();
@@ -476,7 +520,8 @@ mod tests {
 
     #[tokio::test]
     async fn failed_batches_are_answered_and_forgotten() {
-        let (actor, index, mut added) = intake(10).await;
+        let dir = tempfile::tempdir().unwrap();
+        let (actor, index, mut added) = intake(10, dir.path()).await;
         let key = SigningKey::from_seed([6; 32]).unwrap();
         let tx = signed_tx(&key, 1, FlagKind::FreshTx, 10);
         let answer = submit(&actor, tx.clone());
@@ -492,7 +537,7 @@ mod tests {
             Err(SubmitError::StorageUnavailable(_))
         ));
         assert!(
-            index.txs.get(&tx.id).is_none(),
+            !index.pending.contains_key(&tx.id),
             "a retry is a fresh submission"
         );
     }

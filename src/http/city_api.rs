@@ -14,7 +14,7 @@ use super::common::{read_body, require_json};
 use super::{ApiError, ApiResult};
 use crate::actors::failover_supervisor::Slot;
 use crate::actors::intake::{
-    IntakeLimits, IntakeMsg, Receipt, StatusIndex, SubmitError, TxState, check_policy,
+    IntakeLimits, IntakeMsg, Receipt, StatusIndex, SubmitError, TxView, check_policy,
 };
 use crate::actors::mailbox::{Mailbox, SendError};
 use crate::actors::prioritizer::NodesSnapshot;
@@ -111,29 +111,30 @@ fn parse_id(s: &str, what: &str) -> ApiResult<[u8; 32]> {
     })
 }
 
+fn index_error(e: crate::storage::city_store::CityStoreError) -> ApiError {
+    tracing::error!(error = %e, "reading the status index failed");
+    ApiError::new(500, "internal", e.to_string())
+}
+
 async fn get_tx(path: web::Path<String>, state: web::Data<CityState>) -> ApiResult<HttpResponse> {
     let id = parse_id(&path, "tx_id")?;
-    let entry = state
+    let view = state
         .index
-        .txs
-        .get(&id)
-        .map(|e| e.clone())
+        .tx(&id)
+        .map_err(index_error)?
         .ok_or_else(|| ApiError::not_found(format!("unknown transaction {}", path.as_str())))?;
-    let tx: serde_json::Value =
-        serde_json::from_str(&entry.canonical).expect("the index holds canonical JSON");
-    let body = match &entry.state {
-        TxState::Pending => json!({
+    let parse = |canonical: &str| -> serde_json::Value {
+        serde_json::from_str(canonical).expect("the index holds canonical JSON")
+    };
+    let body = match view {
+        TxView::Pending(p) => json!({
             "tx_id": hex32(&id), "status": "pending", "tier": null, "batch_id": null,
-            "holders": [], "flag": entry.flag, "tx": tx,
+            "holders": [], "flag": p.flag, "tx": parse(&p.canonical),
         }),
-        TxState::Stored {
-            batch_id,
-            tier,
-            holders,
-            ..
-        } => json!({
-            "tx_id": hex32(&id), "status": "stored", "tier": tier, "batch_id": hex32(batch_id),
-            "holders": holders.as_ref(), "flag": entry.flag, "tx": tx,
+        TxView::Stored(r) => json!({
+            "tx_id": hex32(&id), "status": "stored", "tier": r.tier,
+            "batch_id": hex32(&r.batch_id), "holders": r.holders, "flag": r.flag,
+            "tx": parse(&r.canonical),
         }),
     };
     Ok(HttpResponse::Ok().json(body))
@@ -146,9 +147,8 @@ async fn get_batch(
     let id = parse_id(&path, "batch_id")?;
     let b = state
         .index
-        .batches
-        .get(&id)
-        .map(|e| e.clone())
+        .batch(&id)
+        .map_err(index_error)?
         .ok_or_else(|| ApiError::not_found(format!("unknown batch {}", path.as_str())))?;
     let h = &b.header;
     Ok(HttpResponse::Ok().json(json!({
@@ -161,7 +161,7 @@ async fn get_batch(
         "flag": h.flag,
         "created_at_ms": h.created_at_ms,
         "tier": b.tier,
-        "holders": b.holders.as_ref(),
+        "holders": b.holders,
         "acks": b.acks.iter().map(|a| json!({
             "holder_id": a.holder_id,
             "held_hash": hex32(&a.held_hash),

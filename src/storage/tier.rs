@@ -11,6 +11,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 
 use super::immutable_log::{ImmutableLog, RecordKind};
+use super::mongo::MongoTier;
 use super::peer::PeerClient;
 use crate::config::Config;
 use crate::crypto;
@@ -56,8 +57,8 @@ impl TierChain {
             .supervisor
             .chain
             .iter()
-            .map(|tier| -> Arc<dyn StorageTier> {
-                match tier {
+            .filter_map(|tier| -> Option<Arc<dyn StorageTier>> {
+                Some(match tier {
                     Tier::Light => Arc::new(PeerTier {
                         tier: Tier::Light,
                         client: client.clone(),
@@ -74,9 +75,18 @@ impl TierChain {
                         log: log.clone(),
                         holder: config.node.id.clone(),
                     }),
-                    // Refused by Config::validate until the MongoDB tier lands.
-                    Tier::Mongo => unreachable!("config validation rejects the mongo tier"),
-                }
+                    Tier::Mongo => match MongoTier::new(&s.mongo, &config.node.continent) {
+                        Some(mongo) => Arc::new(mongo),
+                        None => {
+                            tracing::info!(
+                                continent = %config.node.continent,
+                                env = %crate::config::MongoConfig::env_var(&config.node.continent),
+                                "no MongoDB URI for this continent; the mongo tier is skipped"
+                            );
+                            return None;
+                        }
+                    },
+                })
             })
             .collect();
         Self { tiers }

@@ -1,0 +1,321 @@
+//! The city node's own durable state: the status index (where every acknowledged
+//! transaction and batch is held), and where the batch DAG resumes after a restart.
+//!
+//! A client gets 200 only after its batch's record is here, fsynced, so a city killed at
+//! any moment still answers `GET /v1/tx/{id}` for every transaction it acknowledged.
+//! Records are written by one thread that group-commits: every record waiting when a
+//! write starts shares its transaction and its fsync.
+//!
+//! Batch sequence numbers are reserved in blocks ([`SEQ_BLOCK`]) before use, so a restarted
+//! city never reuses a number it may already have handed out.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::messages::{BatchHeader, BatchId, FlagKind, PohAck, Tier, TxId};
+
+pub const FILE_NAME: &str = "city.redb";
+
+/// Sequence numbers reserved per disk write.
+pub const SEQ_BLOCK: u64 = 1024;
+
+/// Records waiting to be written, at most; past it `record` waits.
+const QUEUE: usize = 4096;
+
+const TXS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("txs");
+const BATCHES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("batches");
+const BY_SEQ: TableDefinition<u64, &[u8; 32]> = TableDefinition::new("batches_by_seq");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const SEQ_RESERVED: &str = "seq_reserved";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CityStoreError {
+    #[error("city database: {0}")]
+    Db(String),
+    #[error("city database writer has stopped")]
+    Closed,
+}
+
+pub type Result<T> = std::result::Result<T, CityStoreError>;
+
+fn db_err(e: impl std::fmt::Display) -> CityStoreError {
+    CityStoreError::Db(e.to_string())
+}
+
+/// An acknowledged transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxRecord {
+    pub flag: FlagKind,
+    /// The signed canonical JSON.
+    pub canonical: String,
+    pub batch_id: BatchId,
+    pub tier: Tier,
+    pub holders: Vec<String>,
+    pub acks: u32,
+}
+
+/// A durable batch: where it is and the acks that prove it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchRecord {
+    pub header: BatchHeader,
+    pub tx_ids: Vec<TxId>,
+    pub tier: Tier,
+    pub holders: Vec<String>,
+    pub acks: Vec<PohAck>,
+}
+
+struct WriteReq {
+    batch_id: BatchId,
+    batch: BatchRecord,
+    txs: Vec<(TxId, TxRecord)>,
+    done: oneshot::Sender<Result<()>>,
+}
+
+pub struct CityStore {
+    db: Arc<Database>,
+    writer: mpsc::Sender<WriteReq>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for CityStore {
+    fn drop(&mut self) {
+        // Close the queue, let the writer finish what it holds, and release the database
+        // so it can be opened again at once.
+        let (closed, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.writer, closed));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl CityStore {
+    /// Opens or creates `DIR/city.redb` and starts its writer thread.
+    pub fn open(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(db_err)?;
+        let db = Arc::new(Database::create(dir.join(FILE_NAME)).map_err(db_err)?);
+        {
+            let tx = db.begin_write().map_err(db_err)?;
+            tx.open_table(TXS).map_err(db_err)?;
+            tx.open_table(BATCHES).map_err(db_err)?;
+            tx.open_table(BY_SEQ).map_err(db_err)?;
+            tx.open_table(META).map_err(db_err)?;
+            tx.commit().map_err(db_err)?;
+        }
+        let (writer, rx) = mpsc::channel(QUEUE);
+        let thread_db = db.clone();
+        let thread = std::thread::Builder::new()
+            .name("city-store-writer".into())
+            .spawn(move || write_loop(&thread_db, rx))
+            .map_err(db_err)?;
+        Ok(Self {
+            db,
+            writer,
+            thread: Some(thread),
+        })
+    }
+
+    /// Makes a stored batch and its transactions durable in the index; returns once fsynced.
+    pub async fn record(&self, batch: BatchRecord, txs: Vec<(TxId, TxRecord)>) -> Result<()> {
+        let (done, wait) = oneshot::channel();
+        let batch_id = batch.header.id();
+        self.writer
+            .send(WriteReq {
+                batch_id,
+                batch,
+                txs,
+                done,
+            })
+            .await
+            .map_err(|_| CityStoreError::Closed)?;
+        wait.await.map_err(|_| CityStoreError::Closed)?
+    }
+
+    pub fn get_tx(&self, id: &TxId) -> Result<Option<TxRecord>> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let table = tx.open_table(TXS).map_err(db_err)?;
+        table
+            .get(id)
+            .map_err(db_err)?
+            .map(|v| crate::messages::decode(v.value()).map_err(db_err))
+            .transpose()
+    }
+
+    pub fn get_batch(&self, id: &BatchId) -> Result<Option<BatchRecord>> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let table = tx.open_table(BATCHES).map_err(db_err)?;
+        table
+            .get(id)
+            .map_err(db_err)?
+            .map(|v| crate::messages::decode(v.value()).map_err(db_err))
+            .transpose()
+    }
+
+    /// Where the DAG resumes: the first unreserved sequence number, and the ids of the
+    /// `parents` most recent durable batches, oldest first.
+    pub fn resume_point(&self, parents: usize) -> Result<(u64, Vec<BatchId>)> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let meta = tx.open_table(META).map_err(db_err)?;
+        let reserved = meta
+            .get(SEQ_RESERVED)
+            .map_err(db_err)?
+            .map_or(0, |v| v.value());
+        let by_seq = tx.open_table(BY_SEQ).map_err(db_err)?;
+        let mut recent: Vec<BatchId> = by_seq
+            .iter()
+            .map_err(db_err)?
+            .rev()
+            .take(parents)
+            .map(|e| e.map(|(_, id)| *id.value()).map_err(db_err))
+            .collect::<Result<_>>()?;
+        recent.reverse();
+        Ok((reserved, recent))
+    }
+
+    /// Reserves sequence numbers below `upto` (fsynced before it returns).
+    pub fn reserve_seq(&self, upto: u64) -> Result<()> {
+        let mut tx = self.db.begin_write().map_err(db_err)?;
+        tx.set_durability(Durability::Immediate).map_err(db_err)?;
+        {
+            let mut meta = tx.open_table(META).map_err(db_err)?;
+            let current = meta
+                .get(SEQ_RESERVED)
+                .map_err(db_err)?
+                .map_or(0, |v| v.value());
+            meta.insert(SEQ_RESERVED, current.max(upto))
+                .map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)
+    }
+
+    /// Durable batches held only on a lower tier than `tier` (for repair upward).
+    pub fn batches_below(&self, tier: Tier) -> Result<Vec<BatchRecord>> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let table = tx.open_table(BATCHES).map_err(db_err)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(db_err)? {
+            let (_, v) = entry.map_err(db_err)?;
+            let rec: BatchRecord = crate::messages::decode(v.value()).map_err(db_err)?;
+            if rec.tier > tier {
+                out.push(rec);
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn write_loop(db: &Database, mut rx: mpsc::Receiver<WriteReq>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut group = vec![first];
+        while group.len() < 512 {
+            match rx.try_recv() {
+                Ok(req) => group.push(req),
+                Err(_) => break,
+            }
+        }
+        let result = write_group(db, &group);
+        if let Err(e) = &result {
+            tracing::error!(error = %e, records = group.len(), "writing the city's status index failed");
+        }
+        for req in group {
+            let _ = req.done.send(match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(CityStoreError::Db(e.to_string())),
+            });
+        }
+    }
+}
+
+fn write_group(db: &Database, group: &[WriteReq]) -> Result<()> {
+    let mut tx = db.begin_write().map_err(db_err)?;
+    tx.set_durability(Durability::Immediate).map_err(db_err)?;
+    {
+        let mut txs = tx.open_table(TXS).map_err(db_err)?;
+        let mut batches = tx.open_table(BATCHES).map_err(db_err)?;
+        let mut by_seq = tx.open_table(BY_SEQ).map_err(db_err)?;
+        for req in group {
+            batches
+                .insert(
+                    &req.batch_id,
+                    crate::messages::encode(&req.batch).as_slice(),
+                )
+                .map_err(db_err)?;
+            by_seq
+                .insert(req.batch.header.seq, &req.batch_id)
+                .map_err(db_err)?;
+            for (id, rec) in &req.txs {
+                txs.insert(id, crate::messages::encode(rec).as_slice())
+                    .map_err(db_err)?;
+            }
+        }
+    }
+    tx.commit().map_err(db_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::messages::Batch;
+
+    fn record(seq: u64) -> (BatchRecord, Vec<(TxId, TxRecord)>) {
+        let header = Batch::build("tokyo", seq, vec![], FlagKind::FreshTx, &[], seq).header;
+        let batch_id = header.id();
+        let tx_id = [seq as u8; 32];
+        (
+            BatchRecord {
+                header,
+                tx_ids: vec![tx_id],
+                tier: Tier::Light,
+                holders: vec!["light-1".into()],
+                acks: vec![],
+            },
+            vec![(
+                tx_id,
+                TxRecord {
+                    flag: FlagKind::FreshTx,
+                    canonical: "{}".into(),
+                    batch_id,
+                    tier: Tier::Light,
+                    holders: vec!["light-1".into()],
+                    acks: 3,
+                },
+            )],
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_survive_reopening_and_give_the_resume_point() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = CityStore::open(dir.path()).unwrap();
+            assert_eq!(store.resume_point(2).unwrap(), (0, vec![]));
+            store.reserve_seq(SEQ_BLOCK).unwrap();
+            let writes: Vec<_> = (0..50u64)
+                .map(|s| {
+                    let (b, t) = record(s);
+                    store.record(b, t)
+                })
+                .collect();
+            for r in futures::future::join_all(writes).await {
+                r.unwrap();
+            }
+        }
+        let store = CityStore::open(dir.path()).unwrap();
+        let (next, recent) = store.resume_point(2).unwrap();
+        assert_eq!(next, SEQ_BLOCK, "resumes past every reserved number");
+        assert_eq!(
+            recent,
+            vec![record(48).0.header.id(), record(49).0.header.id()]
+        );
+        let tx = store.get_tx(&[7; 32]).unwrap().unwrap();
+        assert_eq!(tx.batch_id, record(7).0.header.id());
+        let batch = store.get_batch(&tx.batch_id).unwrap().unwrap();
+        assert_eq!(batch.tx_ids, vec![[7; 32]]);
+        assert!(store.get_tx(&[200; 32]).unwrap().is_none());
+        assert!(store.batches_below(Tier::Light).unwrap().is_empty());
+    }
+}
