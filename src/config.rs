@@ -359,10 +359,53 @@ pub struct StorageNodeEntry {
     pub public_key: String,
 }
 
-/// `[supervisor]`: the failover chain.
+/// How a supervisor restarts its children (Erlang/OTP's strategies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Restart only the actor that failed.
+    OneForOne,
+    /// Restart every actor when one fails.
+    OneForAll,
+    /// Restart the failed actor and every actor started after it.
+    RestForOne,
+}
+
+/// When an actor is restarted (Erlang/OTP's child restart types).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestartType {
+    /// Always.
+    Permanent,
+    /// Only after an abnormal exit (a panic or error).
+    Transient,
+    /// Never; the node reports not ready instead.
+    Temporary,
+}
+
+/// `[supervisor]`: the failover chain and the restart policy of the city pipeline.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SupervisorConfig {
+    pub strategy: Strategy,
+    /// More restarts than this within `within` and the supervisor gives up: the node
+    /// reports not ready and exits non-zero rather than restarting in a loop.
+    pub max_restarts: u32,
+    #[serde(with = "humantime_serde")]
+    pub within: Duration,
+    /// Delay before the first restart of an actor; multiplied for each further restart
+    /// inside `within`, up to `backoff_max`.
+    #[serde(with = "humantime_serde")]
+    pub backoff_initial: Duration,
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+    pub backoff_multiplier: f64,
+    /// Restart type per actor (`intake`, `dag_batcher`, `flagger`, `prioritizer`,
+    /// `storage_writer`); unlisted actors are `permanent`.
+    pub restart: std::collections::BTreeMap<String, RestartType>,
+    /// Enables `POST /v1/actors/{name}/panic`, for fault-injection tests. Never in
+    /// production.
+    pub fault_injection: bool,
     /// Tiers in the order a batch tries them. Must end with `"log"`, the tier that is
     /// always there. `"mongo"` is skipped when no URI is configured for the continent.
     pub chain: Vec<Tier>,
@@ -373,6 +416,14 @@ pub struct SupervisorConfig {
 impl Default for SupervisorConfig {
     fn default() -> Self {
         Self {
+            strategy: Strategy::OneForOne,
+            max_restarts: 5,
+            within: Duration::from_secs(10),
+            backoff_initial: Duration::from_millis(10),
+            backoff_max: Duration::from_secs(1),
+            backoff_multiplier: 2.0,
+            restart: Default::default(),
+            fault_injection: false,
             chain: vec![Tier::Light, Tier::Full, Tier::Mongo, Tier::Log],
             max_inflight_batches: 64,
         }
@@ -597,6 +648,22 @@ impl Config {
         }
         if s.mongo.deadline.is_zero() || s.mongo.database.trim().is_empty() {
             p.push("[storage.mongo] deadline must be positive and database non-empty".into());
+        }
+        let sup = &self.supervisor;
+        for name in sup.restart.keys() {
+            if !crate::actors::failover_supervisor::CHILDREN.contains(&name.as_str()) {
+                p.push(format!(
+                    "[supervisor.restart] unknown actor {name:?} (actors: {})",
+                    crate::actors::failover_supervisor::CHILDREN.join(", ")
+                ));
+            }
+        }
+        if sup.within.is_zero()
+            || sup.backoff_multiplier.is_nan()
+            || sup.backoff_multiplier < 1.0
+            || sup.backoff_initial > sup.backoff_max
+        {
+            p.push("[supervisor] within must be positive, backoff_multiplier at least 1, backoff_initial at most backoff_max".into());
         }
         if self.supervisor.max_inflight_batches == 0 {
             p.push("[supervisor] max_inflight_batches must be at least 1".into());

@@ -35,6 +35,10 @@ pub const ACKS_REJECTED: &str = "citychain_acks_rejected_total";
 pub const STORE_REQUESTS: &str = "citychain_store_requests_total";
 /// Gauge (storage nodes): bytes held.
 pub const STORE_USED_BYTES: &str = "citychain_store_used_bytes";
+/// Counter, label `actor`: pipeline actors that exited (panic, error or stop).
+pub const ACTOR_FAILURES: &str = "citychain_actor_failures_total";
+/// Counter, label `actor`: restarts by the supervisor.
+pub const ACTOR_RESTARTS: &str = "citychain_actor_restarts_total";
 /// Counter: records appended to the immutable log.
 pub const LOG_APPENDS: &str = "citychain_log_appends_total";
 

@@ -45,6 +45,8 @@ pub struct RunningNode {
     server: ServerHandle,
     server_task: tokio::task::JoinHandle<std::io::Result<()>>,
     supervisor: Option<ActorRef<SupervisorMsg>>,
+    /// Notified when the supervisor gives up on the pipeline (city nodes).
+    gave_up: Option<(Arc<tokio::sync::Notify>, Arc<ActorTable>)>,
 }
 
 impl RunningNode {
@@ -62,7 +64,22 @@ impl RunningNode {
         mut self,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<()> {
+        let gave_up = self.gave_up.clone();
+        let escalation = async move {
+            match gave_up {
+                Some((notify, table)) => {
+                    notify.notified().await;
+                    table.gave_up().unwrap_or_default()
+                }
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            why = escalation => {
+                tracing::error!("{why}; stopping the node");
+                self.stop().await;
+                anyhow::bail!("{why}")
+            }
             _ = shutdown => {
                 tracing::info!("shutting down");
                 self.stop().await;
@@ -158,6 +175,7 @@ async fn start_city(
         );
     }
     let index = Arc::new(StatusIndex::new(store));
+    let gave_up = Arc::new(tokio::sync::Notify::new());
     let nodes = prioritizer::NodesSnapshot::default();
     let actors = Arc::new(ActorTable::default());
     let intake_slot = Default::default();
@@ -177,8 +195,7 @@ async fn start_city(
             nodes: nodes.clone(),
             actors: actors.clone(),
             intake_slot: Arc::clone(&intake_slot),
-            next_seq,
-            recent,
+            gave_up: gave_up.clone(),
         },
     )
     .await
@@ -195,16 +212,15 @@ async fn start_city(
         intake: intake_slot,
         index,
         nodes,
+        supervisor: config
+            .supervisor
+            .fault_injection
+            .then(|| supervisor.clone()),
     });
     let ready_actors = actors.clone();
-    let readiness: ReadinessCheck = Arc::new(move || {
-        if ready_actors.all_running() {
-            Ok(())
-        } else {
-            Err("an actor of the pipeline is not running".into())
-        }
-    });
+    let readiness: ReadinessCheck = Arc::new(move || ready_actors.ready());
     let readiness = web::Data::new(readiness);
+    let actors_table = actors.clone();
     let actors = web::Data::new(actors);
     let server = HttpServer::new(move || {
         App::new()
@@ -225,6 +241,7 @@ async fn start_city(
     .run();
     tracing::info!(%addr, node = %config.node.id, "city node listening");
     Ok(RunningNode {
+        gave_up: Some((gave_up, actors_table)),
         addr,
         role: Role::City,
         server: server.handle(),
@@ -281,6 +298,7 @@ fn start_storage(
         server: server.handle(),
         server_task: tokio::spawn(server),
         supervisor: None,
+        gave_up: None,
     })
 }
 
@@ -315,6 +333,7 @@ fn start_aggregator(
         server: server.handle(),
         server_task: tokio::spawn(server),
         supervisor: None,
+        gave_up: None,
     })
 }
 

@@ -30,6 +30,8 @@ const RATE_PERIOD: Duration = Duration::from_millis(50);
 
 #[allow(clippy::large_enum_variant)] // Add is the common case; Tick is rare and small.
 pub enum BatcherMsg {
+    /// Fault injection (`[supervisor] fault_injection`): the actor panics.
+    Panic,
     Add {
         tx: SignedTx,
         arrived: Instant,
@@ -260,6 +262,7 @@ impl Actor for DagBatcher {
                 state.args.depth.taken();
                 Self::add(&myself, state, tx, arrived);
             }
+            BatcherMsg::Panic => panic!("fault injected into dag_batcher"),
             BatcherMsg::Tick(generation) => {
                 if generation == state.generation && !state.open.is_empty() {
                     Self::close(state);
@@ -350,7 +353,7 @@ mod tests {
             let start = tokio::time::Instant::now();
             match self.sealed.recv().await.expect("the batcher is alive") {
                 FlaggerMsg::Sealed(b) => (b, start.elapsed()),
-                FlaggerMsg::Done => panic!("the batcher never sends Done"),
+                _ => panic!("the batcher only sends Sealed"),
             }
         }
     }

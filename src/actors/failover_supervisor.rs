@@ -4,35 +4,53 @@
 //! On start it spawns the pipeline, linked to itself, from the end backwards so that each
 //! actor is born knowing whom it feeds: StorageWriter, Prioritizer, Flagger, DagBatcher,
 //! Intake. At run time:
-//! - every tier result comes here ([`SupervisorMsg::TierDone`]). A durable batch is
-//!   reported to the Intake (which answers the clients), the Flagger (one more batch may
-//!   go) and the Prioritizer (what each node's write showed). A failed tier sends the whole
-//!   batch to the next tier of the chain (light → full → log); when even the last tier
-//!   fails, the clients get 503 `storage_unavailable` and nothing is acknowledged.
+//! - every tier result comes here ([`SupervisorMsg::TierDone`]). A durable batch has its
+//!   record written to the city store, then is reported to the Intake (which answers the
+//!   clients), the Flagger (one more batch may go) and the Prioritizer (what each node's
+//!   write showed). A failed tier sends the whole batch to the next tier of the chain
+//!   (light → full → mongo → log); when even the last fails, the clients get 503
+//!   `storage_unavailable` and nothing is acknowledged.
 //! - batches an actor could not pass on ([`SupervisorMsg::Undeliverable`]) are failed
 //!   back to their clients, never dropped.
-//! - an actor that fails is recorded for `GET /v1/actors` and the node stops being ready.
+//! - an actor that fails is restarted by the `[supervisor]` policy, modelled on
+//!   Erlang/OTP: a strategy (`one_for_one`, `one_for_all`, `rest_for_one`), a restart type
+//!   per actor (`permanent`, `transient`, `temporary`), exponential backoff, and an
+//!   intensity limit (`max_restarts` within `within`). Past the limit the supervisor gives
+//!   up: the node reports not ready and exits non-zero instead of restarting in a loop.
+//!   Restarted actors are reached through the same [`Mailbox`]es (re-pointed), and what
+//!   the failed actor held is answered with 503 (dropped reply channels, the Intake's
+//!   sweep), never silently lost; what was acknowledged is on disk and stays so.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use serde::Serialize;
+use tokio::sync::Notify;
 
-use super::dag_batcher::{self, BatcherArgs, DagBatcher};
+use super::dag_batcher::{self, BatcherArgs, BatcherMsg, DagBatcher};
 use super::flagger::{self, FlagPolicy, Flagger, FlaggerArgs, FlaggerMsg};
 use super::intake::{self, Intake, IntakeArgs, IntakeMsg, StatusIndex, SubmitError};
 use super::mailbox::{Depth, Mailbox};
 use super::prioritizer::{
     self, NodePolicy, NodesSnapshot, Prioritizer, PrioritizerArgs, PrioritizerMsg,
 };
-use super::storage_writer::{self, StorageWriter, WriterArgs};
-use crate::config::Config;
-use crate::messages::{BatchId, FlagKind, SealedBatch, StoreJob, StoreOutcome, TxId};
+use super::storage_writer::{self, StorageWriter, WriterArgs, WriterMsg};
+use crate::config::{Config, RestartType, Strategy};
+use crate::messages::{FlagKind, SealedBatch, StoreJob, StoreOutcome, TxId};
 use crate::storage::city_store::{BatchRecord, CityStore, TxRecord};
 use crate::storage::peer::PeerClient;
 use crate::storage::tier::{TierChain, TierResult};
+
+/// The supervised actors, in start order (the end of the pipeline first).
+pub const CHILDREN: [&str; 5] = [
+    "storage_writer",
+    "prioritizer",
+    "flagger",
+    "dag_batcher",
+    "intake",
+];
 
 /// One actor as `GET /v1/actors` shows it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -48,6 +66,8 @@ pub struct ActorView {
 #[derive(Default)]
 pub struct ActorTable {
     entries: RwLock<Vec<(ActorView, Option<Depth>)>>,
+    /// Set when the supervisor gave up; the node is not ready from then on.
+    gave_up: RwLock<Option<String>>,
 }
 
 impl ActorTable {
@@ -76,6 +96,14 @@ impl ActorTable {
         }
     }
 
+    fn restarted(&self, name: &str) {
+        let mut entries = self.entries.write().expect("actor table lock poisoned");
+        if let Some((v, _)) = entries.iter_mut().find(|(v, _)| v.name == name) {
+            v.restarts += 1;
+            v.status = "running".into();
+        }
+    }
+
     pub fn views(&self) -> Vec<ActorView> {
         let entries = self.entries.read().expect("actor table lock poisoned");
         entries
@@ -87,10 +115,30 @@ impl ActorTable {
             .collect()
     }
 
-    /// True while every actor in the table runs.
-    pub fn all_running(&self) -> bool {
+    /// `Ok` while every actor runs; otherwise why not.
+    pub fn ready(&self) -> Result<(), String> {
+        if let Some(reason) = self
+            .gave_up
+            .read()
+            .expect("actor table lock poisoned")
+            .clone()
+        {
+            return Err(reason);
+        }
         let entries = self.entries.read().expect("actor table lock poisoned");
-        !entries.is_empty() && entries.iter().all(|(v, _)| v.status == "running")
+        match entries.iter().find(|(v, _)| v.status != "running") {
+            None if !entries.is_empty() => Ok(()),
+            None => Err("the pipeline has not started".into()),
+            Some((v, _)) => Err(format!("actor {} is {}", v.name, v.status)),
+        }
+    }
+
+    /// Why the supervisor gave up, if it did.
+    pub fn gave_up(&self) -> Option<String> {
+        self.gave_up
+            .read()
+            .expect("actor table lock poisoned")
+            .clone()
     }
 }
 
@@ -111,6 +159,10 @@ pub enum SupervisorMsg {
         /// The batch had been released by the Flagger, which must get its credit back.
         holds_credit: bool,
     },
+    /// A backoff ended: start these actors again.
+    Restart(Vec<&'static str>),
+    /// Fault injection: make the named actor panic.
+    Inject(String),
 }
 
 pub struct FailoverSupervisor;
@@ -125,22 +177,386 @@ pub struct SupervisorArgs {
     pub nodes: NodesSnapshot,
     pub actors: Arc<ActorTable>,
     pub intake_slot: Slot<Mailbox<IntakeMsg>>,
-    /// Where the DAG resumes: next sequence number and most recent batch ids.
-    pub next_seq: u64,
-    pub recent: Vec<BatchId>,
+    /// Notified when the supervisor gives up; the node then exits non-zero.
+    pub gave_up: Arc<Notify>,
+}
+
+/// The children's mailboxes: created at first start, re-pointed at every restart.
+#[derive(Default)]
+struct Boxes {
+    writer: Option<Mailbox<WriterMsg>>,
+    prioritizer: Option<Mailbox<PrioritizerMsg>>,
+    flagger: Option<Mailbox<FlaggerMsg>>,
+    batcher: Option<Mailbox<BatcherMsg>>,
+    intake: Option<Mailbox<IntakeMsg>>,
+}
+
+impl Boxes {
+    fn writer(&self) -> &Mailbox<WriterMsg> {
+        self.writer.as_ref().expect("the writer has started")
+    }
+    fn prioritizer(&self) -> &Mailbox<PrioritizerMsg> {
+        self.prioritizer
+            .as_ref()
+            .expect("the prioritizer has started")
+    }
+    fn flagger(&self) -> &Mailbox<FlaggerMsg> {
+        self.flagger.as_ref().expect("the flagger has started")
+    }
+    fn batcher(&self) -> &Mailbox<BatcherMsg> {
+        self.batcher.as_ref().expect("the batcher has started")
+    }
+    fn intake(&self) -> &Mailbox<IntakeMsg> {
+        self.intake.as_ref().expect("the intake has started")
+    }
+
+    /// A new mailbox for a first start, or the existing one re-pointed at a restart.
+    fn attach<M: ractor::Message>(
+        slot: &mut Option<Mailbox<M>>,
+        actor: ActorRef<M>,
+        depth: Depth,
+        capacity: usize,
+    ) -> Mailbox<M> {
+        match slot {
+            Some(mailbox) => {
+                mailbox.repoint(actor);
+                mailbox.clone()
+            }
+            None => {
+                let mailbox = Mailbox::new(actor, depth, capacity);
+                *slot = Some(mailbox.clone());
+                mailbox
+            }
+        }
+    }
 }
 
 pub struct SupervisorState {
-    chain: TierChain,
+    args: SupervisorArgs,
     store: Arc<CityStore>,
-    actors: Arc<ActorTable>,
+    chain: TierChain,
+    boxes: Boxes,
     names: HashMap<ActorId, &'static str>,
-    intake: ActorRef<IntakeMsg>,
-    flagger: ActorRef<FlaggerMsg>,
-    prioritizer: ActorRef<PrioritizerMsg>,
+    /// When each recent restart happened, for the intensity limit.
+    restarts: VecDeque<Instant>,
+    /// Restarts per actor inside the current window, for its backoff.
+    streak: HashMap<&'static str, u32>,
+    /// Actors waiting out a backoff (their failures while waiting are not new failures).
+    restarting: Vec<&'static str>,
 }
 
 impl FailoverSupervisor {
+    /// Starts (or restarts) one child, wired to the others' mailboxes.
+    async fn start_child(
+        myself: &ActorRef<SupervisorMsg>,
+        state: &mut SupervisorState,
+        name: &'static str,
+    ) -> Result<(), ActorProcessingErr> {
+        let cfg = state.args.config.clone();
+        let me: ActorCell = myself.get_cell();
+        let id = match name {
+            "storage_writer" => {
+                let d = state
+                    .boxes
+                    .writer
+                    .as_ref()
+                    .map_or_else(|| Depth::new(name), |m| m.depth_handle());
+                let (actor, _) = Actor::spawn_linked(
+                    None,
+                    StorageWriter,
+                    WriterArgs {
+                        first_tier: state
+                            .chain
+                            .get(0)
+                            .expect("validated: the chain is not empty")
+                            .clone(),
+                        depth: d.clone(),
+                        supervisor: myself.clone(),
+                    },
+                    me,
+                )
+                .await?;
+                let id = actor.get_id();
+                Boxes::attach(
+                    &mut state.boxes.writer,
+                    actor,
+                    d.clone(),
+                    storage_writer::MAILBOX_CAPACITY,
+                );
+                state.args.actors.set(name, "running", None, Some(d));
+                id
+            }
+            "prioritizer" => {
+                let d = state
+                    .boxes
+                    .prioritizer
+                    .as_ref()
+                    .map_or_else(|| Depth::new(name), |m| m.depth_handle());
+                let (actor, _) = Actor::spawn_linked(
+                    None,
+                    Prioritizer,
+                    PrioritizerArgs {
+                        config: cfg.prioritizer.clone(),
+                        continent: cfg.node.continent.clone(),
+                        nodes: cfg.storage.nodes.clone(),
+                        policy: state.args.node_policy.clone(),
+                        client: state.args.client.clone(),
+                        snapshot: state.args.nodes.clone(),
+                        depth: d.clone(),
+                        writer: state.boxes.writer().clone(),
+                        supervisor: myself.clone(),
+                    },
+                    me,
+                )
+                .await?;
+                let id = actor.get_id();
+                Boxes::attach(
+                    &mut state.boxes.prioritizer,
+                    actor,
+                    d.clone(),
+                    prioritizer::MAILBOX_CAPACITY,
+                );
+                state.args.actors.set(name, "running", None, Some(d));
+                id
+            }
+            "flagger" => {
+                let d = state
+                    .boxes
+                    .flagger
+                    .as_ref()
+                    .map_or_else(|| Depth::new(name), |m| m.depth_handle());
+                let (actor, _) = Actor::spawn_linked(
+                    None,
+                    Flagger,
+                    FlaggerArgs {
+                        max_inflight: cfg.supervisor.max_inflight_batches,
+                        depth: d.clone(),
+                        prioritizer: state.boxes.prioritizer().clone(),
+                        supervisor: myself.clone(),
+                    },
+                    me,
+                )
+                .await?;
+                let id = actor.get_id();
+                Boxes::attach(
+                    &mut state.boxes.flagger,
+                    actor,
+                    d.clone(),
+                    flagger::MAILBOX_CAPACITY,
+                );
+                state.args.actors.set(name, "running", None, Some(d));
+                id
+            }
+            "dag_batcher" => {
+                let d = state
+                    .boxes
+                    .batcher
+                    .as_ref()
+                    .map_or_else(|| Depth::new(name), |m| m.depth_handle());
+                // Every start resumes from disk: past every reserved sequence number, on
+                // the most recent durable batches.
+                let (next_seq, recent) = state
+                    .store
+                    .resume_point(cfg.batcher.max_parents)
+                    .map_err(|e| format!("reading the DAG resume point: {e}"))?;
+                let (actor, _) = Actor::spawn_linked(
+                    None,
+                    DagBatcher,
+                    BatcherArgs {
+                        config: cfg.batcher.clone(),
+                        city: cfg.node.city.clone().unwrap_or_default(),
+                        policy: state.args.flag_policy.clone(),
+                        depth: d.clone(),
+                        flagger: state.boxes.flagger().clone(),
+                        supervisor: myself.clone(),
+                        next_seq,
+                        recent,
+                        store: state.store.clone(),
+                    },
+                    me,
+                )
+                .await?;
+                let id = actor.get_id();
+                Boxes::attach(
+                    &mut state.boxes.batcher,
+                    actor,
+                    d.clone(),
+                    dag_batcher::MAILBOX_CAPACITY,
+                );
+                state.args.actors.set(name, "running", None, Some(d));
+                id
+            }
+            "intake" => {
+                let d = state
+                    .boxes
+                    .intake
+                    .as_ref()
+                    .map_or_else(|| Depth::new(name), |m| m.depth_handle());
+                let (actor, _) = Actor::spawn_linked(
+                    None,
+                    Intake,
+                    IntakeArgs {
+                        queue_capacity: cfg.intake.queue_capacity,
+                        sweep_after: cfg.intake.request_timeout * 2,
+                        index: state.args.index.clone(),
+                        depth: d.clone(),
+                        batcher: state.boxes.batcher().clone(),
+                    },
+                    me,
+                )
+                .await?;
+                let id = actor.get_id();
+                let mailbox = Boxes::attach(
+                    &mut state.boxes.intake,
+                    actor,
+                    d.clone(),
+                    intake::MAILBOX_CAPACITY,
+                );
+                *state.args.intake_slot.write().expect("slot lock poisoned") = Some(mailbox);
+                state.args.actors.set(name, "running", None, Some(d));
+                id
+            }
+            other => unreachable!("{other} is not a child of the supervisor"),
+        };
+        state.names.insert(id, name);
+        Ok(())
+    }
+
+    /// Applies the restart policy to a child that exited; `abnormal` for a panic or error.
+    fn on_exit(
+        myself: &ActorRef<SupervisorMsg>,
+        state: &mut SupervisorState,
+        name: &'static str,
+        abnormal: bool,
+        reason: String,
+    ) {
+        let sup = &state.args.config.supervisor;
+        if state.restarting.contains(&name) {
+            return;
+        }
+        let kind = sup
+            .restart
+            .get(name)
+            .copied()
+            .unwrap_or(RestartType::Permanent);
+        let restart = match kind {
+            RestartType::Permanent => true,
+            RestartType::Transient => abnormal,
+            RestartType::Temporary => false,
+        };
+        metrics::counter!(crate::metrics::ACTOR_FAILURES, "actor" => name).increment(1);
+        if !restart {
+            tracing::error!(actor = name, ?kind, %reason, "actor exited and is not restarted; the node is not ready");
+            state.args.actors.set(name, "failed", Some(reason), None);
+            return;
+        }
+        state
+            .args
+            .actors
+            .set(name, "restarting", Some(reason.clone()), None);
+
+        // Intensity: more than max_restarts within `within` and we give up.
+        let now = Instant::now();
+        while state
+            .restarts
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > sup.within)
+        {
+            state.restarts.pop_front();
+        }
+        if state.restarts.is_empty() {
+            state.streak.clear();
+        }
+        state.restarts.push_back(now);
+        if state.restarts.len() > sup.max_restarts as usize {
+            let why = format!(
+                "supervisor gave up: {} restarts within {:?} (last: {name}: {reason})",
+                state.restarts.len(),
+                sup.within
+            );
+            tracing::error!("{why}");
+            *state
+                .args
+                .actors
+                .gave_up
+                .write()
+                .expect("actor table lock poisoned") = Some(why);
+            state.args.gave_up.notify_one();
+            return;
+        }
+
+        let group: Vec<&'static str> = match sup.strategy {
+            Strategy::OneForOne => vec![name],
+            Strategy::OneForAll => CHILDREN.to_vec(),
+            Strategy::RestForOne => {
+                let at = CHILDREN
+                    .iter()
+                    .position(|c| *c == name)
+                    .expect("a known child");
+                CHILDREN[at..].to_vec()
+            }
+        };
+        // The others of the group stop now and start again with the failed one.
+        for other in group.iter().filter(|c| **c != name) {
+            state.restarting.push(other);
+            state.args.actors.set(other, "restarting", None, None);
+            Self::stop_child(state, other);
+        }
+        state.restarting.push(name);
+        let streak = state.streak.entry(name).or_insert(0);
+        let delay = sup
+            .backoff_initial
+            .mul_f64(sup.backoff_multiplier.powi(*streak as i32))
+            .min(sup.backoff_max);
+        *streak += 1;
+        tracing::warn!(actor = name, ?delay, restart = ?group, "restarting after a failure");
+        myself.send_after(delay, move || SupervisorMsg::Restart(group));
+    }
+
+    fn stop_child(state: &SupervisorState, name: &str) {
+        let b = &state.boxes;
+        let reason = Some("restarting with a failed sibling".to_string());
+        match name {
+            "storage_writer" => b.writer().actor().stop(reason),
+            "prioritizer" => b.prioritizer().actor().stop(reason),
+            "flagger" => b.flagger().actor().stop(reason),
+            "dag_batcher" => b.batcher().actor().stop(reason),
+            "intake" => b.intake().actor().stop(reason),
+            _ => {}
+        }
+    }
+
+    async fn restart(
+        myself: &ActorRef<SupervisorMsg>,
+        state: &mut SupervisorState,
+        names: &[&'static str],
+    ) -> Result<(), ActorProcessingErr> {
+        // In start order, so each actor's downstream is running before it.
+        for name in CHILDREN.iter().filter(|c| names.contains(c)) {
+            state.restarting.retain(|r| r != name);
+            Self::start_child(myself, state, name).await?;
+            state.args.actors.restarted(name);
+            metrics::counter!(crate::metrics::ACTOR_RESTARTS, "actor" => *name).increment(1);
+            tracing::info!(actor = *name, "actor restarted");
+        }
+        Ok(())
+    }
+
+    fn inject(state: &SupervisorState, name: &str) {
+        if !state.args.config.supervisor.fault_injection {
+            return;
+        }
+        tracing::warn!(actor = name, "injecting a panic");
+        let b = &state.boxes;
+        let _ = match name {
+            "storage_writer" => b.writer().cast(WriterMsg::Panic).map_err(drop),
+            "prioritizer" => b.prioritizer().cast(PrioritizerMsg::Panic).map_err(drop),
+            "flagger" => b.flagger().cast(FlaggerMsg::Panic).map_err(drop),
+            "dag_batcher" => b.batcher().cast(BatcherMsg::Panic).map_err(drop),
+            "intake" => b.intake().cast(IntakeMsg::Panic).map_err(drop),
+            _ => Ok(()),
+        };
+    }
     fn complete(
         state: &SupervisorState,
         job: StoreJob,
@@ -169,8 +585,8 @@ impl FailoverSupervisor {
         // The record goes to disk before any client hears 200: a city killed the moment
         // after still knows where every acknowledged transaction is.
         let store = state.store.clone();
-        let intake = state.intake.clone();
-        let flagger = state.flagger.clone();
+        let intake = state.boxes.intake().clone();
+        let flagger = state.boxes.flagger().clone();
         tokio::spawn(async move {
             let sealed = &job.sealed;
             let (batch, txs) = records(sealed, &outcome);
@@ -240,127 +656,24 @@ impl Actor for FailoverSupervisor {
         myself: ActorRef<Self::Msg>,
         args: SupervisorArgs,
     ) -> Result<SupervisorState, ActorProcessingErr> {
-        let cfg = &args.config;
-        let me: ActorCell = myself.get_cell();
-        let mut names = HashMap::new();
-        let table = &args.actors;
-
-        // Spawned from the end of the pipeline backwards, each given its downstream.
-        let first_tier = args
-            .chain
-            .get(0)
-            .expect("validated: the chain is not empty")
-            .clone();
-        let depth = Depth::new("storage_writer");
-        let (writer, _) = Actor::spawn_linked(
-            None,
-            StorageWriter,
-            WriterArgs {
-                first_tier,
-                depth: depth.clone(),
-                supervisor: myself.clone(),
-            },
-            me.clone(),
-        )
-        .await?;
-        names.insert(writer.get_id(), "storage_writer");
-        table.set("storage_writer", "running", None, Some(depth.clone()));
-        let writer = Mailbox::new(writer, depth, storage_writer::MAILBOX_CAPACITY);
-
-        let depth = Depth::new("prioritizer");
-        let (prioritizer, _) = Actor::spawn_linked(
-            None,
-            Prioritizer,
-            PrioritizerArgs {
-                config: cfg.prioritizer.clone(),
-                continent: cfg.node.continent.clone(),
-                nodes: cfg.storage.nodes.clone(),
-                policy: args.node_policy.clone(),
-                client: args.client.clone(),
-                snapshot: args.nodes.clone(),
-                depth: depth.clone(),
-                writer,
-                supervisor: myself.clone(),
-            },
-            me.clone(),
-        )
-        .await?;
-        names.insert(prioritizer.get_id(), "prioritizer");
-        table.set("prioritizer", "running", None, Some(depth.clone()));
-        let prioritizer_box =
-            Mailbox::new(prioritizer.clone(), depth, prioritizer::MAILBOX_CAPACITY);
-
-        let depth = Depth::new("flagger");
-        let (flagger, _) = Actor::spawn_linked(
-            None,
-            Flagger,
-            FlaggerArgs {
-                max_inflight: cfg.supervisor.max_inflight_batches,
-                depth: depth.clone(),
-                prioritizer: prioritizer_box,
-                supervisor: myself.clone(),
-            },
-            me.clone(),
-        )
-        .await?;
-        names.insert(flagger.get_id(), "flagger");
-        table.set("flagger", "running", None, Some(depth.clone()));
-        let flagger_box = Mailbox::new(flagger.clone(), depth, flagger::MAILBOX_CAPACITY);
-
-        let depth = Depth::new("dag_batcher");
-        let (batcher, _) = Actor::spawn_linked(
-            None,
-            DagBatcher,
-            BatcherArgs {
-                config: cfg.batcher.clone(),
-                city: cfg.node.city.clone().unwrap_or_default(),
-                policy: args.flag_policy.clone(),
-                depth: depth.clone(),
-                flagger: flagger_box,
-                supervisor: myself.clone(),
-                next_seq: args.next_seq,
-                recent: args.recent.clone(),
-                store: args.index.store.clone(),
-            },
-            me.clone(),
-        )
-        .await?;
-        names.insert(batcher.get_id(), "dag_batcher");
-        table.set("dag_batcher", "running", None, Some(depth.clone()));
-        let batcher_box = Mailbox::new(batcher, depth, dag_batcher::MAILBOX_CAPACITY);
-
-        let depth = Depth::new("intake");
-        let (intake, _) = Actor::spawn_linked(
-            None,
-            Intake,
-            IntakeArgs {
-                queue_capacity: cfg.intake.queue_capacity,
-                sweep_after: cfg.intake.request_timeout * 2,
-                index: args.index.clone(),
-                depth: depth.clone(),
-                batcher: batcher_box,
-            },
-            me.clone(),
-        )
-        .await?;
-        names.insert(intake.get_id(), "intake");
-        table.set("intake", "running", None, Some(depth.clone()));
-        *args.intake_slot.write().expect("slot lock poisoned") = Some(Mailbox::new(
-            intake.clone(),
-            depth,
-            intake::MAILBOX_CAPACITY,
-        ));
-        table.set("failover_supervisor", "running", None, None);
-
-        Ok(SupervisorState {
+        let mut state = SupervisorState {
             store: args.index.store.clone(),
-            chain: args.chain,
-            actors: args.actors,
-            names,
-            intake,
-            flagger,
-            prioritizer,
-        })
+            chain: args.chain.clone(),
+            args,
+            boxes: Boxes::default(),
+            names: HashMap::new(),
+            restarts: VecDeque::new(),
+            streak: HashMap::new(),
+            restarting: Vec::new(),
+        };
+        for name in CHILDREN {
+            Self::start_child(&myself, &mut state, name).await?;
+        }
+        state
+            .args
+            .actors
+            .set("failover_supervisor", "running", None, None);
+        Ok(state)
     }
 
     async fn handle(
@@ -373,7 +686,8 @@ impl Actor for FailoverSupervisor {
             SupervisorMsg::TierDone { job, index, result } => {
                 if !result.observations.is_empty() {
                     let _ = state
-                        .prioritizer
+                        .boxes
+                        .prioritizer()
                         .cast(PrioritizerMsg::Observe(result.observations));
                 }
                 let tier = state
@@ -414,25 +728,30 @@ impl Actor for FailoverSupervisor {
                                     "every storage tier failed; the batch's transactions are refused"
                                 );
                                 metrics::counter!(crate::metrics::BATCHES_FAILED).increment(1);
-                                let _ = state.intake.cast(IntakeMsg::Failed {
+                                let _ = state.boxes.intake().cast(IntakeMsg::Failed {
                                     tx_ids: job.sealed.tx_ids.clone(),
                                     reason: SubmitError::StorageUnavailable(reason),
                                 });
-                                let _ = state.flagger.cast(FlaggerMsg::Done);
+                                let _ = state.boxes.flagger().cast(FlaggerMsg::Done);
                             }
                         }
                     }
                 }
             }
+            SupervisorMsg::Restart(names) => Self::restart(&myself, state, &names).await?,
+            SupervisorMsg::Inject(name) => Self::inject(state, &name),
             SupervisorMsg::Undeliverable {
                 tx_ids,
                 reason,
                 holds_credit,
             } => {
                 tracing::warn!(txs = tx_ids.len(), %reason, "transactions could not be passed on");
-                let _ = state.intake.cast(IntakeMsg::Failed { tx_ids, reason });
+                let _ = state
+                    .boxes
+                    .intake()
+                    .cast(IntakeMsg::Failed { tx_ids, reason });
                 if holds_credit {
-                    let _ = state.flagger.cast(FlaggerMsg::Done);
+                    let _ = state.boxes.flagger().cast(FlaggerMsg::Done);
                 }
             }
         }
@@ -441,33 +760,25 @@ impl Actor for FailoverSupervisor {
 
     async fn handle_supervisor_evt(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         event: SupervisionEvent,
         state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
-        match event {
-            SupervisionEvent::ActorFailed(cell, err) => {
-                let name = state
-                    .names
-                    .get(&cell.get_id())
-                    .copied()
-                    .unwrap_or("unknown");
-                tracing::error!(actor = name, error = %err, "actor failed; the node is no longer ready");
-                state
-                    .actors
-                    .set(name, "failed", Some(err.to_string()), None);
-            }
+        let (cell, abnormal, reason) = match event {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, true, err.to_string()),
             SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                let name = state
-                    .names
-                    .get(&cell.get_id())
-                    .copied()
-                    .unwrap_or("unknown");
-                tracing::debug!(actor = name, ?reason, "actor stopped");
-                state.actors.set(name, "stopped", None, None);
+                let reason = reason.unwrap_or_else(|| "stopped".into());
+                (cell, reason != "normal", reason)
             }
-            _ => {}
-        }
+            _ => return Ok(()),
+        };
+        // Only the current incarnation of a child matters; an old one we stopped on
+        // purpose has been forgotten already.
+        let Some(name) = state.names.remove(&cell.get_id()) else {
+            return Ok(());
+        };
+        tracing::error!(actor = name, %reason, "actor exited");
+        Self::on_exit(&myself, state, name, abnormal, reason);
         Ok(())
     }
 
@@ -476,7 +787,27 @@ impl Actor for FailoverSupervisor {
         _myself: ActorRef<Self::Msg>,
         state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
+        // Front to back, so the Intake answers whoever still waits before the rest stops.
+        state.names.clear();
+        for name in CHILDREN.iter().rev() {
+            if let Some(cell) = match *name {
+                "intake" => state.boxes.intake.as_ref().map(|m| m.actor().get_cell()),
+                "dag_batcher" => state.boxes.batcher.as_ref().map(|m| m.actor().get_cell()),
+                "flagger" => state.boxes.flagger.as_ref().map(|m| m.actor().get_cell()),
+                "prioritizer" => state
+                    .boxes
+                    .prioritizer
+                    .as_ref()
+                    .map(|m| m.actor().get_cell()),
+                _ => state.boxes.writer.as_ref().map(|m| m.actor().get_cell()),
+            } {
+                let _ = cell
+                    .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5)))
+                    .await;
+            }
+        }
         state
+            .args
             .actors
             .set("failover_supervisor", "stopped", None, None);
         Ok(())

@@ -100,6 +100,8 @@ impl FlagPolicy for AlwaysImmediate {
 }
 
 pub enum FlaggerMsg {
+    /// Fault injection (`[supervisor] fault_injection`): the actor panics.
+    Panic,
     /// A batch the DagBatcher closed.
     Sealed(SealedBatch),
     /// A batch left storage (durable or failed): one more may go.
@@ -212,6 +214,7 @@ impl Actor for Flagger {
                 state.waiting.push(Queued { key, batch });
             }
             FlaggerMsg::Done => state.inflight = state.inflight.saturating_sub(1),
+            FlaggerMsg::Panic => panic!("fault injected into flagger"),
         }
         Self::release(state);
         Ok(())

@@ -94,6 +94,8 @@ pub type SubmitResult = Result<Receipt, SubmitError>;
 
 #[allow(clippy::large_enum_variant)] // Submit is the common case; boxing it would cost an allocation per request.
 pub enum IntakeMsg {
+    /// Fault injection (`[supervisor] fault_injection`): the actor panics.
+    Panic,
     /// A verified transaction from the HTTP layer.
     Submit {
         tx: SignedTx,
@@ -362,6 +364,7 @@ impl Actor for Intake {
             }
             IntakeMsg::Stored { tx_ids, outcome } => Self::stored(state, &tx_ids, outcome),
             IntakeMsg::Sweep(older_than) => Self::sweep(state, older_than),
+            IntakeMsg::Panic => panic!("fault injected into intake"),
             IntakeMsg::Failed { tx_ids, reason } => Self::failed(state, &tx_ids, reason),
         }
         Ok(())

@@ -4,9 +4,14 @@
 //! of a slow death by memory. A [`Mailbox`] counts messages sent but not yet taken by the
 //! actor, refuses past its capacity, and publishes the depth as a gauge. The receiving actor
 //! calls [`Depth::taken`] as the first thing it does with each message.
+//!
+//! A mailbox outlives the actor behind it: when the supervisor restarts an actor it
+//! re-points the mailbox ([`Mailbox::repoint`]), and every holder of a clone reaches the new
+//! actor. Messages that were queued for the failed actor are gone with it; their senders
+//! learn it from their dropped reply channels or from the Intake's sweep.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 
 use ractor::{ActorRef, Message};
 
@@ -66,7 +71,7 @@ impl Depth {
 
 /// A sending handle with a capacity.
 pub struct Mailbox<M: Message> {
-    actor: ActorRef<M>,
+    actor: Arc<RwLock<ActorRef<M>>>,
     depth: Depth,
     capacity: usize,
 }
@@ -84,10 +89,27 @@ impl<M: Message> Clone for Mailbox<M> {
 impl<M: Message> Mailbox<M> {
     pub fn new(actor: ActorRef<M>, depth: Depth, capacity: usize) -> Self {
         Self {
-            actor,
+            actor: Arc::new(RwLock::new(actor)),
             depth,
             capacity,
         }
+    }
+
+    /// Points every clone of this mailbox at a restarted actor; what the old one had
+    /// queued is gone, so the depth starts again from zero.
+    pub fn repoint(&self, actor: ActorRef<M>) {
+        *self.actor.write().expect("mailbox lock poisoned") = actor;
+        self.depth.count.store(0, Ordering::Release);
+        metrics::gauge!(crate::metrics::MAILBOX_DEPTH, "actor" => self.depth.name).set(0.0);
+    }
+
+    /// Sends a control message (a completion, a credit) past the bound: these are limited
+    /// by the work in flight, and refusing them would lose track of it.
+    pub fn cast(&self, msg: M) -> Result<(), SendError<M>> {
+        self.actor().cast(msg).map_err(|e| match e {
+            ractor::MessagingErr::SendErr(m) => SendError::Closed(m),
+            other => panic!("local cast failed unexpectedly: {other}"),
+        })
     }
 
     /// Sends unless the mailbox is full or the actor is gone.
@@ -99,7 +121,7 @@ impl<M: Message> Mailbox<M> {
         }
         metrics::gauge!(crate::metrics::MAILBOX_DEPTH, "actor" => self.depth.name)
             .set((before + 1) as f64);
-        self.actor.cast(msg).map_err(|e| {
+        self.actor().cast(msg).map_err(|e| {
             self.depth.count.fetch_sub(1, Ordering::AcqRel);
             match e {
                 ractor::MessagingErr::SendErr(m) => SendError::Closed(m),
@@ -113,11 +135,17 @@ impl<M: Message> Mailbox<M> {
         self.depth.get()
     }
 
+    /// The depth counter, shared with the actor behind the mailbox.
+    pub fn depth_handle(&self) -> Depth {
+        self.depth.clone()
+    }
+
     pub fn capacity(&self) -> usize {
         self.capacity
     }
 
-    pub fn actor(&self) -> &ActorRef<M> {
-        &self.actor
+    /// The actor behind the mailbox now.
+    pub fn actor(&self) -> ActorRef<M> {
+        self.actor.read().expect("mailbox lock poisoned").clone()
     }
 }

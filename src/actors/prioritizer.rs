@@ -242,6 +242,8 @@ pub struct NodeView {
 pub type NodesSnapshot = Arc<RwLock<Vec<NodeView>>>;
 
 pub enum PrioritizerMsg {
+    /// Fault injection (`[supervisor] fault_injection`): the actor panics.
+    Panic,
     /// A batch to place (from the Flagger).
     Route(SealedBatch),
     /// What writes showed (from the tiers, via the FailoverSupervisor).
@@ -415,7 +417,9 @@ impl Actor for Prioritizer {
                         SendError::Full(_) => SubmitError::Overloaded(state.args.writer.depth()),
                         SendError::Closed(_) => SubmitError::ShuttingDown,
                     };
-                    let WriterMsg::Write(job) = e.into_inner();
+                    let WriterMsg::Write(job) = e.into_inner() else {
+                        unreachable!("we sent a Write")
+                    };
                     let _ = state.args.supervisor.cast(SupervisorMsg::Undeliverable {
                         tx_ids: job.sealed.tx_ids,
                         reason,
@@ -423,6 +427,7 @@ impl Actor for Prioritizer {
                     });
                 }
             }
+            PrioritizerMsg::Panic => panic!("fault injected into prioritizer"),
             PrioritizerMsg::Observe(observations) => {
                 for o in observations {
                     if let Some(n) = state.node_mut(&o.node_id) {

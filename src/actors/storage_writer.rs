@@ -21,6 +21,8 @@ pub const MAILBOX_CAPACITY: usize = 4096;
 
 pub enum WriterMsg {
     Write(StoreJob),
+    /// Fault injection (`[supervisor] fault_injection`): the actor panics.
+    Panic,
 }
 
 pub struct StorageWriter;
@@ -50,7 +52,10 @@ impl Actor for StorageWriter {
         msg: WriterMsg,
         state: &mut WriterArgs,
     ) -> Result<(), ActorProcessingErr> {
-        let WriterMsg::Write(job) = msg;
+        let job = match msg {
+            WriterMsg::Write(job) => job,
+            WriterMsg::Panic => panic!("fault injected into storage_writer"),
+        };
         state.depth.taken();
         let tier = state.first_tier.clone();
         let supervisor = state.supervisor.clone();

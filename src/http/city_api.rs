@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 
 use super::common::{read_body, require_json};
 use super::{ApiError, ApiResult};
-use crate::actors::failover_supervisor::Slot;
+use crate::actors::failover_supervisor::{CHILDREN, Slot, SupervisorMsg};
 use crate::actors::intake::{
     IntakeLimits, IntakeMsg, Receipt, StatusIndex, SubmitError, TxView, check_policy,
 };
@@ -28,13 +28,16 @@ pub struct CityState {
     pub intake: Slot<Mailbox<IntakeMsg>>,
     pub index: Arc<StatusIndex>,
     pub nodes: NodesSnapshot,
+    /// Set only with `[supervisor] fault_injection`.
+    pub supervisor: Option<ractor::ActorRef<SupervisorMsg>>,
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/tx", web::post().to(submit))
         .route("/v1/tx/{tx_id}", web::get().to(get_tx))
         .route("/v1/batches/{batch_id}", web::get().to(get_batch))
-        .route("/v1/nodes", web::get().to(nodes));
+        .route("/v1/nodes", web::get().to(nodes))
+        .route("/v1/actors/{name}/panic", web::post().to(inject_panic));
 }
 
 fn rejected(e: ApiError) -> ApiError {
@@ -169,6 +172,25 @@ async fn get_batch(
             "signature": B64.encode(&a.signature),
         })).collect::<Vec<_>>(),
     })))
+}
+
+/// Fault injection: `POST /v1/actors/{name}/panic` makes that actor panic. 404 unless
+/// `[supervisor] fault_injection = true`.
+async fn inject_panic(
+    path: web::Path<String>,
+    state: web::Data<CityState>,
+) -> ApiResult<HttpResponse> {
+    let Some(supervisor) = &state.supervisor else {
+        return Err(ApiError::not_found("fault injection is disabled"));
+    };
+    let name = path.into_inner();
+    if !CHILDREN.contains(&name.as_str()) {
+        return Err(ApiError::not_found(format!("no actor {name:?}")));
+    }
+    supervisor
+        .cast(SupervisorMsg::Inject(name.clone()))
+        .map_err(|_| ApiError::storage_unavailable("the supervisor is not running"))?;
+    Ok(HttpResponse::Accepted().json(json!({"injected": name})))
 }
 
 async fn nodes(state: web::Data<CityState>) -> HttpResponse {

@@ -1,0 +1,284 @@
+//! The supervision tree under injected panics: restart strategies, restart types, the
+//! intensity limit, and no acknowledged transaction lost. Each node is a real child process.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use citychain::crypto::SigningKey;
+use common::*;
+use serde_json::Value;
+
+struct Node {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A city node writing only to its immutable log, with fault injection on and `extra`
+/// appended to its `[supervisor]` section.
+async fn city(dir: &Path, extra: &str) -> Node {
+    let config = dir.join("city.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[node]
+id = "city-tokyo"
+role = "city"
+listen = "127.0.0.1:0"
+data_dir = "{}"
+city = "tokyo"
+continent = "asia"
+
+[supervisor]
+chain = ["log"]
+fault_injection = true
+backoff_initial = "5ms"
+{extra}
+"#,
+            dir.join("data").display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new(binary())
+        .args(["node", "--config"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("node.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let addr_file = dir.join("data").join("listen.addr");
+    let url = wait_for("the node to listen", Duration::from_secs(20), || async {
+        std::fs::read_to_string(&addr_file)
+            .ok()
+            .map(|a| format!("http://{}", a.trim()))
+    })
+    .await;
+    let c = client();
+    wait_for("the node to be ready", Duration::from_secs(20), || async {
+        let r = c.get(format!("{url}/readyz")).send().await.ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await;
+    Node { child, url }
+}
+
+async fn actors(url: &str) -> Vec<Value> {
+    let (_, v) = get(&client(), &format!("{url}/v1/actors")).await;
+    v.as_array().unwrap().clone()
+}
+
+fn restarts(actors: &[Value], name: &str) -> u64 {
+    actors
+        .iter()
+        .find(|a| a["name"] == name)
+        .unwrap_or_else(|| panic!("{name} in {actors:?}"))["restarts"]
+        .as_u64()
+        .unwrap()
+}
+
+async fn inject(url: &str, actor: &str) {
+    let resp = client()
+        .post(format!("{url}/v1/actors/{actor}/panic"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+}
+
+/// Waits until `actor` has restarted `n` times and everything runs again.
+async fn wait_restarted(url: &str, actor: &str, n: u64) -> Vec<Value> {
+    wait_for(
+        &format!("{actor} to restart"),
+        Duration::from_secs(10),
+        || async {
+            let a = actors(url).await;
+            let all_running = a.iter().all(|x| x["status"] == "running");
+            (restarts(&a, actor) == n && all_running).then_some(a)
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_actor_is_restarted_and_nothing_acknowledged_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = city(dir.path(), "").await;
+    let c = client();
+    let key = SigningKey::generate().unwrap();
+    let mut promised = Vec::new();
+    let mut nonce = 0;
+    for actor in [
+        "intake",
+        "dag_batcher",
+        "flagger",
+        "prioritizer",
+        "storage_writer",
+    ] {
+        for _ in 0..5 {
+            nonce += 1;
+            let req = signed(&key, nonce);
+            let (status, body) = post(&c, &node.url, &req).await;
+            assert_eq!(status, 200, "{body}");
+            promised.push(tx_id(&req));
+        }
+        inject(&node.url, actor).await;
+        let a = wait_restarted(&node.url, actor, 1).await;
+        let failure = a.iter().find(|x| x["name"] == actor).unwrap()["last_failure"].clone();
+        assert!(
+            failure.as_str().unwrap().contains("fault injected"),
+            "{failure}"
+        );
+    }
+    // The restarted pipeline takes new work, and everything acknowledged is still there.
+    let (status, body) = post(&c, &node.url, &signed(&key, 1000)).await;
+    assert_eq!(status, 200, "{body}");
+    for id in &promised {
+        let (status, body) = get(&c, &format!("{}/v1/tx/{id}", node.url)).await;
+        assert_eq!(
+            (status, body["status"].as_str()),
+            (200, Some("stored")),
+            "{id}"
+        );
+    }
+    let metrics = c
+        .get(format!("{}/metrics", node.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("citychain_actor_restarts_total{actor=\"flagger\"} 1"),
+        "{metrics}"
+    );
+    // Only the failed actor restarted each time (one_for_one).
+    let a = actors(&node.url).await;
+    for name in [
+        "intake",
+        "dag_batcher",
+        "flagger",
+        "prioritizer",
+        "storage_writer",
+    ] {
+        assert_eq!(restarts(&a, name), 1, "{a:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_for_all_and_rest_for_one_restart_their_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = city(dir.path(), "strategy = \"one_for_all\"").await;
+    inject(&node.url, "dag_batcher").await;
+    let a = wait_restarted(&node.url, "dag_batcher", 1).await;
+    for name in ["intake", "flagger", "prioritizer", "storage_writer"] {
+        assert_eq!(restarts(&a, name), 1, "one_for_all restarts {name}: {a:?}");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let node = city(dir.path(), "strategy = \"rest_for_one\"").await;
+    inject(&node.url, "flagger").await;
+    let a = wait_restarted(&node.url, "flagger", 1).await;
+    // Started after the flagger: the batcher and the intake; before it: the others.
+    assert_eq!(restarts(&a, "dag_batcher"), 1, "{a:?}");
+    assert_eq!(restarts(&a, "intake"), 1, "{a:?}");
+    assert_eq!(restarts(&a, "prioritizer"), 0, "{a:?}");
+    assert_eq!(restarts(&a, "storage_writer"), 0, "{a:?}");
+    let (status, body) = post(
+        &client(),
+        &node.url,
+        &signed(&SigningKey::generate().unwrap(), 1),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_temporary_actor_is_not_restarted_and_the_node_is_not_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = city(
+        dir.path(),
+        "[supervisor.restart]\nprioritizer = \"temporary\"",
+    )
+    .await;
+    inject(&node.url, "prioritizer").await;
+    let c = client();
+    wait_for("readiness to fail", Duration::from_secs(10), || async {
+        let r = c.get(format!("{}/readyz", node.url)).send().await.ok()?;
+        (r.status().as_u16() == 503).then_some(())
+    })
+    .await;
+    let a = actors(&node.url).await;
+    let p = a.iter().find(|x| x["name"] == "prioritizer").unwrap();
+    assert_eq!(p["status"], "failed", "{a:?}");
+    assert_eq!(p["restarts"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_restart_limit_the_node_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = city(dir.path(), "max_restarts = 2\nwithin = \"1m\"").await;
+    for n in 1..=2 {
+        inject(&node.url, "flagger").await;
+        wait_restarted(&node.url, "flagger", n).await;
+    }
+    inject(&node.url, "flagger").await;
+    let status = wait_for(
+        "the node to give up and exit",
+        Duration::from_secs(20),
+        || {
+            let s = node.child.try_wait().unwrap();
+            async move { s }
+        },
+    )
+    .await;
+    assert_eq!(status.code(), Some(1), "{status}");
+    let log = std::fs::read_to_string(dir.path().join("node.log")).unwrap();
+    assert!(log.contains("supervisor gave up"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_injection_is_off_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[node]\nid = \"c\"\nrole = \"city\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\ncity = \"tokyo\"\ncontinent = \"asia\"\n[supervisor]\nchain = [\"log\"]\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(binary())
+        .args(["node", "--config"])
+        .arg(&config)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr_file = dir.path().join("data").join("listen.addr");
+    let url = wait_for("the node to listen", Duration::from_secs(20), || async {
+        std::fs::read_to_string(&addr_file)
+            .ok()
+            .map(|a| format!("http://{}", a.trim()))
+    })
+    .await;
+    let resp = client()
+        .post(format!("{url}/v1/actors/flagger/panic"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+    let _ = child.kill();
+    let _ = child.wait();
+}
