@@ -62,6 +62,30 @@ pub struct Config {
     pub storage: StorageConfig,
     #[serde(default)]
     pub supervisor: SupervisorConfig,
+    #[serde(default)]
+    pub repair: RepairConfig,
+}
+
+/// `[repair]`: moving batches back up the tiers and keeping light-node holdings whole.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RepairConfig {
+    pub enabled: bool,
+    /// Time between repair rounds.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Batches moved up, and light holdings checked, per round.
+    pub batches_per_round: usize,
+}
+
+impl Default for RepairConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval: Duration::from_secs(2),
+            batches_per_round: 64,
+        }
+    }
 }
 
 /// `[node]`: who this node is and where it lives.
@@ -437,7 +461,8 @@ pub struct ConfigErrors {
     pub problems: Vec<String>,
 }
 
-const SECTIONS: [&str; 7] = [
+const SECTIONS: [&str; 8] = [
+    "repair",
     "node",
     "intake",
     "batcher",
@@ -507,6 +532,7 @@ impl Config {
             prioritizer: section(&table, "prioritizer", &mut problems),
             storage: section(&table, "storage", &mut problems),
             supervisor: section(&table, "supervisor", &mut problems),
+            repair: section(&table, "repair", &mut problems),
         });
         if let Some(c) = &config {
             problems.extend(c.validate());
@@ -664,6 +690,9 @@ impl Config {
             || sup.backoff_initial > sup.backoff_max
         {
             p.push("[supervisor] within must be positive, backoff_multiplier at least 1, backoff_initial at most backoff_max".into());
+        }
+        if self.repair.interval.is_zero() || self.repair.batches_per_round == 0 {
+            p.push("[repair] interval and batches_per_round must be positive".into());
         }
         if self.supervisor.max_inflight_batches == 0 {
             p.push("[supervisor] max_inflight_batches must be at least 1".into());

@@ -290,6 +290,7 @@ impl Federation {
             prioritizer: Default::default(),
             storage: Default::default(),
             supervisor: Default::default(),
+            repair: Default::default(),
         }
     }
 

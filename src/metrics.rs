@@ -39,6 +39,8 @@ pub const STORE_USED_BYTES: &str = "citychain_store_used_bytes";
 pub const ACTOR_FAILURES: &str = "citychain_actor_failures_total";
 /// Counter, label `actor`: restarts by the supervisor.
 pub const ACTOR_RESTARTS: &str = "citychain_actor_restarts_total";
+/// Counter, labels `kind` (`upward`, `rereplicate`) and `from` (tier): batches repaired.
+pub const REPAIRS: &str = "citychain_repairs_total";
 /// Counter: records appended to the immutable log.
 pub const LOG_APPENDS: &str = "citychain_log_appends_total";
 

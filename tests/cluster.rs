@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use citychain::config::Role;
 use citychain::crypto::SigningKey;
 use citychain::federation::ManifestEntry;
@@ -503,6 +505,98 @@ async fn a_killed_city_resumes_its_index_and_dag_from_disk() {
     for p in parents {
         let (status, _) = get(&client, &format!("{city}/v1/batches/{p}")).await;
         assert_eq!(status, 200, "parent {p} is a known batch");
+    }
+    fed.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_held_on_lower_tiers_are_repaired_up_and_lost_holdings_re_replicated() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut fed = federation(dir.path()).await;
+    let city = fed.city_url();
+    let client = client();
+    let key = SigningKey::generate().unwrap();
+
+    // Light nodes down: to full. Full nodes down too: to the log.
+    let lights = fed.ids(Role::Light);
+    for id in &lights {
+        fed.kill(id).unwrap();
+    }
+    let on_full = signed(&key, 1);
+    let (status, body) = post(&client, &city, &on_full).await;
+    assert_eq!(
+        (status, body["tier"].as_str()),
+        (200, Some("full")),
+        "{body}"
+    );
+    for id in fed.ids(Role::Full) {
+        fed.kill(&id).unwrap();
+    }
+    let on_log = signed(&key, 2);
+    let (status, body) = post(&client, &city, &on_log).await;
+    assert_eq!(
+        (status, body["tier"].as_str()),
+        (200, Some("log")),
+        "{body}"
+    );
+
+    // Everything comes back: both batches move up to light nodes, and their status says so.
+    for id in fed.ids(Role::Light).into_iter().chain(fed.ids(Role::Full)) {
+        fed.restart(&id).await.unwrap();
+    }
+    for req in [&on_full, &on_log] {
+        let url = format!("{city}/v1/tx/{}", tx_id(req));
+        let body = wait_for(
+            "repair up to light nodes",
+            Duration::from_secs(30),
+            || async {
+                let (_, b) = get(&client, &url).await;
+                (b["tier"] == "light").then_some(b)
+            },
+        )
+        .await;
+        let holders = body["holders"].as_array().unwrap();
+        assert!(holders.len() >= 3, "{body}");
+        assert!(
+            holders
+                .iter()
+                .all(|h| h.as_str().unwrap().starts_with("light-")),
+            "{body}"
+        );
+    }
+
+    // A light holder is lost for good: what it held is re-replicated elsewhere.
+    let (_, body) = get(&client, &format!("{city}/v1/tx/{}", tx_id(&on_full))).await;
+    let victim = body["holders"][0].as_str().unwrap().to_string();
+    fed.kill(&victim).unwrap();
+    let url = format!("{city}/v1/tx/{}", tx_id(&on_full));
+    let body = wait_for(
+        "re-replication away from the lost holder",
+        Duration::from_secs(30),
+        || async {
+            let (_, b) = get(&client, &url).await;
+            let holders: Vec<&str> = b["holders"]
+                .as_array()?
+                .iter()
+                .filter_map(|h| h.as_str())
+                .collect();
+            (!holders.contains(&victim.as_str()) && holders.len() >= 3).then_some(b.clone())
+        },
+    )
+    .await;
+    assert_eq!(body["tier"], "light");
+    // And the new holders really have it.
+    let batch_id = body["batch_id"].as_str().unwrap();
+    for h in body["holders"].as_array().unwrap() {
+        let url = format!(
+            "{}/internal/v1/batches/{batch_id}",
+            fed.node(h.as_str().unwrap()).url
+        );
+        assert_eq!(
+            client.get(url).send().await.unwrap().status().as_u16(),
+            200,
+            "{h}"
+        );
     }
     fed.shutdown().await.unwrap();
 }

@@ -36,6 +36,7 @@ use super::mailbox::{Depth, Mailbox};
 use super::prioritizer::{
     self, NodePolicy, NodesSnapshot, Prioritizer, PrioritizerArgs, PrioritizerMsg,
 };
+use super::repairer::{RepairArgs, RepairContext, RepairMsg, Repairer};
 use super::storage_writer::{self, StorageWriter, WriterArgs, WriterMsg};
 use crate::config::{Config, RestartType, Strategy};
 use crate::messages::{FlagKind, SealedBatch, StoreJob, StoreOutcome, TxId};
@@ -44,9 +45,10 @@ use crate::storage::peer::PeerClient;
 use crate::storage::tier::{TierChain, TierResult};
 
 /// The supervised actors, in start order (the end of the pipeline first).
-pub const CHILDREN: [&str; 5] = [
+pub const CHILDREN: [&str; 6] = [
     "storage_writer",
     "prioritizer",
+    "repairer",
     "flagger",
     "dag_batcher",
     "intake",
@@ -189,6 +191,7 @@ struct Boxes {
     flagger: Option<Mailbox<FlaggerMsg>>,
     batcher: Option<Mailbox<BatcherMsg>>,
     intake: Option<Mailbox<IntakeMsg>>,
+    repairer: Option<ActorRef<RepairMsg>>,
 }
 
 impl Boxes {
@@ -317,6 +320,31 @@ impl FailoverSupervisor {
                     prioritizer::MAILBOX_CAPACITY,
                 );
                 state.args.actors.set(name, "running", None, Some(d));
+                id
+            }
+            "repairer" => {
+                if !cfg.repair.enabled {
+                    return Ok(());
+                }
+                let context = RepairContext::from_config(
+                    &cfg,
+                    state.store.clone(),
+                    state.args.client.clone(),
+                    state.boxes.prioritizer().clone(),
+                );
+                let (actor, _) = Actor::spawn_linked(
+                    None,
+                    Repairer,
+                    RepairArgs {
+                        context: Arc::new(context),
+                        interval: cfg.repair.interval,
+                    },
+                    me,
+                )
+                .await?;
+                let id = actor.get_id();
+                state.boxes.repairer = Some(actor);
+                state.args.actors.set(name, "running", None, None);
                 id
             }
             "flagger" => {
@@ -522,6 +550,11 @@ impl FailoverSupervisor {
             "flagger" => b.flagger().actor().stop(reason),
             "dag_batcher" => b.batcher().actor().stop(reason),
             "intake" => b.intake().actor().stop(reason),
+            "repairer" => {
+                if let Some(r) = &b.repairer {
+                    r.stop(reason)
+                }
+            }
             _ => {}
         }
     }
@@ -554,6 +587,10 @@ impl FailoverSupervisor {
             "flagger" => b.flagger().cast(FlaggerMsg::Panic).map_err(drop),
             "dag_batcher" => b.batcher().cast(BatcherMsg::Panic).map_err(drop),
             "intake" => b.intake().cast(IntakeMsg::Panic).map_err(drop),
+            "repairer" => match &b.repairer {
+                Some(r) => r.cast(RepairMsg::Panic).map_err(drop),
+                None => Ok(()),
+            },
             _ => Ok(()),
         };
     }
@@ -799,6 +836,7 @@ impl Actor for FailoverSupervisor {
                     .prioritizer
                     .as_ref()
                     .map(|m| m.actor().get_cell()),
+                "repairer" => state.boxes.repairer.as_ref().map(|a| a.get_cell()),
                 _ => state.boxes.writer.as_ref().map(|m| m.actor().get_cell()),
             } {
                 let _ = cell

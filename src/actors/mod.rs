@@ -6,6 +6,7 @@
 //! - [`flagger`]: the flag policy, and the order in which sealed batches go to storage.
 //! - [`prioritizer`]: the storage-node registry, health probes, scores and node selection.
 //! - [`storage_writer`]: writes each batch to the first tier (light nodes).
+//! - [`repairer`]: moves batches back up to light nodes and re-replicates lost holdings.
 //! - [`failover_supervisor`]: the supervision tree's root; walks failed batches down the
 //!   tier chain and completes every batch.
 //! - [`mailbox`]: the bounded mailboxes they talk through.
@@ -16,6 +17,7 @@ pub mod flagger;
 pub mod intake;
 pub mod mailbox;
 pub mod prioritizer;
+pub mod repairer;
 pub mod storage_writer;
 #[cfg(test)]
 pub(crate) mod testkit;

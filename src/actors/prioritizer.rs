@@ -242,6 +242,12 @@ pub struct NodeView {
 pub type NodesSnapshot = Arc<RwLock<Vec<NodeView>>>;
 
 pub enum PrioritizerMsg {
+    /// Where a batch of this flag would go now, leaving out `exclude` (for repairs).
+    Place {
+        flag: FlagKind,
+        exclude: Vec<String>,
+        reply: tokio::sync::oneshot::Sender<Placement>,
+    },
     /// Fault injection (`[supervisor] fault_injection`): the actor panics.
     Panic,
     /// A batch to place (from the Flagger).
@@ -428,6 +434,21 @@ impl Actor for Prioritizer {
                 }
             }
             PrioritizerMsg::Panic => panic!("fault injected into prioritizer"),
+            PrioritizerMsg::Place {
+                flag,
+                exclude,
+                reply,
+            } => {
+                state.rotation = state.rotation.wrapping_add(1);
+                let ctx = state.context();
+                let candidates: Vec<NodeStats> = state
+                    .nodes
+                    .iter()
+                    .filter(|n| !exclude.contains(&n.entry.id))
+                    .cloned()
+                    .collect();
+                let _ = reply.send(state.args.policy.select_nodes(flag, &ctx, &candidates));
+            }
             PrioritizerMsg::Observe(observations) => {
                 for o in observations {
                     if let Some(n) = state.node_mut(&o.node_id) {

@@ -63,6 +63,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::put().to(put_batch))
             .route(web::get().to(get_batch)),
     )
+    .service(web::resource("/internal/v1/batches/{id}/poh").route(web::post().to(prove_hold)))
     .service(web::resource("/internal/v1/health").route(web::get().to(health)));
 }
 
@@ -220,6 +221,37 @@ async fn get_batch(
         Some(bytes) => Ok(HttpResponse::Ok()
             .insert_header((CONTENT_TYPE, OCTET_STREAM))
             .body(bytes)),
+        None => Err(ApiError::not_found(format!(
+            "batch {} is not held here",
+            messages::hex32(&id)
+        ))),
+    }
+}
+
+/// `REPAIR_REQ`: a fresh proof-of-hold ack over the bytes this node holds now for the
+/// batch (the `REPAIR_ACK`), or 404 if it does not hold it any more. The city uses it to
+/// check that its light-node holdings still exist.
+async fn prove_hold(
+    state: web::Data<StorageState>,
+    path: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    let id = parse_id(&path)?;
+    let st = state.clone();
+    let ack = web::block(move || -> Result<Option<PohAck>, String> {
+        match st.store.get(&id).map_err(|e| e.to_string())? {
+            None => Ok(None),
+            Some(bytes) => PohAck::sign(&st.key, &st.node_id, id, &bytes, messages::now_ms())
+                .map(Some)
+                .map_err(|e| e.to_string()),
+        }
+    })
+    .await
+    .map_err(|e| internal("storage worker", e))?
+    .map_err(|e| internal("proving a hold", e))?;
+    match ack {
+        Some(ack) => Ok(HttpResponse::Ok()
+            .insert_header((CONTENT_TYPE, OCTET_STREAM))
+            .body(messages::encode(&ack))),
         None => Err(ApiError::not_found(format!(
             "batch {} is not held here",
             messages::hex32(&id)

@@ -192,6 +192,74 @@ impl CityStore {
         tx.commit().map_err(db_err)
     }
 
+    /// Moves a batch (and its transactions) to a new home after a repair; fsynced.
+    pub fn relocate(
+        &self,
+        batch_id: &BatchId,
+        tier: Tier,
+        holders: Vec<String>,
+        acks: Vec<PohAck>,
+    ) -> Result<()> {
+        let Some(mut rec) = self.get_batch(batch_id)? else {
+            return Err(CityStoreError::Db(format!(
+                "no batch {}",
+                hex::encode(batch_id)
+            )));
+        };
+        let mut tx = self.db.begin_write().map_err(db_err)?;
+        tx.set_durability(Durability::Immediate).map_err(db_err)?;
+        {
+            let mut txs = tx.open_table(TXS).map_err(db_err)?;
+            for id in &rec.tx_ids {
+                let updated = match txs.get(id).map_err(db_err)? {
+                    Some(v) => {
+                        let mut t: TxRecord = crate::messages::decode(v.value()).map_err(db_err)?;
+                        // A transaction re-batched later keeps its newer home.
+                        if t.batch_id != *batch_id {
+                            continue;
+                        }
+                        t.tier = tier;
+                        t.holders = holders.clone();
+                        t.acks = acks.len() as u32;
+                        t
+                    }
+                    None => continue,
+                };
+                txs.insert(id, crate::messages::encode(&updated).as_slice())
+                    .map_err(db_err)?;
+            }
+            rec.tier = tier;
+            rec.holders = holders;
+            rec.acks = acks;
+            let mut batches = tx.open_table(BATCHES).map_err(db_err)?;
+            batches
+                .insert(batch_id, crate::messages::encode(&rec).as_slice())
+                .map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)
+    }
+
+    /// Up to `limit` batches on `tier` with sequence numbers from `from_seq` on, in order.
+    pub fn batches_on(&self, tier: Tier, from_seq: u64, limit: usize) -> Result<Vec<BatchRecord>> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let by_seq = tx.open_table(BY_SEQ).map_err(db_err)?;
+        let batches = tx.open_table(BATCHES).map_err(db_err)?;
+        let mut out = Vec::new();
+        for entry in by_seq.range(from_seq..).map_err(db_err)? {
+            let (_, id) = entry.map_err(db_err)?;
+            if let Some(v) = batches.get(id.value()).map_err(db_err)? {
+                let rec: BatchRecord = crate::messages::decode(v.value()).map_err(db_err)?;
+                if rec.tier == tier {
+                    out.push(rec);
+                    if out.len() >= limit {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Durable batches held only on a lower tier than `tier` (for repair upward).
     pub fn batches_below(&self, tier: Tier) -> Result<Vec<BatchRecord>> {
         let tx = self.db.begin_read().map_err(db_err)?;

@@ -166,6 +166,31 @@ impl PeerClient {
         Ok(Some(Vec::from(success_body(resp).await?)))
     }
 
+    /// `REPAIR_REQ`: asks the node for a fresh proof-of-hold ack over what it holds for
+    /// `batch_id` (`POST /internal/v1/batches/{id}/poh`). `None` when it holds nothing.
+    /// The ack is returned unverified.
+    pub async fn request_poh(
+        &self,
+        base_url: &str,
+        batch_id: &[u8; 32],
+        timeout: Duration,
+    ) -> Result<Option<PohAck>> {
+        let resp = self
+            .http
+            .post(format!("{}/poh", batch_url(base_url, batch_id)))
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(unreachable)?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let body = success_body(resp).await?;
+        messages::decode::<PohAck>(&body)
+            .map(Some)
+            .map_err(|e| PeerError::Malformed(format!("proof-of-hold ack: {e}")))
+    }
+
     /// Asks the node at `base_url` how it is (`GET /internal/v1/health`).
     pub async fn health(&self, base_url: &str, timeout: Duration) -> Result<HealthReport> {
         let resp = self

@@ -25,6 +25,7 @@ fn quick(c: &mut Config) {
     c.storage.light_deadline = Duration::from_secs(3);
     c.storage.full_deadline = Duration::from_secs(3);
     c.intake.request_timeout = Duration::from_secs(15);
+    c.repair.interval = Duration::from_millis(300);
 }
 
 pub async fn federation(dir: &Path) -> Federation {

@@ -1,0 +1,372 @@
+//! Repairer: keeps every durable batch where it belongs.
+//!
+//! A lower tier is a fallback, not a home. Every `[repair] interval` the Repairer runs one
+//! round, in a task of its own so the actor never waits on the network:
+//! 1. **Upward**: batches the status index holds on full nodes, MongoDB or the immutable
+//!    log are read back from there and written to light nodes (placed by the
+//!    Prioritizer, acks verified as for any write); their status follows.
+//! 2. **Holdings**: for a window of light batches it sends each holder a `REPAIR_REQ`
+//!    (`POST /internal/v1/batches/{id}/poh`) and verifies the `REPAIR_ACK`, a fresh signed
+//!    proof of hold. What a lost or lying holder held is re-replicated to other light
+//!    nodes from a holder that still has it, and the batch's holders are updated.
+//!
+//! Every move is recorded in the city store (fsynced) before it is reported, so a restart
+//! resumes exactly where repair stood.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use super::mailbox::Mailbox;
+use super::prioritizer::PrioritizerMsg;
+use crate::config::{Config, decode_public_key};
+use crate::messages::{
+    Batch, BatchId, Placement, SealedBatch, StoreJob, Tier, Urgency, decode, now_ms,
+};
+use crate::storage::city_store::{BatchRecord, CityStore};
+use crate::storage::immutable_log::ImmutableLog;
+use crate::storage::mongo::MongoTier;
+use crate::storage::peer::PeerClient;
+use crate::storage::tier::{PeerTier, StorageTier};
+
+pub enum RepairMsg {
+    Tick,
+    RoundDone {
+        next_cursor: u64,
+    },
+    /// Fault injection (`[supervisor] fault_injection`): the actor panics.
+    Panic,
+}
+
+/// What one round did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RoundReport {
+    pub moved_up: usize,
+    pub rereplicated: usize,
+}
+
+/// Everything a round needs, shared with its task.
+pub struct RepairContext {
+    pub store: Arc<CityStore>,
+    pub client: PeerClient,
+    pub prioritizer: Mailbox<PrioritizerMsg>,
+    pub log_dir: PathBuf,
+    pub mongo: Option<Arc<MongoTier>>,
+    /// Light and full nodes by id: URL and public key.
+    pub nodes: HashMap<String, (String, Vec<u8>)>,
+    pub min_light_acks: usize,
+    pub light_deadline: Duration,
+    pub per_round: usize,
+}
+
+impl RepairContext {
+    pub fn from_config(
+        config: &Config,
+        store: Arc<CityStore>,
+        client: PeerClient,
+        prioritizer: Mailbox<PrioritizerMsg>,
+    ) -> Self {
+        let nodes = config
+            .storage
+            .nodes
+            .iter()
+            .filter_map(|n| {
+                Some((
+                    n.id.clone(),
+                    (n.url.clone(), decode_public_key(&n.public_key)?),
+                ))
+            })
+            .collect();
+        Self {
+            store,
+            client,
+            prioritizer,
+            log_dir: config.log_dir(),
+            mongo: MongoTier::new(&config.storage.mongo, &config.node.continent).map(Arc::new),
+            nodes,
+            min_light_acks: config.storage.min_light_acks,
+            light_deadline: config.storage.light_deadline,
+            per_round: config.repair.batches_per_round,
+        }
+    }
+
+    fn light_tier(&self, min_acks: usize) -> PeerTier {
+        PeerTier {
+            tier: Tier::Light,
+            client: self.client.clone(),
+            min_acks,
+            deadline: self.light_deadline,
+        }
+    }
+
+    async fn place(&self, rec: &BatchRecord, exclude: Vec<String>) -> Option<Placement> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.prioritizer
+            .cast(PrioritizerMsg::Place {
+                flag: rec.header.flag,
+                exclude,
+                reply,
+            })
+            .ok()?;
+        answer.await.ok()
+    }
+
+    /// The batch's bytes from wherever it is held now.
+    async fn fetch(
+        &self,
+        rec: &BatchRecord,
+        log: &mut Option<HashMap<BatchId, Vec<u8>>>,
+    ) -> Option<Vec<u8>> {
+        let id = rec.header.id();
+        match rec.tier {
+            Tier::Light | Tier::Full => {
+                for holder in &rec.holders {
+                    let Some((url, _)) = self.nodes.get(holder) else {
+                        continue;
+                    };
+                    if let Ok(Some(bytes)) = self
+                        .client
+                        .get_batch(url, &id, self.light_deadline * 4)
+                        .await
+                    {
+                        return Some(bytes);
+                    }
+                }
+                None
+            }
+            Tier::Mongo => self
+                .mongo
+                .as_ref()?
+                .get_batch(&id, rec.header.created_at_ms)
+                .await
+                .ok()?,
+            Tier::Log => {
+                if log.is_none() {
+                    // One scan of the log per round serves every log-held batch in it.
+                    let records = ImmutableLog::read_all(&self.log_dir).ok()?;
+                    let map = records
+                        .into_iter()
+                        .filter_map(|r| {
+                            let b: Batch = decode(&r.payload).ok()?;
+                            Some((b.id(), r.payload))
+                        })
+                        .collect();
+                    *log = Some(map);
+                }
+                log.as_ref()?.get(&id).cloned()
+            }
+        }
+    }
+
+    /// Writes `bytes` of `rec` to `need` more light nodes, away from `exclude`.
+    async fn write_light(
+        &self,
+        rec: &BatchRecord,
+        bytes: &[u8],
+        exclude: Vec<String>,
+        need: usize,
+    ) -> Option<crate::storage::tier::Stored> {
+        let batch: Batch = decode(bytes).ok()?;
+        if batch.id() != rec.header.id() || batch.check_integrity().is_err() {
+            tracing::error!(batch = %hex::encode(rec.header.id()), "a held copy does not match its id; not repairing from it");
+            return None;
+        }
+        let mut placement = self.place(rec, exclude).await?;
+        placement.full.clear();
+        if placement.light.len() < need {
+            return None;
+        }
+        let job = StoreJob {
+            sealed: SealedBatch::new(batch, rec.tx_ids.clone(), Urgency::Deferred, Instant::now()),
+            placement,
+        };
+        let result = self.light_tier(need).store(&job).await;
+        if !result.observations.is_empty() {
+            let _ = self
+                .prioritizer
+                .cast(PrioritizerMsg::Observe(result.observations));
+        }
+        result.outcome.ok()
+    }
+
+    /// One round: move batches up, then check a window of light holdings from `cursor`.
+    /// Returns what it did and where the next window starts.
+    pub async fn round(&self, cursor: u64) -> (RoundReport, u64) {
+        let mut report = RoundReport::default();
+        let mut log = None;
+        let below = self.store.batches_below(Tier::Light).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "reading the status index for repair");
+            Vec::new()
+        });
+        for rec in below.into_iter().take(self.per_round) {
+            let Some(bytes) = self.fetch(&rec, &mut log).await else {
+                tracing::warn!(batch = %hex::encode(rec.header.id()), tier = %rec.tier, "cannot read the batch back for repair yet");
+                continue;
+            };
+            let Some(stored) = self
+                .write_light(&rec, &bytes, Vec::new(), self.min_light_acks)
+                .await
+            else {
+                // The light tier is not back yet; try again next round.
+                break;
+            };
+            let id = rec.header.id();
+            match self
+                .store
+                .relocate(&id, Tier::Light, stored.holders, stored.acks)
+            {
+                Ok(()) => {
+                    report.moved_up += 1;
+                    metrics::counter!(crate::metrics::REPAIRS, "kind" => "upward", "from" => rec.tier.as_str()).increment(1);
+                    tracing::info!(batch = %hex::encode(id), from = %rec.tier, "batch repaired up to light nodes");
+                }
+                Err(e) => tracing::error!(error = %e, "recording a repair"),
+            }
+        }
+
+        let window = self
+            .store
+            .batches_on(Tier::Light, cursor, self.per_round)
+            .unwrap_or_default();
+        let next_cursor = match window.last() {
+            Some(last) if window.len() == self.per_round => last.header.seq + 1,
+            _ => 0,
+        };
+        for rec in window {
+            if self.check_holders(&rec).await {
+                report.rereplicated += 1;
+            }
+        }
+        (report, next_cursor)
+    }
+
+    /// REPAIR_REQ to every holder; re-replicates what lost holders held. True if it did.
+    async fn check_holders(&self, rec: &BatchRecord) -> bool {
+        let id = rec.header.id();
+        let Some(expected) = rec.acks.first().map(|a| a.held_hash) else {
+            return false;
+        };
+        let mut alive = Vec::new();
+        let mut acks = Vec::new();
+        for holder in &rec.holders {
+            let Some((url, key)) = self.nodes.get(holder) else {
+                continue;
+            };
+            if let Ok(Some(ack)) = self
+                .client
+                .request_poh(url, &id, self.light_deadline * 4)
+                .await
+                && ack.verify(holder, key, &id, &expected, now_ms()).is_ok()
+            {
+                alive.push(holder.clone());
+                acks.push(ack);
+            }
+        }
+        let lost: Vec<String> = rec
+            .holders
+            .iter()
+            .filter(|h| !alive.contains(h))
+            .cloned()
+            .collect();
+        if lost.is_empty() {
+            return false;
+        }
+        let Some(source) = alive.first() else {
+            tracing::error!(batch = %hex::encode(id), "no light holder still proves it holds this batch");
+            return false;
+        };
+        let Some(bytes) = self
+            .client
+            .get_batch(&self.nodes[source].0, &id, self.light_deadline * 4)
+            .await
+            .ok()
+            .flatten()
+        else {
+            return false;
+        };
+        let exclude: Vec<String> = rec.holders.clone();
+        let Some(stored) = self.write_light(rec, &bytes, exclude, lost.len()).await else {
+            tracing::warn!(batch = %hex::encode(id), lost = ?lost, "no light nodes to re-replicate to yet");
+            return false;
+        };
+        alive.extend(stored.holders);
+        acks.extend(stored.acks);
+        match self.store.relocate(&id, Tier::Light, alive, acks) {
+            Ok(()) => {
+                metrics::counter!(crate::metrics::REPAIRS, "kind" => "rereplicate", "from" => "light").increment(1);
+                tracing::info!(batch = %hex::encode(id), ?lost, "re-replicated what lost holders held");
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "recording a re-replication");
+                false
+            }
+        }
+    }
+}
+
+pub struct Repairer;
+
+pub struct RepairArgs {
+    pub context: Arc<RepairContext>,
+    pub interval: Duration,
+}
+
+pub struct RepairState {
+    args: RepairArgs,
+    running: bool,
+    cursor: u64,
+}
+
+impl Actor for Repairer {
+    type Msg = RepairMsg;
+    type State = RepairState;
+    type Arguments = RepairArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: RepairArgs,
+    ) -> Result<RepairState, ActorProcessingErr> {
+        myself.send_interval(args.interval, || RepairMsg::Tick);
+        Ok(RepairState {
+            args,
+            running: false,
+            cursor: 0,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: RepairMsg,
+        state: &mut RepairState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            RepairMsg::Tick => {
+                if state.running {
+                    return Ok(());
+                }
+                state.running = true;
+                let ctx = state.args.context.clone();
+                let cursor = state.cursor;
+                tokio::spawn(async move {
+                    let (report, next_cursor) = ctx.round(cursor).await;
+                    if report != RoundReport::default() {
+                        tracing::info!(?report, "repair round");
+                    }
+                    let _ = myself.cast(RepairMsg::RoundDone { next_cursor });
+                });
+            }
+            RepairMsg::RoundDone { next_cursor } => {
+                state.running = false;
+                state.cursor = next_cursor;
+            }
+            RepairMsg::Panic => panic!("fault injected into repairer"),
+        }
+        Ok(())
+    }
+}
