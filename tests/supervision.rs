@@ -113,7 +113,7 @@ async fn wait_restarted(url: &str, actor: &str, n: u64) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_actor_is_restarted_and_nothing_acknowledged_is_lost() {
     let dir = tempfile::tempdir().unwrap();
-    let node = city(dir.path(), "").await;
+    let node = city(dir.path(), "max_restarts = 20").await;
     let c = client();
     let key = SigningKey::generate().unwrap();
     let mut promised = Vec::new();
@@ -124,6 +124,7 @@ async fn a_panicking_actor_is_restarted_and_nothing_acknowledged_is_lost() {
         "flagger",
         "prioritizer",
         "storage_writer",
+        "repairer",
     ] {
         for _ in 0..5 {
             nonce += 1;
@@ -171,6 +172,7 @@ async fn a_panicking_actor_is_restarted_and_nothing_acknowledged_is_lost() {
         "flagger",
         "prioritizer",
         "storage_writer",
+        "repairer",
     ] {
         assert_eq!(restarts(&a, name), 1, "{a:?}");
     }
