@@ -23,8 +23,8 @@ impl Drop for Node {
     }
 }
 
-/// A city node writing only to its immutable log, with fault injection on and `extra`
-/// appended to its `[supervisor]` section.
+/// A city node writing only to its immutable log (unless `extra` names a chain), with
+/// fault injection on and `extra` appended to its `[supervisor]` section.
 async fn city(dir: &Path, extra: &str) -> Node {
     let config = dir.join("city.toml");
     std::fs::write(
@@ -40,12 +40,17 @@ city = "tokyo"
 continent = "asia"
 
 [supervisor]
-chain = ["log"]
+{chain}
 fault_injection = true
 backoff_initial = "5ms"
 {extra}
 "#,
-            dir.join("data").display()
+            dir.join("data").display(),
+            chain = if extra.contains("chain =") {
+                ""
+            } else {
+                "chain = [\"log\"]"
+            },
         ),
     )
     .unwrap();
@@ -283,4 +288,74 @@ async fn fault_injection_is_off_by_default() {
     assert_eq!(resp.status().as_u16(), 404);
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// Light nodes that accept connections and never answer: a hung peer.
+fn hung_peers(n: usize) -> (Vec<std::net::TcpListener>, String) {
+    use base64::Engine;
+    let mut listeners = Vec::new();
+    let mut entries = String::new();
+    for i in 0..n {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let key = SigningKey::generate().unwrap();
+        entries.push_str(&format!(
+            "[[storage.nodes]]\nid = \"hung-{i}\"\nrole = \"light\"\nurl = \"http://{}\"\ncontinent = \"asia\"\npublic_key = \"{}\"\n",
+            l.local_addr().unwrap(),
+            base64::engine::general_purpose::STANDARD.encode(key.public_key())
+        ));
+        listeners.push(l);
+    }
+    (listeners, entries)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_waiting_on_a_failed_intake_get_503_and_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_hung, entries) = hung_peers(3);
+    // The light tier hangs for 3 s before the batch falls through to the log, so
+    // requests are in flight when the Intake panics.
+    let node = city(
+        dir.path(),
+        &format!(
+            "chain = [\"light\", \"log\"]\n[storage]\nlight_deadline = \"3s\"\n[prioritizer]\nprobe_interval = \"1h\"\n{entries}"
+        ),
+    )
+    .await;
+    let c = client();
+    let key = SigningKey::generate().unwrap();
+    let req = signed(&key, 1);
+    let url = node.url.clone();
+    let c2 = c.clone();
+    let req2 = req.clone();
+    let started = std::time::Instant::now();
+    let pending = tokio::spawn(async move { post(&c2, &url, &req2).await });
+    wait_for(
+        "the transaction to be in flight",
+        Duration::from_secs(5),
+        || async {
+            let (s, b) = get(&c, &format!("{}/v1/tx/{}", node.url, tx_id(&req))).await;
+            (s == 200 && b["status"] == "pending").then_some(())
+        },
+    )
+    .await;
+    inject(&node.url, "intake").await;
+    let (status, body) = pending.await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "storage_unavailable");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "answered at once, not after the tier deadline"
+    );
+
+    // The batch itself went on to the log: a retry finds it durable.
+    let (status, body) = wait_for(
+        "the batch to reach the log",
+        Duration::from_secs(15),
+        || async {
+            let (s, b) = post(&c, &node.url, &req).await;
+            (s == 200).then_some((s, b))
+        },
+    )
+    .await;
+    assert_eq!(body["tier"], "log", "{status} {body}");
 }
