@@ -197,11 +197,14 @@ impl RepairContext {
     pub async fn round(&self, cursor: u64) -> (RoundReport, u64) {
         let mut report = RoundReport::default();
         let mut log = None;
-        let below = self.store.batches_below(Tier::Light).unwrap_or_else(|e| {
-            tracing::error!(error = %e, "reading the status index for repair");
-            Vec::new()
-        });
-        for rec in below.into_iter().take(self.per_round) {
+        let below = self
+            .store
+            .batches_below_light(self.per_round)
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "reading the status index for repair");
+                Vec::new()
+            });
+        for rec in below {
             let Some(bytes) = self.fetch(&rec, &mut log).await else {
                 tracing::warn!(batch = %hex::encode(rec.header.id()), tier = %rec.tier, "cannot read the batch back for repair yet");
                 continue;

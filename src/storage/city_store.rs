@@ -30,6 +30,9 @@ const TXS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("txs");
 const BATCHES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("batches");
 const BY_SEQ: TableDefinition<u64, &[u8; 32]> = TableDefinition::new("batches_by_seq");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Batches held below the light tier: what repair upward works through, without
+/// scanning every batch.
+const BELOW_LIGHT: TableDefinition<&[u8; 32], ()> = TableDefinition::new("below_light");
 const SEQ_RESERVED: &str = "seq_reserved";
 
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +107,7 @@ impl CityStore {
             tx.open_table(BATCHES).map_err(db_err)?;
             tx.open_table(BY_SEQ).map_err(db_err)?;
             tx.open_table(META).map_err(db_err)?;
+            tx.open_table(BELOW_LIGHT).map_err(db_err)?;
             tx.commit().map_err(db_err)?;
         }
         let (writer, rx) = mpsc::channel(QUEUE);
@@ -228,6 +232,12 @@ impl CityStore {
                 txs.insert(id, crate::messages::encode(&updated).as_slice())
                     .map_err(db_err)?;
             }
+            let mut below = tx.open_table(BELOW_LIGHT).map_err(db_err)?;
+            if tier == Tier::Light {
+                below.remove(batch_id).map_err(db_err)?;
+            } else {
+                below.insert(batch_id, ()).map_err(db_err)?;
+            }
             rec.tier = tier;
             rec.holders = holders;
             rec.acks = acks;
@@ -260,16 +270,16 @@ impl CityStore {
         Ok(out)
     }
 
-    /// Durable batches held only on a lower tier than `tier` (for repair upward).
-    pub fn batches_below(&self, tier: Tier) -> Result<Vec<BatchRecord>> {
+    /// Up to `limit` durable batches held below the light tier (for repair upward).
+    pub fn batches_below_light(&self, limit: usize) -> Result<Vec<BatchRecord>> {
         let tx = self.db.begin_read().map_err(db_err)?;
-        let table = tx.open_table(BATCHES).map_err(db_err)?;
+        let below = tx.open_table(BELOW_LIGHT).map_err(db_err)?;
+        let batches = tx.open_table(BATCHES).map_err(db_err)?;
         let mut out = Vec::new();
-        for entry in table.iter().map_err(db_err)? {
-            let (_, v) = entry.map_err(db_err)?;
-            let rec: BatchRecord = crate::messages::decode(v.value()).map_err(db_err)?;
-            if rec.tier > tier {
-                out.push(rec);
+        for entry in below.iter().map_err(db_err)?.take(limit) {
+            let (id, _) = entry.map_err(db_err)?;
+            if let Some(v) = batches.get(id.value()).map_err(db_err)? {
+                out.push(crate::messages::decode(v.value()).map_err(db_err)?);
             }
         }
         Ok(out)
@@ -305,7 +315,11 @@ fn write_group(db: &Database, group: &[WriteReq]) -> Result<()> {
         let mut txs = tx.open_table(TXS).map_err(db_err)?;
         let mut batches = tx.open_table(BATCHES).map_err(db_err)?;
         let mut by_seq = tx.open_table(BY_SEQ).map_err(db_err)?;
+        let mut below = tx.open_table(BELOW_LIGHT).map_err(db_err)?;
         for req in group {
+            if req.batch.tier != Tier::Light {
+                below.insert(&req.batch_id, ()).map_err(db_err)?;
+            }
             batches
                 .insert(
                     &req.batch_id,
@@ -384,6 +398,23 @@ mod tests {
         let batch = store.get_batch(&tx.batch_id).unwrap().unwrap();
         assert_eq!(batch.tx_ids, vec![[7; 32]]);
         assert!(store.get_tx(&[200; 32]).unwrap().is_none());
-        assert!(store.batches_below(Tier::Light).unwrap().is_empty());
+        assert!(store.batches_below_light(10).unwrap().is_empty());
+        // A batch on the log is listed for repair until it is relocated to light nodes.
+        let (mut b, t) = record(60);
+        b.tier = Tier::Log;
+        let id = b.header.id();
+        store.record(b, t).await.unwrap();
+        let below = store.batches_below_light(10).unwrap();
+        assert_eq!(below.len(), 1);
+        assert_eq!(below[0].header.id(), id);
+        store
+            .relocate(&id, Tier::Light, vec!["light-2".into()], vec![])
+            .unwrap();
+        assert!(store.batches_below_light(10).unwrap().is_empty());
+        assert_eq!(
+            store.get_tx(&[60; 32]).unwrap().unwrap().holders,
+            vec!["light-2".to_string()]
+        );
+        assert_eq!(store.batches_on(Tier::Light, 59, 10).unwrap().len(), 1);
     }
 }
