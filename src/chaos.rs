@@ -70,6 +70,8 @@ const VERIFY_CONCURRENCY: usize = 32;
 pub const CHAOS_RECEIVER: &str = "chaos-receiver";
 /// How many per-transaction reasons [`ChaosReport::missing_detail`] keeps.
 const MAX_DETAIL: usize = 50;
+/// How many of them the human summary prints.
+const HUMAN_DETAIL: usize = 10;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -138,6 +140,11 @@ pub struct FaultEvent {
 #[derive(Debug, Clone, Serialize)]
 pub struct MissingTx {
     pub tx_id: String,
+    /// A short class, counted in [`ChaosReport::missing_reasons`]: `city_unknown` (the
+    /// city answers 404), `city_not_stored`, `city_unreachable`, `city_bad_answer`,
+    /// `batch_unavailable` (no holder serves the batch), `not_in_batch`, `not_in_log`,
+    /// `log_unreadable`, `unknown_tier`.
+    pub class: String,
     pub reason: String,
 }
 
@@ -155,6 +162,8 @@ pub struct ChaosReport {
     pub verified: u64,
     /// Promises not found. Must be empty.
     pub missing: Vec<String>,
+    /// How many of `missing` fell into each [`MissingTx::class`].
+    pub missing_reasons: BTreeMap<String, u64>,
     /// Why, for the first few of `missing`.
     pub missing_detail: Vec<MissingTx>,
     /// Every fault, in order.
@@ -252,14 +261,18 @@ impl ChaosReport {
         for e in &self.errors {
             let _ = writeln!(s, "  ERROR: {e}");
         }
-        for m in &self.missing_detail {
-            let _ = writeln!(s, "  MISSING {}: {}", m.tx_id, m.reason);
+        if !self.missing.is_empty() {
+            let _ = writeln!(s, "  missing by reason {}", list(&self.missing_reasons));
         }
-        if self.missing.len() > self.missing_detail.len() {
+        let shown = self.missing_detail.len().min(HUMAN_DETAIL);
+        for m in &self.missing_detail[..shown] {
+            let _ = writeln!(s, "  MISSING {} [{}]: {}", m.tx_id, m.class, m.reason);
+        }
+        if self.missing.len() > shown {
             let _ = writeln!(
                 s,
-                "  ... and {} more missing",
-                self.missing.len() - self.missing_detail.len()
+                "  ... and {} more missing (all ids in the JSON report)",
+                self.missing.len() - shown
             );
         }
         let _ = writeln!(
@@ -450,6 +463,13 @@ pub async fn run(spec: ChaosSpec) -> anyhow::Result<ChaosReport> {
             .iter()
             .map(|m| m.tx_id.clone())
             .collect(),
+        missing_reasons: verification
+            .missing
+            .iter()
+            .fold(BTreeMap::new(), |mut m, x| {
+                *m.entry(x.class.clone()).or_insert(0) += 1;
+                m
+            }),
         missing_detail: verification.missing.into_iter().take(MAX_DETAIL).collect(),
         faults: fault_log.events,
         rejected,
@@ -620,6 +640,63 @@ fn between(rng: &mut fastrand::Rng, (lo, hi): (Duration, Duration)) -> Duration 
     Duration::from_millis(rng.u64(lo..=hi.max(lo)))
 }
 
+/// The nodes a fault may take down.
+struct Victims {
+    lights: Vec<String>,
+    fulls: Vec<String>,
+    /// The city's id, if it may be killed.
+    city: Option<String>,
+}
+
+/// The next fault: after `gap`, take `nodes` down for `downtime`.
+#[derive(Debug, Clone, PartialEq)]
+struct FaultPlan {
+    gap: Duration,
+    kind: FaultKind,
+    nodes: Vec<String>,
+    downtime: Duration,
+}
+
+/// Draws the next fault from `rng`. It draws the same numbers whatever it picks, so one
+/// seed always gives one sequence of faults.
+fn plan_fault(rng: &mut fastrand::Rng, interval: (Duration, Duration), v: &Victims) -> FaultPlan {
+    let gap = between(rng, interval);
+    let roll = rng.f64();
+    let pick = rng.f64();
+    let downtime = between(rng, DOWNTIME);
+    let (kind, nodes) = if roll < STORAGE_BLACKOUT_CHANCE {
+        let all = v.lights.iter().chain(&v.fulls).cloned().collect();
+        (FaultKind::StorageBlackout, all)
+    } else if roll < STORAGE_BLACKOUT_CHANCE + LIGHT_OUTAGE_CHANCE {
+        (FaultKind::LightOutage, v.lights.clone())
+    } else {
+        // Shares of a single kill: lights half, fulls a quarter, the city a quarter.
+        let (light_share, full_share) = if v.city.is_some() {
+            (0.5, 0.25)
+        } else {
+            (0.65, 0.35)
+        };
+        let from = |ids: &[String], x: f64| {
+            ids[((x * ids.len() as f64) as usize).min(ids.len() - 1)].clone()
+        };
+        let victim = match &v.city {
+            _ if pick < light_share => from(&v.lights, pick / light_share),
+            _ if pick < light_share + full_share => {
+                from(&v.fulls, (pick - light_share) / full_share)
+            }
+            Some(city) => city.clone(),
+            None => from(&v.fulls, 0.999),
+        };
+        (FaultKind::Kill, vec![victim])
+    };
+    FaultPlan {
+        gap,
+        kind,
+        nodes,
+        downtime,
+    }
+}
+
 /// Kills and restarts nodes until told to stop; never leaves a node down when it returns.
 async fn fault_task(
     fed: Arc<Mutex<Federation>>,
@@ -634,40 +711,23 @@ async fn fault_task(
         let f = fed.lock().await;
         (f.ids(Role::Light), f.ids(Role::Full))
     };
+    let victims = Victims {
+        lights,
+        fulls,
+        city: spec.kill_city.then(|| city_id.clone()),
+    };
     loop {
-        let gap = between(&mut rng, spec.fault_interval);
+        let plan = plan_fault(&mut rng, spec.fault_interval, &victims);
         tokio::select! {
-            _ = tokio::time::sleep(gap) => {}
+            _ = tokio::time::sleep(plan.gap) => {}
             _ = stop.wait_for(|s| *s) => break,
         }
-        // Every random choice is drawn before anything else happens, so one seed always
-        // gives one fault sequence.
-        let roll = rng.f64();
-        let pick = rng.f64();
-        let downtime = between(&mut rng, DOWNTIME);
-        let (kind, victims) = if roll < STORAGE_BLACKOUT_CHANCE {
-            let all = lights.iter().chain(&fulls).cloned().collect();
-            (FaultKind::StorageBlackout, all)
-        } else if roll < STORAGE_BLACKOUT_CHANCE + LIGHT_OUTAGE_CHANCE {
-            (FaultKind::LightOutage, lights.clone())
-        } else {
-            let (light_share, full_share) = if spec.kill_city {
-                (0.5, 0.25)
-            } else {
-                (0.65, 0.35)
-            };
-            let from = |ids: &[String], x: f64| {
-                ids[((x * ids.len() as f64) as usize).min(ids.len() - 1)].clone()
-            };
-            let victim = if pick < light_share {
-                from(&lights, pick / light_share)
-            } else if pick < light_share + full_share {
-                from(&fulls, (pick - light_share) / full_share)
-            } else {
-                city_id.clone()
-            };
-            (FaultKind::Kill, vec![victim])
-        };
+        let FaultPlan {
+            kind,
+            nodes: victims,
+            downtime,
+            ..
+        } = plan;
 
         let mut f = fed.lock().await;
         // A node that died without our help is a finding; bring it back first.
@@ -795,6 +855,9 @@ fn p99(samples: &[f64]) -> f64 {
     v[rank.clamp(1, v.len()) - 1]
 }
 
+/// Why a promise is not (yet) verified: a [`MissingTx::class`] and details.
+type Why = (&'static str, String);
+
 /// What the city says about a promise at the end.
 #[derive(Debug, Clone)]
 struct Status {
@@ -837,10 +900,10 @@ async fn verify_promises(
     //    one yet (it may have just restarted).
     let mut statuses: HashMap<String, Status> = HashMap::new();
     let mut pending: Vec<&Promise> = promises.iter().collect();
-    let mut last_reason: HashMap<String, String> = HashMap::new();
+    let mut last_reason: HashMap<String, Why> = HashMap::new();
     let deadline = Instant::now() + VERIFY_RETRY_FOR;
     loop {
-        let answers: Vec<(&Promise, Result<Status, String>)> = futures::stream::iter(pending)
+        let answers: Vec<(&Promise, Result<Status, Why>)> = futures::stream::iter(pending)
             .map(|p| {
                 let client = client.clone();
                 async move { (p, tx_status(&client, city_url, &p.tx_id).await) }
@@ -866,13 +929,15 @@ async fn verify_promises(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     for p in &pending {
+        let (class, why) = last_reason
+            .remove(&p.tx_id)
+            .unwrap_or(("city_bad_answer", "?".into()));
         out.missing.push(MissingTx {
             tx_id: p.tx_id.clone(),
+            class: class.into(),
             reason: format!(
-                "promised on tier {} in batch {}; the city now says: {}",
-                p.tier,
-                p.batch_id,
-                last_reason.get(&p.tx_id).map_or("?", String::as_str)
+                "promised on tier {} in batch {}; the city now says: {why}",
+                p.tier, p.batch_id,
             ),
         });
     }
@@ -902,33 +967,37 @@ async fn verify_promises(
     };
     let peers = PeerClient::new();
     for ((tier, batch_id), members) in by_batch {
-        let held: Result<HashSet<String>, String> = match tier.as_str() {
+        let held: Result<HashSet<String>, Why> = match tier.as_str() {
             "light" | "full" => {
                 let holders = &statuses[&members[0].tx_id].holders;
                 let (found, misses) = fetch_from_holders(fed, &peers, &batch_id, holders).await;
                 out.holder_misses += misses;
-                found
+                found.map_err(|e| ("batch_unavailable", e))
             }
             "log" => match &log_batches {
-                Ok(map) => map
-                    .get(&batch_id)
-                    .cloned()
-                    .ok_or_else(|| format!("batch {batch_id} is not among the city's log records")),
-                Err(e) => Err(e.clone()),
+                Ok(map) => map.get(&batch_id).cloned().ok_or_else(|| {
+                    (
+                        "not_in_log",
+                        format!("batch {batch_id} is not among the city's log records"),
+                    )
+                }),
+                Err(e) => Err(("log_unreadable", e.clone())),
             },
             // The mongo tier is checked by the status alone (no database client here).
             "mongo" => Ok(members.iter().map(|p| p.tx_id.clone()).collect()),
-            other => Err(format!("unknown tier {other:?}")),
+            other => Err(("unknown_tier", format!("unknown tier {other:?}"))),
         };
         for p in members {
             match &held {
                 Ok(ids) if ids.contains(&p.tx_id) => out.verified += 1,
                 Ok(_) => out.missing.push(MissingTx {
                     tx_id: p.tx_id.clone(),
+                    class: "not_in_batch".into(),
                     reason: format!("batch {batch_id} ({tier}) does not contain it"),
                 }),
-                Err(why) => out.missing.push(MissingTx {
+                Err((class, why)) => out.missing.push(MissingTx {
                     tx_id: p.tx_id.clone(),
+                    class: (*class).into(),
                     reason: format!("status says {tier} batch {batch_id}: {why}"),
                 }),
             }
@@ -937,32 +1006,32 @@ async fn verify_promises(
     out
 }
 
-/// `GET {city}/v1/tx/{id}`: the stored status, or why there is none.
-async fn tx_status(
-    client: &reqwest::Client,
-    city_url: &str,
-    tx_id: &str,
-) -> Result<Status, String> {
+/// `GET {city}/v1/tx/{id}`: the stored status, or why there is none (a
+/// [`MissingTx::class`] and details).
+async fn tx_status(client: &reqwest::Client, city_url: &str, tx_id: &str) -> Result<Status, Why> {
     let resp = client
         .get(format!("{city_url}/v1/tx/{tx_id}"))
         .send()
         .await
-        .map_err(|e| format!("GET failed: {e}"))?;
+        .map_err(|e| ("city_unreachable", format!("GET failed: {e}")))?;
     let code = resp.status().as_u16();
     let body: serde_json::Value = resp
         .json()
         .await
-        .map_err(|e| format!("{code}, not JSON: {e}"))?;
-    if code != 200 {
-        return Err(format!("{code} {body}"));
+        .map_err(|e| ("city_bad_answer", format!("{code}, not JSON: {e}")))?;
+    match code {
+        200 => {}
+        404 => return Err(("city_unknown", format!("{code} {body}"))),
+        _ => return Err(("city_bad_answer", format!("{code} {body}"))),
     }
     if body["status"] != "stored" {
-        return Err(format!("status {}", body["status"]));
+        return Err(("city_not_stored", format!("status {}", body["status"])));
     }
     let text = |v: &serde_json::Value| v.as_str().map(str::to_string);
+    let bad = |what: &str| ("city_bad_answer", format!("no {what} in {body}"));
     Ok(Status {
-        tier: text(&body["tier"]).ok_or_else(|| format!("no tier in {body}"))?,
-        batch_id: text(&body["batch_id"]).ok_or_else(|| format!("no batch_id in {body}"))?,
+        tier: text(&body["tier"]).ok_or_else(|| bad("tier"))?,
+        batch_id: text(&body["batch_id"]).ok_or_else(|| bad("batch_id"))?,
         holders: body["holders"]
             .as_array()
             .map(|a| a.iter().filter_map(text).collect())
@@ -1075,6 +1144,51 @@ mod tests {
         let (all, during) = latencies(&ps, &windows);
         assert_eq!(all.len(), 5);
         assert_eq!(during, vec![200.0, 100.0, 50.0]);
+    }
+
+    fn victims(city: bool) -> Victims {
+        Victims {
+            lights: (1..=6).map(|i| format!("light-{i}")).collect(),
+            fulls: (1..=2).map(|i| format!("full-{i}")).collect(),
+            city: city.then(|| "city-tokyo".to_string()),
+        }
+    }
+
+    #[test]
+    fn faults_take_one_node_down_except_for_the_rare_outages() {
+        let interval = (Duration::from_secs(1), Duration::from_secs(3));
+        for city in [true, false] {
+            let v = victims(city);
+            let mut rng = fastrand::Rng::with_seed(7);
+            let mut kinds = BTreeMap::new();
+            let mut hit = HashSet::new();
+            for _ in 0..5000 {
+                let plan = plan_fault(&mut rng, interval, &v);
+                assert!(plan.gap >= interval.0 && plan.gap <= interval.1);
+                assert!(plan.downtime >= DOWNTIME.0 && plan.downtime <= DOWNTIME.1);
+                match plan.kind {
+                    FaultKind::Kill => assert_eq!(plan.nodes.len(), 1),
+                    FaultKind::LightOutage => assert_eq!(plan.nodes, v.lights),
+                    FaultKind::StorageBlackout => assert_eq!(plan.nodes.len(), 8),
+                    other => panic!("planned {other:?}"),
+                }
+                *kinds.entry(format!("{:?}", plan.kind)).or_insert(0u32) += 1;
+                hit.extend(plan.nodes);
+            }
+            assert_eq!(hit.contains("city-tokyo"), city);
+            assert_eq!(hit.len(), if city { 9 } else { 8 });
+            // 10% light outages, 5% blackouts, give or take.
+            assert!((350..650).contains(&kinds["LightOutage"]), "{kinds:?}");
+            assert!((150..350).contains(&kinds["StorageBlackout"]), "{kinds:?}");
+        }
+        let draw = |seed| {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            (0..10)
+                .map(|_| plan_fault(&mut rng, interval, &victims(true)))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(draw(42), draw(42));
+        assert_ne!(draw(42), draw(43));
     }
 
     #[test]

@@ -79,7 +79,13 @@ async fn submit(
         })?;
     let result = match tokio::time::timeout(state.request_timeout, answer).await {
         Ok(Ok(result)) => result,
-        Ok(Err(_dropped)) => Err(SubmitError::ShuttingDown),
+        // The Intake went away with the reply channel: it failed (and is being restarted)
+        // or the node is stopping. Nothing was promised.
+        Ok(Err(_dropped)) => {
+            return Err(rejected(ApiError::storage_unavailable(
+                "the pipeline restarted before this transaction was durable; retrying it is safe",
+            )));
+        }
         Err(_elapsed) => {
             return Err(rejected(ApiError::storage_unavailable(format!(
                 "not durable within {:?}; retrying the same transaction is safe",
