@@ -361,12 +361,22 @@ impl Actor for Repairer {
                     if report != RoundReport::default() {
                         tracing::info!(?report, "repair round");
                     }
-                    let _ = myself.cast(RepairMsg::RoundDone { next_cursor });
+                    let backlog = report.moved_up >= ctx.per_round;
+                    let _ = myself.cast(RepairMsg::RoundDone {
+                        next_cursor,
+                        backlog,
+                    });
                 });
             }
-            RepairMsg::RoundDone { next_cursor } => {
+            RepairMsg::RoundDone {
+                next_cursor,
+                backlog,
+            } => {
                 state.running = false;
                 state.cursor = next_cursor;
+                if backlog {
+                    let _ = myself.cast(RepairMsg::Tick);
+                }
             }
             RepairMsg::Panic => panic!("fault injected into repairer"),
         }
