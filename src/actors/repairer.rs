@@ -34,8 +34,11 @@ use crate::storage::tier::{PeerTier, StorageTier};
 
 pub enum RepairMsg {
     Tick,
+    /// A round finished; `backlog` when it found a full round of work, so the next one
+    /// starts at once instead of after the interval.
     RoundDone {
         next_cursor: u64,
+        backlog: bool,
     },
     /// Fault injection (`[supervisor] fault_injection`): the actor panics.
     Panic,
