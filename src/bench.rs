@@ -260,16 +260,7 @@ impl BenchReport {
     fn render_human(&self) -> String {
         use std::fmt::Write;
         let mut s = String::new();
-        let list = |m: &BTreeMap<String, u64>| {
-            if m.is_empty() {
-                "none".to_string()
-            } else {
-                m.iter()
-                    .map(|(k, v)| format!("{k} {v}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            }
-        };
+        let list = format_counts;
         let l = &self.latency_ms;
         let _ = writeln!(s, "bench against {}", self.node);
         let _ = writeln!(s, "  target rate   {} tx/s", self.target_rate);
@@ -776,6 +767,18 @@ async fn drain(mut tasks: JoinSet<()>, tally: &Mutex<Tally>, limit: Duration) {
     let _timed_out = tokio::time::timeout(limit, all).await;
     tasks.shutdown().await;
     lock(tally).close();
+}
+
+/// `"a 1, b 2"`, or `"none"`: how reports print counts by key.
+pub fn format_counts(m: &BTreeMap<String, u64>) -> String {
+    if m.is_empty() {
+        "none".to_string()
+    } else {
+        m.iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 #[cfg(test)]

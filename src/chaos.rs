@@ -208,16 +208,7 @@ impl ChaosReport {
     /// The human summary.
     pub fn render_human(&self) -> String {
         use std::fmt::Write;
-        let list = |m: &BTreeMap<String, u64>| {
-            if m.is_empty() {
-                "none".to_string()
-            } else {
-                m.iter()
-                    .map(|(k, v)| format!("{k} {v}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            }
-        };
+        let list = crate::bench::format_counts;
         let mut s = String::new();
         let _ = writeln!(s, "chaos run, seed {}", self.seed);
         let _ = writeln!(s, "  duration        {:.1} s", self.duration_s);

@@ -15,7 +15,6 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::Duration;
 
 use actix_web::dev::ServerHandle;
 use actix_web::{App, HttpServer, web};
@@ -50,6 +49,17 @@ pub struct RunningNode {
 }
 
 impl RunningNode {
+    fn without_actors(addr: SocketAddr, role: Role, server: actix_web::dev::Server) -> Self {
+        Self {
+            addr,
+            role,
+            server: server.handle(),
+            server_task: tokio::spawn(server),
+            supervisor: None,
+            gave_up: None,
+        }
+    }
+
     /// Stops taking requests, finishes the ones in flight, then stops the actors.
     pub async fn stop(self) {
         self.server.stop(true).await;
@@ -292,14 +302,7 @@ fn start_storage(
     .listen(listener)?
     .run();
     tracing::info!(%addr, node = %config.node.id, %role, capacity, "storage node listening");
-    Ok(RunningNode {
-        addr,
-        role,
-        server: server.handle(),
-        server_task: tokio::spawn(server),
-        supervisor: None,
-        gave_up: None,
-    })
+    Ok(RunningNode::without_actors(addr, role, server))
 }
 
 fn start_aggregator(
@@ -327,15 +330,5 @@ fn start_aggregator(
     .listen(listener)?
     .run();
     tracing::info!(%addr, node = %config.node.id, %role, "node listening");
-    Ok(RunningNode {
-        addr,
-        role,
-        server: server.handle(),
-        server_task: tokio::spawn(server),
-        supervisor: None,
-        gave_up: None,
-    })
+    Ok(RunningNode::without_actors(addr, role, server))
 }
-
-/// How long `run` waits for a clean stop before giving up.
-pub const STOP_GRACE: Duration = Duration::from_secs(10);

@@ -272,7 +272,7 @@ mod tests {
 
     use super::*;
     use crate::crypto;
-    use crate::messages::{FlagKind, SignedTx, Tx};
+    use crate::messages::{FlagKind, SignedTx};
     use crate::storage::peer::{PeerClient, PeerError};
 
     const T: Duration = Duration::from_secs(10);
@@ -345,20 +345,7 @@ mod tests {
     }
 
     fn signed(key: &SigningKey, nonce: u64) -> SignedTx {
-        let tx = Tx {
-            kind: FlagKind::FreshTx,
-            sender: key.address(),
-            receiver: "bob".into(),
-            amount: 5,
-            timestamp_ms: 1,
-            nonce,
-            city_id: "tokyo".into(),
-            continent: None,
-            payload: None,
-            pop: None,
-        };
-        let req = SignedTx::sign(tx, key).unwrap();
-        SignedTx::from_request_bytes(&serde_json::to_vec(&req).unwrap()).unwrap()
+        crate::actors::testkit::signed_tx(key, nonce, FlagKind::FreshTx, 5)
     }
 
     /// A valid batch of `n` transactions and its encoding.

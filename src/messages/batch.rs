@@ -117,23 +117,9 @@ impl BatchHeader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::messages::tx::Tx;
 
     fn signed(key: &crypto::SigningKey, nonce: u64) -> SignedTx {
-        let tx = Tx {
-            kind: FlagKind::FreshTx,
-            sender: key.address(),
-            receiver: "bob".into(),
-            amount: 5,
-            timestamp_ms: 1,
-            nonce,
-            city_id: "tokyo".into(),
-            continent: None,
-            payload: None,
-            pop: None,
-        };
-        let req = SignedTx::sign(tx, key).unwrap();
-        SignedTx::from_request_bytes(&serde_json::to_vec(&req).unwrap()).unwrap()
+        crate::actors::testkit::signed_tx(key, nonce, FlagKind::FreshTx, 5)
     }
 
     #[test]
