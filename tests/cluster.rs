@@ -540,8 +540,27 @@ async fn batches_held_on_lower_tiers_are_repaired_up_and_lost_holdings_re_replic
         "{body}"
     );
 
-    // Everything comes back: both batches move up to light nodes, and their status says so.
-    for id in fed.ids(Role::Light).into_iter().chain(fed.ids(Role::Full)) {
+    // Full nodes come back first: the log-held batch moves up to them.
+    for id in fed.ids(Role::Full) {
+        fed.restart(&id).await.unwrap();
+    }
+    let url = format!("{city}/v1/tx/{}", tx_id(&on_log));
+    let body = wait_for(
+        "repair from the log up to full nodes",
+        Duration::from_secs(30),
+        || async {
+            let (_, b) = get(&client, &url).await;
+            (b["tier"] == "full").then_some(b)
+        },
+    )
+    .await;
+    assert!(
+        body["holders"][0].as_str().unwrap().starts_with("full-"),
+        "{body}"
+    );
+
+    // Then light nodes: both batches move up to them, and their status says so.
+    for id in fed.ids(Role::Light) {
         fed.restart(&id).await.unwrap();
     }
     for req in [&on_full, &on_log] {

@@ -4,7 +4,8 @@
 //! round, in a task of its own so the actor never waits on the network:
 //! 1. **Upward**: batches the status index holds on full nodes, MongoDB or the immutable
 //!    log are read back from there and written to light nodes (placed by the
-//!    Prioritizer, acks verified as for any write); their status follows.
+//!    Prioritizer, acks verified as for any write), or, while light nodes are still away,
+//!    from MongoDB or the log to full nodes; their status follows.
 //! 2. **Holdings**: for a window of light batches it sends each holder a `REPAIR_REQ`
 //!    (`POST /internal/v1/batches/{id}/poh`) and verifies the `REPAIR_ACK`, a fresh signed
 //!    proof of hold. What a lost or lying holder held is re-replicated to other light
@@ -61,7 +62,9 @@ pub struct RepairContext {
     /// Light and full nodes by id: URL and public key.
     pub nodes: HashMap<String, (String, Vec<u8>)>,
     pub min_light_acks: usize,
+    pub min_full_acks: usize,
     pub light_deadline: Duration,
+    pub full_deadline: Duration,
     pub per_round: usize,
 }
 
@@ -91,17 +94,10 @@ impl RepairContext {
             mongo: MongoTier::new(&config.storage.mongo, &config.node.continent).map(Arc::new),
             nodes,
             min_light_acks: config.storage.min_light_acks,
+            min_full_acks: config.storage.min_full_acks,
             light_deadline: config.storage.light_deadline,
+            full_deadline: config.storage.full_deadline,
             per_round: config.repair.batches_per_round,
-        }
-    }
-
-    fn light_tier(&self, min_acks: usize) -> PeerTier {
-        PeerTier {
-            tier: Tier::Light,
-            client: self.client.clone(),
-            min_acks,
-            deadline: self.light_deadline,
         }
     }
 
@@ -164,9 +160,10 @@ impl RepairContext {
         }
     }
 
-    /// Writes `bytes` of `rec` to `need` more light nodes, away from `exclude`.
-    async fn write_light(
+    /// Writes `bytes` of `rec` to `need` more light (or full) nodes, away from `exclude`.
+    async fn write_to(
         &self,
+        tier: Tier,
         rec: &BatchRecord,
         bytes: &[u8],
         exclude: Vec<String>,
@@ -178,15 +175,30 @@ impl RepairContext {
             return None;
         }
         let mut placement = self.place(rec, exclude).await?;
-        placement.full.clear();
-        if placement.light.len() < need {
+        let (chosen, deadline) = match tier {
+            Tier::Light => {
+                placement.full.clear();
+                (placement.light.len(), self.light_deadline)
+            }
+            _ => {
+                placement.light.clear();
+                (placement.full.len(), self.full_deadline)
+            }
+        };
+        if chosen < need {
             return None;
         }
         let job = StoreJob {
             sealed: SealedBatch::new(batch, rec.tx_ids.clone(), Urgency::Deferred, Instant::now()),
             placement,
         };
-        let result = self.light_tier(need).store(&job).await;
+        let peers = PeerTier {
+            tier,
+            client: self.client.clone(),
+            min_acks: need,
+            deadline,
+        };
+        let result = peers.store(&job).await;
         if !result.observations.is_empty() {
             let _ = self
                 .prioritizer
@@ -212,22 +224,30 @@ impl RepairContext {
                 tracing::warn!(batch = %hex::encode(rec.header.id()), tier = %rec.tier, "cannot read the batch back for repair yet");
                 continue;
             };
-            let Some(stored) = self
-                .write_light(&rec, &bytes, Vec::new(), self.min_light_acks)
+            // Light nodes first; from MongoDB or the log, full nodes are a step up too.
+            let mut moved = None;
+            if let Some(stored) = self
+                .write_to(Tier::Light, &rec, &bytes, Vec::new(), self.min_light_acks)
                 .await
-            else {
-                // The light tier is not back yet; try again next round.
+            {
+                moved = Some((Tier::Light, stored));
+            } else if rec.tier > Tier::Full
+                && let Some(stored) = self
+                    .write_to(Tier::Full, &rec, &bytes, Vec::new(), self.min_full_acks)
+                    .await
+            {
+                moved = Some((Tier::Full, stored));
+            }
+            let Some((to, stored)) = moved else {
+                // No higher tier is back yet; try again next round.
                 break;
             };
             let id = rec.header.id();
-            match self
-                .store
-                .relocate(&id, Tier::Light, stored.holders, stored.acks)
-            {
+            match self.store.relocate(&id, to, stored.holders, stored.acks) {
                 Ok(()) => {
                     report.moved_up += 1;
                     metrics::counter!(crate::metrics::REPAIRS, "kind" => "upward", "from" => rec.tier.as_str()).increment(1);
-                    tracing::info!(batch = %hex::encode(id), from = %rec.tier, "batch repaired up to light nodes");
+                    tracing::info!(batch = %hex::encode(id), from = %rec.tier, %to, "batch repaired up");
                 }
                 Err(e) => tracing::error!(error = %e, "recording a repair"),
             }
@@ -294,7 +314,10 @@ impl RepairContext {
             return false;
         };
         let exclude: Vec<String> = rec.holders.clone();
-        let Some(stored) = self.write_light(rec, &bytes, exclude, lost.len()).await else {
+        let Some(stored) = self
+            .write_to(Tier::Light, rec, &bytes, exclude, lost.len())
+            .await
+        else {
             tracing::warn!(batch = %hex::encode(id), lost = ?lost, "no light nodes to re-replicate to yet");
             return false;
         };
