@@ -6,6 +6,8 @@
 //! The batches are created "now" or later, so the 180-day TTL monitor cannot remove them
 //! while a test runs.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
@@ -252,4 +254,61 @@ async fn each_batch_lands_in_its_months_collection_with_its_fields() {
         }
     })
     .await;
+}
+
+/// Runs everywhere, no MongoDB needed: a city whose MongoDB is unreachable still answers
+/// within the 500 ms budget, from the immutable log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_mongodb_falls_through_to_the_log_within_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        r#"
+[node]
+id = "city-tokyo"
+role = "city"
+listen = "127.0.0.1:0"
+data_dir = "{}"
+city = "tokyo"
+continent = "asia"
+
+[supervisor]
+chain = ["mongo", "log"]
+
+[storage.mongo]
+deadline = "200ms"
+connect_timeout = "100ms"
+server_selection_timeout = "150ms"
+
+[storage.mongo.uris]
+asia = "mongodb://127.0.0.1:1/?directConnection=true"
+"#,
+        dir.path().join("data").display()
+    );
+    let node = common::spawn_node(dir.path(), &config, true).await;
+    let client = common::client();
+    let key = citychain::crypto::SigningKey::generate().unwrap();
+    for n in 0..3 {
+        let started = std::time::Instant::now();
+        let (status, body) = common::post(&client, &node.url, &common::signed(&key, n)).await;
+        let took = started.elapsed();
+        println!("request {n}: {took:?}");
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["tier"], "log", "{body}");
+        assert!(
+            took < std::time::Duration::from_millis(500),
+            "answered in {took:?}, over the 500 ms budget"
+        );
+    }
+    let metrics = client
+        .get(format!("{}/metrics", node.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("citychain_tier_failures_total{tier=\"mongo\"} 3"),
+        "{metrics}"
+    );
 }

@@ -4,33 +4,17 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use citychain::crypto::SigningKey;
 use common::*;
 use serde_json::Value;
 
-struct Node {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A city node writing only to its immutable log (unless `extra` names a chain), with
 /// fault injection on and `extra` appended to its `[supervisor]` section.
-async fn city(dir: &Path, extra: &str) -> Node {
-    let config = dir.join("city.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
+async fn city(dir: &Path, extra: &str) -> ChildNode {
+    let config = format!(
+        r#"
 [node]
 id = "city-tokyo"
 role = "city"
@@ -45,37 +29,14 @@ fault_injection = true
 backoff_initial = "5ms"
 {extra}
 "#,
-            dir.join("data").display(),
-            chain = if extra.contains("chain =") {
-                ""
-            } else {
-                "chain = [\"log\"]"
-            },
-        ),
-    )
-    .unwrap();
-    let child = Command::new(binary())
-        .args(["node", "--config"])
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("node.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let addr_file = dir.join("data").join("listen.addr");
-    let url = wait_for("the node to listen", Duration::from_secs(20), || async {
-        std::fs::read_to_string(&addr_file)
-            .ok()
-            .map(|a| format!("http://{}", a.trim()))
-    })
-    .await;
-    let c = client();
-    wait_for("the node to be ready", Duration::from_secs(20), || async {
-        let r = c.get(format!("{url}/readyz")).send().await.ok()?;
-        r.status().is_success().then_some(())
-    })
-    .await;
-    Node { child, url }
+        dir.join("data").display(),
+        chain = if extra.contains("chain =") {
+            ""
+        } else {
+            "chain = [\"log\"]"
+        },
+    );
+    spawn_node(dir, &config, true).await
 }
 
 async fn actors(url: &str) -> Vec<Value> {
@@ -258,36 +219,17 @@ async fn past_the_restart_limit_the_node_exits_non_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_injection_is_off_by_default() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("c.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[node]\nid = \"c\"\nrole = \"city\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\ncity = \"tokyo\"\ncontinent = \"asia\"\n[supervisor]\nchain = [\"log\"]\n",
-            dir.path().join("data").display()
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(binary())
-        .args(["node", "--config"])
-        .arg(&config)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let addr_file = dir.path().join("data").join("listen.addr");
-    let url = wait_for("the node to listen", Duration::from_secs(20), || async {
-        std::fs::read_to_string(&addr_file)
-            .ok()
-            .map(|a| format!("http://{}", a.trim()))
-    })
-    .await;
+    let config = format!(
+        "[node]\nid = \"c\"\nrole = \"city\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\ncity = \"tokyo\"\ncontinent = \"asia\"\n[supervisor]\nchain = [\"log\"]\n",
+        dir.path().join("data").display()
+    );
+    let node = spawn_node(dir.path(), &config, true).await;
     let resp = client()
-        .post(format!("{url}/v1/actors/flagger/panic"))
+        .post(format!("{}/v1/actors/flagger/panic", node.url))
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 404);
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// Light nodes that accept connections and never answer: a hung peer.

@@ -139,3 +139,54 @@ pub async fn wait_nodes(client: &reqwest::Client, city: &str, ids: &[String], wa
     )
     .await
 }
+
+/// A node started from `config` (TOML) as a child process; killed when dropped.
+pub struct ChildNode {
+    pub child: std::process::Child,
+    pub url: String,
+}
+
+impl Drop for ChildNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes `config` to `dir/node.toml`, runs `citychain node` on it with its log in
+/// `dir/node.log`, and waits until it listens (its data dir must be `dir/data`) and,
+/// if `ready`, until `/readyz` answers 200.
+pub async fn spawn_node(dir: &Path, config: &str, ready: bool) -> ChildNode {
+    let path = dir.join("node.toml");
+    std::fs::write(&path, config).unwrap();
+    let child = std::process::Command::new(binary())
+        .args(["node", "--config"])
+        .arg(&path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("node.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let addr_file = dir.join("data").join(citychain::node::LISTEN_ADDR_FILE);
+    let log = dir.join("node.log");
+    let url = wait_for("the node to listen", Duration::from_secs(20), || async {
+        let addr = std::fs::read_to_string(&addr_file).ok();
+        if addr.is_none() && std::fs::read_to_string(&log).is_ok_and(|l| l.contains("error")) {
+            panic!(
+                "the node failed: {}",
+                std::fs::read_to_string(&log).unwrap()
+            );
+        }
+        addr.map(|a| format!("http://{}", a.trim()))
+    })
+    .await;
+    if ready {
+        let c = client();
+        wait_for("the node to be ready", Duration::from_secs(20), || async {
+            let r = c.get(format!("{url}/readyz")).send().await.ok()?;
+            r.status().is_success().then_some(())
+        })
+        .await;
+    }
+    ChildNode { child, url }
+}
