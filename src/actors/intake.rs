@@ -86,7 +86,7 @@ pub enum SubmitError {
     Overloaded(usize),
     #[error("no storage tier could make the batch durable: {0}")]
     StorageUnavailable(String),
-    #[error("the node is shutting down")]
+    #[error("the pipeline is stopping or restarting; retrying the same transaction is safe")]
     ShuttingDown,
 }
 
