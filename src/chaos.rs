@@ -181,6 +181,8 @@ pub struct ChaosReport {
     /// Promises whose batch id changed between the 200 and the final status (repair may
     /// move transactions; verified where the final status says).
     pub relocated: u64,
+    /// Promises by the tier the city names at the end (after repair moved batches up).
+    pub final_tiers: BTreeMap<String, u64>,
     /// Holders listed for a light/full batch that did not serve it (at least one other
     /// did, or the promise is in `missing`).
     pub holder_misses: u64,
@@ -228,6 +230,7 @@ impl ChaosReport {
             self.p99_ms_all, self.p99_ms_during_faults
         );
         let _ = writeln!(s, "  relocated       {}", self.relocated);
+        let _ = writeln!(s, "  final tiers     {}", list(&self.final_tiers));
         let _ = writeln!(s, "  holder misses   {}", self.holder_misses);
         let _ = writeln!(s, "  log records     {}", self.log_records);
         let _ = writeln!(s, "  faults          {}", self.faults.len());
@@ -469,6 +472,7 @@ pub async fn run(spec: ChaosSpec) -> anyhow::Result<ChaosReport> {
         promised_during_faults: during.len() as u64,
         tiers,
         relocated: verification.relocated,
+        final_tiers: verification.final_tiers,
         holder_misses: verification.holder_misses,
         log_records,
         errors,
@@ -862,6 +866,7 @@ struct Verification {
     verified: u64,
     missing: Vec<MissingTx>,
     relocated: u64,
+    final_tiers: BTreeMap<String, u64>,
     holder_misses: u64,
     errors: Vec<String>,
 }
@@ -937,6 +942,7 @@ async fn verify_promises(
     let mut by_batch: BTreeMap<(String, String), Vec<&Promise>> = BTreeMap::new();
     for p in promises {
         if let Some(s) = statuses.get(&p.tx_id) {
+            *out.final_tiers.entry(s.tier.clone()).or_default() += 1;
             if s.batch_id != p.batch_id {
                 out.relocated += 1;
             }
