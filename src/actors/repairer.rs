@@ -219,28 +219,40 @@ impl RepairContext {
                 tracing::error!(error = %e, "reading the status index for repair");
                 Vec::new()
             });
+        let (mut light_back, mut full_back) = (true, true);
         for rec in below {
             let Some(bytes) = self.fetch(&rec, &mut log).await else {
                 tracing::warn!(batch = %hex::encode(rec.header.id()), tier = %rec.tier, "cannot read the batch back for repair yet");
                 continue;
             };
-            // Light nodes first; from MongoDB or the log, full nodes are a step up too.
+            // Light nodes first; from MongoDB or the log, full nodes are a step up too. A
+            // tier that failed once sits out the rest of the round, but other batches may
+            // still go to the other tier.
             let mut moved = None;
-            if let Some(stored) = self
-                .write_to(Tier::Light, &rec, &bytes, Vec::new(), self.min_light_acks)
-                .await
-            {
-                moved = Some((Tier::Light, stored));
-            } else if rec.tier > Tier::Full
-                && let Some(stored) = self
+            if light_back {
+                match self
+                    .write_to(Tier::Light, &rec, &bytes, Vec::new(), self.min_light_acks)
+                    .await
+                {
+                    Some(stored) => moved = Some((Tier::Light, stored)),
+                    None => light_back = false,
+                }
+            }
+            if moved.is_none() && full_back && rec.tier > Tier::Full {
+                match self
                     .write_to(Tier::Full, &rec, &bytes, Vec::new(), self.min_full_acks)
                     .await
-            {
-                moved = Some((Tier::Full, stored));
+                {
+                    Some(stored) => moved = Some((Tier::Full, stored)),
+                    None => full_back = false,
+                }
             }
             let Some((to, stored)) = moved else {
-                // No higher tier is back yet; try again next round.
-                break;
+                if !light_back && !full_back {
+                    // No higher tier is back yet; try again next round.
+                    break;
+                }
+                continue;
             };
             let id = rec.header.id();
             match self.store.relocate(&id, to, stored.holders, stored.acks) {
