@@ -120,14 +120,7 @@ async fn a_thousand_signed_transactions_are_stored_on_light_nodes_and_readable()
     let (status, _) = get(&client, &format!("{city}/v1/tx/{}", "ab".repeat(32))).await;
     assert_eq!(status, 404);
 
-    let metrics = client
-        .get(format!("{city}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&client, &city).await;
     for name in [
         "citychain_tx_accepted_total",
         "citychain_batches_stored_total{tier=\"light\"}",
@@ -374,14 +367,7 @@ async fn bad_input_gets_its_status_and_code_and_changes_nothing() {
     let (status, _) = get(&client, &format!("{city}/v1/tx/{}", tx_id(&good))).await;
     assert_eq!(status, 404);
     assert_eq!(stored_batches(&client, &fed).await, batches_before);
-    let metrics = client
-        .get(format!("{city}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&client, &city).await;
     assert!(
         metrics.contains("citychain_tx_rejected_total{reason=\"bad_signature\"} 2"),
         "{metrics}"

@@ -299,14 +299,7 @@ asia = "mongodb://127.0.0.1:1/?directConnection=true"
             "answered in {took:?}, over the 500 ms budget"
         );
     }
-    let metrics = client
-        .get(format!("{}/metrics", node.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics(&client, &node.url).await;
     assert!(
         metrics.contains("citychain_tier_failures_total{tier=\"mongo\"} 3"),
         "{metrics}"

@@ -118,14 +118,7 @@ async fn a_panicking_actor_is_restarted_and_nothing_acknowledged_is_lost() {
             "{id}"
         );
     }
-    let metrics = c
-        .get(format!("{}/metrics", node.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&c, &node.url).await;
     assert!(
         metrics.contains("citychain_actor_restarts_total{actor=\"flagger\"} 1"),
         "{metrics}"

@@ -107,6 +107,18 @@ pub async fn get(client: &reqwest::Client, url: &str) -> (u16, Value) {
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
+/// The node's `/metrics` text.
+pub async fn metrics(client: &reqwest::Client, base: &str) -> String {
+    client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("the node answers")
+        .text()
+        .await
+        .unwrap()
+}
+
 /// Polls `check` until it returns `Some`, failing the test after `timeout`.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where
