@@ -27,6 +27,9 @@ pub const POLICIES: &[&str] = &["weighted"];
 /// Mailbox capacity (batches); the Flagger never has more than `max_inflight_batches` out.
 pub const MAILBOX_CAPACITY: usize = 4096;
 
+/// A node with less free space than this is not chosen (a batch could not fit).
+pub const MIN_FREE_BYTES: u64 = 4 * 1024 * 1024;
+
 /// What the registry knows of one storage node.
 #[derive(Debug, Clone)]
 pub struct NodeStats {
@@ -81,6 +84,12 @@ impl NodeStats {
         }
     }
 
+    /// False once a probe showed the node nearly full: writing to it would only be refused.
+    pub fn has_room(&self) -> bool {
+        self.capacity_bytes == 0
+            || self.capacity_bytes.saturating_sub(self.used_bytes) >= MIN_FREE_BYTES
+    }
+
     fn target(&self) -> Target {
         Target {
             node_id: self.entry.id.clone(),
@@ -124,13 +133,13 @@ pub trait NodePolicy: Send + Sync {
     fn name(&self) -> &'static str;
     fn score(&self, node: &NodeStats, ctx: &SelectContext) -> Score;
 
-    /// Up nodes only, best first. Checkpoints go to every up light node; other batches to
-    /// `light_fanout` of them.
+    /// Up nodes with room only, best first. Checkpoints go to every such light node; other
+    /// batches to `light_fanout` of them.
     fn select_nodes(&self, flag: FlagKind, ctx: &SelectContext, nodes: &[NodeStats]) -> Placement {
         let mut ranked: Vec<(f64, usize, &NodeStats)> = nodes
             .iter()
             .enumerate()
-            .filter(|(_, n)| n.up)
+            .filter(|(_, n)| n.up && n.has_room())
             .map(|(i, n)| (self.score(n, ctx).raw, i, n))
             .collect();
         let count = nodes.len().max(1);
@@ -579,6 +588,29 @@ mod tests {
         }
         nodes[0].observe(true, Duration::from_millis(5), 2);
         assert!(nodes[0].up);
+
+        // A node a probe found full is skipped too, until it has room again.
+        nodes[1].capacity_bytes = 100 * 1024 * 1024;
+        nodes[1].used_bytes = nodes[1].capacity_bytes - 1024;
+        let wide = SelectContext {
+            light_fanout: 3,
+            ..ctx(0)
+        };
+        let placement = p.select_nodes(FlagKind::FreshTx, &wide, &nodes);
+        assert_eq!(
+            placement.light.len(),
+            2,
+            "only two light nodes have room: {placement:?}"
+        );
+        assert!(
+            placement.light.iter().all(|t| t.node_id != "l2"),
+            "{placement:?}"
+        );
+        nodes[1].used_bytes = 0;
+        assert_eq!(
+            p.select_nodes(FlagKind::FreshTx, &wide, &nodes).light.len(),
+            3
+        );
         let chosen: std::collections::BTreeSet<String> = (0..8)
             .flat_map(|r| p.select_nodes(FlagKind::FreshTx, &ctx(r), &nodes).light)
             .map(|t| t.node_id)
