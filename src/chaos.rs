@@ -39,7 +39,7 @@ use tokio::sync::{Mutex, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::config::{Config, Role};
+use crate::config::Role;
 use crate::crypto::SigningKey;
 use crate::federation::{Federation, FederationSpec};
 use crate::messages::{self, Batch, FlagKind, SignedTx, Tx, now_ms, parse_hex32};
@@ -278,17 +278,6 @@ impl ChaosReport {
     }
 }
 
-/// Chaos timers: probes often, so a killed node is noticed within a few hundred ms, and
-/// tier deadlines generous, so a loaded machine does not turn a slow write into a
-/// failover nobody asked for.
-fn chaos_tweak(c: &mut Config) {
-    c.prioritizer.probe_interval = Duration::from_millis(100);
-    c.prioritizer.probe_timeout = Duration::from_millis(300);
-    c.storage.light_deadline = Duration::from_secs(1);
-    c.storage.full_deadline = Duration::from_secs(1);
-    c.intake.request_timeout = Duration::from_secs(10);
-}
-
 /// A 200 answer.
 #[derive(Debug, Clone)]
 struct Promise {
@@ -333,7 +322,7 @@ pub async fn run(spec: ChaosSpec) -> anyhow::Result<ChaosReport> {
         "fault interval: the shortest gap exceeds the longest"
     );
     let fed_spec = FederationSpec {
-        tweak: chaos_tweak,
+        tweak: crate::federation::watchful,
         ..FederationSpec::local(spec.dir.clone(), spec.binary.clone())
     };
     let fed = Federation::launch(fed_spec)

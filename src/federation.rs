@@ -53,6 +53,19 @@ impl FederationSpec {
     }
 }
 
+/// Timers for a federation under test or fault injection: probes often, so a killed node
+/// is noticed within a few hundred ms; tier deadlines generous, so a loaded 2-core machine
+/// never turns a slow write into a failover nobody asked for; repair rounds often. Speed
+/// is the bench command's business, not these runs'.
+pub fn watchful(c: &mut Config) {
+    c.prioritizer.probe_interval = Duration::from_millis(100);
+    c.prioritizer.probe_timeout = Duration::from_millis(500);
+    c.storage.light_deadline = Duration::from_secs(3);
+    c.storage.full_deadline = Duration::from_secs(3);
+    c.intake.request_timeout = Duration::from_secs(15);
+    c.repair.interval = Duration::from_millis(300);
+}
+
 /// One line of `federation.json`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ManifestEntry {

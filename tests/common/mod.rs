@@ -6,7 +6,6 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use citychain::config::Config;
 use citychain::crypto::SigningKey;
 use citychain::federation::{Federation, FederationSpec};
 use citychain::messages::{FlagKind, SignedTx, Tx, TxRequest, now_ms};
@@ -16,21 +15,9 @@ pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_citychain"))
 }
 
-/// Test timers: probes often, so a stopped node is noticed within a few hundred ms, and
-/// tier deadlines are generous, so a loaded 2-core CI machine never turns a slow write into
-/// a failover the test did not ask for. (Speed is the bench command's business.)
-fn quick(c: &mut Config) {
-    c.prioritizer.probe_interval = Duration::from_millis(100);
-    c.prioritizer.probe_timeout = Duration::from_millis(500);
-    c.storage.light_deadline = Duration::from_secs(3);
-    c.storage.full_deadline = Duration::from_secs(3);
-    c.intake.request_timeout = Duration::from_secs(15);
-    c.repair.interval = Duration::from_millis(300);
-}
-
 pub async fn federation(dir: &Path) -> Federation {
     let spec = FederationSpec {
-        tweak: quick,
+        tweak: citychain::federation::watchful,
         ..FederationSpec::local(dir.to_path_buf(), binary())
     };
     Federation::launch(spec)
