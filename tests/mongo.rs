@@ -262,14 +262,7 @@ async fn each_batch_lands_in_its_months_collection_with_its_fields() {
 async fn an_unreachable_mongodb_falls_through_to_the_log_within_the_budget() {
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
-        r#"
-[node]
-id = "city-tokyo"
-role = "city"
-listen = "127.0.0.1:0"
-data_dir = "{}"
-city = "tokyo"
-continent = "asia"
+        r#"{}
 
 [supervisor]
 chain = ["mongo", "log"]
@@ -282,7 +275,7 @@ server_selection_timeout = "150ms"
 [storage.mongo.uris]
 asia = "mongodb://127.0.0.1:1/?directConnection=true"
 "#,
-        dir.path().join("data").display()
+        common::city_node_section(dir.path())
     );
     let node = common::spawn_node(dir.path(), &config, true).await;
     let client = common::client();

@@ -14,14 +14,7 @@ use serde_json::Value;
 /// fault injection on and `extra` appended to its `[supervisor]` section.
 async fn city(dir: &Path, extra: &str) -> ChildNode {
     let config = format!(
-        r#"
-[node]
-id = "city-tokyo"
-role = "city"
-listen = "127.0.0.1:0"
-data_dir = "{}"
-city = "tokyo"
-continent = "asia"
+        r#"{node}
 
 [supervisor]
 {chain}
@@ -29,7 +22,7 @@ fault_injection = true
 backoff_initial = "5ms"
 {extra}
 "#,
-        dir.join("data").display(),
+        node = city_node_section(dir),
         chain = if extra.contains("chain =") {
             ""
         } else {
@@ -213,8 +206,8 @@ async fn past_the_restart_limit_the_node_exits_non_zero() {
 async fn fault_injection_is_off_by_default() {
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
-        "[node]\nid = \"c\"\nrole = \"city\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\ncity = \"tokyo\"\ncontinent = \"asia\"\n[supervisor]\nchain = [\"log\"]\n",
-        dir.path().join("data").display()
+        "{}[supervisor]\nchain = [\"log\"]\n",
+        city_node_section(dir.path())
     );
     let node = spawn_node(dir.path(), &config, true).await;
     let resp = client()

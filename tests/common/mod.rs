@@ -139,6 +139,15 @@ pub async fn wait_nodes(client: &reqwest::Client, city: &str, ids: &[String], wa
     .await
 }
 
+/// The `[node]` section of a lone city node keeping its data in `dir/data` (the place
+/// [`spawn_node`] looks for its address).
+pub fn city_node_section(dir: &Path) -> String {
+    format!(
+        "[node]\nid = \"city-tokyo\"\nrole = \"city\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\ncity = \"tokyo\"\ncontinent = \"asia\"\n",
+        dir.join("data").display()
+    )
+}
+
 /// A node started from `config` (TOML) as a child process; killed when dropped.
 pub struct ChildNode {
     pub child: std::process::Child,
