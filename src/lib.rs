@@ -5,8 +5,9 @@
 //! - [`crypto`]: ML-DSA-65 keys and signatures, BLAKE3 ids, the batch Merkle root.
 //! - [`messages`]: typed messages that cross actors or nodes (transactions, batches,
 //!   proof-of-hold acks, store outcomes) and their versioned postcard encoding.
-//! - [`actors`]: the city pipeline, one actor per file: Intake → DagBatcher → Flagger →
-//!   Prioritizer → StorageWriter, with the FailoverSupervisor walking the tier chain.
+//! - [`city`]: the city wing: the actor pipeline Intake → DagBatcher → Flagger →
+//!   Prioritizer → StorageWriter → Failover (+ Repairer) under the FailoverSupervisor, its
+//!   messages, policies, admission checks and the `CityHandle` the HTTP layer uses.
 //! - [`storage`]: the tiers: light/full peer client and server store, immutable log.
 //! - [`http`]: HTTP routes of every role, JSON errors, `/metrics`.
 //! - [`node`]: role wiring: which actors and routes a role starts, and clean shutdown.
@@ -16,9 +17,9 @@
 //! - [`cli`]: the command line of API.md.
 //! - [`metrics`]: metric names and the Prometheus recorder.
 
-pub mod actors;
 pub mod bench;
 pub mod chaos;
+pub mod city;
 pub mod cli;
 pub mod config;
 pub mod crypto;
@@ -28,3 +29,5 @@ pub mod messages;
 pub mod metrics;
 pub mod node;
 pub mod storage;
+#[cfg(test)]
+pub(crate) mod testkit;

@@ -19,13 +19,10 @@ use std::sync::atomic::AtomicU64;
 use actix_web::dev::ServerHandle;
 use actix_web::{App, HttpServer, web};
 use anyhow::Context;
-use ractor::{Actor, ActorRef};
+use ractor::ActorRef;
 
-use crate::actors::failover_supervisor::{
-    ActorTable, FailoverSupervisor, SupervisorArgs, SupervisorMsg,
-};
-use crate::actors::intake::{IntakeLimits, StatusIndex};
-use crate::actors::{flagger, prioritizer};
+use crate::city::msgs::SupervisorMsg;
+use crate::city::supervisor::ActorTable;
 use crate::config::{Config, Role};
 use crate::crypto::SigningKey;
 use crate::http::city_api::CityState;
@@ -176,56 +173,13 @@ async fn start_city(
             config.node.data_dir.display()
         )
     })?);
-    let (next_seq, recent) = store.resume_point(config.batcher.max_parents)?;
-    if next_seq > 0 {
-        tracing::info!(
-            next_seq,
-            parents = recent.len(),
-            "resuming the batch DAG from disk"
-        );
-    }
-    let index = Arc::new(StatusIndex::new(store));
-    let gave_up = Arc::new(tokio::sync::Notify::new());
-    let nodes = prioritizer::NodesSnapshot::default();
-    let actors = Arc::new(ActorTable::default());
-    let intake_slot = Default::default();
-
-    // The FailoverSupervisor spawns the pipeline, Intake → DagBatcher → Flagger →
-    // Prioritizer → StorageWriter, each linked to it.
-    let (supervisor, _) = Actor::spawn(
-        None,
-        FailoverSupervisor,
-        SupervisorArgs {
-            config: config.clone(),
-            chain,
-            client,
-            flag_policy: flagger::policy_from_config(&config.flagger),
-            node_policy: prioritizer::policy_from_config(&config.prioritizer),
-            index: index.clone(),
-            nodes: nodes.clone(),
-            actors: actors.clone(),
-            intake_slot: Arc::clone(&intake_slot),
-            gave_up: gave_up.clone(),
-        },
-    )
-    .await
-    .context("starting the city pipeline")?;
-
+    // The pipeline, Intake → DagBatcher → Flagger → Prioritizer → StorageWriter, with
+    // Failover and the Repairer, each linked to the FailoverSupervisor.
+    let city = crate::city::start(config.clone(), chain, client, store).await?;
+    let (supervisor, actors, gave_up) = (city.supervisor, city.actors, city.gave_up);
     let city = web::Data::new(CityState {
-        limits: IntakeLimits {
-            city: config.node.city.clone().unwrap_or_default(),
-            max_clock_skew: config.intake.max_clock_skew,
-            max_payload_bytes: config.intake.max_payload_bytes,
-        },
+        city: city.handle,
         max_body_bytes: config.intake.max_body_bytes,
-        request_timeout: config.intake.request_timeout,
-        intake: intake_slot,
-        index,
-        nodes,
-        supervisor: config
-            .supervisor
-            .fault_injection
-            .then(|| supervisor.clone()),
     });
     let ready_actors = actors.clone();
     let readiness: ReadinessCheck = Arc::new(move || ready_actors.ready());

@@ -1,35 +1,27 @@
-//! The public API of a city node (API.md): submit a transaction, read transactions,
-//! batches, storage nodes and the supervision tree.
+//! The public API of a city node (docs/API.md): submit a transaction, read transactions,
+//! batches, storage nodes and the supervision tree. Every answer is a `Serialize` type
+//! below, so the contract is visible in the code.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use serde_json::json;
-use tokio::sync::oneshot;
+use serde::Serialize;
 
-use super::common::{read_body, require_json};
+use super::common::{parse_id, read_body, require_json};
 use super::{ApiError, ApiResult};
-use crate::actors::failover_supervisor::{CHILDREN, Slot, SupervisorMsg};
-use crate::actors::intake::{
-    IntakeLimits, IntakeMsg, Receipt, StatusIndex, SubmitError, TxView, check_policy,
-};
-use crate::actors::mailbox::{Mailbox, SendError};
-use crate::actors::prioritizer::NodesSnapshot;
-use crate::messages::{SignedTx, hex32, now_ms, parse_hex32};
+use crate::city::CityHandle;
+use crate::city::handle::{AdmitError, InjectError};
+use crate::city::msgs::{Receipt, SubmitError};
+use crate::city::status::TxView;
+use crate::messages::{FlagKind, PohAck, Tier, hex32};
+use crate::storage::city_store::{BatchRecord, CityStoreError};
 
 /// What the city routes need, registered as `web::Data<CityState>`.
 pub struct CityState {
-    pub limits: IntakeLimits,
+    pub city: CityHandle,
     pub max_body_bytes: usize,
-    pub request_timeout: std::time::Duration,
-    pub intake: Slot<Mailbox<IntakeMsg>>,
-    pub index: Arc<StatusIndex>,
-    pub nodes: NodesSnapshot,
-    /// Set only with `[supervisor] fault_injection`.
-    pub supervisor: Option<ractor::ActorRef<SupervisorMsg>>,
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -40,6 +32,107 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/actors/{name}/panic", web::post().to(inject_panic));
 }
 
+/// `POST /v1/tx` → 200: the transaction is durable.
+#[derive(Debug, Serialize)]
+pub struct ReceiptReply {
+    pub tx_id: String,
+    pub status: &'static str,
+    pub tier: Tier,
+    pub batch_id: String,
+    pub acks: usize,
+    pub flag: FlagKind,
+    pub duplicate: bool,
+}
+
+impl From<&Receipt> for ReceiptReply {
+    fn from(r: &Receipt) -> Self {
+        Self {
+            tx_id: hex32(&r.tx_id),
+            status: "stored",
+            tier: r.tier,
+            batch_id: hex32(&r.batch_id),
+            acks: r.acks,
+            flag: r.flag,
+            duplicate: r.duplicate,
+        }
+    }
+}
+
+/// `GET /v1/tx/{id}`: a pending or stored transaction with its signed JSON.
+#[derive(Debug, Serialize)]
+pub struct TxReply {
+    pub tx_id: String,
+    pub status: &'static str,
+    pub tier: Option<Tier>,
+    pub batch_id: Option<String>,
+    pub holders: Vec<String>,
+    pub flag: FlagKind,
+    pub tx: serde_json::Value,
+}
+
+/// `GET /v1/batches/{id}`: a durable batch, where it is and the acks that prove it.
+#[derive(Debug, Serialize)]
+pub struct BatchReply {
+    pub batch_id: String,
+    pub city_id: String,
+    pub seq: u64,
+    pub parents: Vec<String>,
+    pub tx_ids: Vec<String>,
+    pub merkle_root: String,
+    pub flag: FlagKind,
+    pub created_at_ms: u64,
+    pub tier: Tier,
+    pub holders: Vec<String>,
+    pub acks: Vec<AckReply>,
+}
+
+/// One signed proof-of-hold ack.
+#[derive(Debug, Serialize)]
+pub struct AckReply {
+    pub holder_id: String,
+    pub held_hash: String,
+    pub time_ms: u64,
+    /// Base64 of the holder's ML-DSA-65 signature.
+    pub signature: String,
+}
+
+impl From<&PohAck> for AckReply {
+    fn from(a: &PohAck) -> Self {
+        Self {
+            holder_id: a.holder_id.clone(),
+            held_hash: hex32(&a.held_hash),
+            time_ms: a.time_ms,
+            signature: B64.encode(&a.signature),
+        }
+    }
+}
+
+impl BatchReply {
+    fn of(id: &[u8; 32], b: &BatchRecord) -> Self {
+        let h = &b.header;
+        Self {
+            batch_id: hex32(id),
+            city_id: h.city_id.clone(),
+            seq: h.seq,
+            parents: h.parents.iter().map(hex32).collect(),
+            tx_ids: b.tx_ids.iter().map(hex32).collect(),
+            merkle_root: hex32(&h.merkle_root),
+            flag: h.flag,
+            created_at_ms: h.created_at_ms,
+            tier: b.tier,
+            holders: b.holders.clone(),
+            acks: b.acks.iter().map(AckReply::from).collect(),
+        }
+    }
+}
+
+/// `POST /v1/actors/{name}/panic` → 202.
+#[derive(Debug, Serialize)]
+pub struct InjectedReply {
+    pub injected: String,
+}
+
+/// Counts a refusal the HTTP layer made itself (the Intake counts its own).
 fn rejected(e: ApiError) -> ApiError {
     metrics::counter!(crate::metrics::TX_REJECTED, "reason" => e.code).increment(1);
     e
@@ -55,72 +148,27 @@ async fn submit(
     let body = read_body(&req, payload, state.max_body_bytes)
         .await
         .map_err(rejected)?;
-    let intake = state
-        .intake
-        .read()
-        .expect("slot lock poisoned")
-        .clone()
-        .ok_or_else(|| rejected(ApiError::storage_unavailable("the pipeline is not running")))?;
-    // Shed load before spending a signature verification on it.
-    if intake.depth() >= intake.capacity() {
-        return Err(rejected(ApiError::overloaded("intake queue is full")));
-    }
-    let tx = SignedTx::from_request_bytes(&body).map_err(|e| rejected(e.into()))?;
-    check_policy(&tx, &state.limits, now_ms()).map_err(|e| rejected(e.into()))?;
-
-    let (reply, answer) = oneshot::channel();
-    intake
-        .try_send(IntakeMsg::Submit { tx, arrived, reply })
-        .map_err(|e| {
-            rejected(match e {
-                SendError::Full(_) => ApiError::overloaded("intake queue is full"),
-                SendError::Closed(_) => ApiError::storage_unavailable("the node is shutting down"),
-            })
-        })?;
-    let result = match tokio::time::timeout(state.request_timeout, answer).await {
-        Ok(Ok(result)) => result,
-        // The Intake went away with the reply channel: it failed (and is being restarted)
-        // or the node is stopping. Nothing was promised.
-        Ok(Err(_dropped)) => {
-            return Err(rejected(ApiError::storage_unavailable(
-                "the pipeline restarted before this transaction was durable; retrying it is safe",
-            )));
-        }
-        Err(_elapsed) => {
-            return Err(rejected(ApiError::storage_unavailable(format!(
-                "not durable within {:?}; retrying the same transaction is safe",
-                state.request_timeout
-            ))));
-        }
-    };
-    match result {
-        Ok(r) => Ok(HttpResponse::Ok().json(receipt_json(&r))),
+    let tx = state.city.admit(&body).map_err(|e| {
+        rejected(match e {
+            AdmitError::QueueFull => ApiError::overloaded(e.to_string()),
+            AdmitError::Invalid(e) => e.into(),
+        })
+    })?;
+    match state.city.submit(tx, arrived).await {
+        Ok(r) => Ok(HttpResponse::Ok().json(ReceiptReply::from(&r))),
         Err(SubmitError::Overloaded(n)) => Err(ApiError::overloaded(format!(
             "{n} transactions in flight; retry shortly"
         ))),
+        // Refused before the Intake took it, or lost with a failed actor: counted here.
+        Err(e @ SubmitError::QueueFull) => Err(rejected(ApiError::overloaded(e.to_string()))),
+        Err(e @ (SubmitError::Restarted | SubmitError::TimedOut(_))) => {
+            Err(rejected(ApiError::storage_unavailable(e.to_string())))
+        }
         Err(e) => Err(ApiError::storage_unavailable(e.to_string())),
     }
 }
 
-fn receipt_json(r: &Receipt) -> serde_json::Value {
-    json!({
-        "tx_id": hex32(&r.tx_id),
-        "status": "stored",
-        "tier": r.tier,
-        "batch_id": hex32(&r.batch_id),
-        "acks": r.acks,
-        "flag": r.flag,
-        "duplicate": r.duplicate,
-    })
-}
-
-fn parse_id(s: &str, what: &str) -> ApiResult<[u8; 32]> {
-    parse_hex32(s).ok_or_else(|| {
-        ApiError::bad_request("invalid_id", format!("{what} must be 64 hex characters"))
-    })
-}
-
-fn index_error(e: crate::storage::city_store::CityStoreError) -> ApiError {
+fn index_error(e: CityStoreError) -> ApiError {
     tracing::error!(error = %e, "reading the status index failed");
     ApiError::new(500, "internal", e.to_string())
 }
@@ -128,25 +176,34 @@ fn index_error(e: crate::storage::city_store::CityStoreError) -> ApiError {
 async fn get_tx(path: web::Path<String>, state: web::Data<CityState>) -> ApiResult<HttpResponse> {
     let id = parse_id(&path, "tx_id")?;
     let view = state
-        .index
+        .city
         .tx(&id)
         .map_err(index_error)?
         .ok_or_else(|| ApiError::not_found(format!("unknown transaction {}", path.as_str())))?;
     let parse = |canonical: &str| -> serde_json::Value {
         serde_json::from_str(canonical).expect("the index holds canonical JSON")
     };
-    let body = match view {
-        TxView::Pending(p) => json!({
-            "tx_id": hex32(&id), "status": "pending", "tier": null, "batch_id": null,
-            "holders": [], "flag": p.flag, "tx": parse(&p.canonical),
-        }),
-        TxView::Stored(r) => json!({
-            "tx_id": hex32(&id), "status": "stored", "tier": r.tier,
-            "batch_id": hex32(&r.batch_id), "holders": r.holders, "flag": r.flag,
-            "tx": parse(&r.canonical),
-        }),
+    let reply = match view {
+        TxView::Pending(p) => TxReply {
+            tx_id: hex32(&id),
+            status: "pending",
+            tier: None,
+            batch_id: None,
+            holders: vec![],
+            flag: p.flag,
+            tx: parse(&p.canonical),
+        },
+        TxView::Stored(r) => TxReply {
+            tx_id: hex32(&id),
+            status: "stored",
+            tier: Some(r.tier),
+            batch_id: Some(hex32(&r.batch_id)),
+            holders: r.holders,
+            flag: r.flag,
+            tx: parse(&r.canonical),
+        },
     };
-    Ok(HttpResponse::Ok().json(body))
+    Ok(HttpResponse::Ok().json(reply))
 }
 
 async fn get_batch(
@@ -155,29 +212,11 @@ async fn get_batch(
 ) -> ApiResult<HttpResponse> {
     let id = parse_id(&path, "batch_id")?;
     let b = state
-        .index
+        .city
         .batch(&id)
         .map_err(index_error)?
         .ok_or_else(|| ApiError::not_found(format!("unknown batch {}", path.as_str())))?;
-    let h = &b.header;
-    Ok(HttpResponse::Ok().json(json!({
-        "batch_id": hex32(&id),
-        "city_id": h.city_id,
-        "seq": h.seq,
-        "parents": h.parents.iter().map(hex32).collect::<Vec<_>>(),
-        "tx_ids": b.tx_ids.iter().map(hex32).collect::<Vec<_>>(),
-        "merkle_root": hex32(&h.merkle_root),
-        "flag": h.flag,
-        "created_at_ms": h.created_at_ms,
-        "tier": b.tier,
-        "holders": b.holders,
-        "acks": b.acks.iter().map(|a| json!({
-            "holder_id": a.holder_id,
-            "held_hash": hex32(&a.held_hash),
-            "time_ms": a.time_ms,
-            "signature": B64.encode(&a.signature),
-        })).collect::<Vec<_>>(),
-    })))
+    Ok(HttpResponse::Ok().json(BatchReply::of(&id, &b)))
 }
 
 /// Fault injection: `POST /v1/actors/{name}/panic` makes that actor panic. 404 unless
@@ -186,20 +225,17 @@ async fn inject_panic(
     path: web::Path<String>,
     state: web::Data<CityState>,
 ) -> ApiResult<HttpResponse> {
-    let Some(supervisor) = &state.supervisor else {
-        return Err(ApiError::not_found("fault injection is disabled"));
-    };
-    let name = path.into_inner();
-    if !CHILDREN.contains(&name.as_str()) {
-        return Err(ApiError::not_found(format!("no actor {name:?}")));
+    match state.city.inject(&path) {
+        Ok(actor) => Ok(HttpResponse::Accepted().json(InjectedReply {
+            injected: actor.to_string(),
+        })),
+        Err(e @ (InjectError::Disabled | InjectError::UnknownActor(_))) => {
+            Err(ApiError::not_found(e.to_string()))
+        }
+        Err(e @ InjectError::SupervisorDown) => Err(ApiError::storage_unavailable(e.to_string())),
     }
-    supervisor
-        .cast(SupervisorMsg::Inject(name.clone()))
-        .map_err(|_| ApiError::storage_unavailable("the supervisor is not running"))?;
-    Ok(HttpResponse::Accepted().json(json!({"injected": name})))
 }
 
 async fn nodes(state: web::Data<CityState>) -> HttpResponse {
-    let views = state.nodes.read().expect("snapshot lock poisoned").clone();
-    HttpResponse::Ok().json(views)
+    HttpResponse::Ok().json(state.city.nodes())
 }

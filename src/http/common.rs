@@ -7,7 +7,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use futures::StreamExt;
 
 use super::{ApiError, ApiResult};
-use crate::actors::failover_supervisor::ActorTable;
+use crate::city::supervisor::ActorTable;
 
 /// Whether the node can do its job now; `Err` says why not.
 pub type ReadinessCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
@@ -60,21 +60,39 @@ pub fn path_config() -> web::PathConfig {
         .error_handler(|e, _| ApiError::bad_request("invalid_path", e.to_string()).into())
 }
 
+/// `GET /healthz`: the process is up, and who it is.
+#[derive(Debug, serde::Serialize)]
+pub struct HealthReply<'a> {
+    pub status: &'static str,
+    #[serde(flatten)]
+    pub node: &'a NodeIdentity,
+}
+
+/// `GET /readyz`: 200 `ready`, or 503 `not_ready` with the reason.
+#[derive(Debug, serde::Serialize)]
+pub struct ReadyReply {
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 async fn healthz(me: web::Data<NodeIdentity>) -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({
-        "status": "ok",
-        "node_id": me.node_id,
-        "role": me.role,
-        "city": me.city,
-        "continent": me.continent,
-    }))
+    HttpResponse::Ok().json(HealthReply {
+        status: "ok",
+        node: &me,
+    })
 }
 
 async fn readyz(check: web::Data<ReadinessCheck>) -> HttpResponse {
     match (check.get_ref())() {
-        Ok(()) => HttpResponse::Ok().json(serde_json::json!({"status": "ready"})),
-        Err(reason) => HttpResponse::ServiceUnavailable()
-            .json(serde_json::json!({"status": "not_ready", "reason": reason})),
+        Ok(()) => HttpResponse::Ok().json(ReadyReply {
+            status: "ready",
+            reason: None,
+        }),
+        Err(reason) => HttpResponse::ServiceUnavailable().json(ReadyReply {
+            status: "not_ready",
+            reason: Some(reason),
+        }),
     }
 }
 
@@ -119,6 +137,13 @@ pub async fn read_body(
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+/// Parses a 32-byte id written as 64 hex characters; `what` names it in the 400 answer.
+pub fn parse_id(s: &str, what: &str) -> ApiResult<[u8; 32]> {
+    crate::messages::parse_hex32(s).ok_or_else(|| {
+        ApiError::bad_request("invalid_id", format!("{what} must be 64 hex characters"))
+    })
 }
 
 /// Refuses anything but `application/json` (parameters such as `charset` allowed).

@@ -7,6 +7,18 @@ use actix_web::{HttpResponse, ResponseError};
 
 use crate::messages::TxValidationError;
 
+/// `{"error":{"code":…,"message":…}}`.
+#[derive(Debug, serde::Serialize)]
+pub struct ErrorReply<'a> {
+    pub error: ErrorBody<'a>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct ErrorBody<'a> {
+    pub code: &'static str,
+    pub message: &'a str,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -48,8 +60,13 @@ impl ApiError {
         }
     }
 
-    pub fn body(&self) -> serde_json::Value {
-        serde_json::json!({"error": {"code": self.code, "message": self.message}})
+    pub fn body(&self) -> ErrorReply<'_> {
+        ErrorReply {
+            error: ErrorBody {
+                code: self.code,
+                message: &self.message,
+            },
+        }
     }
 }
 

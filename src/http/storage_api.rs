@@ -345,7 +345,7 @@ mod tests {
     }
 
     fn signed(key: &SigningKey, nonce: u64) -> SignedTx {
-        crate::actors::testkit::signed_tx(key, nonce, FlagKind::FreshTx, 5)
+        crate::testkit::signed_tx(key, nonce, FlagKind::FreshTx, 5)
     }
 
     /// A valid batch of `n` transactions and its encoding.

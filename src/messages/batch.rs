@@ -119,7 +119,7 @@ mod tests {
     use super::*;
 
     fn signed(key: &crypto::SigningKey, nonce: u64) -> SignedTx {
-        crate::actors::testkit::signed_tx(key, nonce, FlagKind::FreshTx, 5)
+        crate::testkit::signed_tx(key, nonce, FlagKind::FreshTx, 5)
     }
 
     #[test]

@@ -346,11 +346,11 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-    use crate::actors::testkit::signed_tx;
     use crate::crypto::SigningKey;
     use crate::messages::{FlagKind, Placement, SealedBatch, Urgency, now_ms};
     use crate::storage::immutable_log::{ImmutableLog, RecordKind};
     use crate::storage::tier::{LogTier, TierChain};
+    use crate::testkit::signed_tx;
 
     /// Port 1 on loopback: nothing listens, so every connection is refused at once.
     const UNREACHABLE: &str = "mongodb://127.0.0.1:1/?directConnection=true";

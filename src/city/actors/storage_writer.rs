@@ -3,34 +3,26 @@
 //! Receives [`StoreJob`]s from the Prioritizer. For each it starts one task that writes the
 //! batch to the first tier (the light nodes, in parallel, collecting and verifying signed
 //! proof-of-hold acks until `min_light_acks` are in or the tier's deadline passes), then
-//! reports the result to the FailoverSupervisor, which completes the batch or walks it down
-//! the chain. The actor itself never waits on the network, so one slow batch never holds
+//! reports the result to the Failover actor, which completes the batch or walks it down the
+//! chain. The actor itself never waits on the network, so one slow batch never holds
 //! up the next.
 
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use super::failover_supervisor::SupervisorMsg;
-use super::mailbox::Depth;
-use crate::messages::StoreJob;
+use crate::city::mailbox::Mailbox;
+use crate::city::msgs::{FailoverMsg, WriterMsg};
 use crate::storage::tier::StorageTier;
 
 /// Mailbox capacity (batches).
 pub const MAILBOX_CAPACITY: usize = 4096;
 
-pub enum WriterMsg {
-    Write(StoreJob),
-    /// Fault injection (`[supervisor] fault_injection`): the actor panics.
-    Panic,
-}
-
 pub struct StorageWriter;
 
 pub struct WriterArgs {
     pub first_tier: Arc<dyn StorageTier>,
-    pub depth: Depth,
-    pub supervisor: ActorRef<SupervisorMsg>,
+    pub failover: Mailbox<FailoverMsg>,
 }
 
 impl Actor for StorageWriter {
@@ -56,14 +48,13 @@ impl Actor for StorageWriter {
             WriterMsg::Write(job) => job,
             WriterMsg::Panic => panic!("fault injected into storage_writer"),
         };
-        state.depth.taken();
         let tier = state.first_tier.clone();
-        let supervisor = state.supervisor.clone();
+        let failover = state.failover.clone();
         tokio::spawn(async move {
             let result = tier.store(&job).await;
-            // If the supervisor is gone the node is shutting down; the Intake answers the
-            // waiting clients on its way out.
-            let _ = supervisor.cast(SupervisorMsg::TierDone {
+            // Through the mailbox, so a restarted Failover actor still hears it. If it is
+            // gone for good the node is stopping; the Intake answers the waiting clients.
+            let _ = failover.cast(FailoverMsg::TierDone {
                 job,
                 index: 0,
                 result,

@@ -14,10 +14,9 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use super::failover_supervisor::SupervisorMsg;
-use super::flagger::{FlagPolicy, FlaggerMsg};
-use super::intake::SubmitError;
-use super::mailbox::{Depth, Mailbox, SendError};
+use crate::city::flag_policy::FlagPolicy;
+use crate::city::mailbox::{Mailbox, SendError};
+use crate::city::msgs::{BatcherMsg, FailoverMsg, FlaggerMsg, SubmitError};
 use crate::config::BatcherConfig;
 use crate::messages::{Batch, BatchId, FlagKind, SealedBatch, SignedTx, Urgency, now_ms};
 use crate::storage::city_store::{CityStore, SEQ_BLOCK};
@@ -28,32 +27,16 @@ pub const MAILBOX_CAPACITY: usize = 16_384;
 /// How often the arrival-rate estimate is refreshed.
 const RATE_PERIOD: Duration = Duration::from_millis(50);
 
-#[allow(clippy::large_enum_variant)] // Add is the common case; Tick is rare and small.
-pub enum BatcherMsg {
-    /// Fault injection (`[supervisor] fault_injection`): the actor panics.
-    Panic,
-    Add {
-        tx: SignedTx,
-        arrived: Instant,
-    },
-    /// The window of the batch opened in generation `.0` has ended.
-    Tick(u64),
-}
-
 pub struct DagBatcher;
 
 pub struct BatcherArgs {
     pub config: BatcherConfig,
     pub city: String,
     pub policy: Arc<dyn FlagPolicy>,
-    pub depth: Depth,
     pub flagger: Mailbox<FlaggerMsg>,
-    pub supervisor: ActorRef<SupervisorMsg>,
-    /// Sequence number of the next batch (0 on a new city).
-    pub next_seq: u64,
-    /// The most recent batch ids, oldest first, to parent the next batch on.
-    pub recent: Vec<BatchId>,
-    /// Where sequence numbers are reserved before use.
+    pub failover: Mailbox<FailoverMsg>,
+    /// Where sequence numbers are reserved before use, and where every start resumes the
+    /// DAG from: past every reserved number, on the most recent durable batches.
     pub store: Arc<CityStore>,
 }
 
@@ -126,7 +109,7 @@ impl BatcherState {
 }
 
 impl DagBatcher {
-    fn add(
+    async fn add(
         myself: &ActorRef<BatcherMsg>,
         state: &mut BatcherState,
         tx: SignedTx,
@@ -153,7 +136,7 @@ impl DagBatcher {
             || state.open.len() >= c.max_batch_txs
             || state.open_bytes >= c.max_batch_bytes
         {
-            Self::close(state);
+            Self::close(state).await;
             return;
         }
         let opened = state.opened_at.expect("an open batch has an opening time");
@@ -167,7 +150,7 @@ impl DagBatcher {
         }
     }
 
-    fn close(state: &mut BatcherState) {
+    async fn close(state: &mut BatcherState) {
         let txs = std::mem::take(&mut state.open);
         state.open_bytes = 0;
         state.deadline = None;
@@ -176,11 +159,17 @@ impl DagBatcher {
         let first_arrival = state.first_arrival.take().unwrap_or_else(Instant::now);
         if state.seq >= state.reserved {
             let upto = state.seq + SEQ_BLOCK;
-            if let Err(e) = state.args.store.reserve_seq(upto) {
+            // An fsync, once every SEQ_BLOCK batches: on the blocking pool, not this thread.
+            let store = state.args.store.clone();
+            let reserved = tokio::task::spawn_blocking(move || store.reserve_seq(upto))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()));
+            if let Err(e) = reserved {
                 // Without a reservation a restart could reuse this number; refuse the batch.
                 tracing::error!(error = %e, "reserving batch sequence numbers failed");
                 let tx_ids = Arc::new(txs.iter().map(|t| t.id).collect());
-                let _ = state.args.supervisor.cast(SupervisorMsg::Undeliverable {
+                let _ = state.args.failover.cast(FailoverMsg::Undeliverable {
                     tx_ids,
                     reason: SubmitError::StorageUnavailable(format!("city store: {e}")),
                     holds_credit: false,
@@ -214,7 +203,7 @@ impl DagBatcher {
             let FlaggerMsg::Sealed(sealed) = e.into_inner() else {
                 unreachable!("we sent Sealed")
             };
-            let _ = state.args.supervisor.cast(SupervisorMsg::Undeliverable {
+            let _ = state.args.failover.cast(FailoverMsg::Undeliverable {
                 tx_ids: sealed.tx_ids,
                 reason,
                 holds_credit: false,
@@ -233,11 +222,22 @@ impl Actor for DagBatcher {
         _myself: ActorRef<Self::Msg>,
         args: BatcherArgs,
     ) -> Result<BatcherState, ActorProcessingErr> {
-        let recent = args.recent.iter().copied().collect();
+        let store = args.store.clone();
+        let parents = args.config.max_parents;
+        let (next_seq, recent) = tokio::task::spawn_blocking(move || store.resume_point(parents))
+            .await?
+            .map_err(|e| format!("reading the DAG resume point: {e}"))?;
+        if next_seq > 0 {
+            tracing::info!(
+                next_seq,
+                parents = recent.len(),
+                "resuming the batch DAG from disk"
+            );
+        }
         Ok(BatcherState {
-            seq: args.next_seq,
-            reserved: args.next_seq,
-            recent,
+            seq: next_seq,
+            reserved: next_seq,
+            recent: recent.into_iter().collect(),
             args,
             open: Vec::new(),
             open_bytes: 0,
@@ -258,14 +258,11 @@ impl Actor for DagBatcher {
         state: &mut BatcherState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            BatcherMsg::Add { tx, arrived } => {
-                state.args.depth.taken();
-                Self::add(&myself, state, tx, arrived);
-            }
+            BatcherMsg::Add { tx, arrived } => Self::add(&myself, state, tx, arrived).await,
             BatcherMsg::Panic => panic!("fault injected into dag_batcher"),
             BatcherMsg::Tick(generation) => {
                 if generation == state.generation && !state.open.is_empty() {
-                    Self::close(state);
+                    Self::close(state).await;
                 }
             }
         }
@@ -279,7 +276,7 @@ impl Actor for DagBatcher {
     ) -> Result<(), ActorProcessingErr> {
         // An open batch on shutdown is sealed and handed on rather than lost.
         if !state.open.is_empty() {
-            Self::close(state);
+            Self::close(state).await;
         }
         Ok(())
     }
@@ -288,10 +285,11 @@ impl Actor for DagBatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::actors::flagger::policy_from_config;
-    use crate::actors::testkit::{recorder, signed_tx};
+    use crate::city::flag_policy::policy_from_config;
+    use crate::city::mailbox::Depth;
     use crate::config::FlaggerConfig;
     use crate::crypto::SigningKey;
+    use crate::testkit::{recorder, signed_tx};
     use tokio::sync::mpsc::UnboundedReceiver;
 
     struct Harness {
@@ -306,8 +304,7 @@ mod tests {
         async fn start(config: BatcherConfig) -> Self {
             let dir = tempfile::tempdir().unwrap();
             let (flagger, sealed) = recorder::<FlaggerMsg>().await;
-            let (supervisor, _) = recorder::<SupervisorMsg>().await;
-            let depth = Depth::new("test_batcher");
+            let (failover, _) = recorder::<FailoverMsg>().await;
             let (batcher, _) = Actor::spawn(
                 None,
                 DagBatcher,
@@ -318,11 +315,8 @@ mod tests {
                         immediate_amount: 1_000_000,
                         ..FlaggerConfig::default()
                     }),
-                    depth: depth.clone(),
                     flagger: Mailbox::new(flagger, Depth::new("test_flagger"), 64),
-                    supervisor,
-                    next_seq: 0,
-                    recent: Vec::new(),
+                    failover: Mailbox::new(failover, Depth::new("test_failover"), 64),
                     store: Arc::new(CityStore::open(dir.path()).unwrap()),
                 },
             )

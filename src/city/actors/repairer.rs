@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use super::mailbox::Mailbox;
-use super::prioritizer::PrioritizerMsg;
+use crate::city::mailbox::Mailbox;
+use crate::city::msgs::{PrioritizerMsg, RepairMsg};
 use crate::config::{Config, decode_public_key};
 use crate::messages::{
     Batch, BatchId, Placement, SealedBatch, StoreJob, Tier, Urgency, decode, now_ms,
@@ -33,17 +33,8 @@ use crate::storage::mongo::MongoTier;
 use crate::storage::peer::PeerClient;
 use crate::storage::tier::{PeerTier, StorageTier};
 
-pub enum RepairMsg {
-    Tick,
-    /// A round finished; `backlog` when it found a full round of work, so the next one
-    /// starts at once instead of after the interval.
-    RoundDone {
-        next_cursor: u64,
-        backlog: bool,
-    },
-    /// Fault injection (`[supervisor] fault_injection`): the actor panics.
-    Panic,
-}
+/// Mailbox capacity: only timer ticks and round reports, one round at a time.
+pub const MAILBOX_CAPACITY: usize = 64;
 
 /// What one round did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

@@ -1,26 +1,24 @@
 //! Intake: the city pipeline's front door.
 //!
-//! Receives authenticated transactions from the HTTP layer (which parses and verifies
-//! signatures on its worker threads, in parallel, with [`SignedTx::from_request_bytes`]
-//! and [`check_policy`]); de-duplicates them by id; admits at most `queue_capacity`
-//! transactions that are not yet durable (past it: `overloaded`); feeds the DagBatcher;
-//! and answers every waiting client once the FailoverSupervisor reports its batch durable
-//! or failed (by then the FailoverSupervisor has written the batch's record to the city's
-//! durable [`CityStore`]). It keeps the transactions in flight in memory; the
-//! [`StatusIndex`] answers `GET /v1/tx/{id}` from them or from the store.
+//! Receives transactions the HTTP layer has verified and admitted (signatures and
+//! [`admission`](crate::city::admission) checks run on its worker threads, in parallel);
+//! de-duplicates them by id; admits at most `queue_capacity` transactions that are not yet
+//! durable (past it: `overloaded`); feeds the DagBatcher; and answers every waiting client
+//! once the Failover actor reports its batch durable or failed (by then the batch's record
+//! is in the city's durable store). It keeps the transactions in flight in the
+//! [`StatusIndex`], which answers `GET /v1/tx/{id}` from them or from the store.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dashmap::DashMap;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::oneshot;
 
-use super::dag_batcher::BatcherMsg;
-use super::mailbox::{Depth, Mailbox, SendError};
-use crate::messages::{BatchId, FlagKind, SignedTx, StoreOutcome, Tier, TxId, TxValidationError};
-use crate::storage::city_store::{BatchRecord, CityStore, CityStoreError, TxRecord};
+use crate::city::mailbox::{Mailbox, SendError};
+use crate::city::msgs::{BatcherMsg, IntakeMsg, Receipt, SubmitError, SubmitResult};
+use crate::city::status::{PendingTx, StatusIndex};
+use crate::messages::{FlagKind, SignedTx, StoreOutcome, TxId};
 
 /// Intake mailbox capacity (messages). Admission is bounded separately by
 /// `[intake] queue_capacity`; this bound only protects the actor from a burst of requests.
@@ -30,135 +28,6 @@ pub const MAILBOX_CAPACITY: usize = 8192;
 /// it are told to come back later.
 const MAX_WAITERS_PER_TX: usize = 16;
 
-/// Policy checks that need the node's configuration or clock.
-#[derive(Debug, Clone)]
-pub struct IntakeLimits {
-    pub city: String,
-    pub max_clock_skew: Duration,
-    pub max_payload_bytes: usize,
-}
-
-/// Checks a signed transaction against this node's policy.
-pub fn check_policy(
-    tx: &SignedTx,
-    limits: &IntakeLimits,
-    now_ms: u64,
-) -> Result<(), TxValidationError> {
-    let skew = now_ms.abs_diff(tx.tx.timestamp_ms);
-    let limit = limits.max_clock_skew.as_millis() as u64;
-    if skew > limit {
-        return Err(TxValidationError::TimestampSkew {
-            skew_ms: skew,
-            limit_ms: limit,
-        });
-    }
-    let size = tx.payload_size();
-    if size > limits.max_payload_bytes {
-        return Err(TxValidationError::PayloadTooLarge {
-            size,
-            limit: limits.max_payload_bytes,
-        });
-    }
-    if tx.tx.city_id != limits.city {
-        return Err(TxValidationError::WrongCity {
-            got: tx.tx.city_id.clone(),
-            expected: limits.city.clone(),
-        });
-    }
-    Ok(())
-}
-
-/// A durable transaction, as `POST /v1/tx` answers it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Receipt {
-    pub tx_id: TxId,
-    pub tier: Tier,
-    pub batch_id: BatchId,
-    pub acks: usize,
-    pub flag: FlagKind,
-    pub duplicate: bool,
-}
-
-/// Why a transaction was not made durable. Nothing was acknowledged; the client may retry.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SubmitError {
-    #[error("the node is at capacity ({0} transactions in flight); retry shortly")]
-    Overloaded(usize),
-    #[error("no storage tier could make the batch durable: {0}")]
-    StorageUnavailable(String),
-    #[error("the pipeline is stopping or restarting; retrying the same transaction is safe")]
-    ShuttingDown,
-}
-
-pub type SubmitResult = Result<Receipt, SubmitError>;
-
-#[allow(clippy::large_enum_variant)] // Submit is the common case; boxing it would cost an allocation per request.
-pub enum IntakeMsg {
-    /// Fault injection (`[supervisor] fault_injection`): the actor panics.
-    Panic,
-    /// A verified transaction from the HTTP layer.
-    Submit {
-        tx: SignedTx,
-        arrived: Instant,
-        reply: oneshot::Sender<SubmitResult>,
-    },
-    /// A batch is durable and its record is in the city store (from the
-    /// FailoverSupervisor).
-    Stored {
-        tx_ids: Arc<Vec<TxId>>,
-        outcome: StoreOutcome,
-    },
-    /// Fail back what has waited longer than this (a periodic sweep: whatever was lost in a
-    /// failed actor is answered with 503 rather than never).
-    Sweep(Duration),
-    /// These transactions could not be made durable.
-    Failed {
-        tx_ids: Arc<Vec<TxId>>,
-        reason: SubmitError,
-    },
-}
-
-/// A transaction admitted and not yet durable.
-#[derive(Debug, Clone)]
-pub struct PendingTx {
-    pub flag: FlagKind,
-    /// The signed canonical JSON of the transaction.
-    pub canonical: Arc<str>,
-}
-
-/// What `GET /v1/tx/{id}` reads.
-pub enum TxView {
-    Pending(PendingTx),
-    Stored(TxRecord),
-}
-
-/// The status index: transactions in flight (in memory, written by the Intake) over the
-/// durable city store (written by the FailoverSupervisor before any client hears 200).
-pub struct StatusIndex {
-    pub pending: DashMap<TxId, PendingTx>,
-    pub store: Arc<CityStore>,
-}
-
-impl StatusIndex {
-    pub fn new(store: Arc<CityStore>) -> Self {
-        Self {
-            pending: DashMap::new(),
-            store,
-        }
-    }
-
-    pub fn tx(&self, id: &TxId) -> Result<Option<TxView>, CityStoreError> {
-        if let Some(p) = self.pending.get(id) {
-            return Ok(Some(TxView::Pending(p.clone())));
-        }
-        Ok(self.store.get_tx(id)?.map(TxView::Stored))
-    }
-
-    pub fn batch(&self, id: &BatchId) -> Result<Option<BatchRecord>, CityStoreError> {
-        self.store.get_batch(id)
-    }
-}
-
 pub struct Intake;
 
 pub struct IntakeArgs {
@@ -166,7 +35,6 @@ pub struct IntakeArgs {
     /// Transactions waiting longer than this are failed back with 503.
     pub sweep_after: Duration,
     pub index: Arc<StatusIndex>,
-    pub depth: Depth,
     pub batcher: Mailbox<BatcherMsg>,
 }
 
@@ -309,11 +177,7 @@ impl Intake {
     }
 
     fn failed(state: &mut IntakeState, tx_ids: &[TxId], reason: SubmitError) {
-        let code = match reason {
-            SubmitError::Overloaded(_) => "overloaded",
-            SubmitError::StorageUnavailable(_) => "storage_unavailable",
-            SubmitError::ShuttingDown => "shutting_down",
-        };
+        let code = reason.label();
         for id in tx_ids {
             // Not durable: forget it, so a retry is a fresh submission.
             state.args.index.pending.remove(id);
@@ -358,10 +222,7 @@ impl Actor for Intake {
         state: &mut IntakeState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            IntakeMsg::Submit { tx, arrived, reply } => {
-                state.args.depth.taken();
-                Self::submit(state, tx, arrived, reply);
-            }
+            IntakeMsg::Submit { tx, arrived, reply } => Self::submit(state, tx, arrived, reply),
             IntakeMsg::Stored { tx_ids, outcome } => Self::stored(state, &tx_ids, outcome),
             IntakeMsg::Sweep(older_than) => Self::sweep(state, older_than),
             IntakeMsg::Panic => panic!("fault injected into intake"),
@@ -385,9 +246,13 @@ impl Actor for Intake {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::actors::testkit::{recorder, signed_tx};
+    use crate::city::mailbox::Depth;
+    use crate::city::status::TxView;
     use crate::crypto::SigningKey;
     use crate::messages::Batch;
+    use crate::messages::Tier;
+    use crate::storage::city_store::{BatchRecord, CityStore, TxRecord};
+    use crate::testkit::{recorder, signed_tx};
 
     async fn intake(
         capacity: usize,
@@ -399,7 +264,6 @@ mod tests {
     ) {
         let (batcher, added) = recorder::<BatcherMsg>().await;
         let index = Arc::new(StatusIndex::new(Arc::new(CityStore::open(dir).unwrap())));
-        let depth = Depth::new("test_intake");
         let (actor, _) = Actor::spawn(
             None,
             Intake,
@@ -407,7 +271,6 @@ mod tests {
                 queue_capacity: capacity,
                 sweep_after: Duration::from_secs(60),
                 index: index.clone(),
-                depth,
                 batcher: Mailbox::new(batcher, Depth::new("test_batcher"), 64),
             },
         )
@@ -542,42 +405,6 @@ mod tests {
         assert!(
             !index.pending.contains_key(&tx.id),
             "a retry is a fresh submission"
-        );
-    }
-
-    #[test]
-    fn policy_checks_skew_payload_and_city() {
-        let key = SigningKey::from_seed([7; 32]).unwrap();
-        let tx = signed_tx(&key, 1, FlagKind::FreshTx, 10);
-        let limits = IntakeLimits {
-            city: "tokyo".into(),
-            max_clock_skew: Duration::from_secs(60),
-            max_payload_bytes: 10,
-        };
-        let now = tx.tx.timestamp_ms;
-        assert_eq!(check_policy(&tx, &limits, now), Ok(()));
-        assert!(matches!(
-            check_policy(&tx, &limits, now + 61_000),
-            Err(TxValidationError::TimestampSkew { .. })
-        ));
-        let osaka = IntakeLimits {
-            city: "osaka".into(),
-            ..limits.clone()
-        };
-        assert_eq!(
-            check_policy(&tx, &osaka, now).unwrap_err().code(),
-            "wrong_city"
-        );
-        let mut big = tx.clone();
-        big.tx.payload = Some(
-            serde_json::json!({"memo": "a long memo"})
-                .as_object()
-                .unwrap()
-                .clone(),
-        );
-        assert_eq!(
-            check_policy(&big, &limits, now).unwrap_err().code(),
-            "payload_too_large"
         );
     }
 }

@@ -1,19 +1,32 @@
 //! Bounded mailboxes over ractor actors.
 //!
 //! ractor's mailboxes are unbounded; a bound is what turns overload into a clear 503 instead
-//! of a slow death by memory. A [`Mailbox`] counts messages sent but not yet taken by the
-//! actor, refuses past its capacity, and publishes the depth as a gauge. The receiving actor
-//! calls [`Depth::taken`] as the first thing it does with each message.
+//! of a slow death by memory. A [`Mailbox`] counts work messages sent but not yet taken by
+//! the actor, refuses past its capacity, and publishes the depth as a gauge. Actors run
+//! inside [`Bounded`], which takes each work message off the count before the actor sees
+//! it, so no handler has to remember to.
 //!
-//! A mailbox outlives the actor behind it: when the supervisor restarts an actor it
-//! re-points the mailbox ([`Mailbox::repoint`]), and every holder of a clone reaches the new
-//! actor. Messages that were queued for the failed actor are gone with it; their senders
-//! learn it from their dropped reply channels or from the Intake's sweep.
+//! A mailbox outlives the actor behind it: the city creates every mailbox before any actor
+//! starts (so the wiring has no start-order puzzle), and when the supervisor (re)starts an
+//! actor it points the mailbox at it ([`Mailbox::repoint`]); every holder of a clone reaches
+//! the new actor. Messages that were queued for a failed actor are gone with it; their
+//! senders learn it from their dropped reply channels or from the Intake's sweep.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
-use ractor::{ActorRef, Message};
+use ractor::{Actor, ActorProcessingErr, ActorRef, Message, SupervisionEvent};
+
+/// What the mailbox and the supervisor need to know of an actor's message type.
+pub trait ActorMsg: Message {
+    /// The message fault injection sends; the actor panics on it.
+    fn panic() -> Self;
+    /// Work sent with [`Mailbox::try_send`], counted in the mailbox's depth. Control
+    /// messages (completions, credits, timers) go with [`Mailbox::cast`] and are not.
+    fn is_work(&self) -> bool {
+        false
+    }
+}
 
 /// Why a message was not delivered. Either way the message comes back to the sender, so
 /// nothing is dropped silently.
@@ -71,7 +84,7 @@ impl Depth {
 
 /// A sending handle with a capacity.
 pub struct Mailbox<M: Message> {
-    actor: Arc<RwLock<ActorRef<M>>>,
+    actor: Arc<RwLock<Option<ActorRef<M>>>>,
     depth: Depth,
     capacity: usize,
 }
@@ -88,17 +101,25 @@ impl<M: Message> Clone for Mailbox<M> {
 
 impl<M: Message> Mailbox<M> {
     pub fn new(actor: ActorRef<M>, depth: Depth, capacity: usize) -> Self {
+        let mailbox = Self::detached(depth, capacity);
+        mailbox.repoint(actor);
+        mailbox
+    }
+
+    /// A mailbox with no actor behind it yet: sends fail as [`SendError::Closed`] until
+    /// [`Mailbox::repoint`].
+    pub fn detached(depth: Depth, capacity: usize) -> Self {
         Self {
-            actor: Arc::new(RwLock::new(actor)),
+            actor: Arc::new(RwLock::new(None)),
             depth,
             capacity,
         }
     }
 
-    /// Points every clone of this mailbox at a restarted actor; what the old one had
+    /// Points every clone of this mailbox at a (re)started actor; what an old one had
     /// queued is gone, so the depth starts again from zero.
     pub fn repoint(&self, actor: ActorRef<M>) {
-        *self.actor.write().expect("mailbox lock poisoned") = actor;
+        *self.actor.write().expect("mailbox lock poisoned") = Some(actor);
         self.depth.count.store(0, Ordering::Release);
         metrics::gauge!(crate::metrics::MAILBOX_DEPTH, "actor" => self.depth.name).set(0.0);
     }
@@ -106,7 +127,10 @@ impl<M: Message> Mailbox<M> {
     /// Sends a control message (a completion, a credit) past the bound: these are limited
     /// by the work in flight, and refusing them would lose track of it.
     pub fn cast(&self, msg: M) -> Result<(), SendError<M>> {
-        self.actor().cast(msg).map_err(|e| match e {
+        let Some(actor) = self.actor() else {
+            return Err(SendError::Closed(msg));
+        };
+        actor.cast(msg).map_err(|e| match e {
             ractor::MessagingErr::SendErr(m) => SendError::Closed(m),
             other => panic!("local cast failed unexpectedly: {other}"),
         })
@@ -121,7 +145,11 @@ impl<M: Message> Mailbox<M> {
         }
         metrics::gauge!(crate::metrics::MAILBOX_DEPTH, "actor" => self.depth.name)
             .set((before + 1) as f64);
-        self.actor().cast(msg).map_err(|e| {
+        let Some(actor) = self.actor() else {
+            self.depth.count.fetch_sub(1, Ordering::AcqRel);
+            return Err(SendError::Closed(msg));
+        };
+        actor.cast(msg).map_err(|e| {
             self.depth.count.fetch_sub(1, Ordering::AcqRel);
             match e {
                 ractor::MessagingErr::SendErr(m) => SendError::Closed(m),
@@ -144,8 +172,69 @@ impl<M: Message> Mailbox<M> {
         self.capacity
     }
 
-    /// The actor behind the mailbox now.
-    pub fn actor(&self) -> ActorRef<M> {
+    /// The actor behind the mailbox now, if one has started.
+    pub fn actor(&self) -> Option<ActorRef<M>> {
         self.actor.read().expect("mailbox lock poisoned").clone()
+    }
+}
+
+/// Runs actor `A` behind a [`Mailbox`]: each work message is taken off the mailbox's
+/// depth as it is handled. Everything else is `A`'s own.
+pub struct Bounded<A>(pub A);
+
+impl<A> Actor for Bounded<A>
+where
+    A: Actor,
+    A::Msg: ActorMsg,
+{
+    type Msg = A::Msg;
+    type State = (A::State, Depth);
+    type Arguments = (A::Arguments, Depth);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        (args, depth): Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok((self.0.pre_start(myself, args).await?, depth))
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        self.0.post_start(myself, &mut state.0).await
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        self.0.post_stop(myself, &mut state.0).await
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if msg.is_work() {
+            state.1.taken();
+        }
+        self.0.handle(myself, msg, &mut state.0).await
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        self.0
+            .handle_supervisor_evt(myself, event, &mut state.0)
+            .await
     }
 }

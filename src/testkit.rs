@@ -1,5 +1,6 @@
-//! Test helpers: a recorder actor that stands in for an actor's downstream and hands every
-//! message it receives to the test, and signed transactions to feed the pipeline.
+//! Unit-test helpers of the library: a recorder actor that stands in for an actor's
+//! downstream and hands every message it receives to the test, and signed transactions to
+//! feed the pipeline. (Integration tests and tools have their own kit in the harness crate.)
 
 use std::marker::PhantomData;
 

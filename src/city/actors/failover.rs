@@ -1,0 +1,217 @@
+//! Failover: walks each batch down the tier chain until it is durable, and completes it.
+//!
+//! Receives every tier result ([`FailoverMsg::TierDone`]), first from the StorageWriter
+//! (tier 0, the light nodes) and then from the fallback attempts it starts itself. A durable
+//! batch has its record written to the city store (fsynced, on the store's writer thread),
+//! then is reported to the Intake (which answers the clients) and the Flagger (one more
+//! batch may go). A failed tier sends the whole batch to the next tier of the chain
+//! (light → full → mongo → log); when even the last fails, the clients get 503
+//! `storage_unavailable` and nothing is acknowledged. What each node's write showed goes to
+//! the Prioritizer. Batches another actor could not pass on
+//! ([`FailoverMsg::Undeliverable`]) are failed back to their clients, never dropped.
+//!
+//! The actor never waits: tier attempts and index writes are tasks of their own, and they
+//! report back through this actor's mailbox, so a restarted Failover still hears them.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use crate::city::mailbox::Mailbox;
+use crate::city::msgs::{FailoverMsg, FlaggerMsg, IntakeMsg, PrioritizerMsg, SubmitError};
+use crate::messages::{FlagKind, SealedBatch, StoreJob, StoreOutcome, TxId};
+use crate::storage::city_store::{BatchRecord, CityStore, TxRecord};
+use crate::storage::tier::{Stored, TierChain, TierResult};
+
+/// Mailbox capacity. Tier results are control messages (bounded by the batches in flight,
+/// `[supervisor] max_inflight_batches`) and are never refused.
+pub const MAILBOX_CAPACITY: usize = 4096;
+
+pub struct Failover;
+
+pub struct FailoverArgs {
+    pub chain: TierChain,
+    pub store: Arc<CityStore>,
+    /// This actor's own mailbox, for the tasks it starts to report back through.
+    pub me: Mailbox<FailoverMsg>,
+    pub intake: Mailbox<IntakeMsg>,
+    pub flagger: Mailbox<FlaggerMsg>,
+    pub prioritizer: Mailbox<PrioritizerMsg>,
+}
+
+impl Failover {
+    fn tier_done(args: &FailoverArgs, job: StoreJob, index: usize, result: TierResult) {
+        if !result.observations.is_empty() {
+            let _ = args
+                .prioritizer
+                .cast(PrioritizerMsg::Observe(result.observations));
+        }
+        let tier = args
+            .chain
+            .get(index)
+            .expect("index is within the chain")
+            .tier();
+        let reason = match result.outcome {
+            Ok(stored) => return Self::complete(args, job, index, stored),
+            Err(reason) => reason,
+        };
+        metrics::counter!(crate::metrics::TIER_FAILURES, "tier" => tier.as_str()).increment(1);
+        let Some(next) = args.chain.get(index + 1) else {
+            tracing::error!(
+                batch = %hex::encode(job.sealed.id),
+                %reason,
+                "every storage tier failed; the batch's transactions are refused"
+            );
+            metrics::counter!(crate::metrics::BATCHES_FAILED).increment(1);
+            let _ = args.intake.cast(IntakeMsg::Failed {
+                tx_ids: job.sealed.tx_ids.clone(),
+                reason: SubmitError::StorageUnavailable(reason.to_string()),
+            });
+            let _ = args.flagger.cast(FlaggerMsg::Done);
+            return;
+        };
+        tracing::warn!(
+            batch = %hex::encode(job.sealed.id),
+            failed = %tier,
+            next = %next.tier(),
+            %reason,
+            "tier failed; trying the next"
+        );
+        let next = next.clone();
+        let me = args.me.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let result = next.store(&job).await;
+            tracing::debug!(elapsed = ?started.elapsed(), "fallback tier answered");
+            let _ = me.cast(FailoverMsg::TierDone {
+                job,
+                index: index + 1,
+                result,
+            });
+        });
+    }
+
+    fn complete(args: &FailoverArgs, job: StoreJob, index: usize, stored: Stored) {
+        let tier = args
+            .chain
+            .get(index)
+            .expect("index is within the chain")
+            .tier();
+        metrics::counter!(crate::metrics::BATCHES_STORED, "tier" => tier.as_str()).increment(1);
+        if index > 0 {
+            tracing::info!(
+                batch = %hex::encode(job.sealed.id),
+                %tier,
+                "batch stored on a fallback tier"
+            );
+        }
+        let outcome = StoreOutcome {
+            batch_id: job.sealed.id,
+            tier,
+            holders: stored.holders,
+            acks: stored.acks,
+        };
+        // The record goes to disk before any client hears 200: a city killed the moment
+        // after still knows where every acknowledged transaction is.
+        let store = args.store.clone();
+        let intake = args.intake.clone();
+        let flagger = args.flagger.clone();
+        tokio::spawn(async move {
+            let sealed = &job.sealed;
+            let (batch, txs) = records(sealed, &outcome);
+            let msg = match store.record(batch, txs).await {
+                Ok(()) => IntakeMsg::Stored {
+                    tx_ids: sealed.tx_ids.clone(),
+                    outcome,
+                },
+                Err(e) => {
+                    tracing::error!(error = %e, "the batch is durable but its index record is not; failing it back");
+                    IntakeMsg::Failed {
+                        tx_ids: sealed.tx_ids.clone(),
+                        reason: SubmitError::StorageUnavailable(format!("status index: {e}")),
+                    }
+                }
+            };
+            let _ = intake.cast(msg);
+            let _ = flagger.cast(FlaggerMsg::Done);
+        });
+    }
+}
+
+/// The index records of a durable batch and its transactions.
+fn records(sealed: &SealedBatch, outcome: &StoreOutcome) -> (BatchRecord, Vec<(TxId, TxRecord)>) {
+    #[derive(serde::Deserialize)]
+    struct Kind {
+        kind: FlagKind,
+    }
+    let txs = sealed
+        .tx_ids
+        .iter()
+        .zip(&sealed.batch.body)
+        .map(|(id, stored)| {
+            let flag = serde_json::from_str::<Kind>(&stored.canonical)
+                .map(|k| k.kind)
+                .expect("batched transactions were parsed before");
+            (
+                *id,
+                TxRecord {
+                    flag,
+                    canonical: stored.canonical.clone(),
+                    batch_id: outcome.batch_id,
+                    tier: outcome.tier,
+                    holders: outcome.holders.clone(),
+                    acks: outcome.acks.len() as u32,
+                },
+            )
+        })
+        .collect();
+    let batch = BatchRecord {
+        header: sealed.batch.header.clone(),
+        tx_ids: sealed.tx_ids.as_ref().clone(),
+        tier: outcome.tier,
+        holders: outcome.holders.clone(),
+        acks: outcome.acks.clone(),
+    };
+    (batch, txs)
+}
+
+impl Actor for Failover {
+    type Msg = FailoverMsg;
+    type State = FailoverArgs;
+    type Arguments = FailoverArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: FailoverArgs,
+    ) -> Result<FailoverArgs, ActorProcessingErr> {
+        Ok(args)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: FailoverMsg,
+        state: &mut FailoverArgs,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            FailoverMsg::TierDone { job, index, result } => {
+                Self::tier_done(state, job, index, result)
+            }
+            FailoverMsg::Undeliverable {
+                tx_ids,
+                reason,
+                holds_credit,
+            } => {
+                tracing::warn!(txs = tx_ids.len(), %reason, "transactions could not be passed on");
+                let _ = state.intake.cast(IntakeMsg::Failed { tx_ids, reason });
+                if holds_credit {
+                    let _ = state.flagger.cast(FlaggerMsg::Done);
+                }
+            }
+            FailoverMsg::Panic => panic!("fault injected into failover"),
+        }
+        Ok(())
+    }
+}

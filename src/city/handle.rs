@@ -1,0 +1,136 @@
+//! The city as the HTTP layer sees it: admit and submit a transaction, read statuses,
+//! storage nodes and the supervision tree, inject a fault. Nothing of the actors' insides
+//! leaks past this handle.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::ActorRef;
+use tokio::sync::oneshot;
+
+use super::admission::{IntakeLimits, check_policy};
+use super::mailbox::{Mailbox, SendError};
+use super::msgs::{IntakeMsg, SubmitError, SubmitResult, SupervisorMsg};
+use super::node_policy::{NodeView, NodesSnapshot};
+use super::status::{StatusIndex, TxView};
+use super::supervisor::ActorTable;
+use crate::config::{ActorName, Config};
+use crate::messages::{BatchId, SignedTx, TxId, TxValidationError, now_ms};
+use crate::storage::city_store::{BatchRecord, CityStoreError};
+
+/// Why a request was refused before it reached the pipeline.
+#[derive(Debug, thiserror::Error)]
+pub enum AdmitError {
+    /// Shed before a signature verification is spent on it.
+    #[error("intake queue is full")]
+    QueueFull,
+    #[error(transparent)]
+    Invalid(#[from] TxValidationError),
+}
+
+/// Why a fault could not be injected.
+#[derive(Debug, thiserror::Error)]
+pub enum InjectError {
+    #[error("fault injection is disabled")]
+    Disabled,
+    #[error("no actor {0:?}")]
+    UnknownActor(String),
+    #[error("the supervisor is not running")]
+    SupervisorDown,
+}
+
+/// A cheap, cloneable handle on a running city pipeline.
+#[derive(Clone)]
+pub struct CityHandle {
+    limits: IntakeLimits,
+    request_timeout: Duration,
+    intake: Mailbox<IntakeMsg>,
+    index: Arc<StatusIndex>,
+    nodes: NodesSnapshot,
+    actors: Arc<ActorTable>,
+    /// Present only with `[supervisor] fault_injection`.
+    supervisor: Option<ActorRef<SupervisorMsg>>,
+}
+
+impl CityHandle {
+    pub(super) fn new(
+        config: &Config,
+        intake: Mailbox<IntakeMsg>,
+        index: Arc<StatusIndex>,
+        nodes: NodesSnapshot,
+        actors: Arc<ActorTable>,
+        supervisor: Option<ActorRef<SupervisorMsg>>,
+    ) -> Self {
+        Self {
+            limits: IntakeLimits {
+                city: config.node.city.clone().unwrap_or_default(),
+                max_clock_skew: config.intake.max_clock_skew,
+                max_payload_bytes: config.intake.max_payload_bytes,
+            },
+            request_timeout: config.intake.request_timeout,
+            intake,
+            index,
+            nodes,
+            actors,
+            supervisor,
+        }
+    }
+
+    /// Parses, verifies and checks a `POST /v1/tx` body. Runs on the caller's thread, so
+    /// signature checks spread over every HTTP worker.
+    pub fn admit(&self, body: &[u8]) -> Result<SignedTx, AdmitError> {
+        if self.intake.depth() >= self.intake.capacity() {
+            return Err(AdmitError::QueueFull);
+        }
+        let tx = SignedTx::from_request_bytes(body)?;
+        check_policy(&tx, &self.limits, now_ms())?;
+        Ok(tx)
+    }
+
+    /// Hands an admitted transaction to the Intake and waits, at most `request_timeout`,
+    /// until it is durable or refused.
+    pub async fn submit(&self, tx: SignedTx, arrived: Instant) -> SubmitResult {
+        let (reply, answer) = oneshot::channel();
+        self.intake
+            .try_send(IntakeMsg::Submit { tx, arrived, reply })
+            .map_err(|e| match e {
+                SendError::Full(_) => SubmitError::QueueFull,
+                SendError::Closed(_) => SubmitError::ShuttingDown,
+            })?;
+        match tokio::time::timeout(self.request_timeout, answer).await {
+            Ok(Ok(result)) => result,
+            // The Intake went away with the reply channel: it failed (and is being
+            // restarted) or the node is stopping. Nothing was promised.
+            Ok(Err(_dropped)) => Err(SubmitError::Restarted),
+            Err(_elapsed) => Err(SubmitError::TimedOut(self.request_timeout)),
+        }
+    }
+
+    pub fn tx(&self, id: &TxId) -> Result<Option<TxView>, CityStoreError> {
+        self.index.tx(id)
+    }
+
+    pub fn batch(&self, id: &BatchId) -> Result<Option<BatchRecord>, CityStoreError> {
+        self.index.batch(id)
+    }
+
+    /// The storage nodes with their scores, as the Prioritizer last published them.
+    pub fn nodes(&self) -> Vec<NodeView> {
+        self.nodes.read().expect("snapshot lock poisoned").clone()
+    }
+
+    pub fn actors(&self) -> &Arc<ActorTable> {
+        &self.actors
+    }
+
+    /// Makes the named actor panic (`[supervisor] fault_injection` only).
+    pub fn inject(&self, name: &str) -> Result<ActorName, InjectError> {
+        let supervisor = self.supervisor.as_ref().ok_or(InjectError::Disabled)?;
+        let actor =
+            ActorName::parse(name).ok_or_else(|| InjectError::UnknownActor(name.to_string()))?;
+        supervisor
+            .cast(SupervisorMsg::Inject(actor))
+            .map_err(|_| InjectError::SupervisorDown)?;
+        Ok(actor)
+    }
+}

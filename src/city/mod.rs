@@ -1,0 +1,255 @@
+//! The city wing: the actor pipeline of a city node, its policies and its front door.
+//!
+//! ```text
+//! HTTP ─▶ admission ─▶ Intake ─▶ DagBatcher ─▶ Flagger ─▶ Prioritizer ─▶ StorageWriter
+//!           (checks)      ▲                       ▲            ▲               │ tier 0
+//!                         │ Stored / Failed       │ Done       │ Observe       ▼
+//!                         └──────────────────── Failover ◀─────┴──── (light → full → mongo → log)
+//!                                           Repairer ─Place─▶ Prioritizer
+//! ```
+//!
+//! - [`msgs`]: every message the actors exchange (the ground floor: it imports no actor).
+//! - [`mailbox`]: bounded mailboxes that outlive the actors behind them.
+//! - [`actors`]: one actor per file.
+//! - [`supervisor`]: the FailoverSupervisor and its pure restart policy.
+//! - [`flag_policy`], [`node_policy`]: the pluggable decisions, chosen by name in config.
+//! - [`admission`]: checks on verified transactions, run on the HTTP worker threads.
+//! - [`status`]: the status index `GET /v1/tx` reads.
+//! - [`handle`]: the narrow [`CityHandle`] the HTTP layer uses.
+//!
+//! [`start`] below is the wiring: it creates every mailbox first, then describes each
+//! child once in the supervisor's child table.
+
+pub mod actors;
+pub mod admission;
+pub mod flag_policy;
+pub mod handle;
+pub mod mailbox;
+pub mod msgs;
+pub mod node_policy;
+pub mod status;
+pub mod supervisor;
+
+use std::sync::Arc;
+
+use ractor::{Actor, ActorRef};
+use tokio::sync::Notify;
+
+use actors::dag_batcher::{BatcherArgs, DagBatcher};
+use actors::failover::{Failover, FailoverArgs};
+use actors::flagger::{Flagger, FlaggerArgs};
+use actors::intake::{Intake, IntakeArgs};
+use actors::prioritizer::{Prioritizer, PrioritizerArgs};
+use actors::repairer::{RepairArgs, RepairContext, Repairer};
+use actors::storage_writer::{StorageWriter, WriterArgs};
+pub use handle::CityHandle;
+use mailbox::{Depth, Mailbox};
+use msgs::SupervisorMsg;
+use supervisor::{ActorTable, Child, ChildSpec, FailoverSupervisor, SupervisorArgs};
+
+use crate::config::{ActorName, Config};
+use crate::storage::city_store::CityStore;
+use crate::storage::peer::PeerClient;
+use crate::storage::tier::TierChain;
+
+/// A running city pipeline.
+pub struct City {
+    pub handle: CityHandle,
+    pub supervisor: ActorRef<SupervisorMsg>,
+    pub actors: Arc<ActorTable>,
+    /// Notified when the supervisor gives up on the pipeline.
+    pub gave_up: Arc<Notify>,
+}
+
+/// Every actor's mailbox, created before any actor starts.
+#[derive(Clone)]
+struct Mailboxes {
+    intake: Mailbox<msgs::IntakeMsg>,
+    batcher: Mailbox<msgs::BatcherMsg>,
+    flagger: Mailbox<msgs::FlaggerMsg>,
+    prioritizer: Mailbox<msgs::PrioritizerMsg>,
+    writer: Mailbox<msgs::WriterMsg>,
+    failover: Mailbox<msgs::FailoverMsg>,
+    repairer: Mailbox<msgs::RepairMsg>,
+}
+
+impl Mailboxes {
+    fn new() -> Self {
+        fn detached<M: ractor::Message>(name: ActorName, capacity: usize) -> Mailbox<M> {
+            Mailbox::detached(Depth::new(name.as_str()), capacity)
+        }
+        use ActorName::*;
+        Self {
+            intake: detached(Intake, actors::intake::MAILBOX_CAPACITY),
+            batcher: detached(DagBatcher, actors::dag_batcher::MAILBOX_CAPACITY),
+            flagger: detached(Flagger, actors::flagger::MAILBOX_CAPACITY),
+            prioritizer: detached(Prioritizer, actors::prioritizer::MAILBOX_CAPACITY),
+            writer: detached(StorageWriter, actors::storage_writer::MAILBOX_CAPACITY),
+            failover: detached(Failover, actors::failover::MAILBOX_CAPACITY),
+            repairer: detached(Repairer, actors::repairer::MAILBOX_CAPACITY),
+        }
+    }
+}
+
+/// Starts the city pipeline under its supervisor, on the tier chain and status index the
+/// node built; returns once every actor runs.
+pub async fn start(
+    config: Arc<Config>,
+    chain: TierChain,
+    client: PeerClient,
+    store: Arc<CityStore>,
+) -> anyhow::Result<City> {
+    let boxes = Mailboxes::new();
+    let index = Arc::new(status::StatusIndex::new(store.clone()));
+    let nodes = node_policy::NodesSnapshot::default();
+    let flag_policy = flag_policy::policy_from_config(&config.flagger);
+    let node_policy = node_policy::policy_from_config(&config.prioritizer);
+    let cfg = config.clone();
+    let b = boxes.clone();
+
+    // The child table, in start order: each actor with what it waits for and whom it feeds.
+    let mut children: Vec<Box<dyn Child>> = Vec::new();
+    // Failover: tier results in; durable batches to the Intake, credits to the Flagger.
+    children.push(ChildSpec::new(
+        ActorName::Failover,
+        || Failover,
+        &b.failover,
+        {
+            let (b, chain, store) = (b.clone(), chain.clone(), store.clone());
+            move || FailoverArgs {
+                chain: chain.clone(),
+                store: store.clone(),
+                me: b.failover.clone(),
+                intake: b.intake.clone(),
+                flagger: b.flagger.clone(),
+                prioritizer: b.prioritizer.clone(),
+            }
+        },
+    ));
+    // StorageWriter: placed batches in; each written to tier 0, the result to Failover.
+    children.push(ChildSpec::new(
+        ActorName::StorageWriter,
+        || StorageWriter,
+        &b.writer,
+        {
+            let (b, first) = (b.clone(), chain.get(0).expect("validated: a chain").clone());
+            move || WriterArgs {
+                first_tier: first.clone(),
+                failover: b.failover.clone(),
+            }
+        },
+    ));
+    // Prioritizer: sealed batches in; placed batches to the StorageWriter.
+    children.push(ChildSpec::new(
+        ActorName::Prioritizer,
+        || Prioritizer,
+        &b.prioritizer,
+        {
+            let (b, cfg, client, nodes) = (b.clone(), cfg.clone(), client.clone(), nodes.clone());
+            move || PrioritizerArgs {
+                config: cfg.prioritizer.clone(),
+                continent: cfg.node.continent.clone(),
+                nodes: cfg.storage.nodes.clone(),
+                policy: node_policy.clone(),
+                client: client.clone(),
+                snapshot: nodes.clone(),
+                writer: b.writer.clone(),
+                failover: b.failover.clone(),
+            }
+        },
+    ));
+    // Repairer: its own rounds; placements asked of the Prioritizer.
+    if config.repair.enabled {
+        let context = Arc::new(RepairContext::from_config(
+            &config,
+            store.clone(),
+            client.clone(),
+            b.prioritizer.clone(),
+        ));
+        let interval = config.repair.interval;
+        children.push(ChildSpec::new(
+            ActorName::Repairer,
+            || Repairer,
+            &b.repairer,
+            {
+                move || RepairArgs {
+                    context: context.clone(),
+                    interval,
+                }
+            },
+        ));
+    }
+    // Flagger: sealed batches in; released in flag order to the Prioritizer.
+    children.push(ChildSpec::new(
+        ActorName::Flagger,
+        || Flagger,
+        &b.flagger,
+        {
+            let (b, max_inflight) = (b.clone(), config.supervisor.max_inflight_batches);
+            move || FlaggerArgs {
+                max_inflight,
+                prioritizer: b.prioritizer.clone(),
+                failover: b.failover.clone(),
+            }
+        },
+    ));
+    // DagBatcher: admitted transactions in; sealed batches to the Flagger.
+    children.push(ChildSpec::new(
+        ActorName::DagBatcher,
+        || DagBatcher,
+        &b.batcher,
+        {
+            let (b, cfg, store) = (b.clone(), cfg.clone(), store.clone());
+            move || BatcherArgs {
+                config: cfg.batcher.clone(),
+                city: cfg.node.city.clone().unwrap_or_default(),
+                policy: flag_policy.clone(),
+                flagger: b.flagger.clone(),
+                failover: b.failover.clone(),
+                store: store.clone(),
+            }
+        },
+    ));
+    // Intake: verified transactions in; admitted ones to the DagBatcher.
+    children.push(ChildSpec::new(ActorName::Intake, || Intake, &b.intake, {
+        let (b, cfg, index) = (b.clone(), cfg.clone(), index.clone());
+        move || IntakeArgs {
+            queue_capacity: cfg.intake.queue_capacity,
+            sweep_after: cfg.intake.request_timeout * 2,
+            index: index.clone(),
+            batcher: b.batcher.clone(),
+        }
+    }));
+
+    let actors = Arc::new(ActorTable::default());
+    let gave_up = Arc::new(Notify::new());
+    let (supervisor, _) = Actor::spawn(
+        None,
+        FailoverSupervisor,
+        SupervisorArgs {
+            children,
+            config: config.supervisor.clone(),
+            actors: actors.clone(),
+            gave_up: gave_up.clone(),
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("starting the city pipeline: {e}"))?;
+    let handle = CityHandle::new(
+        &config,
+        boxes.intake,
+        index,
+        nodes,
+        actors.clone(),
+        config
+            .supervisor
+            .fault_injection
+            .then(|| supervisor.clone()),
+    );
+    Ok(City {
+        handle,
+        supervisor,
+        actors,
+        gave_up,
+    })
+}

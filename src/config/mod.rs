@@ -1,0 +1,224 @@
+//! Node configuration: one TOML file per node.
+//!
+//! Every section is optional except `[node]`; defaults live in the `Default` impls below and
+//! nowhere else. Durations are written as `"5ms"`, `"2s"`; sizes are plain bytes. Unknown
+//! fields are errors, and [`Config::load`] reports every problem it can find at once.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+mod sections;
+mod validate;
+
+pub use sections::*;
+
+/// The role a node plays in the federation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    City,
+    Continent,
+    Global,
+    Light,
+    Full,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::City => "city",
+            Role::Continent => "continent",
+            Role::Global => "global",
+            Role::Light => "light",
+            Role::Full => "full",
+        }
+    }
+
+    pub fn is_storage(self) -> bool {
+        matches!(self, Role::Light | Role::Full)
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub node: NodeConfig,
+    #[serde(default)]
+    pub intake: IntakeConfig,
+    #[serde(default)]
+    pub batcher: BatcherConfig,
+    #[serde(default)]
+    pub flagger: FlaggerConfig,
+    #[serde(default)]
+    pub prioritizer: PrioritizerConfig,
+    #[serde(default)]
+    pub storage: StorageConfig,
+    #[serde(default)]
+    pub supervisor: SupervisorConfig,
+    #[serde(default)]
+    pub repair: RepairConfig,
+}
+
+/// Every problem found in a config file.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .problems.join("\n"))]
+pub struct ConfigErrors {
+    pub problems: Vec<String>,
+}
+
+const SECTIONS: [&str; 8] = [
+    "repair",
+    "node",
+    "intake",
+    "batcher",
+    "flagger",
+    "prioritizer",
+    "storage",
+    "supervisor",
+];
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+            problems: vec![format!("{}: {e}", path.display())],
+        })?;
+        Self::parse(&text)
+    }
+
+    /// Parses and validates. Each section is read on its own so that a mistake in one does
+    /// not hide mistakes in the others.
+    pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        let table: toml::Table = toml::from_str(text).map_err(|e| ConfigErrors {
+            problems: vec![format!("not valid TOML: {}", e.message())],
+        })?;
+        let mut problems = Vec::new();
+        for key in table.keys() {
+            if !SECTIONS.contains(&key.as_str()) {
+                problems.push(format!(
+                    "unknown section [{key}] (expected one of: {})",
+                    SECTIONS.join(", ")
+                ));
+            }
+        }
+        fn section<T: serde::de::DeserializeOwned + Default>(
+            table: &toml::Table,
+            name: &str,
+            problems: &mut Vec<String>,
+        ) -> T {
+            match table.get(name) {
+                None => T::default(),
+                Some(v) => match v.clone().try_into::<T>() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        problems.push(format!("[{name}]: {}", e.message()));
+                        T::default()
+                    }
+                },
+            }
+        }
+        let node = match table.get("node") {
+            None => {
+                problems.push("missing section [node]".into());
+                None
+            }
+            Some(v) => match v.clone().try_into::<NodeConfig>() {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    problems.push(format!("[node]: {}", e.message()));
+                    None
+                }
+            },
+        };
+        let config = node.map(|node| Config {
+            node,
+            intake: section(&table, "intake", &mut problems),
+            batcher: section(&table, "batcher", &mut problems),
+            flagger: section(&table, "flagger", &mut problems),
+            prioritizer: section(&table, "prioritizer", &mut problems),
+            storage: section(&table, "storage", &mut problems),
+            supervisor: section(&table, "supervisor", &mut problems),
+            repair: section(&table, "repair", &mut problems),
+        });
+        if let Some(c) = &config {
+            problems.extend(c.validate());
+        }
+        match config {
+            Some(c) if problems.is_empty() => Ok(c),
+            _ => Err(ConfigErrors { problems }),
+        }
+    }
+
+    pub fn log_dir(&self) -> PathBuf {
+        self.storage
+            .log_dir
+            .clone()
+            .unwrap_or_else(|| self.node.data_dir.join("log"))
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("config serializes")
+    }
+}
+
+/// Decodes a base64 ML-DSA-65 public key, checking its length.
+pub fn decode_public_key(b64: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(b64.as_bytes())
+        .ok()?;
+    (key.len() == crate::crypto::PUBLIC_KEY_LEN).then_some(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[node]
+id = "light-1"
+role = "light"
+listen = "127.0.0.1:7001"
+data_dir = "/tmp/x"
+continent = "asia"
+"#;
+
+    #[test]
+    fn minimal_storage_node_gets_defaults() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert_eq!(c.batcher, BatcherConfig::default());
+        assert_eq!(c.storage.capacity_for(Role::Light), DEFAULT_LIGHT_CAPACITY);
+        assert_eq!(c.log_dir(), PathBuf::from("/tmp/x/log"));
+        // The effective config written back parses to the same thing.
+        assert_eq!(Config::parse(&c.to_toml()).unwrap(), c);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let text = format!(
+            "{MINIMAL}\n[batcher]\nmax_delay = \"soon\"\n[flagger]\ncolour = 1\n[extra]\n[supervisor]\nchain = [\"light\", \"full\"]\n"
+        );
+        let err = Config::parse(&text).unwrap_err();
+        let all = err.problems.join("\n");
+        assert!(all.contains("[batcher]"), "{all}");
+        assert!(all.contains("unknown field `colour`"), "{all}");
+        assert!(all.contains("unknown section [extra]"), "{all}");
+        assert!(all.contains("must end with \"log\""), "{all}");
+        assert_eq!(err.problems.len(), 4, "{all}");
+    }
+
+    #[test]
+    fn city_needs_a_city_and_enough_light_nodes() {
+        let text = MINIMAL.replace("role = \"light\"", "role = \"city\"");
+        let err = Config::parse(&text).unwrap_err();
+        let all = err.problems.join("\n");
+        assert!(all.contains("city is required"), "{all}");
+        assert!(all.contains("only 0 light nodes"), "{all}");
+    }
+}

@@ -1,0 +1,469 @@
+//! The sections of a node's config file, each with its defaults (and nowhere else).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::Role;
+use crate::messages::{FlagKind, Tier};
+
+/// `[repair]`: moving batches back up the tiers and keeping light-node holdings whole.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RepairConfig {
+    pub enabled: bool,
+    /// Time between repair rounds.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Batches moved up, and light holdings checked, per round.
+    pub batches_per_round: usize,
+}
+
+impl Default for RepairConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval: Duration::from_secs(2),
+            batches_per_round: 64,
+        }
+    }
+}
+
+/// `[node]`: who this node is and where it lives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Unique id in the federation, e.g. `"city-tokyo"`.
+    pub id: String,
+    pub role: Role,
+    /// HTTP listen address, e.g. `"127.0.0.1:8080"`.
+    pub listen: SocketAddr,
+    /// Where the node keeps its files (storage database, immutable log, node key).
+    pub data_dir: PathBuf,
+    /// The city this node serves (required for `city` nodes).
+    #[serde(default)]
+    pub city: Option<String>,
+    /// The continent this node belongs to, e.g. `"asia"`.
+    pub continent: String,
+    /// The node's ML-DSA-65 key; default `DATA_DIR/node.key`, created on first start.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+}
+
+impl NodeConfig {
+    pub fn key_path(&self) -> PathBuf {
+        self.key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("node.key"))
+    }
+}
+
+/// `[intake]`: what a city node accepts over HTTP.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IntakeConfig {
+    /// Transactions accepted but not yet durable, at most; past it, 503 `overloaded`.
+    pub queue_capacity: usize,
+    /// Largest request body in bytes; past it, 413.
+    pub max_body_bytes: usize,
+    /// Largest `payload` object in bytes of JSON.
+    pub max_payload_bytes: usize,
+    /// How far a transaction's `timestamp_ms` may be from the node's clock.
+    #[serde(with = "humantime_serde")]
+    pub max_clock_skew: Duration,
+    /// A request not durable by then answers 503 `storage_unavailable`.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl Default for IntakeConfig {
+    fn default() -> Self {
+        Self {
+            queue_capacity: 20_000,
+            max_body_bytes: 64 * 1024,
+            max_payload_bytes: 16 * 1024,
+            max_clock_skew: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `[batcher]`: when the DagBatcher closes a batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatcherConfig {
+    /// Close a batch at this many transactions.
+    pub max_batch_txs: usize,
+    /// Close a batch when its transactions reach this many bytes.
+    pub max_batch_bytes: usize,
+    /// Longest a normal-urgency transaction waits for its batch to close. Under light load
+    /// the batcher closes sooner (see `min_delay`); the window widens towards this as load
+    /// grows, so batches get fuller exactly when that pays.
+    #[serde(with = "humantime_serde")]
+    pub max_delay: Duration,
+    /// Shortest window, used when transactions arrive one at a time.
+    #[serde(with = "humantime_serde")]
+    pub min_delay: Duration,
+    /// Longest a batch holding only `deferred` transactions waits.
+    #[serde(with = "humantime_serde")]
+    pub deferred_delay: Duration,
+    /// Parents per batch: the previous batch plus up to this many − 1 recent batches still
+    /// without a child.
+    pub max_parents: usize,
+}
+
+impl Default for BatcherConfig {
+    fn default() -> Self {
+        Self {
+            max_batch_txs: 256,
+            max_batch_bytes: 2 * 1024 * 1024,
+            max_delay: Duration::from_millis(5),
+            min_delay: Duration::from_millis(1),
+            deferred_delay: Duration::from_millis(100),
+            max_parents: 2,
+        }
+    }
+}
+
+/// `[flagger]`: how transactions are flagged and how urgently they are written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FlaggerConfig {
+    /// Flag policy: `"default"` (the rules below) or `"always_immediate"`.
+    pub policy: FlagPolicyName,
+    /// Amounts at or above this (minor units) are written at once.
+    pub immediate_amount: u64,
+    /// Kinds written at once.
+    pub immediate_kinds: Vec<FlagKind>,
+    /// Kinds that may wait up to `batcher.deferred_delay`.
+    pub deferred_kinds: Vec<FlagKind>,
+}
+
+impl Default for FlaggerConfig {
+    fn default() -> Self {
+        Self {
+            policy: FlagPolicyName::Default,
+            immediate_amount: 100_000_000,
+            immediate_kinds: vec![
+                FlagKind::Checkpoint,
+                FlagKind::RepairAck,
+                FlagKind::RepairReq,
+            ],
+            deferred_kinds: vec![FlagKind::SystemTx],
+        }
+    }
+}
+
+/// `[prioritizer]`: the storage-node registry and how nodes are chosen.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrioritizerConfig {
+    /// Node policy: `"weighted"` (the factors in `[prioritizer.weights]`).
+    pub policy: NodePolicyName,
+    /// Light nodes each batch is sent to.
+    pub light_fanout: usize,
+    #[serde(with = "humantime_serde")]
+    pub probe_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub probe_timeout: Duration,
+    /// Consecutive failed probes or writes before a node is marked down.
+    pub down_after_failures: u32,
+    /// Latency at which the latency factor is worth half its best.
+    #[serde(with = "humantime_serde")]
+    pub latency_reference: Duration,
+    pub weights: Weights,
+}
+
+/// Weights of the node-score factors; they need not sum to 1 (they are normalized).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Weights {
+    pub latency: f64,
+    pub uptime: f64,
+    pub capacity: f64,
+    pub load: f64,
+    pub same_continent: f64,
+}
+
+impl Default for Weights {
+    fn default() -> Self {
+        Self {
+            latency: 0.35,
+            uptime: 0.2,
+            capacity: 0.15,
+            load: 0.15,
+            same_continent: 0.15,
+        }
+    }
+}
+
+impl Default for PrioritizerConfig {
+    fn default() -> Self {
+        Self {
+            policy: NodePolicyName::Weighted,
+            light_fanout: 4,
+            probe_interval: Duration::from_millis(500),
+            probe_timeout: Duration::from_millis(300),
+            down_after_failures: 2,
+            latency_reference: Duration::from_millis(20),
+            weights: Weights::default(),
+        }
+    }
+}
+
+/// `[storage]`: the storage tiers a city writes to, and a storage node's own limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Valid proof-of-hold acks needed from light nodes.
+    pub min_light_acks: usize,
+    /// Valid acks needed from full nodes when the light tier failed.
+    pub min_full_acks: usize,
+    #[serde(with = "humantime_serde")]
+    pub light_deadline: Duration,
+    #[serde(with = "humantime_serde")]
+    pub full_deadline: Duration,
+    /// Immutable log directory; default `DATA_DIR/log`.
+    pub log_dir: Option<PathBuf>,
+    /// For `light` and `full` nodes: bytes this node will hold; 0 means the role's default
+    /// (light 256 MiB, full 16 GiB).
+    pub capacity_bytes: u64,
+    /// The storage nodes a city node writes to.
+    pub nodes: Vec<StorageNodeEntry>,
+    /// The MongoDB tier, between full nodes and the immutable log.
+    pub mongo: MongoConfig,
+}
+
+/// `[storage.mongo]`: one MongoDB deployment per continent. A city writes to its own
+/// continent's; with no URI for it (in the file or in `CITYCHAIN_MONGO_URI_<CONTINENT>`),
+/// the tier is skipped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MongoConfig {
+    /// Continent → connection string, e.g. `asia = "mongodb://db.asia.example:27017"`.
+    pub uris: std::collections::BTreeMap<String, String>,
+    /// Database holding the monthly `unfinished_YYYYMM` / `finished_YYYYMM` collections.
+    pub database: String,
+    /// The whole tier attempt (connect, select a server, majority write) must fit in this.
+    #[serde(with = "humantime_serde")]
+    pub deadline: Duration,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub server_selection_timeout: Duration,
+}
+
+impl Default for MongoConfig {
+    fn default() -> Self {
+        Self {
+            uris: Default::default(),
+            database: "citychain".into(),
+            deadline: Duration::from_millis(300),
+            connect_timeout: Duration::from_millis(200),
+            server_selection_timeout: Duration::from_millis(250),
+        }
+    }
+}
+
+impl MongoConfig {
+    /// The environment variable that overrides the URI of `continent`.
+    pub fn env_var(continent: &str) -> String {
+        format!(
+            "CITYCHAIN_MONGO_URI_{}",
+            continent.to_ascii_uppercase().replace(['-', ' '], "_")
+        )
+    }
+
+    /// The URI for `continent`: the environment variable first, then the file.
+    pub fn uri_for(&self, continent: &str) -> Option<String> {
+        std::env::var(Self::env_var(continent))
+            .ok()
+            .filter(|u| !u.trim().is_empty())
+            .or_else(|| self.uris.get(continent).cloned())
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            min_light_acks: 3,
+            min_full_acks: 1,
+            light_deadline: Duration::from_millis(100),
+            full_deadline: Duration::from_millis(250),
+            log_dir: None,
+            capacity_bytes: 0,
+            nodes: Vec::new(),
+            mongo: MongoConfig::default(),
+        }
+    }
+}
+
+pub const DEFAULT_LIGHT_CAPACITY: u64 = 256 * 1024 * 1024;
+pub const DEFAULT_FULL_CAPACITY: u64 = 16 * 1024 * 1024 * 1024;
+
+impl StorageConfig {
+    pub fn capacity_for(&self, role: Role) -> u64 {
+        match (self.capacity_bytes, role) {
+            (0, Role::Light) => DEFAULT_LIGHT_CAPACITY,
+            (0, _) => DEFAULT_FULL_CAPACITY,
+            (n, _) => n,
+        }
+    }
+}
+
+/// One `[[storage.nodes]]` entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageNodeEntry {
+    pub id: String,
+    pub role: Role,
+    /// Base URL, e.g. `"http://127.0.0.1:7101"`.
+    pub url: String,
+    pub continent: String,
+    /// Base64 of the node's ML-DSA-65 public key; its acks must verify with it.
+    pub public_key: String,
+}
+
+/// The flag policies a city can run (`[flagger] policy`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlagPolicyName {
+    /// Listed kinds and large amounts are immediate, listed kinds may wait.
+    #[default]
+    Default,
+    /// Every transaction closes its batch at once.
+    AlwaysImmediate,
+}
+
+/// The node policies a city can run (`[prioritizer] policy`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodePolicyName {
+    /// A weighted sum of latency, uptime, free capacity, load and same-continent.
+    #[default]
+    Weighted,
+}
+
+/// The actors of a city node's supervision tree, in start order: a failure restarts
+/// those after it under `rest_for_one`. Names as `/v1/actors` and `[supervisor.restart]`
+/// spell them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActorName {
+    Failover,
+    StorageWriter,
+    Prioritizer,
+    Repairer,
+    Flagger,
+    DagBatcher,
+    Intake,
+}
+
+impl ActorName {
+    /// Every supervised actor, in start order.
+    pub const ALL: [ActorName; 7] = [
+        ActorName::Failover,
+        ActorName::StorageWriter,
+        ActorName::Prioritizer,
+        ActorName::Repairer,
+        ActorName::Flagger,
+        ActorName::DagBatcher,
+        ActorName::Intake,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActorName::Failover => "failover",
+            ActorName::StorageWriter => "storage_writer",
+            ActorName::Prioritizer => "prioritizer",
+            ActorName::Repairer => "repairer",
+            ActorName::Flagger => "flagger",
+            ActorName::DagBatcher => "dag_batcher",
+            ActorName::Intake => "intake",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for ActorName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a supervisor restarts its children (Erlang/OTP's strategies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Restart only the actor that failed.
+    OneForOne,
+    /// Restart every actor when one fails.
+    OneForAll,
+    /// Restart the failed actor and every actor started after it.
+    RestForOne,
+}
+
+/// When an actor is restarted (Erlang/OTP's child restart types).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestartType {
+    /// Always.
+    Permanent,
+    /// Only after an abnormal exit (a panic or error).
+    Transient,
+    /// Never; the node reports not ready instead.
+    Temporary,
+}
+
+/// `[supervisor]`: the failover chain and the restart policy of the city pipeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisorConfig {
+    pub strategy: Strategy,
+    /// More restarts than this within `within` and the supervisor gives up: the node
+    /// reports not ready and exits non-zero rather than restarting in a loop.
+    pub max_restarts: u32,
+    #[serde(with = "humantime_serde")]
+    pub within: Duration,
+    /// Delay before the first restart of an actor; multiplied for each further restart
+    /// inside `within`, up to `backoff_max`.
+    #[serde(with = "humantime_serde")]
+    pub backoff_initial: Duration,
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+    pub backoff_multiplier: f64,
+    /// Restart type per actor (any [`ActorName`]: `failover`, `storage_writer`,
+    /// `prioritizer`, `repairer`, `flagger`, `dag_batcher`, `intake`); unlisted actors are
+    /// `permanent`.
+    pub restart: std::collections::BTreeMap<ActorName, RestartType>,
+    /// Enables `POST /v1/actors/{name}/panic`, for fault-injection tests. Never in
+    /// production.
+    pub fault_injection: bool,
+    /// Tiers in the order a batch tries them. Must end with `"log"`, the tier that is
+    /// always there. `"mongo"` is skipped when no URI is configured for the continent.
+    pub chain: Vec<Tier>,
+    /// Batches being written at once; further batches wait in the StorageWriter's mailbox.
+    pub max_inflight_batches: usize,
+}
+
+impl Default for SupervisorConfig {
+    fn default() -> Self {
+        Self {
+            strategy: Strategy::OneForOne,
+            max_restarts: 5,
+            within: Duration::from_secs(10),
+            backoff_initial: Duration::from_millis(10),
+            backoff_max: Duration::from_secs(1),
+            backoff_multiplier: 2.0,
+            restart: Default::default(),
+            fault_injection: false,
+            chain: vec![Tier::Light, Tier::Full, Tier::Mongo, Tier::Log],
+            max_inflight_batches: 64,
+        }
+    }
+}

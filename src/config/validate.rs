@@ -1,0 +1,143 @@
+//! Semantic checks of a parsed config: every problem at once, each naming its section.
+
+use std::collections::BTreeSet;
+
+use super::{Config, Role, decode_public_key};
+use crate::messages::Tier;
+
+impl Config {
+    /// Semantic checks; returns every problem found.
+    pub fn validate(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        let n = &self.node;
+        if n.id.trim().is_empty() {
+            p.push("[node] id must not be empty".into());
+        }
+        if n.continent.trim().is_empty() {
+            p.push("[node] continent must not be empty".into());
+        }
+        if n.role == Role::City && n.city.as_deref().is_none_or(|c| c.trim().is_empty()) {
+            p.push("[node] city is required for a city node".into());
+        }
+        let i = &self.intake;
+        if i.queue_capacity == 0 {
+            p.push("[intake] queue_capacity must be at least 1".into());
+        }
+        if i.max_body_bytes < 1024 {
+            p.push("[intake] max_body_bytes must be at least 1024".into());
+        }
+        if i.request_timeout.is_zero() {
+            p.push("[intake] request_timeout must be positive".into());
+        }
+        let b = &self.batcher;
+        if b.max_batch_txs == 0 {
+            p.push("[batcher] max_batch_txs must be at least 1".into());
+        }
+        if b.max_batch_bytes < i.max_body_bytes {
+            p.push(format!(
+                "[batcher] max_batch_bytes ({}) must hold at least one largest request ({})",
+                b.max_batch_bytes, i.max_body_bytes
+            ));
+        }
+        if b.min_delay > b.max_delay {
+            p.push("[batcher] min_delay must not exceed max_delay".into());
+        }
+        if b.max_delay.is_zero() {
+            p.push("[batcher] max_delay must be positive".into());
+        }
+        if b.max_parents == 0 {
+            p.push("[batcher] max_parents must be at least 1".into());
+        }
+        let pr = &self.prioritizer;
+        let w = &pr.weights;
+        let ws = [w.latency, w.uptime, w.capacity, w.load, w.same_continent];
+        if ws.iter().any(|x| !x.is_finite() || *x < 0.0) || ws.iter().sum::<f64>() <= 0.0 {
+            p.push("[prioritizer.weights] must be non-negative with a positive sum".into());
+        }
+        if pr.probe_interval.is_zero() || pr.probe_timeout.is_zero() {
+            p.push("[prioritizer] probe_interval and probe_timeout must be positive".into());
+        }
+        if pr.down_after_failures == 0 {
+            p.push("[prioritizer] down_after_failures must be at least 1".into());
+        }
+        let s = &self.storage;
+        if s.min_light_acks == 0 || s.min_full_acks == 0 {
+            p.push("[storage] min_light_acks and min_full_acks must be at least 1".into());
+        }
+        if pr.light_fanout < s.min_light_acks {
+            p.push(format!(
+                "[prioritizer] light_fanout ({}) must be at least [storage] min_light_acks ({})",
+                pr.light_fanout, s.min_light_acks
+            ));
+        }
+        let mut ids = BTreeSet::new();
+        for (idx, e) in s.nodes.iter().enumerate() {
+            let at = format!("[[storage.nodes]] #{} ({})", idx + 1, e.id);
+            if !ids.insert(e.id.as_str()) {
+                p.push(format!("{at}: duplicate id"));
+            }
+            if !e.role.is_storage() {
+                p.push(format!("{at}: role must be light or full, not {}", e.role));
+            }
+            if reqwest::Url::parse(&e.url).map_or(true, |u| !matches!(u.scheme(), "http" | "https"))
+            {
+                p.push(format!("{at}: url {:?} is not an http(s) URL", e.url));
+            }
+            if decode_public_key(&e.public_key).is_none() {
+                p.push(format!(
+                    "{at}: public_key is not a base64 ML-DSA-65 public key"
+                ));
+            }
+        }
+        if n.role == Role::City {
+            let lights = s.nodes.iter().filter(|e| e.role == Role::Light).count();
+            let fulls = s.nodes.iter().filter(|e| e.role == Role::Full).count();
+            if self.supervisor.chain.contains(&Tier::Light) && lights < s.min_light_acks {
+                p.push(format!(
+                    "[storage] the light tier needs {} acks but only {lights} light nodes are listed",
+                    s.min_light_acks
+                ));
+            }
+            if self.supervisor.chain.contains(&Tier::Full) && fulls < s.min_full_acks {
+                p.push(format!(
+                    "[storage] the full tier needs {} acks but only {fulls} full nodes are listed",
+                    s.min_full_acks
+                ));
+            }
+        }
+        let chain = &self.supervisor.chain;
+        if chain.last() != Some(&Tier::Log) {
+            p.push(
+                "[supervisor] chain must end with \"log\", the tier that is always there".into(),
+            );
+        }
+        if chain.iter().collect::<BTreeSet<_>>().len() != chain.len() {
+            p.push("[supervisor] chain lists a tier twice".into());
+        }
+        for (continent, uri) in &s.mongo.uris {
+            if !uri.starts_with("mongodb://") && !uri.starts_with("mongodb+srv://") {
+                p.push(format!(
+                    "[storage.mongo.uris] {continent}: {uri:?} is not a mongodb:// or mongodb+srv:// URI"
+                ));
+            }
+        }
+        if s.mongo.deadline.is_zero() || s.mongo.database.trim().is_empty() {
+            p.push("[storage.mongo] deadline must be positive and database non-empty".into());
+        }
+        let sup = &self.supervisor;
+        if sup.within.is_zero()
+            || sup.backoff_multiplier.is_nan()
+            || sup.backoff_multiplier < 1.0
+            || sup.backoff_initial > sup.backoff_max
+        {
+            p.push("[supervisor] within must be positive, backoff_multiplier at least 1, backoff_initial at most backoff_max".into());
+        }
+        if self.repair.interval.is_zero() || self.repair.batches_per_round == 0 {
+            p.push("[repair] interval and batches_per_round must be positive".into());
+        }
+        if self.supervisor.max_inflight_batches == 0 {
+            p.push("[supervisor] max_inflight_batches must be at least 1".into());
+        }
+        p
+    }
+}
