@@ -13,39 +13,6 @@ mod validate;
 
 pub use sections::*;
 
-/// The role a node plays in the federation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    City,
-    Continent,
-    Global,
-    Light,
-    Full,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::City => "city",
-            Role::Continent => "continent",
-            Role::Global => "global",
-            Role::Light => "light",
-            Role::Full => "full",
-        }
-    }
-
-    pub fn is_storage(self) -> bool {
-        matches!(self, Role::Light | Role::Full)
-    }
-}
-
-impl std::fmt::Display for Role {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -220,5 +187,35 @@ continent = "asia"
         let all = err.problems.join("\n");
         assert!(all.contains("city is required"), "{all}");
         assert!(all.contains("only 0 light nodes"), "{all}");
+    }
+
+    #[test]
+    fn policies_and_actor_names_are_checked_by_name() {
+        let text = format!(
+            "{MINIMAL}\n[flagger]\npolicy = \"loudest\"\n[prioritizer]\npolicy = \"random\"\n[supervisor.restart]\nflagger = \"transient\"\nintkae = \"temporary\"\n"
+        );
+        let err = Config::parse(&text).unwrap_err();
+        let all = err.problems.join("\n");
+        assert!(
+            all.contains("[flagger]") && all.contains("loudest"),
+            "{all}"
+        );
+        assert!(
+            all.contains("[prioritizer]") && all.contains("random"),
+            "{all}"
+        );
+        assert!(all.contains("intkae"), "{all}");
+        assert_eq!(err.problems.len(), 3, "{all}");
+
+        let text = format!(
+            "{MINIMAL}\n[flagger]\npolicy = \"always_immediate\"\n[supervisor.restart]\nflagger = \"transient\"\n"
+        );
+        let c = Config::parse(&text).unwrap();
+        assert_eq!(c.flagger.policy, FlagPolicyName::AlwaysImmediate);
+        assert_eq!(
+            c.supervisor.restart.get(&ActorName::Flagger),
+            Some(&RestartType::Transient)
+        );
+        assert_eq!(Config::parse(&c.to_toml()).unwrap(), c, "it round-trips");
     }
 }

@@ -6,8 +6,40 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::Role;
 use crate::messages::{FlagKind, Tier};
+
+/// The role a node plays in the federation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    City,
+    Continent,
+    Global,
+    Light,
+    Full,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::City => "city",
+            Role::Continent => "continent",
+            Role::Global => "global",
+            Role::Light => "light",
+            Role::Full => "full",
+        }
+    }
+
+    pub fn is_storage(self) -> bool {
+        matches!(self, Role::Light | Role::Full)
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// `[repair]`: moving batches back up the tiers and keeping light-node holdings whole.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
