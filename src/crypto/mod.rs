@@ -6,43 +6,8 @@
 
 mod keys;
 mod merkle;
+mod primitives;
 
 pub use keys::{KeyFile, SigningKey, address_of, verify};
 pub use merkle::merkle_root;
-
-/// A 32-byte BLAKE3 digest, used for transaction ids, batch ids and content hashes.
-pub type Hash32 = [u8; 32];
-
-/// ML-DSA-65 public key length in bytes (FIPS 204).
-pub const PUBLIC_KEY_LEN: usize = 1952;
-/// ML-DSA-65 signature length in bytes (FIPS 204).
-pub const SIGNATURE_LEN: usize = 3309;
-
-/// Errors from key handling and signature checks.
-#[derive(Debug, thiserror::Error)]
-pub enum CryptoError {
-    #[error("the public key is not a valid ML-DSA-65 key")]
-    BadPublicKey,
-    #[error("the signature does not verify")]
-    BadSignature,
-    #[error("key generation or signing failed in the crypto library")]
-    Library,
-    #[error("key file {path}: {reason}")]
-    KeyFile { path: String, reason: String },
-}
-
-pub type Result<T> = std::result::Result<T, CryptoError>;
-
-/// The bytes to sign for `payload` under a domain-separation `tag`.
-pub fn tagged(tag: &str, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(tag.len() + 1 + payload.len());
-    out.extend_from_slice(tag.as_bytes());
-    out.push(0);
-    out.extend_from_slice(payload);
-    out
-}
-
-/// BLAKE3 of `bytes`.
-pub fn hash(bytes: &[u8]) -> Hash32 {
-    *blake3::hash(bytes).as_bytes()
-}
+pub use primitives::{CryptoError, Hash32, PUBLIC_KEY_LEN, Result, SIGNATURE_LEN, hash, tagged};
