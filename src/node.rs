@@ -229,6 +229,13 @@ fn start_storage(
         )
     })?;
     let key = load_or_create_key(&config.node.key_path())?;
+    // A process's first ML-DSA signature seeds AWS-LC's random generator (signing is
+    // hedged with fresh randomness): tens of milliseconds alone, over 200 when a whole
+    // federation starts at once on a small machine. Paid here, before the node says where
+    // it listens, it stays out of its first ack, which the city awaits under the light
+    // tier's deadline (100 ms by default).
+    key.sign(b"citychain storage node start")
+        .context("signing with the node key")?;
     let state = web::Data::new(StorageState {
         node_id: config.node.id.clone(),
         role,

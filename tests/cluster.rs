@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use citychain::config::Role;
 use citychain::crypto::SigningKey;
-use citychain::federation::ManifestEntry;
+use citychain::federation::{Federation, FederationSpec, ManifestEntry};
 use common::*;
 use futures::StreamExt;
 use serde_json::Value;
@@ -147,6 +147,27 @@ async fn a_thousand_signed_transactions_are_stored_on_light_nodes_and_readable()
     ] {
         assert!(names.contains(&a), "{a} missing from {names:?}");
     }
+    fed.shutdown().await.unwrap();
+}
+
+/// With the timers of `citychain up` (not the watchful ones), the first batch of a fresh
+/// federation lands on light nodes within the light deadline: no node makes it wait on
+/// a one-time start-up cost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_federations_first_transaction_is_stored_on_light_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = FederationSpec::local(dir.path().to_path_buf(), binary());
+    let mut fed = Federation::launch(spec)
+        .await
+        .expect("the federation starts");
+    let client = client();
+    let key = SigningKey::generate().unwrap();
+    let (status, body) = post(&client, &fed.city_url(), &signed(&key, 0)).await;
+    assert_eq!(
+        (status, body["tier"].as_str()),
+        (200, Some("light")),
+        "{body}"
+    );
     fed.shutdown().await.unwrap();
 }
 
