@@ -40,9 +40,10 @@ use super::repairer::{RepairArgs, RepairContext, RepairMsg, Repairer};
 use super::storage_writer::{self, StorageWriter, WriterArgs, WriterMsg};
 use crate::config::{Config, RestartType, Strategy};
 use crate::messages::{FlagKind, SealedBatch, StoreJob, StoreOutcome, TxId};
+use crate::storage::chain::TierChain;
 use crate::storage::city_store::{BatchRecord, CityStore, TxRecord};
 use crate::storage::peer::PeerClient;
-use crate::storage::tier::{TierChain, TierResult};
+use crate::storage::tier::TierResult;
 
 /// The supervised actors, in start order (the end of the pipeline first).
 pub const CHILDREN: [&str; 6] = [

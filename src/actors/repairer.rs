@@ -31,7 +31,8 @@ use crate::storage::city_store::{BatchRecord, CityStore};
 use crate::storage::immutable_log::ImmutableLog;
 use crate::storage::mongo::MongoTier;
 use crate::storage::peer::PeerClient;
-use crate::storage::tier::{PeerTier, StorageTier};
+use crate::storage::peer_tier::PeerTier;
+use crate::storage::tier::StorageTier;
 
 pub enum RepairMsg {
     Tick,

@@ -1,5 +1,5 @@
-//! The versioned internal API of light and full nodes, the server side of
-//! [`crate::storage::peer::PeerClient`]:
+//! The versioned internal API of light and full nodes, the server side of the storage
+//! client (paths and types in [`crate::messages::storage`]):
 //!
 //! - `PUT /internal/v1/batches/{id}`: check and store a batch, answer a signed
 //!   proof-of-hold ack (postcard, `application/octet-stream`).
@@ -20,11 +20,9 @@ use futures::StreamExt;
 use crate::config::Role;
 use crate::crypto::SigningKey;
 use crate::http::{ApiError, ApiResult};
+use crate::messages::storage::{BATCHES_PATH, HEALTH_PATH, HealthReport, OCTET_STREAM, POH_SUFFIX};
 use crate::messages::{self, Batch, BatchId, PohAck};
-use crate::storage::peer::HealthReport;
 use crate::storage::store::{BatchStore, PutOutcome, StoreError};
-
-const OCTET_STREAM: &str = "application/octet-stream";
 
 /// What the storage routes share; register it as `web::Data<StorageState>`.
 pub struct StorageState {
@@ -59,12 +57,15 @@ impl StorageState {
 /// needed and an oversized body still gets the JSON error format.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
-        web::resource("/internal/v1/batches/{id}")
+        web::resource(format!("{BATCHES_PATH}/{{id}}"))
             .route(web::put().to(put_batch))
             .route(web::get().to(get_batch)),
     )
-    .service(web::resource("/internal/v1/batches/{id}/poh").route(web::post().to(prove_hold)))
-    .service(web::resource("/internal/v1/health").route(web::get().to(health)));
+    .service(
+        web::resource(format!("{BATCHES_PATH}/{{id}}{POH_SUFFIX}"))
+            .route(web::post().to(prove_hold)),
+    )
+    .service(web::resource(HEALTH_PATH).route(web::get().to(health)));
 }
 
 /// Counts a request in `inflight` for as long as it lives, whichever way it ends.

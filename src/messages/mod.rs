@@ -8,6 +8,7 @@
 mod ack;
 mod batch;
 mod pipeline;
+pub mod storage;
 mod tx;
 
 pub use ack::{ACK_VALIDITY_MS, AckError, PohAck};

@@ -349,8 +349,9 @@ mod tests {
     use crate::actors::testkit::signed_tx;
     use crate::crypto::SigningKey;
     use crate::messages::{FlagKind, Placement, SealedBatch, Urgency, now_ms};
+    use crate::storage::chain::TierChain;
     use crate::storage::immutable_log::{ImmutableLog, RecordKind};
-    use crate::storage::tier::{LogTier, TierChain};
+    use crate::storage::log_tier::LogTier;
 
     /// Port 1 on loopback: nothing listens, so every connection is refused at once.
     const UNREACHABLE: &str = "mongodb://127.0.0.1:1/?directConnection=true";
