@@ -3,8 +3,8 @@
 //!
 //! A client gets 200 only after its batch's record is here, fsynced, so a city killed at
 //! any moment still answers `GET /v1/tx/{id}` for every transaction it acknowledged.
-//! Records are written by one thread that group-commits: every record waiting when a
-//! write starts shares its transaction and its fsync.
+//! Records are written by one [`GroupCommit`] thread: every record waiting when a write
+//! starts shares its transaction and its fsync.
 //!
 //! Batch sequence numbers are reserved in blocks ([`SEQ_BLOCK`]) before use, so a restarted
 //! city never reuses a number it may already have handed out.
@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
 
+use super::group_commit::{GroupCommit, GroupError, Options};
 use crate::messages::{BatchHeader, BatchId, FlagKind, PohAck, Tier, TxId};
 
 pub const FILE_NAME: &str = "city.redb";
@@ -25,6 +25,8 @@ pub const SEQ_BLOCK: u64 = 1024;
 
 /// Records waiting to be written, at most; past it `record` waits.
 const QUEUE: usize = 4096;
+/// Most records one transaction writes.
+const MAX_GROUP: usize = 512;
 
 const TXS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("txs");
 const BATCHES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("batches");
@@ -75,25 +77,13 @@ struct WriteReq {
     batch_id: BatchId,
     batch: BatchRecord,
     txs: Vec<(TxId, TxRecord)>,
-    done: oneshot::Sender<Result<()>>,
 }
 
+/// Dropping it lets the writer finish what it holds and releases the database, so it can be
+/// opened again at once.
 pub struct CityStore {
     db: Arc<Database>,
-    writer: mpsc::Sender<WriteReq>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for CityStore {
-    fn drop(&mut self) {
-        // Close the queue, let the writer finish what it holds, and release the database
-        // so it can be opened again at once.
-        let (closed, _) = mpsc::channel(1);
-        drop(std::mem::replace(&mut self.writer, closed));
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+    writer: GroupCommit<WriteReq, (), CityStoreError>,
 }
 
 impl CityStore {
@@ -110,33 +100,42 @@ impl CityStore {
             tx.open_table(BELOW_LIGHT).map_err(db_err)?;
             tx.commit().map_err(db_err)?;
         }
-        let (writer, rx) = mpsc::channel(QUEUE);
+        let options = Options {
+            name: "city-store-writer",
+            queue: QUEUE,
+            max_requests: MAX_GROUP,
+            max_weight: None,
+            // A failed transaction leaves nothing behind: the next group may well succeed.
+            stop_after_failure: false,
+        };
         let thread_db = db.clone();
-        let thread = std::thread::Builder::new()
-            .name("city-store-writer".into())
-            .spawn(move || write_loop(&thread_db, rx))
-            .map_err(db_err)?;
-        Ok(Self {
-            db,
-            writer,
-            thread: Some(thread),
+        let writer = GroupCommit::spawn(options, move |group: &mut [WriteReq]| {
+            write_group(&thread_db, group)
+                .map(|()| vec![(); group.len()])
+                .inspect_err(|e| {
+                    tracing::error!(error = %e, records = group.len(), "writing the city's status index failed");
+                })
         })
+        .map_err(db_err)?;
+        Ok(Self { db, writer })
     }
 
     /// Makes a stored batch and its transactions durable in the index; returns once fsynced.
     pub async fn record(&self, batch: BatchRecord, txs: Vec<(TxId, TxRecord)>) -> Result<()> {
-        let (done, wait) = oneshot::channel();
         let batch_id = batch.header.id();
-        self.writer
-            .send(WriteReq {
+        match self
+            .writer
+            .submit(WriteReq {
                 batch_id,
                 batch,
                 txs,
-                done,
             })
             .await
-            .map_err(|_| CityStoreError::Closed)?;
-        wait.await.map_err(|_| CityStoreError::Closed)?
+        {
+            Ok(()) => Ok(()),
+            Err(GroupError::Closed) => Err(CityStoreError::Closed),
+            Err(GroupError::Failed(e)) => Err(CityStoreError::Db(e.to_string())),
+        }
     }
 
     pub fn get_tx(&self, id: &TxId) -> Result<Option<TxRecord>> {
@@ -283,28 +282,6 @@ impl CityStore {
             }
         }
         Ok(out)
-    }
-}
-
-fn write_loop(db: &Database, mut rx: mpsc::Receiver<WriteReq>) {
-    while let Some(first) = rx.blocking_recv() {
-        let mut group = vec![first];
-        while group.len() < 512 {
-            match rx.try_recv() {
-                Ok(req) => group.push(req),
-                Err(_) => break,
-            }
-        }
-        let result = write_group(db, &group);
-        if let Err(e) = &result {
-            tracing::error!(error = %e, records = group.len(), "writing the city's status index failed");
-        }
-        for req in group {
-            let _ = req.done.send(match &result {
-                Ok(()) => Ok(()),
-                Err(e) => Err(CityStoreError::Db(e.to_string())),
-            });
-        }
     }
 }
 

@@ -22,12 +22,12 @@
 //!
 //! # Writing
 //!
-//! One dedicated thread owns the file. [`ImmutableLog::append`] queues a request on a
-//! bounded channel and awaits a oneshot reply. The thread takes everything queued while
-//! its previous write+fsync ran, writes the whole group with one `write` and one
-//! `sync_data` (group commit), then answers every request in the group. If the write or
-//! the fsync fails, every append in the group fails and the thread stops: after a failed
-//! fsync the kernel may have dropped dirty pages, so nothing it says later can be trusted.
+//! One dedicated [`GroupCommit`] thread owns the file. [`ImmutableLog::append`] queues a
+//! request and awaits its reply. The thread takes everything queued while its previous
+//! write+fsync ran, writes the whole group with one `write` and one `sync_data`, then
+//! answers every request in the group. If the write or the fsync fails, every append in
+//! the group fails and the thread stops: after a failed fsync the kernel may have dropped
+//! dirty pages, so nothing it says later can be trusted.
 //!
 //! # Crashes
 //!
@@ -41,12 +41,11 @@ use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
 
+use super::group_commit::{GroupCommit, GroupError, Options};
 use crate::crypto::{self, Hash32};
 
 /// The log's file name inside its directory.
@@ -143,13 +142,13 @@ pub struct VerifyReport {
 }
 
 /// The append-only, hash-chained, fsynced log. `Send + Sync`; share it via `Arc`.
-/// Dropping it stops the writer thread after the appends already queued.
+/// Dropping it stops the writer thread after the appends already queued and waits for it,
+/// so the file (and its lock) is closed when the handle is gone and the directory can be
+/// reopened at once.
 pub struct ImmutableLog {
     path: PathBuf,
-    /// `None` once closed; the writer thread stops when every sender is gone.
-    tx: Mutex<Option<mpsc::Sender<Request>>>,
+    writer: GroupCommit<Request, AppendReceipt, io::Error>,
     shared: Arc<Shared>,
-    writer: Option<JoinHandle<()>>,
 }
 
 /// State the writer thread publishes to the handle.
@@ -163,13 +162,10 @@ struct Shared {
     hooks: TestHooks,
 }
 
-/// Fault injection and scheduling control for tests.
+/// Fault injection for tests.
 #[cfg(test)]
 #[derive(Debug, Default)]
 struct TestHooks {
-    /// Held by the writer thread from receiving a group's first request until the group
-    /// is answered; a test holding it makes appends pile up in the queue.
-    gate: tokio::sync::Mutex<()>,
     /// Makes the next fsync fail after the group's bytes were written.
     fail_next_sync: std::sync::atomic::AtomicBool,
 }
@@ -177,7 +173,6 @@ struct TestHooks {
 struct Request {
     kind: RecordKind,
     payload: Vec<u8>,
-    reply: oneshot::Sender<Result<AppendReceipt>>,
 }
 
 impl ImmutableLog {
@@ -228,24 +223,28 @@ impl ImmutableLog {
             #[cfg(test)]
             hooks: TestHooks::default(),
         });
-        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-        let writer = Writer {
+        let mut writer = Writer {
             file,
-            rx,
             shared: shared.clone(),
             path: path.clone(),
             next_seq: scan.records,
             prev_hash: scan.head_hash,
             last_time_ms: scan.last_time_ms,
+            buf: Vec::new(),
         };
-        let writer = std::thread::Builder::new()
-            .name("immutable-log".into())
-            .spawn(move || writer.run())?;
+        let options = Options {
+            name: "immutable-log",
+            queue: QUEUE_CAPACITY,
+            max_requests: MAX_GROUP_RECORDS,
+            max_weight: Some((MAX_GROUP_BYTES, |r: &Request| r.payload.len())),
+            stop_after_failure: true,
+        };
+        let writer =
+            GroupCommit::spawn(options, move |group: &mut [Request]| writer.commit(group))?;
         Ok(Self {
             path,
-            tx: Mutex::new(Some(tx)),
+            writer,
             shared,
-            writer: Some(writer),
         })
     }
 
@@ -265,22 +264,14 @@ impl ImmutableLog {
                 ),
             )));
         }
-        let tx = self
-            .tx
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-            .ok_or(LogError::Closed)?;
-        let (reply, answer) = oneshot::channel();
-        let request = Request {
-            kind,
-            payload,
-            reply,
-        };
-        tx.send(request).await.map_err(|_| LogError::Closed)?;
-        drop(tx);
-        // A dropped reply means the writer thread died (panicked) with our request.
-        answer.await.map_err(|_| LogError::Closed)?
+        match self.writer.submit(Request { kind, payload }).await {
+            Ok(receipt) => Ok(receipt),
+            Err(GroupError::Closed) => Err(LogError::Closed),
+            Err(GroupError::Failed(e)) => Err(LogError::Io(io::Error::new(
+                e.kind(),
+                format!("write or fsync failed: {e}"),
+            ))),
+        }
     }
 
     /// Records on disk and the hash of the last one (zeros when empty).
@@ -305,10 +296,7 @@ impl ImmutableLog {
     /// Stops accepting appends: later ones fail with [`LogError::Closed`]; those already
     /// queued are still written. The writer thread exits on its own.
     pub fn close(&self) {
-        self.tx
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        self.writer.close();
     }
 
     /// Checks a log end to end without opening it for writing (`citychain log verify`):
@@ -344,21 +332,7 @@ impl ImmutableLog {
     /// Requests waiting for the writer thread.
     #[cfg(test)]
     fn queued(&self) -> usize {
-        let tx = self.tx.lock().unwrap_or_else(PoisonError::into_inner);
-        tx.as_ref()
-            .map_or(0, |tx| tx.max_capacity() - tx.capacity())
-    }
-}
-
-impl Drop for ImmutableLog {
-    /// Waits for the writer thread to finish what is queued, so the file (and its lock)
-    /// is closed when the handle is gone and the directory can be reopened at once.
-    fn drop(&mut self) {
-        self.close();
-        if let Some(writer) = self.writer.take() {
-            // A panicked writer already failed its appends with `Closed`.
-            let _ = writer.join();
-        }
+        self.writer.queued()
     }
 }
 
@@ -373,58 +347,36 @@ impl fmt::Debug for ImmutableLog {
     }
 }
 
-/// The writer thread: owns the file and the chain's tip.
+/// The writer thread's state: the file and the chain's tip.
 struct Writer {
     file: File,
-    rx: mpsc::Receiver<Request>,
     shared: Arc<Shared>,
     path: PathBuf,
     next_seq: u64,
     prev_hash: Hash32,
     last_time_ms: u64,
+    /// The frames of one group, reused from group to group.
+    buf: Vec<u8>,
 }
 
 impl Writer {
-    fn run(mut self) {
-        let mut group = Vec::new();
-        let mut buf = Vec::new();
-        #[cfg(test)]
-        let shared = self.shared.clone();
-        while let Some(first) = self.rx.blocking_recv() {
-            #[cfg(test)]
-            let _gate = shared.hooks.gate.blocking_lock();
-            // Group commit: everything that queued up while the last fsync ran.
-            let mut bytes = first.payload.len();
-            group.push(first);
-            while group.len() < MAX_GROUP_RECORDS && bytes < MAX_GROUP_BYTES {
-                match self.rx.try_recv() {
-                    Ok(request) => {
-                        bytes += request.payload.len();
-                        group.push(request);
-                    }
-                    Err(_) => break,
-                }
-            }
-            if let Err(e) = self.commit(&mut group, &mut buf) {
-                tracing::error!(
-                    path = %self.path.display(),
-                    error = %e,
-                    records = group.len(),
-                    "immutable log write failed; failing the group and closing the log"
-                );
-                for request in group.drain(..) {
-                    let failed = io::Error::new(e.kind(), format!("write or fsync failed: {e}"));
-                    let _ = request.reply.send(Err(LogError::Io(failed)));
-                }
-                // Dropping the receiver fails every queued and later append with `Closed`.
-                return;
-            }
+    /// Writes and fsyncs `group`; one receipt per record. On error the chain's tip is
+    /// unchanged, and the group commit thread stops after failing the whole group.
+    fn commit(&mut self, group: &mut [Request]) -> io::Result<Vec<AppendReceipt>> {
+        let written = self.write(group);
+        if let Err(e) = &written {
+            tracing::error!(
+                path = %self.path.display(),
+                error = %e,
+                records = group.len(),
+                "immutable log write failed; failing the group and closing the log"
+            );
         }
+        written
     }
 
-    /// Writes and fsyncs `group`, then answers it. On error nothing is answered and the
-    /// chain's tip is unchanged.
-    fn commit(&mut self, group: &mut Vec<Request>, buf: &mut Vec<u8>) -> io::Result<()> {
+    fn write(&mut self, group: &mut [Request]) -> io::Result<Vec<AppendReceipt>> {
+        let buf = &mut self.buf;
         buf.clear();
         let time_ms = now_ms().max(self.last_time_ms);
         let (mut seq, mut prev_hash) = (self.next_seq, self.prev_hash);
@@ -458,11 +410,7 @@ impl Writer {
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = (seq, prev_hash);
         metrics::counter!(crate::metrics::LOG_APPENDS).increment(receipts.len() as u64);
-        for (request, receipt) in group.drain(..).zip(receipts) {
-            // The caller may have stopped waiting; the record is durable either way.
-            let _ = request.reply.send(Ok(receipt));
-        }
-        Ok(())
+        Ok(receipts)
     }
 
     fn sync(&mut self) -> io::Result<()> {
@@ -1049,7 +997,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = Arc::new(ImmutableLog::open(dir.path()).unwrap());
         // Hold the writer as if its fsync were slow, and let 200 appends pile up.
-        let gate = log.shared.hooks.gate.lock().await;
+        let gate = log.writer.gate().lock().await;
         let tasks: Vec<_> = (0..200)
             .map(|i| {
                 let log = log.clone();
@@ -1085,7 +1033,7 @@ mod tests {
         let log = Arc::new(ImmutableLog::open(dir.path()).unwrap());
         let first = log.append(RecordKind::Batch, payload(0)).await.unwrap();
 
-        let gate = log.shared.hooks.gate.lock().await;
+        let gate = log.writer.gate().lock().await;
         let tasks: Vec<_> = (1..=5)
             .map(|i| {
                 let log = log.clone();

@@ -1,6 +1,7 @@
 //! Storage: the tiers a city writes to and the store a storage node keeps.
 //!
 //! - [`city_store`]: the city's durable status index and DAG resume point.
+//! - [`group_commit`]: the writer thread that shares one fsync among many writes.
 //! - [`tier`]: the `StorageTier` trait and what a tier attempt produces.
 //! - [`chain`]: the failover chain built from config.
 //! - [`peer_tier`], [`log_tier`]: the light/full node tiers and the immutable-log tier.
@@ -11,6 +12,7 @@
 
 pub mod chain;
 pub mod city_store;
+pub mod group_commit;
 pub mod immutable_log;
 pub mod log_tier;
 pub mod mongo;
