@@ -768,7 +768,7 @@ impl Actor for FailoverSupervisor {
                                 metrics::counter!(crate::metrics::BATCHES_FAILED).increment(1);
                                 let _ = state.boxes.intake().cast(IntakeMsg::Failed {
                                     tx_ids: job.sealed.tx_ids.clone(),
-                                    reason: SubmitError::StorageUnavailable(reason),
+                                    reason: SubmitError::StorageUnavailable(reason.to_string()),
                                 });
                                 let _ = state.boxes.flagger().cast(FlaggerMsg::Done);
                             }

@@ -171,7 +171,7 @@ async fn accept_batch(
             StoreError::CapacityExceeded { .. } => {
                 ApiError::new(507, "capacity_exceeded", e.to_string())
             }
-            StoreError::Db(_) => internal("storing the batch", e),
+            _ => internal("storing the batch", e),
         })?;
         let ack = PohAck::sign(&key, &node_id, id, &body, messages::now_ms())
             .map_err(|e| internal("signing the ack", e))?;

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::immutable_log::{ImmutableLog, RecordKind};
-use super::tier::{StorageTier, Stored, TierResult};
+use super::tier::{StorageTier, Stored, TierError, TierResult};
 use crate::messages::{StoreJob, Tier};
 
 /// The local immutable log: always there, fsynced before it answers.
@@ -28,7 +28,7 @@ impl StorageTier for LogTier {
                 holders: vec![self.holder.clone()],
                 acks: Vec::new(),
             })
-            .map_err(|e| format!("immutable log: {e}"));
+            .map_err(|e| TierError::Log(Box::new(e)));
         TierResult {
             outcome,
             observations: Vec::new(),

@@ -24,6 +24,7 @@ use std::fmt::Display;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use mongodb::bson::document::ValueAccessError;
 use mongodb::bson::spec::BinarySubtype;
 use mongodb::bson::{Binary, DateTime, Document, doc};
 use mongodb::error::{Error as DriverError, ErrorKind, WriteFailure};
@@ -35,8 +36,7 @@ use tokio::sync::OnceCell;
 
 use crate::config::MongoConfig;
 use crate::crypto;
-use crate::messages::{Batch, SealedBatch, StoreJob, Tier, hex32};
-use crate::storage::tier::{StorageTier, Stored, TierResult};
+use crate::messages::{Batch, SealedBatch, WireError, hex32};
 
 /// Prefix of the monthly collections of batches not yet repaired to a higher tier.
 pub const UNFINISHED_PREFIX: &str = "unfinished_";
@@ -52,7 +52,34 @@ const INDEX_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_REASON_CHARS: usize = 240;
 const MS_PER_DAY: u64 = 24 * 60 * 60 * 1000;
 
-/// The MongoDB deployment of one continent.
+/// Why a MongoDB operation failed. Driver errors keep their cause; their text is cut to one
+/// short line because topology dumps run long in a failure reason.
+#[derive(Debug, thiserror::Error)]
+pub enum MongoError {
+    #[error("invalid MongoDB URI: {}", short(&.0.kind))]
+    Uri(#[source] DriverError),
+    #[error("cannot create the client: {}", short(&.0.kind))]
+    Client(#[source] DriverError),
+    #[error("{}", short(&.0.kind))]
+    Driver(#[from] DriverError),
+    #[error("no answer within the deadline of {0:?}")]
+    Deadline(Duration),
+    #[error("seq {0} does not fit a BSON int64")]
+    SeqOutOfRange(u64),
+    #[error("stored document has no binary `bytes`: {0}")]
+    NoBytes(#[source] ValueAccessError),
+    #[error("stored document has no `blake3`: {0}")]
+    NoHash(#[source] ValueAccessError),
+    #[error("stored bytes do not match their blake3")]
+    HashMismatch,
+    #[error("stored bytes are a different batch")]
+    OtherBatch,
+    #[error("stored bytes are not a batch: {0}")]
+    NotABatch(#[source] WireError),
+}
+
+/// The MongoDB deployment of one continent. It serves as a storage tier (see
+/// `storage::mongo_tier`) and as a source for repair.
 ///
 /// No `Debug`: the URI may carry credentials.
 pub struct MongoTier {
@@ -91,7 +118,7 @@ impl MongoTier {
     }
 
     /// The holder named in store outcomes: `mongo:<continent>`.
-    fn holder(&self) -> String {
+    pub fn holder(&self) -> String {
         format!("mongo:{}", self.continent)
     }
 
@@ -103,43 +130,45 @@ impl MongoTier {
         &self,
         batch_id: &[u8; 32],
         created_at_ms: u64,
-    ) -> Result<Option<Vec<u8>>, String> {
+    ) -> Result<Option<Vec<u8>>, MongoError> {
         let read = async {
             let coll = self.collection(&collection_for(created_at_ms)).await?;
             let found = coll
                 .find_one(doc! { "_id": hex32(batch_id) })
                 .projection(doc! { "bytes": 1, "blake3": 1 })
-                .await
-                .map_err(|e| short(&e.kind))?;
+                .await?;
             found.map(|d| checked_bytes(&d, batch_id)).transpose()
         };
         self.bounded(read).await
     }
 
-    /// Runs `op` within the deadline, prefixing any failure with the continent.
-    async fn bounded<T>(&self, op: impl Future<Output = Result<T, String>>) -> Result<T, String> {
-        match tokio::time::timeout(self.deadline, op).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(reason)) => Err(format!("mongo ({}): {reason}", self.continent)),
-            Err(_elapsed) => Err(format!(
-                "mongo ({}): no answer within the deadline of {:?}",
-                self.continent, self.deadline
-            )),
-        }
+    /// Writes a batch, once: a retried write neither duplicates nor rewrites it. The whole
+    /// attempt is bounded by the tier's deadline.
+    pub async fn put_batch(&self, sealed: &SealedBatch) -> Result<(), MongoError> {
+        self.bounded(self.upsert(sealed)).await
     }
 
-    async fn client(&self) -> Result<&Client, String> {
+    /// Runs `op` within the deadline.
+    async fn bounded<T>(
+        &self,
+        op: impl Future<Output = Result<T, MongoError>>,
+    ) -> Result<T, MongoError> {
+        tokio::time::timeout(self.deadline, op)
+            .await
+            .unwrap_or(Err(MongoError::Deadline(self.deadline)))
+    }
+
+    async fn client(&self) -> Result<&Client, MongoError> {
         self.client
             .get_or_try_init(|| async {
                 // For mongodb+srv:// this resolves DNS, hence async and inside the deadline.
                 let mut opts = ClientOptions::parse(&self.uri)
                     .await
-                    .map_err(|e| format!("invalid MongoDB URI: {}", short(&e.kind)))?;
+                    .map_err(MongoError::Uri)?;
                 opts.app_name = Some(APP_NAME.into());
                 opts.connect_timeout = Some(self.connect_timeout);
                 opts.server_selection_timeout = Some(self.server_selection_timeout);
-                let client = Client::with_options(opts)
-                    .map_err(|e| format!("cannot create the client: {}", short(&e.kind)))?;
+                let client = Client::with_options(opts).map_err(MongoError::Client)?;
                 tracing::debug!(continent = %self.continent, "MongoDB client created");
                 Ok(client)
             })
@@ -147,7 +176,7 @@ impl MongoTier {
     }
 
     /// The collection `name` with the majority, journaled write concern.
-    async fn collection(&self, name: &str) -> Result<Collection<Document>, String> {
+    async fn collection(&self, name: &str) -> Result<Collection<Document>, MongoError> {
         let write_concern = WriteConcern::builder()
             .w(Acknowledgment::Majority)
             .journal(true)
@@ -164,7 +193,7 @@ impl MongoTier {
             .collection_with_options(name, options))
     }
 
-    async fn upsert(&self, sealed: &SealedBatch) -> Result<(), String> {
+    async fn upsert(&self, sealed: &SealedBatch) -> Result<(), MongoError> {
         let name = collection_for(sealed.batch.header.created_at_ms);
         let fields = insert_fields(sealed, DateTime::now())?;
         let coll = self.collection(&name).await?;
@@ -179,7 +208,7 @@ impl MongoTier {
             Ok(_) => {}
             // A concurrent upsert of the same batch inserted it first: it is stored.
             Err(e) if is_duplicate_key(&e) => {}
-            Err(e) => return Err(short(&e.kind)),
+            Err(e) => return Err(e.into()),
         }
         self.prepare(coll, name);
         Ok(())
@@ -205,8 +234,8 @@ impl MongoTier {
             .await
             {
                 Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(short(&e.kind)),
-                Err(_elapsed) => Err(format!("no answer within {INDEX_TIMEOUT:?}")),
+                Ok(Err(e)) => Err(MongoError::from(e)),
+                Err(_elapsed) => Err(MongoError::Deadline(INDEX_TIMEOUT)),
             };
             match built {
                 Ok(()) => {
@@ -226,27 +255,6 @@ impl MongoTier {
                 }
             }
         });
-    }
-}
-
-#[async_trait::async_trait]
-impl StorageTier for MongoTier {
-    fn tier(&self) -> Tier {
-        Tier::Mongo
-    }
-
-    async fn store(&self, job: &StoreJob) -> TierResult {
-        let outcome = self
-            .bounded(self.upsert(&job.sealed))
-            .await
-            .map(|()| Stored {
-                holders: vec![self.holder()],
-                acks: Vec::new(),
-            });
-        TierResult {
-            outcome,
-            observations: Vec::new(),
-        }
     }
 }
 
@@ -274,10 +282,9 @@ fn year_month(ms: u64) -> (u64, u64) {
 }
 
 /// The document's fields other than `_id`, as first written.
-fn insert_fields(sealed: &SealedBatch, stored_at: DateTime) -> Result<Document, String> {
+fn insert_fields(sealed: &SealedBatch, stored_at: DateTime) -> Result<Document, MongoError> {
     let header = &sealed.batch.header;
-    let seq = i64::try_from(header.seq)
-        .map_err(|_| format!("seq {} does not fit a BSON int64", header.seq))?;
+    let seq = i64::try_from(header.seq).map_err(|_| MongoError::SeqOutOfRange(header.seq))?;
     Ok(doc! {
         "city_id": &header.city_id,
         "seq": seq,
@@ -291,20 +298,18 @@ fn insert_fields(sealed: &SealedBatch, stored_at: DateTime) -> Result<Document, 
 
 /// The `bytes` of a stored document, refused unless they hash to its `blake3` and decode
 /// to the batch `batch_id`.
-fn checked_bytes(doc: &Document, batch_id: &[u8; 32]) -> Result<Vec<u8>, String> {
+fn checked_bytes(doc: &Document, batch_id: &[u8; 32]) -> Result<Vec<u8>, MongoError> {
     let bytes = doc
         .get_binary_generic("bytes")
-        .map_err(|e| format!("stored document has no binary `bytes`: {e}"))?;
-    let blake3 = doc
-        .get_str("blake3")
-        .map_err(|e| format!("stored document has no `blake3`: {e}"))?;
+        .map_err(MongoError::NoBytes)?;
+    let blake3 = doc.get_str("blake3").map_err(MongoError::NoHash)?;
     if hex32(&crypto::hash(bytes)) != blake3.to_ascii_lowercase() {
-        return Err("stored bytes do not match their blake3".into());
+        return Err(MongoError::HashMismatch);
     }
     match crate::messages::decode::<Batch>(bytes) {
         Ok(batch) if batch.id() == *batch_id => Ok(bytes.clone()),
-        Ok(_) => Err("stored bytes are a different batch".into()),
-        Err(e) => Err(format!("stored bytes are not a batch: {e}")),
+        Ok(_) => Err(MongoError::OtherBatch),
+        Err(e) => Err(MongoError::NotABatch(e)),
     }
 }
 
@@ -348,10 +353,11 @@ mod tests {
     use super::*;
     use crate::actors::testkit::signed_tx;
     use crate::crypto::SigningKey;
-    use crate::messages::{FlagKind, Placement, SealedBatch, Urgency, now_ms};
+    use crate::messages::{FlagKind, Placement, SealedBatch, StoreJob, Tier, Urgency, now_ms};
     use crate::storage::chain::TierChain;
     use crate::storage::immutable_log::{ImmutableLog, RecordKind};
     use crate::storage::log_tier::LogTier;
+    use crate::storage::tier::StorageTier;
 
     /// Port 1 on loopback: nothing listens, so every connection is refused at once.
     const UNREACHABLE: &str = "mongodb://127.0.0.1:1/?directConnection=true";
@@ -529,7 +535,7 @@ mod tests {
         let cfg = config("test-bad-uri", "mongodb://");
         let tier = MongoTier::new(&cfg, "test-bad-uri").unwrap();
         let result = tier.store(&job(now_ms())).await;
-        let reason = result.outcome.unwrap_err();
+        let reason = result.outcome.unwrap_err().to_string();
         println!("{reason}");
         assert!(
             reason.starts_with("mongo (test-bad-uri): invalid MongoDB URI"),
@@ -547,7 +553,7 @@ mod tests {
             let started = Instant::now();
             let result = tier.store(&job).await;
             let took = started.elapsed();
-            let reason = result.outcome.unwrap_err();
+            let reason = result.outcome.unwrap_err().to_string();
             println!("attempt {attempt}: failed in {took:?}: {reason}");
             assert!(reason.starts_with("mongo (test-unreachable): "), "{reason}");
             assert!(

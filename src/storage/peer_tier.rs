@@ -6,7 +6,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 
 use super::peer::PeerClient;
-use super::tier::{StorageTier, Stored, TierResult};
+use super::tier::{NodeFailure, StorageTier, Stored, TierError, TierResult};
 use crate::crypto;
 use crate::messages::{NodeObservation, StoreJob, Target, Tier, now_ms};
 
@@ -32,12 +32,11 @@ impl StorageTier for PeerTier {
         };
         if targets.len() < self.min_acks {
             return TierResult {
-                outcome: Err(format!(
-                    "{} {} nodes up, {} acks needed",
-                    targets.len(),
-                    self.tier,
-                    self.min_acks
-                )),
+                outcome: Err(TierError::TooFewNodes {
+                    tier: self.tier,
+                    up: targets.len(),
+                    needed: self.min_acks,
+                }),
                 observations: Vec::new(),
             };
         }
@@ -61,9 +60,9 @@ impl StorageTier for PeerTier {
                             .map_err(|e| {
                                 metrics::counter!(crate::metrics::ACKS_REJECTED, "reason" => ack_reason(&e))
                                     .increment(1);
-                                format!("{}: invalid ack: {e}", t.node_id)
+                                NodeFailure::InvalidAck { node: t.node_id.clone(), source: e }
                             }),
-                        Err(e) => Err(format!("{}: {e}", t.node_id)),
+                        Err(e) => Err(NodeFailure::Peer { node: t.node_id.clone(), source: e }),
                     };
                     (t.node_id.clone(), sent.elapsed(), checked)
                 }
@@ -93,7 +92,7 @@ impl StorageTier for PeerTier {
                 }
                 Ok(None) => break,
                 Err(_elapsed) => {
-                    errors.push(format!("deadline of {:?} passed", self.deadline));
+                    errors.push(NodeFailure::Deadline(self.deadline));
                     break;
                 }
             }
@@ -117,13 +116,12 @@ impl StorageTier for PeerTier {
             });
         }
         TierResult {
-            outcome: Err(format!(
-                "{} of {} acks needed from the {} tier: {}",
-                acks.len(),
-                self.min_acks,
-                self.tier,
-                errors.join("; ")
-            )),
+            outcome: Err(TierError::TooFewAcks {
+                tier: self.tier,
+                acks: acks.len(),
+                needed: self.min_acks,
+                failures: errors.into_boxed_slice(),
+            }),
             observations,
         }
     }
