@@ -30,6 +30,21 @@ pub(super) fn check_record(
     expected_seq: u64,
     prev_hash: &Hash32,
 ) -> std::result::Result<Record, String> {
+    let record = decode_record(body)?;
+    if record.seq != expected_seq {
+        return Err(format!(
+            "sequence number {} where {expected_seq} was expected",
+            record.seq
+        ));
+    }
+    if record.prev_hash != *prev_hash {
+        return Err("prev_hash does not match the previous record's hash".into());
+    }
+    Ok(record)
+}
+
+/// Decodes a frame's body and checks it against its own hash (not against the chain).
+pub(super) fn decode_record(body: &[u8]) -> std::result::Result<Record, String> {
     let record: Record =
         postcard::from_bytes(body).map_err(|e| format!("undecodable record: {e}"))?;
     let preimage = hash_preimage(
@@ -46,15 +61,6 @@ pub(super) fn check_record(
     }
     if record_hash(&preimage) != record.hash {
         return Err("hash does not match the record's contents".into());
-    }
-    if record.seq != expected_seq {
-        return Err(format!(
-            "sequence number {} where {expected_seq} was expected",
-            record.seq
-        ));
-    }
-    if record.prev_hash != *prev_hash {
-        return Err("prev_hash does not match the previous record's hash".into());
     }
     Ok(record)
 }

@@ -36,6 +36,7 @@
 //! reports a torn tail too. An exclusive file lock keeps two writers off one log.
 
 mod format;
+mod index;
 mod scan;
 #[cfg(test)]
 mod tests;
@@ -50,10 +51,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
+use self::format::FRAME_HEADER_LEN;
+use self::index::{BatchIndex, Located};
 use self::scan::{Scan, scan};
 use self::writer::Writer;
 use super::group_commit::{GroupCommit, GroupError, Options};
 use crate::crypto::Hash32;
+use crate::messages::BatchId;
 
 /// The log's file name inside its directory.
 pub const LOG_FILE: &str = "immutable.log";
@@ -148,6 +152,8 @@ pub struct VerifyReport {
 /// reopened at once.
 pub struct ImmutableLog {
     path: PathBuf,
+    /// Read-only descriptor for [`ImmutableLog::read_batch`].
+    reader: File,
     writer: GroupCommit<Request, AppendReceipt, io::Error>,
     shared: Arc<Shared>,
 }
@@ -157,6 +163,8 @@ pub struct ImmutableLog {
 struct Shared {
     /// Records on disk and the hash of the last one.
     head: Mutex<(u64, Hash32)>,
+    /// Where each batch record on disk is.
+    batches: Mutex<BatchIndex>,
     /// Successful `sync_data` calls of appends, one per group.
     fsyncs: AtomicU64,
     #[cfg(test)]
@@ -193,11 +201,27 @@ impl ImmutableLog {
             .open(&path)?;
         lock_exclusive(&file, &path)?;
 
+        let mut batches = BatchIndex::new();
+        let mut index_batch = |frame: u64, len: u32, record: Record| {
+            if record.kind == RecordKind::Batch
+                && let Some(id) = index::batch_id(&record.payload)
+            {
+                let offset = frame + FRAME_HEADER_LEN;
+                batches.insert(
+                    id,
+                    Located {
+                        seq: record.seq,
+                        offset,
+                        len,
+                    },
+                );
+            }
+        };
         let scan = if file.metadata()?.len() == 0 {
             write_header(&file, dir)?;
             Scan::default()
         } else {
-            let scan = scan(&file, |_| {})?;
+            let scan = scan(&file, &mut index_batch)?;
             if let Some(torn) = &scan.torn {
                 tracing::warn!(
                     path = %path.display(),
@@ -218,8 +242,12 @@ impl ImmutableLog {
         };
         tracing::debug!(path = %path.display(), records = scan.records, "immutable log open");
 
+        // A second descriptor for reads by offset: the writer's is append-only in spirit.
+        let reader = File::open(&path)?;
+        let end = file.metadata()?.len();
         let shared = Arc::new(Shared {
             head: Mutex::new((scan.records, scan.head_hash)),
+            batches: Mutex::new(batches),
             fsyncs: AtomicU64::new(0),
             #[cfg(test)]
             hooks: TestHooks::default(),
@@ -231,6 +259,7 @@ impl ImmutableLog {
             next_seq: scan.records,
             prev_hash: scan.head_hash,
             last_time_ms: scan.last_time_ms,
+            end,
             buf: Vec::new(),
         };
         let options = Options {
@@ -244,6 +273,7 @@ impl ImmutableLog {
             GroupCommit::spawn(options, move |group: &mut [Request]| writer.commit(group))?;
         Ok(Self {
             path,
+            reader,
             writer,
             shared,
         })
@@ -306,7 +336,7 @@ impl ImmutableLog {
     /// says "truncated"). [`LogError::Corrupt`] names the first bad record.
     pub fn verify(dir: &Path) -> Result<VerifyReport> {
         let file = File::open(dir.join(LOG_FILE))?;
-        let scan = scan(&file, |_| {})?;
+        let scan = scan(&file, |_, _, _| {})?;
         if let Some(torn) = scan.torn {
             return Err(LogError::Corrupt(torn));
         }
@@ -317,13 +347,47 @@ impl ImmutableLog {
         })
     }
 
+    /// The payload of the last batch record for batch `id` (the batch's encoding), read by
+    /// offset and checked against the record's own hash; `None` if the log holds no such
+    /// batch. Only durable records are found: a batch is indexed once its append's fsync
+    /// succeeded. Blocks on one read.
+    pub fn read_batch(&self, id: &BatchId) -> Result<Option<Vec<u8>>> {
+        let Some(at) = self
+            .shared
+            .batches
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .copied()
+        else {
+            return Ok(None);
+        };
+        let corrupt = |reason: String| {
+            LogError::Corrupt(VerifyError {
+                offset: at.offset - FRAME_HEADER_LEN,
+                seq: at.seq,
+                reason,
+            })
+        };
+        let mut body = vec![0; at.len as usize];
+        index::read_exact_at(&self.reader, &mut body, at.offset)?;
+        let record = format::decode_record(&body).map_err(corrupt)?;
+        if record.seq != at.seq || record.kind != RecordKind::Batch {
+            return Err(corrupt(format!(
+                "{:?} record {} where batch record {} was indexed",
+                record.kind, record.seq, at.seq
+            )));
+        }
+        Ok(Some(record.payload))
+    }
+
     /// Reads every record, checked as `verify` does. Like `open`, it tolerates a torn
     /// tail (with a warning) and returns the records before it — the ones `open` keeps.
     pub fn read_all(dir: &Path) -> Result<Vec<Record>> {
         let path = dir.join(LOG_FILE);
         let file = File::open(&path)?;
         let mut records = Vec::new();
-        let scan = scan(&file, |record| records.push(record))?;
+        let scan = scan(&file, |_, _, record| records.push(record))?;
         if let Some(torn) = scan.torn {
             tracing::warn!(path = %path.display(), %torn, "immutable log has a torn tail");
         }

@@ -25,9 +25,10 @@ pub(super) struct Scan {
     pub(super) torn: Option<VerifyError>,
 }
 
-/// Reads the log from the start, checking every record and handing it to `each`.
+/// Reads the log from the start, checking every record and handing it to `each` with its
+/// frame's offset and body length.
 /// Damage other than a torn tail is `Err(Corrupt)`.
-pub(super) fn scan(file: &File, mut each: impl FnMut(Record)) -> Result<Scan> {
+pub(super) fn scan(file: &File, mut each: impl FnMut(u64, u32, Record)) -> Result<Scan> {
     let file_len = file.metadata()?.len();
     let mut reader = file;
     reader.seek(SeekFrom::Start(0))?;
@@ -115,8 +116,8 @@ pub(super) fn scan(file: &File, mut each: impl FnMut(Record)) -> Result<Scan> {
         scan.records += 1;
         scan.head_hash = record.hash;
         scan.last_time_ms = record.time_ms;
+        each(pos, len as u32, record);
         pos += FRAME_HEADER_LEN + len;
-        each(record);
     }
 }
 

@@ -477,3 +477,83 @@ async fn a_second_writer_is_refused() {
     drop(log);
     ImmutableLog::open(dir.path()).unwrap();
 }
+
+/// The encoding of a real (empty) batch, as the log tier appends it.
+fn batch_bytes(seq: u64) -> (crate::messages::BatchId, Vec<u8>) {
+    let batch = crate::messages::Batch::build(
+        "tokyo",
+        seq,
+        vec![],
+        crate::messages::FlagKind::FreshTx,
+        &[],
+        1_700_000_000_000 + seq,
+    );
+    (batch.id(), crate::messages::encode(&batch))
+}
+
+#[tokio::test]
+async fn read_batch_finds_batches_by_id_before_and_after_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = ImmutableLog::open(dir.path()).unwrap();
+    let batches: Vec<_> = (0..5).map(batch_bytes).collect();
+    for (i, (_, bytes)) in batches.iter().enumerate() {
+        log.append(RecordKind::Batch, bytes.clone()).await.unwrap();
+        // Records that are not batches are never found as one.
+        log.append(RecordKind::Checkpoint, payload(i))
+            .await
+            .unwrap();
+    }
+    // A batch record whose payload is no batch is stored but not indexed.
+    log.append(RecordKind::Batch, b"not a batch".to_vec())
+        .await
+        .unwrap();
+    let (unknown, _) = batch_bytes(99);
+    for (id, bytes) in &batches {
+        assert_eq!(log.read_batch(id).unwrap().as_ref(), Some(bytes));
+    }
+    assert_eq!(log.read_batch(&unknown).unwrap(), None);
+    drop(log);
+
+    let log = ImmutableLog::open(dir.path()).unwrap();
+    for (id, bytes) in &batches {
+        assert_eq!(log.read_batch(id).unwrap().as_ref(), Some(bytes));
+    }
+    assert_eq!(log.read_batch(&unknown).unwrap(), None);
+    // Appends after the reopen are found too, at offsets past the scanned records.
+    let (late, late_bytes) = batch_bytes(5);
+    log.append(RecordKind::Batch, late_bytes.clone())
+        .await
+        .unwrap();
+    assert_eq!(log.read_batch(&late).unwrap(), Some(late_bytes));
+    assert_eq!(
+        log.read_batch(&batches[2].0).unwrap().as_ref(),
+        Some(&batches[2].1)
+    );
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn read_batch_checks_the_record_it_reads() {
+    use std::os::unix::fs::FileExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let log = ImmutableLog::open(dir.path()).unwrap();
+    let (id, bytes) = batch_bytes(0);
+    log.append(RecordKind::Batch, bytes).await.unwrap();
+    // Flip the last byte (the record's hash) behind the open log's back.
+    let len = log_bytes(dir.path()).len() as u64;
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .open(dir.path().join(LOG_FILE))
+        .unwrap();
+    let mut last = [0u8; 1];
+    fs::File::open(dir.path().join(LOG_FILE))
+        .unwrap()
+        .read_exact_at(&mut last, len - 1)
+        .unwrap();
+    file.write_all_at(&[last[0] ^ 1], len - 1).unwrap();
+
+    let e = corrupt_error(log.read_batch(&id));
+    assert_eq!((e.seq, e.offset), (0, MAGIC.len() as u64), "{e}");
+    assert!(e.reason.contains("hash"), "{e}");
+}
