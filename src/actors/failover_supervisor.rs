@@ -329,8 +329,8 @@ impl FailoverSupervisor {
                 }
                 let context = RepairContext::from_config(
                     &cfg,
+                    &state.chain,
                     state.store.clone(),
-                    state.args.client.clone(),
                     state.boxes.prioritizer().clone(),
                 );
                 let (actor, _) = Actor::spawn_linked(

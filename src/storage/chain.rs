@@ -1,4 +1,7 @@
-//! The failover chain: the tiers a city tries, in order, built once from config.
+//! The failover chain: the tiers a city tries, in order, built once from config. It also
+//! hands out what the tiers are built on (the peer client, the immutable log, the MongoDB
+//! deployment), so that repair reads back through the same connections and the same log
+//! handle the writes went through.
 //!
 //! Adding a tier means implementing [`StorageTier`] and adding one arm to
 //! [`TierChain::build`].
@@ -14,20 +17,38 @@ use super::tier::StorageTier;
 use crate::config::Config;
 use crate::messages::Tier;
 
-/// The tiers in failover order.
+/// The tiers in failover order, and what they are built on.
 #[derive(Clone)]
 pub struct TierChain {
     tiers: Vec<Arc<dyn StorageTier>>,
+    client: PeerClient,
+    log: Arc<ImmutableLog>,
+    mongo: Option<Arc<MongoTier>>,
 }
 
 impl TierChain {
-    pub fn new(tiers: Vec<Arc<dyn StorageTier>>) -> Self {
-        Self { tiers }
+    /// A chain of `tiers` over the given client, log and MongoDB deployment.
+    pub fn new(
+        tiers: Vec<Arc<dyn StorageTier>>,
+        client: PeerClient,
+        log: Arc<ImmutableLog>,
+        mongo: Option<Arc<MongoTier>>,
+    ) -> Self {
+        Self {
+            tiers,
+            client,
+            log,
+            mongo,
+        }
     }
 
-    /// The chain named by `[supervisor] chain`, over the node's peer client and log.
+    /// The chain named by `[supervisor] chain`, over the node's peer client and log. The
+    /// continent's MongoDB deployment is set up whenever a URI is configured, even if the
+    /// chain leaves it out: batches a previous configuration stored there are still read
+    /// back by repair.
     pub fn build(config: &Config, client: PeerClient, log: Arc<ImmutableLog>) -> Self {
         let s = &config.storage;
+        let mongo = MongoTier::new(&s.mongo, &config.node.continent).map(Arc::new);
         let tiers = config
             .supervisor
             .chain
@@ -50,8 +71,8 @@ impl TierChain {
                         log: log.clone(),
                         holder: config.node.id.clone(),
                     }),
-                    Tier::Mongo => match MongoTier::new(&s.mongo, &config.node.continent) {
-                        Some(mongo) => Arc::new(mongo),
+                    Tier::Mongo => match &mongo {
+                        Some(mongo) => mongo.clone(),
                         None => {
                             tracing::info!(
                                 continent = %config.node.continent,
@@ -64,7 +85,27 @@ impl TierChain {
                 })
             })
             .collect();
-        Self { tiers }
+        Self {
+            tiers,
+            client,
+            log,
+            mongo,
+        }
+    }
+
+    /// The HTTP client of the light and full node tiers.
+    pub fn client(&self) -> &PeerClient {
+        &self.client
+    }
+
+    /// The node's immutable log, the one the log tier appends to.
+    pub fn log(&self) -> &Arc<ImmutableLog> {
+        &self.log
+    }
+
+    /// The continent's MongoDB deployment, when a URI is configured for it.
+    pub fn mongo(&self) -> Option<&Arc<MongoTier>> {
+        self.mongo.as_ref()
     }
 
     pub fn get(&self, index: usize) -> Option<&Arc<dyn StorageTier>> {

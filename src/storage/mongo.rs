@@ -571,14 +571,20 @@ mod tests {
     async fn a_chain_falls_through_an_unreachable_mongodb_to_the_log() {
         let dir = tempfile::tempdir().unwrap();
         let log = Arc::new(ImmutableLog::open(dir.path()).unwrap());
-        let mongo = MongoTier::new(&config("test-chain", UNREACHABLE), "test-chain").unwrap();
-        let chain = TierChain::new(vec![
-            Arc::new(mongo),
-            Arc::new(LogTier {
-                log: log.clone(),
-                holder: "city-tokyo".into(),
-            }),
-        ]);
+        let mongo =
+            Arc::new(MongoTier::new(&config("test-chain", UNREACHABLE), "test-chain").unwrap());
+        let chain = TierChain::new(
+            vec![
+                mongo.clone(),
+                Arc::new(LogTier {
+                    log: log.clone(),
+                    holder: "city-tokyo".into(),
+                }),
+            ],
+            crate::storage::peer::PeerClient::new(),
+            log.clone(),
+            Some(mongo),
+        );
         let job = job(now_ms());
 
         let started = Instant::now();
