@@ -28,11 +28,11 @@ use crate::crypto::SigningKey;
 use crate::http::city_api::CityState;
 use crate::http::common::{self, ReadinessCheck};
 use crate::http::storage_api::{self, StorageState};
+use crate::storage::chain::TierChain;
 use crate::storage::city_store::CityStore;
 use crate::storage::immutable_log::ImmutableLog;
 use crate::storage::peer::PeerClient;
 use crate::storage::store::BatchStore;
-use crate::storage::tier::TierChain;
 
 /// A node that is running; dropping it does not stop it, [`RunningNode::stop`] does.
 pub struct RunningNode {

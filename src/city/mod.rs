@@ -48,9 +48,9 @@ use msgs::SupervisorMsg;
 use supervisor::{ActorTable, Child, ChildSpec, FailoverSupervisor, SupervisorArgs};
 
 use crate::config::{ActorName, Config};
+use crate::storage::chain::TierChain;
 use crate::storage::city_store::CityStore;
 use crate::storage::peer::PeerClient;
-use crate::storage::tier::TierChain;
 
 /// A running city pipeline.
 pub struct City {
@@ -162,8 +162,8 @@ pub async fn start(
     if config.repair.enabled {
         let context = Arc::new(RepairContext::from_config(
             &config,
+            &chain,
             store.clone(),
-            client.clone(),
             b.prioritizer.clone(),
         ));
         let interval = config.repair.interval;

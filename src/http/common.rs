@@ -110,29 +110,51 @@ async fn actors(table: web::Data<Arc<ActorTable>>) -> HttpResponse {
 /// the rest.
 pub async fn read_body(
     req: &HttpRequest,
-    mut payload: web::Payload,
+    payload: web::Payload,
     limit: usize,
 ) -> ApiResult<web::BytesMut> {
-    let too_large = || {
-        ApiError::new(
-            413,
-            "payload_too_large",
-            format!("request body is larger than {limit} bytes"),
-        )
-    };
+    read_limited_body(req, payload, limit)
+        .await
+        .map_err(|e| match e {
+            BodyError::TooLarge => ApiError::new(
+                413,
+                "payload_too_large",
+                format!("request body is larger than {limit} bytes"),
+            ),
+            BodyError::Read(e) => ApiError::bad_request("invalid_body", e.to_string()),
+        })
+}
+
+/// Why a body was not read.
+#[derive(Debug)]
+pub enum BodyError {
+    /// Declared or found to be over the limit; the rest was not read.
+    TooLarge,
+    /// The connection failed mid-body.
+    Read(actix_web::error::PayloadError),
+}
+
+/// Reads a request body of at most `limit` bytes, stopping as soon as it is known to be
+/// larger (from `Content-Length`, or while reading). For routes whose answers word these
+/// errors their own way; [`read_body`] gives the common ones.
+pub async fn read_limited_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<web::BytesMut, BodyError> {
     let declared = req
         .headers()
         .get(actix_web::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
-        return Err(too_large());
+        return Err(BodyError::TooLarge);
     }
     let mut body = web::BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
+        let chunk = chunk.map_err(BodyError::Read)?;
         if body.len() + chunk.len() > limit {
-            return Err(too_large());
+            return Err(BodyError::TooLarge);
         }
         body.extend_from_slice(&chunk);
     }

@@ -9,6 +9,7 @@ mod ack;
 mod batch;
 mod outcome;
 mod pipeline;
+pub mod storage;
 mod tx;
 mod wire;
 

@@ -3,8 +3,8 @@
 //!
 //! A client gets 200 only after its batch's record is here, fsynced, so a city killed at
 //! any moment still answers `GET /v1/tx/{id}` for every transaction it acknowledged.
-//! Records are written by one thread that group-commits: every record waiting when a
-//! write starts shares its transaction and its fsync.
+//! Records are written by one [`GroupCommit`] thread: every record waiting when a write
+//! starts shares its transaction and its fsync.
 //!
 //! Batch sequence numbers are reserved in blocks ([`SEQ_BLOCK`]) before use, so a restarted
 //! city never reuses a number it may already have handed out.
@@ -14,9 +14,9 @@ use std::sync::Arc;
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
 
-use crate::messages::{BatchHeader, BatchId, FlagKind, PohAck, Tier, TxId};
+use super::group_commit::{GroupCommit, GroupError, Options};
+use crate::messages::{BatchHeader, BatchId, FlagKind, PohAck, Tier, TxId, WireError};
 
 pub const FILE_NAME: &str = "city.redb";
 
@@ -25,6 +25,8 @@ pub const SEQ_BLOCK: u64 = 1024;
 
 /// Records waiting to be written, at most; past it `record` waits.
 const QUEUE: usize = 4096;
+/// Most records one transaction writes.
+const MAX_GROUP: usize = 512;
 
 const TXS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("txs");
 const BATCHES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("batches");
@@ -38,16 +40,32 @@ const SEQ_RESERVED: &str = "seq_reserved";
 #[derive(Debug, thiserror::Error)]
 pub enum CityStoreError {
     #[error("city database: {0}")]
-    Db(String),
+    Io(#[from] std::io::Error),
+    #[error("city database: {0}")]
+    Database(#[from] redb::DatabaseError),
+    #[error("city database: {0}")]
+    Transaction(#[from] redb::TransactionError),
+    #[error("city database: {0}")]
+    Table(#[from] redb::TableError),
+    #[error("city database: {0}")]
+    Storage(#[from] redb::StorageError),
+    #[error("city database: {0}")]
+    Durability(#[from] redb::SetDurabilityError),
+    #[error("city database: {0}")]
+    Commit(#[from] redb::CommitError),
+    /// A stored record that does not decode.
+    #[error("city database: {0}")]
+    Decode(#[from] WireError),
+    #[error("city database: no batch {}", hex::encode(.0))]
+    NoBatch(BatchId),
+    /// The write of the record's group failed; every record of the group gets this error.
+    #[error(transparent)]
+    Group(Arc<CityStoreError>),
     #[error("city database writer has stopped")]
     Closed,
 }
 
 pub type Result<T> = std::result::Result<T, CityStoreError>;
-
-fn db_err(e: impl std::fmt::Display) -> CityStoreError {
-    CityStoreError::Db(e.to_string())
-}
 
 /// An acknowledged transaction.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,106 +93,96 @@ struct WriteReq {
     batch_id: BatchId,
     batch: BatchRecord,
     txs: Vec<(TxId, TxRecord)>,
-    done: oneshot::Sender<Result<()>>,
 }
 
+/// Dropping it lets the writer finish what it holds and releases the database, so it can be
+/// opened again at once.
 pub struct CityStore {
     db: Arc<Database>,
-    writer: mpsc::Sender<WriteReq>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for CityStore {
-    fn drop(&mut self) {
-        // Close the queue, let the writer finish what it holds, and release the database
-        // so it can be opened again at once.
-        let (closed, _) = mpsc::channel(1);
-        drop(std::mem::replace(&mut self.writer, closed));
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+    writer: GroupCommit<WriteReq, (), CityStoreError>,
 }
 
 impl CityStore {
     /// Opens or creates `DIR/city.redb` and starts its writer thread.
     pub fn open(dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(db_err)?;
-        let db = Arc::new(Database::create(dir.join(FILE_NAME)).map_err(db_err)?);
+        std::fs::create_dir_all(dir)?;
+        let db = Arc::new(Database::create(dir.join(FILE_NAME))?);
         {
-            let tx = db.begin_write().map_err(db_err)?;
-            tx.open_table(TXS).map_err(db_err)?;
-            tx.open_table(BATCHES).map_err(db_err)?;
-            tx.open_table(BY_SEQ).map_err(db_err)?;
-            tx.open_table(META).map_err(db_err)?;
-            tx.open_table(BELOW_LIGHT).map_err(db_err)?;
-            tx.commit().map_err(db_err)?;
+            let tx = db.begin_write()?;
+            tx.open_table(TXS)?;
+            tx.open_table(BATCHES)?;
+            tx.open_table(BY_SEQ)?;
+            tx.open_table(META)?;
+            tx.open_table(BELOW_LIGHT)?;
+            tx.commit()?;
         }
-        let (writer, rx) = mpsc::channel(QUEUE);
+        let options = Options {
+            name: "city-store-writer",
+            queue: QUEUE,
+            max_requests: MAX_GROUP,
+            max_weight: None,
+            // A failed transaction leaves nothing behind: the next group may well succeed.
+            stop_after_failure: false,
+        };
         let thread_db = db.clone();
-        let thread = std::thread::Builder::new()
-            .name("city-store-writer".into())
-            .spawn(move || write_loop(&thread_db, rx))
-            .map_err(db_err)?;
-        Ok(Self {
-            db,
-            writer,
-            thread: Some(thread),
-        })
+        let writer = GroupCommit::spawn(options, move |group: &mut [WriteReq]| {
+            write_group(&thread_db, group)
+                .map(|()| vec![(); group.len()])
+                .inspect_err(|e| {
+                    tracing::error!(error = %e, records = group.len(), "writing the city's status index failed");
+                })
+        })?;
+        Ok(Self { db, writer })
     }
 
     /// Makes a stored batch and its transactions durable in the index; returns once fsynced.
     pub async fn record(&self, batch: BatchRecord, txs: Vec<(TxId, TxRecord)>) -> Result<()> {
-        let (done, wait) = oneshot::channel();
         let batch_id = batch.header.id();
-        self.writer
-            .send(WriteReq {
+        match self
+            .writer
+            .submit(WriteReq {
                 batch_id,
                 batch,
                 txs,
-                done,
             })
             .await
-            .map_err(|_| CityStoreError::Closed)?;
-        wait.await.map_err(|_| CityStoreError::Closed)?
+        {
+            Ok(()) => Ok(()),
+            Err(GroupError::Closed) => Err(CityStoreError::Closed),
+            Err(GroupError::Failed(e)) => Err(CityStoreError::Group(e)),
+        }
     }
 
     pub fn get_tx(&self, id: &TxId) -> Result<Option<TxRecord>> {
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let table = tx.open_table(TXS).map_err(db_err)?;
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(TXS)?;
         table
-            .get(id)
-            .map_err(db_err)?
-            .map(|v| crate::messages::decode(v.value()).map_err(db_err))
+            .get(id)?
+            .map(|v| crate::messages::decode(v.value()).map_err(CityStoreError::from))
             .transpose()
     }
 
     pub fn get_batch(&self, id: &BatchId) -> Result<Option<BatchRecord>> {
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let table = tx.open_table(BATCHES).map_err(db_err)?;
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(BATCHES)?;
         table
-            .get(id)
-            .map_err(db_err)?
-            .map(|v| crate::messages::decode(v.value()).map_err(db_err))
+            .get(id)?
+            .map(|v| crate::messages::decode(v.value()).map_err(CityStoreError::from))
             .transpose()
     }
 
     /// Where the DAG resumes: the first unreserved sequence number, and the ids of the
     /// `parents` most recent durable batches, oldest first.
     pub fn resume_point(&self, parents: usize) -> Result<(u64, Vec<BatchId>)> {
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let meta = tx.open_table(META).map_err(db_err)?;
-        let reserved = meta
-            .get(SEQ_RESERVED)
-            .map_err(db_err)?
-            .map_or(0, |v| v.value());
-        let by_seq = tx.open_table(BY_SEQ).map_err(db_err)?;
+        let tx = self.db.begin_read()?;
+        let meta = tx.open_table(META)?;
+        let reserved = meta.get(SEQ_RESERVED)?.map_or(0, |v| v.value());
+        let by_seq = tx.open_table(BY_SEQ)?;
         let mut recent: Vec<BatchId> = by_seq
-            .iter()
-            .map_err(db_err)?
+            .iter()?
             .rev()
             .take(parents)
-            .map(|e| e.map(|(_, id)| *id.value()).map_err(db_err))
+            .map(|e| e.map(|(_, id)| *id.value()).map_err(CityStoreError::from))
             .collect::<Result<_>>()?;
         recent.reverse();
         Ok((reserved, recent))
@@ -182,18 +190,14 @@ impl CityStore {
 
     /// Reserves sequence numbers below `upto` (fsynced before it returns).
     pub fn reserve_seq(&self, upto: u64) -> Result<()> {
-        let mut tx = self.db.begin_write().map_err(db_err)?;
-        tx.set_durability(Durability::Immediate).map_err(db_err)?;
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(Durability::Immediate)?;
         {
-            let mut meta = tx.open_table(META).map_err(db_err)?;
-            let current = meta
-                .get(SEQ_RESERVED)
-                .map_err(db_err)?
-                .map_or(0, |v| v.value());
-            meta.insert(SEQ_RESERVED, current.max(upto))
-                .map_err(db_err)?;
+            let mut meta = tx.open_table(META)?;
+            let current = meta.get(SEQ_RESERVED)?.map_or(0, |v| v.value());
+            meta.insert(SEQ_RESERVED, current.max(upto))?;
         }
-        tx.commit().map_err(db_err)
+        Ok(tx.commit()?)
     }
 
     /// Moves a batch (and its transactions) to a new home after a repair; fsynced.
@@ -205,19 +209,16 @@ impl CityStore {
         acks: Vec<PohAck>,
     ) -> Result<()> {
         let Some(mut rec) = self.get_batch(batch_id)? else {
-            return Err(CityStoreError::Db(format!(
-                "no batch {}",
-                hex::encode(batch_id)
-            )));
+            return Err(CityStoreError::NoBatch(*batch_id));
         };
-        let mut tx = self.db.begin_write().map_err(db_err)?;
-        tx.set_durability(Durability::Immediate).map_err(db_err)?;
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(Durability::Immediate)?;
         {
-            let mut txs = tx.open_table(TXS).map_err(db_err)?;
+            let mut txs = tx.open_table(TXS)?;
             for id in &rec.tx_ids {
-                let updated = match txs.get(id).map_err(db_err)? {
+                let updated = match txs.get(id)? {
                     Some(v) => {
-                        let mut t: TxRecord = crate::messages::decode(v.value()).map_err(db_err)?;
+                        let mut t: TxRecord = crate::messages::decode(v.value())?;
                         // A transaction re-batched later keeps its newer home.
                         if t.batch_id != *batch_id {
                             continue;
@@ -229,36 +230,33 @@ impl CityStore {
                     }
                     None => continue,
                 };
-                txs.insert(id, crate::messages::encode(&updated).as_slice())
-                    .map_err(db_err)?;
+                txs.insert(id, crate::messages::encode(&updated).as_slice())?;
             }
-            let mut below = tx.open_table(BELOW_LIGHT).map_err(db_err)?;
+            let mut below = tx.open_table(BELOW_LIGHT)?;
             if tier == Tier::Light {
-                below.remove(batch_id).map_err(db_err)?;
+                below.remove(batch_id)?;
             } else {
-                below.insert(batch_id, ()).map_err(db_err)?;
+                below.insert(batch_id, ())?;
             }
             rec.tier = tier;
             rec.holders = holders;
             rec.acks = acks;
-            let mut batches = tx.open_table(BATCHES).map_err(db_err)?;
-            batches
-                .insert(batch_id, crate::messages::encode(&rec).as_slice())
-                .map_err(db_err)?;
+            let mut batches = tx.open_table(BATCHES)?;
+            batches.insert(batch_id, crate::messages::encode(&rec).as_slice())?;
         }
-        tx.commit().map_err(db_err)
+        Ok(tx.commit()?)
     }
 
     /// Up to `limit` batches on `tier` with sequence numbers from `from_seq` on, in order.
     pub fn batches_on(&self, tier: Tier, from_seq: u64, limit: usize) -> Result<Vec<BatchRecord>> {
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let by_seq = tx.open_table(BY_SEQ).map_err(db_err)?;
-        let batches = tx.open_table(BATCHES).map_err(db_err)?;
+        let tx = self.db.begin_read()?;
+        let by_seq = tx.open_table(BY_SEQ)?;
+        let batches = tx.open_table(BATCHES)?;
         let mut out = Vec::new();
-        for entry in by_seq.range(from_seq..).map_err(db_err)? {
-            let (_, id) = entry.map_err(db_err)?;
-            if let Some(v) = batches.get(id.value()).map_err(db_err)? {
-                let rec: BatchRecord = crate::messages::decode(v.value()).map_err(db_err)?;
+        for entry in by_seq.range(from_seq..)? {
+            let (_, id) = entry?;
+            if let Some(v) = batches.get(id.value())? {
+                let rec: BatchRecord = crate::messages::decode(v.value())?;
                 if rec.tier == tier {
                     out.push(rec);
                     if out.len() >= limit {
@@ -272,70 +270,43 @@ impl CityStore {
 
     /// Up to `limit` durable batches held below the light tier (for repair upward).
     pub fn batches_below_light(&self, limit: usize) -> Result<Vec<BatchRecord>> {
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let below = tx.open_table(BELOW_LIGHT).map_err(db_err)?;
-        let batches = tx.open_table(BATCHES).map_err(db_err)?;
+        let tx = self.db.begin_read()?;
+        let below = tx.open_table(BELOW_LIGHT)?;
+        let batches = tx.open_table(BATCHES)?;
         let mut out = Vec::new();
-        for entry in below.iter().map_err(db_err)?.take(limit) {
-            let (id, _) = entry.map_err(db_err)?;
-            if let Some(v) = batches.get(id.value()).map_err(db_err)? {
-                out.push(crate::messages::decode(v.value()).map_err(db_err)?);
+        for entry in below.iter()?.take(limit) {
+            let (id, _) = entry?;
+            if let Some(v) = batches.get(id.value())? {
+                out.push(crate::messages::decode(v.value())?);
             }
         }
         Ok(out)
     }
 }
 
-fn write_loop(db: &Database, mut rx: mpsc::Receiver<WriteReq>) {
-    while let Some(first) = rx.blocking_recv() {
-        let mut group = vec![first];
-        while group.len() < 512 {
-            match rx.try_recv() {
-                Ok(req) => group.push(req),
-                Err(_) => break,
-            }
-        }
-        let result = write_group(db, &group);
-        if let Err(e) = &result {
-            tracing::error!(error = %e, records = group.len(), "writing the city's status index failed");
-        }
-        for req in group {
-            let _ = req.done.send(match &result {
-                Ok(()) => Ok(()),
-                Err(e) => Err(CityStoreError::Db(e.to_string())),
-            });
-        }
-    }
-}
-
 fn write_group(db: &Database, group: &[WriteReq]) -> Result<()> {
-    let mut tx = db.begin_write().map_err(db_err)?;
-    tx.set_durability(Durability::Immediate).map_err(db_err)?;
+    let mut tx = db.begin_write()?;
+    tx.set_durability(Durability::Immediate)?;
     {
-        let mut txs = tx.open_table(TXS).map_err(db_err)?;
-        let mut batches = tx.open_table(BATCHES).map_err(db_err)?;
-        let mut by_seq = tx.open_table(BY_SEQ).map_err(db_err)?;
-        let mut below = tx.open_table(BELOW_LIGHT).map_err(db_err)?;
+        let mut txs = tx.open_table(TXS)?;
+        let mut batches = tx.open_table(BATCHES)?;
+        let mut by_seq = tx.open_table(BY_SEQ)?;
+        let mut below = tx.open_table(BELOW_LIGHT)?;
         for req in group {
             if req.batch.tier != Tier::Light {
-                below.insert(&req.batch_id, ()).map_err(db_err)?;
+                below.insert(&req.batch_id, ())?;
             }
-            batches
-                .insert(
-                    &req.batch_id,
-                    crate::messages::encode(&req.batch).as_slice(),
-                )
-                .map_err(db_err)?;
-            by_seq
-                .insert(req.batch.header.seq, &req.batch_id)
-                .map_err(db_err)?;
+            batches.insert(
+                &req.batch_id,
+                crate::messages::encode(&req.batch).as_slice(),
+            )?;
+            by_seq.insert(req.batch.header.seq, &req.batch_id)?;
             for (id, rec) in &req.txs {
-                txs.insert(id, crate::messages::encode(rec).as_slice())
-                    .map_err(db_err)?;
+                txs.insert(id, crate::messages::encode(rec).as_slice())?;
             }
         }
     }
-    tx.commit().map_err(db_err)
+    Ok(tx.commit()?)
 }
 
 #[cfg(test)]

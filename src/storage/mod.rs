@@ -1,15 +1,23 @@
 //! Storage: the tiers a city writes to and the store a storage node keeps.
 //!
 //! - [`city_store`]: the city's durable status index and DAG resume point.
-//! - [`tier`]: the `StorageTier` trait and the failover chain built from config.
+//! - [`group_commit`]: the writer thread that shares one fsync among many writes.
+//! - [`tier`]: the `StorageTier` trait and what a tier attempt produces.
+//! - [`chain`]: the failover chain built from config.
+//! - [`peer_tier`], [`mongo_tier`], [`log_tier`]: the tier implementations.
 //! - [`peer`]: the client side of light and full nodes (write a batch, verify its ack).
 //! - [`store`]: the server side: a storage node's redb store with its capacity limit.
 //! - [`mongo`]: one MongoDB deployment per continent, between full nodes and the log.
 //! - [`immutable_log`]: the append-only, hash-chained, fsynced last resort.
 
+pub mod chain;
 pub mod city_store;
+pub mod group_commit;
 pub mod immutable_log;
+pub mod log_tier;
 pub mod mongo;
+pub mod mongo_tier;
 pub mod peer;
+pub mod peer_tier;
 pub mod store;
 pub mod tier;

@@ -1,6 +1,6 @@
 //! The client side of light and full nodes: what a city node uses to write a batch, read
 //! it back, and probe a storage node's health over the internal HTTP API
-//! (`/internal/v1/...`, served by [`crate::http::storage_api`]).
+//! (`/internal/v1/...`, described in [`crate::messages::storage`]).
 //!
 //! One [`PeerClient`] wraps one connection pool shared by every storage node; it is cheap
 //! to clone. It reports what happened and leaves judgement to the caller: an ack is
@@ -8,26 +8,11 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-use crate::config::Role;
+pub use crate::messages::storage::HealthReport;
+use crate::messages::storage::{BATCHES_PATH, HEALTH_PATH, OCTET_STREAM, POH_SUFFIX};
 use crate::messages::{self, PohAck};
-
-/// What a storage node reports on `GET /internal/v1/health` (JSON).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct HealthReport {
-    pub node_id: String,
-    pub role: Role,
-    pub continent: String,
-    /// Bytes of batches held.
-    pub used_bytes: u64,
-    /// Bytes the node will hold at most.
-    pub capacity_bytes: u64,
-    /// Batches held.
-    pub batches: u64,
-    /// Write requests being served right now.
-    pub inflight: u64,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
@@ -71,7 +56,7 @@ impl Default for PeerClient {
     }
 }
 
-/// The JSON error body of [`crate::http::ApiError`].
+/// The JSON error body every endpoint answers with: `{"error":{"code":..,"message":..}}`.
 #[derive(Deserialize)]
 struct ErrorBody {
     error: ErrorDetail,
@@ -97,7 +82,7 @@ fn unreachable(e: reqwest::Error) -> PeerError {
 
 fn batch_url(base_url: &str, batch_id: &[u8; 32]) -> String {
     format!(
-        "{}/internal/v1/batches/{}",
+        "{}{BATCHES_PATH}/{}",
         base_url.trim_end_matches('/'),
         messages::hex32(batch_id)
     )
@@ -134,7 +119,7 @@ impl PeerClient {
         let resp = self
             .http
             .put(batch_url(base_url, batch_id))
-            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .header(reqwest::header::CONTENT_TYPE, OCTET_STREAM)
             .body(bytes)
             .timeout(timeout)
             .send()
@@ -177,7 +162,7 @@ impl PeerClient {
     ) -> Result<Option<PohAck>> {
         let resp = self
             .http
-            .post(format!("{}/poh", batch_url(base_url, batch_id)))
+            .post(format!("{}{POH_SUFFIX}", batch_url(base_url, batch_id)))
             .timeout(timeout)
             .send()
             .await
@@ -195,10 +180,7 @@ impl PeerClient {
     pub async fn health(&self, base_url: &str, timeout: Duration) -> Result<HealthReport> {
         let resp = self
             .http
-            .get(format!(
-                "{}/internal/v1/health",
-                base_url.trim_end_matches('/')
-            ))
+            .get(format!("{}{HEALTH_PATH}", base_url.trim_end_matches('/')))
             .timeout(timeout)
             .send()
             .await

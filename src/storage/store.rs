@@ -7,7 +7,7 @@
 //! capacity. The bytes held are kept in a small meta table updated in the same transaction
 //! as the batch itself, so opening a large store does not read every value back.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
@@ -29,8 +29,26 @@ pub const FILE_NAME: &str = "batches.redb";
 pub enum StoreError {
     #[error("capacity exceeded: {needed} bytes needed, {free} bytes free")]
     CapacityExceeded { needed: u64, free: u64 },
+    #[error("storage database: creating {}: {source}", .dir.display())]
+    CreateDir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("storage database: opening {}: {source}", .path.display())]
+    Open {
+        path: PathBuf,
+        source: redb::DatabaseError,
+    },
     #[error("storage database: {0}")]
-    Db(String),
+    Transaction(#[from] redb::TransactionError),
+    #[error("storage database: {0}")]
+    Table(#[from] redb::TableError),
+    #[error("storage database: {0}")]
+    Storage(#[from] redb::StorageError),
+    #[error("storage database: {0}")]
+    Durability(#[from] redb::SetDurabilityError),
+    #[error("storage database: {0}")]
+    Commit(#[from] redb::CommitError),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -42,10 +60,6 @@ pub enum PutOutcome {
     Stored,
     /// The id was already held; nothing was written.
     AlreadyHeld,
-}
-
-fn db_err(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Db(e.to_string())
 }
 
 pub struct BatchStore {
@@ -74,24 +88,25 @@ impl BatchStore {
     /// the most value bytes the store will hold; it may be lowered below what is already
     /// held, in which case every new put is refused.
     pub fn open(dir: &Path, capacity_bytes: u64) -> Result<Self> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| StoreError::Db(format!("creating {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+            dir: dir.to_owned(),
+            source,
+        })?;
         let path = dir.join(FILE_NAME);
-        let db = Database::create(&path)
-            .map_err(|e| StoreError::Db(format!("opening {}: {e}", path.display())))?;
+        let db = Database::create(&path).map_err(|source| StoreError::Open {
+            path: path.clone(),
+            source,
+        })?;
 
         // Create both tables on first open, so that readers can always open them.
-        let tx = db.begin_write().map_err(db_err)?;
+        let tx = db.begin_write()?;
         let (used, count) = {
-            let batches = tx.open_table(BATCHES).map_err(db_err)?;
-            let meta = tx.open_table(META).map_err(db_err)?;
-            let used = meta
-                .get(USED_BYTES_KEY)
-                .map_err(db_err)?
-                .map_or(0, |g| g.value());
-            (used, batches.len().map_err(db_err)?)
+            let batches = tx.open_table(BATCHES)?;
+            let meta = tx.open_table(META)?;
+            let used = meta.get(USED_BYTES_KEY)?.map_or(0, |g| g.value());
+            (used, batches.len()?)
         };
-        tx.commit().map_err(db_err)?;
+        tx.commit()?;
 
         Ok(Self {
             db,
@@ -114,13 +129,13 @@ impl BatchStore {
             .write_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let mut tx = self.db.begin_write().map_err(db_err)?;
-        tx.set_durability(Durability::Immediate).map_err(db_err)?;
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(Durability::Immediate)?;
         let used = {
-            let mut batches = tx.open_table(BATCHES).map_err(db_err)?;
-            if batches.get(batch_id).map_err(db_err)?.is_some() {
+            let mut batches = tx.open_table(BATCHES)?;
+            if batches.get(batch_id)?.is_some() {
                 drop(batches);
-                tx.abort().map_err(db_err)?;
+                tx.abort()?;
                 return Ok(PutOutcome::AlreadyHeld);
             }
             let used = self.used_bytes.load(Ordering::Acquire);
@@ -128,15 +143,15 @@ impl BatchStore {
             let free = self.capacity_bytes.saturating_sub(used);
             if needed > free {
                 drop(batches);
-                tx.abort().map_err(db_err)?;
+                tx.abort()?;
                 return Err(StoreError::CapacityExceeded { needed, free });
             }
-            batches.insert(batch_id, bytes).map_err(db_err)?;
-            let mut meta = tx.open_table(META).map_err(db_err)?;
-            meta.insert(USED_BYTES_KEY, used + needed).map_err(db_err)?;
+            batches.insert(batch_id, bytes)?;
+            let mut meta = tx.open_table(META)?;
+            meta.insert(USED_BYTES_KEY, used + needed)?;
             used + needed
         };
-        tx.commit().map_err(db_err)?;
+        tx.commit()?;
         self.used_bytes.store(used, Ordering::Release);
         self.batch_count.fetch_add(1, Ordering::AcqRel);
         Ok(PutOutcome::Stored)
@@ -144,17 +159,17 @@ impl BatchStore {
 
     /// The bytes stored under `batch_id`, if any. Blocking.
     pub fn get(&self, batch_id: &[u8; 32]) -> Result<Option<Vec<u8>>> {
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let batches = tx.open_table(BATCHES).map_err(db_err)?;
-        let value = batches.get(batch_id).map_err(db_err)?;
+        let tx = self.db.begin_read()?;
+        let batches = tx.open_table(BATCHES)?;
+        let value = batches.get(batch_id)?;
         Ok(value.map(|g| g.value().to_vec()))
     }
 
     /// Whether `batch_id` is held. Blocking.
     pub fn contains(&self, batch_id: &[u8; 32]) -> Result<bool> {
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let batches = tx.open_table(BATCHES).map_err(db_err)?;
-        Ok(batches.get(batch_id).map_err(db_err)?.is_some())
+        let tx = self.db.begin_read()?;
+        let batches = tx.open_table(BATCHES)?;
+        Ok(batches.get(batch_id)?.is_some())
     }
 
     /// Total bytes of the values held.

@@ -1,21 +1,16 @@
-//! The storage-tier trait and the failover chain.
+//! The storage-tier trait and what a tier attempt produces.
 //!
-//! A tier either makes a batch durable and says who holds it, or says why not. The chain
-//! is built once from `[supervisor] chain`; adding a tier means implementing
-//! [`StorageTier`] and adding one arm to [`TierChain::build`].
+//! A tier either makes a batch durable and says who holds it, or says why not. This module
+//! depends on no tier implementation (those live in `peer_tier`, `mongo_tier` and `log_tier`, the
+//! failover order in `chain`), so every tier can name the trait without an import cycle.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::fmt;
+use std::time::Duration;
 
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
-
-use super::immutable_log::{ImmutableLog, RecordKind};
-use super::mongo::MongoTier;
-use super::peer::PeerClient;
-use crate::config::Config;
-use crate::crypto;
-use crate::messages::{NodeObservation, PohAck, StoreJob, Target, Tier, now_ms};
+use super::immutable_log::LogError;
+use super::mongo::MongoError;
+use super::peer::PeerError;
+use crate::messages::{AckError, NodeObservation, PohAck, StoreJob, Tier};
 
 /// A batch made durable by a tier.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,8 +22,74 @@ pub struct Stored {
 /// What one tier attempt produced: the outcome, and what it saw of each node it tried.
 #[derive(Debug)]
 pub struct TierResult {
-    pub outcome: Result<Stored, String>,
+    pub outcome: Result<Stored, TierError>,
     pub observations: Vec<NodeObservation>,
+}
+
+/// Why a tier did not store a batch. The text ends up in logs and in the 503 a client
+/// gets when every tier failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TierError {
+    /// Fewer nodes were placed than the tier needs acks from; none was tried.
+    #[error("{up} {tier} nodes up, {needed} acks needed")]
+    TooFewNodes {
+        tier: Tier,
+        up: usize,
+        needed: usize,
+    },
+    /// The nodes tried did not produce a quorum of valid acks; why each one failed. (Causes
+    /// are boxed throughout: a tier result travels in actor messages, and stays as small
+    /// as it was when its reasons were strings.)
+    #[error("{acks} of {needed} acks needed from the {tier} tier: {}", Joined(.failures))]
+    TooFewAcks {
+        tier: Tier,
+        acks: usize,
+        needed: usize,
+        failures: Box<[NodeFailure]>,
+    },
+    #[error("mongo ({continent}): {source}")]
+    Mongo {
+        continent: String,
+        #[source]
+        source: Box<MongoError>,
+    },
+    #[error("immutable log: {0}")]
+    Log(#[source] Box<LogError>),
+}
+
+/// Why one storage node did not count towards a quorum.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeFailure {
+    #[error("{node}: invalid ack: {source}")]
+    InvalidAck {
+        node: String,
+        #[source]
+        source: AckError,
+    },
+    #[error("{node}: {source}")]
+    Peer {
+        node: String,
+        #[source]
+        source: PeerError,
+    },
+    /// The tier's deadline passed with nodes still unanswered.
+    #[error("deadline of {0:?} passed")]
+    Deadline(Duration),
+}
+
+/// Failures joined by "; ".
+struct Joined<'a>(&'a [NodeFailure]);
+
+impl fmt::Display for Joined<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, failure) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{failure}")?;
+        }
+        Ok(())
+    }
 }
 
 #[async_trait::async_trait]
@@ -37,230 +98,4 @@ pub trait StorageTier: Send + Sync {
     /// Makes the job's batch durable on this tier, or explains why not, within the tier's
     /// own deadline.
     async fn store(&self, job: &StoreJob) -> TierResult;
-}
-
-/// The tiers in failover order.
-#[derive(Clone)]
-pub struct TierChain {
-    tiers: Vec<Arc<dyn StorageTier>>,
-}
-
-impl TierChain {
-    pub fn new(tiers: Vec<Arc<dyn StorageTier>>) -> Self {
-        Self { tiers }
-    }
-
-    /// The chain named by `[supervisor] chain`, over the node's peer client and log.
-    pub fn build(config: &Config, client: PeerClient, log: Arc<ImmutableLog>) -> Self {
-        let s = &config.storage;
-        let tiers = config
-            .supervisor
-            .chain
-            .iter()
-            .filter_map(|tier| -> Option<Arc<dyn StorageTier>> {
-                Some(match tier {
-                    Tier::Light => Arc::new(PeerTier {
-                        tier: Tier::Light,
-                        client: client.clone(),
-                        min_acks: s.min_light_acks,
-                        deadline: s.light_deadline,
-                    }),
-                    Tier::Full => Arc::new(PeerTier {
-                        tier: Tier::Full,
-                        client: client.clone(),
-                        min_acks: s.min_full_acks,
-                        deadline: s.full_deadline,
-                    }),
-                    Tier::Log => Arc::new(LogTier {
-                        log: log.clone(),
-                        holder: config.node.id.clone(),
-                    }),
-                    Tier::Mongo => match MongoTier::new(&s.mongo, &config.node.continent) {
-                        Some(mongo) => Arc::new(mongo),
-                        None => {
-                            tracing::info!(
-                                continent = %config.node.continent,
-                                env = %crate::config::MongoConfig::env_var(&config.node.continent),
-                                "no MongoDB URI for this continent; the mongo tier is skipped"
-                            );
-                            return None;
-                        }
-                    },
-                })
-            })
-            .collect();
-        Self { tiers }
-    }
-
-    pub fn get(&self, index: usize) -> Option<&Arc<dyn StorageTier>> {
-        self.tiers.get(index)
-    }
-
-    pub fn len(&self) -> usize {
-        self.tiers.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.tiers.is_empty()
-    }
-}
-
-/// Light or full nodes: the batch goes to every chosen node in parallel and the tier holds
-/// once `min_acks` valid proof-of-hold acks are back, before `deadline`.
-pub struct PeerTier {
-    pub tier: Tier,
-    pub client: PeerClient,
-    pub min_acks: usize,
-    pub deadline: Duration,
-}
-
-#[async_trait::async_trait]
-impl StorageTier for PeerTier {
-    fn tier(&self) -> Tier {
-        self.tier
-    }
-
-    async fn store(&self, job: &StoreJob) -> TierResult {
-        let targets: &[Target] = match self.tier {
-            Tier::Light => &job.placement.light,
-            _ => &job.placement.full,
-        };
-        if targets.len() < self.min_acks {
-            return TierResult {
-                outcome: Err(format!(
-                    "{} {} nodes up, {} acks needed",
-                    targets.len(),
-                    self.tier,
-                    self.min_acks
-                )),
-                observations: Vec::new(),
-            };
-        }
-        let started = Instant::now();
-        let expected_hash = crypto::hash(&job.sealed.bytes);
-        let batch_id = job.sealed.id;
-        let mut pending: FuturesUnordered<_> = targets
-            .iter()
-            .map(|t| {
-                let bytes = job.sealed.bytes.clone();
-                async move {
-                    let sent = Instant::now();
-                    let answer = self
-                        .client
-                        .put_batch(&t.url, &batch_id, bytes, self.deadline)
-                        .await;
-                    let checked = match answer {
-                        Ok(ack) => ack
-                            .verify(&t.node_id, &t.public_key, &batch_id, &expected_hash, now_ms())
-                            .map(|()| ack)
-                            .map_err(|e| {
-                                metrics::counter!(crate::metrics::ACKS_REJECTED, "reason" => ack_reason(&e))
-                                    .increment(1);
-                                format!("{}: invalid ack: {e}", t.node_id)
-                            }),
-                        Err(e) => Err(format!("{}: {e}", t.node_id)),
-                    };
-                    (t.node_id.clone(), sent.elapsed(), checked)
-                }
-            })
-            .collect();
-
-        let mut acks = Vec::new();
-        let mut errors = Vec::new();
-        let mut observations = Vec::new();
-        let deadline = tokio::time::Instant::from_std(started + self.deadline);
-        while acks.len() < self.min_acks {
-            // Stop early once the acks still possible cannot reach the quorum.
-            if acks.len() + pending.len() < self.min_acks {
-                break;
-            }
-            match tokio::time::timeout_at(deadline, pending.next()).await {
-                Ok(Some((node_id, latency, result))) => {
-                    observations.push(NodeObservation {
-                        node_id,
-                        latency,
-                        ok: result.is_ok(),
-                    });
-                    match result {
-                        Ok(ack) => acks.push(ack),
-                        Err(e) => errors.push(e),
-                    }
-                }
-                Ok(None) => break,
-                Err(_elapsed) => {
-                    errors.push(format!("deadline of {:?} passed", self.deadline));
-                    break;
-                }
-            }
-        }
-        if acks.len() >= self.min_acks {
-            return TierResult {
-                outcome: Ok(Stored {
-                    holders: acks.iter().map(|a| a.holder_id.clone()).collect(),
-                    acks,
-                }),
-                observations,
-            };
-        }
-        // Nodes that had not answered by the end count as failed writes.
-        let answered: Vec<String> = observations.iter().map(|o| o.node_id.clone()).collect();
-        for t in targets.iter().filter(|t| !answered.contains(&t.node_id)) {
-            observations.push(NodeObservation {
-                node_id: t.node_id.clone(),
-                latency: started.elapsed(),
-                ok: false,
-            });
-        }
-        TierResult {
-            outcome: Err(format!(
-                "{} of {} acks needed from the {} tier: {}",
-                acks.len(),
-                self.min_acks,
-                self.tier,
-                errors.join("; ")
-            )),
-            observations,
-        }
-    }
-}
-
-fn ack_reason(e: &crate::messages::AckError) -> &'static str {
-    use crate::messages::AckError::*;
-    match e {
-        WrongBatch => "wrong_batch",
-        WrongHolder => "wrong_holder",
-        WrongHash => "wrong_hash",
-        BadSignature => "bad_signature",
-        Stale { .. } => "stale",
-    }
-}
-
-/// The local immutable log: always there, fsynced before it answers.
-pub struct LogTier {
-    pub log: Arc<ImmutableLog>,
-    /// This node's id, the holder named in status answers.
-    pub holder: String,
-}
-
-#[async_trait::async_trait]
-impl StorageTier for LogTier {
-    fn tier(&self) -> Tier {
-        Tier::Log
-    }
-
-    async fn store(&self, job: &StoreJob) -> TierResult {
-        let outcome = self
-            .log
-            .append(RecordKind::Batch, job.sealed.bytes.to_vec())
-            .await
-            .map(|_receipt| Stored {
-                holders: vec![self.holder.clone()],
-                acks: Vec::new(),
-            })
-            .map_err(|e| format!("immutable log: {e}"));
-        TierResult {
-            outcome,
-            observations: Vec::new(),
-        }
-    }
 }

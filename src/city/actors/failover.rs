@@ -21,8 +21,9 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use crate::city::mailbox::Mailbox;
 use crate::city::msgs::{FailoverMsg, FlaggerMsg, IntakeMsg, PrioritizerMsg, SubmitError};
 use crate::messages::{FlagKind, SealedBatch, StoreJob, StoreOutcome, TxId};
+use crate::storage::chain::TierChain;
 use crate::storage::city_store::{BatchRecord, CityStore, TxRecord};
-use crate::storage::tier::{Stored, TierChain, TierResult};
+use crate::storage::tier::{Stored, TierResult};
 
 /// Mailbox capacity. Tier results are control messages (bounded by the batches in flight,
 /// `[supervisor] max_inflight_batches`) and are never refused.

@@ -15,7 +15,6 @@
 //! resumes exactly where repair stood.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,14 +23,14 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use crate::city::mailbox::Mailbox;
 use crate::city::msgs::{PrioritizerMsg, RepairMsg};
 use crate::config::{Config, decode_public_key};
-use crate::messages::{
-    Batch, BatchId, Placement, SealedBatch, StoreJob, Tier, Urgency, decode, now_ms,
-};
+use crate::messages::{Batch, Placement, SealedBatch, StoreJob, Tier, Urgency, decode, now_ms};
+use crate::storage::chain::TierChain;
 use crate::storage::city_store::{BatchRecord, CityStore};
 use crate::storage::immutable_log::ImmutableLog;
 use crate::storage::mongo::MongoTier;
 use crate::storage::peer::PeerClient;
-use crate::storage::tier::{PeerTier, StorageTier};
+use crate::storage::peer_tier::PeerTier;
+use crate::storage::tier::StorageTier;
 
 /// Mailbox capacity: only timer ticks and round reports, one round at a time.
 pub const MAILBOX_CAPACITY: usize = 64;
@@ -48,7 +47,7 @@ pub struct RepairContext {
     pub store: Arc<CityStore>,
     pub client: PeerClient,
     pub prioritizer: Mailbox<PrioritizerMsg>,
-    pub log_dir: PathBuf,
+    pub log: Arc<ImmutableLog>,
     pub mongo: Option<Arc<MongoTier>>,
     /// Light and full nodes by id: URL and public key.
     pub nodes: HashMap<String, (String, Vec<u8>)>,
@@ -62,8 +61,8 @@ pub struct RepairContext {
 impl RepairContext {
     pub fn from_config(
         config: &Config,
+        chain: &TierChain,
         store: Arc<CityStore>,
-        client: PeerClient,
         prioritizer: Mailbox<PrioritizerMsg>,
     ) -> Self {
         let nodes = config
@@ -79,10 +78,10 @@ impl RepairContext {
             .collect();
         Self {
             store,
-            client,
+            client: chain.client().clone(),
             prioritizer,
-            log_dir: config.log_dir(),
-            mongo: MongoTier::new(&config.storage.mongo, &config.node.continent).map(Arc::new),
+            log: chain.log().clone(),
+            mongo: chain.mongo().cloned(),
             nodes,
             min_light_acks: config.storage.min_light_acks,
             min_full_acks: config.storage.min_full_acks,
@@ -105,11 +104,7 @@ impl RepairContext {
     }
 
     /// The batch's bytes from wherever it is held now.
-    async fn fetch(
-        &self,
-        rec: &BatchRecord,
-        log: &mut Option<HashMap<BatchId, Vec<u8>>>,
-    ) -> Option<Vec<u8>> {
+    async fn fetch(&self, rec: &BatchRecord) -> Option<Vec<u8>> {
         let id = rec.header.id();
         match rec.tier {
             Tier::Light | Tier::Full => {
@@ -133,21 +128,7 @@ impl RepairContext {
                 .get_batch(&id, rec.header.created_at_ms)
                 .await
                 .ok()?,
-            Tier::Log => {
-                if log.is_none() {
-                    // One scan of the log per round serves every log-held batch in it.
-                    let records = ImmutableLog::read_all(&self.log_dir).ok()?;
-                    let map = records
-                        .into_iter()
-                        .filter_map(|r| {
-                            let b: Batch = decode(&r.payload).ok()?;
-                            Some((b.id(), r.payload))
-                        })
-                        .collect();
-                    *log = Some(map);
-                }
-                log.as_ref()?.get(&id).cloned()
-            }
+            Tier::Log => self.log.read_batch(&id).ok()?,
         }
     }
 
@@ -202,7 +183,6 @@ impl RepairContext {
     /// Returns what it did and where the next window starts.
     pub async fn round(&self, cursor: u64) -> (RoundReport, u64) {
         let mut report = RoundReport::default();
-        let mut log = None;
         let below = self
             .store
             .batches_below_light(self.per_round)
@@ -212,7 +192,7 @@ impl RepairContext {
             });
         let (mut light_back, mut full_back) = (true, true);
         for rec in below {
-            let Some(bytes) = self.fetch(&rec, &mut log).await else {
+            let Some(bytes) = self.fetch(&rec).await else {
                 tracing::warn!(batch = %hex::encode(rec.header.id()), tier = %rec.tier, "cannot read the batch back for repair yet");
                 continue;
             };

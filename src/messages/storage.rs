@@ -1,0 +1,37 @@
+//! The internal storage API between a city node and its light and full nodes: its paths,
+//! its content type and the health report, shared by the client (`storage::peer`) and the
+//! server (`http::storage_api`) so that neither depends on the other.
+//!
+//! - `PUT {BATCHES_PATH}/{id}`: store a batch, answer a proof-of-hold ack.
+//! - `GET {BATCHES_PATH}/{id}`: the stored bytes.
+//! - `POST {BATCHES_PATH}/{id}{POH_SUFFIX}`: a fresh proof-of-hold ack (`REPAIR_REQ`).
+//! - `GET {HEALTH_PATH}`: a [`HealthReport`] (JSON).
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Role;
+
+/// Where batches live, by hex id: `{BATCHES_PATH}/{id}`.
+pub const BATCHES_PATH: &str = "/internal/v1/batches";
+/// Appended to a batch's path to ask for a fresh proof of hold.
+pub const POH_SUFFIX: &str = "/poh";
+/// A storage node's health report.
+pub const HEALTH_PATH: &str = "/internal/v1/health";
+/// Content type of batch bodies and of acks (postcard).
+pub const OCTET_STREAM: &str = "application/octet-stream";
+
+/// What a storage node reports on `GET /internal/v1/health` (JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthReport {
+    pub node_id: String,
+    pub role: Role,
+    pub continent: String,
+    /// Bytes of batches held.
+    pub used_bytes: u64,
+    /// Bytes the node will hold at most.
+    pub capacity_bytes: u64,
+    /// Batches held.
+    pub batches: u64,
+    /// Write requests being served right now.
+    pub inflight: u64,
+}

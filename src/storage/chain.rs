@@ -1,0 +1,122 @@
+//! The failover chain: the tiers a city tries, in order, built once from config. It also
+//! hands out what the tiers are built on (the peer client, the immutable log, the MongoDB
+//! deployment), so that repair reads back through the same connections and the same log
+//! handle the writes went through.
+//!
+//! Adding a tier means implementing [`StorageTier`] and adding one arm to
+//! [`TierChain::build`].
+
+use std::sync::Arc;
+
+use super::immutable_log::ImmutableLog;
+use super::log_tier::LogTier;
+use super::mongo::MongoTier;
+use super::peer::PeerClient;
+use super::peer_tier::PeerTier;
+use super::tier::StorageTier;
+use crate::config::Config;
+use crate::messages::Tier;
+
+/// The tiers in failover order, and what they are built on.
+#[derive(Clone)]
+pub struct TierChain {
+    tiers: Vec<Arc<dyn StorageTier>>,
+    client: PeerClient,
+    log: Arc<ImmutableLog>,
+    mongo: Option<Arc<MongoTier>>,
+}
+
+impl TierChain {
+    /// A chain of `tiers` over the given client, log and MongoDB deployment.
+    pub fn new(
+        tiers: Vec<Arc<dyn StorageTier>>,
+        client: PeerClient,
+        log: Arc<ImmutableLog>,
+        mongo: Option<Arc<MongoTier>>,
+    ) -> Self {
+        Self {
+            tiers,
+            client,
+            log,
+            mongo,
+        }
+    }
+
+    /// The chain named by `[supervisor] chain`, over the node's peer client and log. The
+    /// continent's MongoDB deployment is set up whenever a URI is configured, even if the
+    /// chain leaves it out: batches a previous configuration stored there are still read
+    /// back by repair.
+    pub fn build(config: &Config, client: PeerClient, log: Arc<ImmutableLog>) -> Self {
+        let s = &config.storage;
+        let mongo = MongoTier::new(&s.mongo, &config.node.continent).map(Arc::new);
+        let tiers = config
+            .supervisor
+            .chain
+            .iter()
+            .filter_map(|tier| -> Option<Arc<dyn StorageTier>> {
+                Some(match tier {
+                    Tier::Light => Arc::new(PeerTier {
+                        tier: Tier::Light,
+                        client: client.clone(),
+                        min_acks: s.min_light_acks,
+                        deadline: s.light_deadline,
+                    }),
+                    Tier::Full => Arc::new(PeerTier {
+                        tier: Tier::Full,
+                        client: client.clone(),
+                        min_acks: s.min_full_acks,
+                        deadline: s.full_deadline,
+                    }),
+                    Tier::Log => Arc::new(LogTier {
+                        log: log.clone(),
+                        holder: config.node.id.clone(),
+                    }),
+                    Tier::Mongo => match &mongo {
+                        Some(mongo) => mongo.clone(),
+                        None => {
+                            tracing::info!(
+                                continent = %config.node.continent,
+                                env = %crate::config::MongoConfig::env_var(&config.node.continent),
+                                "no MongoDB URI for this continent; the mongo tier is skipped"
+                            );
+                            return None;
+                        }
+                    },
+                })
+            })
+            .collect();
+        Self {
+            tiers,
+            client,
+            log,
+            mongo,
+        }
+    }
+
+    /// The HTTP client of the light and full node tiers.
+    pub fn client(&self) -> &PeerClient {
+        &self.client
+    }
+
+    /// The node's immutable log, the one the log tier appends to.
+    pub fn log(&self) -> &Arc<ImmutableLog> {
+        &self.log
+    }
+
+    /// The continent's MongoDB deployment, when a URI is configured for it.
+    pub fn mongo(&self) -> Option<&Arc<MongoTier>> {
+        self.mongo.as_ref()
+    }
+
+    pub fn get(&self, index: usize) -> Option<&Arc<dyn StorageTier>> {
+        self.tiers.get(index)
+    }
+
+    pub fn len(&self) -> usize {
+        self.tiers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tiers.is_empty()
+    }
+}

@@ -1,0 +1,116 @@
+//! The writer thread's side of the log: framing a group of appends, writing and
+//! fsyncing it, and moving the chain's tip.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
+
+use super::format::{FRAME_HEADER_LEN, hash_preimage, record_hash};
+use super::index::{self, Located};
+use super::{AppendReceipt, MAX_RECORD_LEN, RecordKind, Request, Shared};
+use crate::crypto::Hash32;
+use crate::messages::now_ms;
+
+/// The writer thread's state: the file and the chain's tip.
+pub(super) struct Writer {
+    pub(super) file: File,
+    pub(super) shared: Arc<Shared>,
+    pub(super) path: PathBuf,
+    pub(super) next_seq: u64,
+    pub(super) prev_hash: Hash32,
+    pub(super) last_time_ms: u64,
+    /// File length: where the next frame starts.
+    pub(super) end: u64,
+    /// The frames of one group, reused from group to group.
+    pub(super) buf: Vec<u8>,
+}
+
+impl Writer {
+    /// Writes and fsyncs `group`; one receipt per record. On error the chain's tip is
+    /// unchanged, and the group commit thread stops after failing the whole group.
+    pub(super) fn commit(&mut self, group: &mut [Request]) -> io::Result<Vec<AppendReceipt>> {
+        let written = self.write(group);
+        if let Err(e) = &written {
+            tracing::error!(
+                path = %self.path.display(),
+                error = %e,
+                records = group.len(),
+                "immutable log write failed; failing the group and closing the log"
+            );
+        }
+        written
+    }
+
+    fn write(&mut self, group: &mut [Request]) -> io::Result<Vec<AppendReceipt>> {
+        let buf = &mut self.buf;
+        buf.clear();
+        let time_ms = now_ms().max(self.last_time_ms);
+        let (mut seq, mut prev_hash) = (self.next_seq, self.prev_hash);
+        let mut receipts = Vec::with_capacity(group.len());
+        // Batch records of the group and where they will be, indexed once they are durable.
+        let mut batches = Vec::new();
+        for request in group.iter_mut() {
+            let payload = std::mem::take(&mut request.payload);
+            let batch_id = match request.kind {
+                RecordKind::Batch => index::batch_id(&payload),
+                RecordKind::Checkpoint => None,
+            };
+            let preimage = hash_preimage(seq, &prev_hash, time_ms, request.kind, &payload);
+            let hash = record_hash(&preimage);
+            let body_len = preimage.len() + hash.len();
+            // `append` bounds payloads by MAX_PAYLOAD_LEN, whose margin covers the overhead.
+            assert!(
+                body_len <= MAX_RECORD_LEN,
+                "record body of {body_len} bytes"
+            );
+            if let Some(id) = batch_id {
+                let offset = self.end + (buf.len() + FRAME_HEADER_LEN as usize) as u64;
+                let len = body_len as u32;
+                batches.push((id, Located { seq, offset, len }));
+            }
+            buf.extend_from_slice(&(body_len as u32).to_le_bytes());
+            buf.extend_from_slice(&preimage);
+            buf.extend_from_slice(&hash);
+            receipts.push(AppendReceipt { seq, hash });
+            seq += 1;
+            prev_hash = hash;
+        }
+        self.file.write_all(buf)?;
+        let written = buf.len() as u64;
+        self.sync()?;
+
+        self.next_seq = seq;
+        self.prev_hash = prev_hash;
+        self.last_time_ms = time_ms;
+        self.end += written;
+        self.shared
+            .batches
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(batches);
+        *self
+            .shared
+            .head
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = (seq, prev_hash);
+        metrics::counter!(crate::metrics::LOG_APPENDS).increment(receipts.len() as u64);
+        Ok(receipts)
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        #[cfg(test)]
+        if self
+            .shared
+            .hooks
+            .fail_next_sync
+            .swap(false, Ordering::SeqCst)
+        {
+            return Err(io::Error::other("injected fsync failure"));
+        }
+        self.file.sync_data()?;
+        self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
