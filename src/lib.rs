@@ -10,19 +10,11 @@
 //! - [`storage`]: the tiers: light/full peer client and server store, immutable log.
 //! - [`http`]: HTTP routes of every role, JSON errors, `/metrics`.
 //! - [`node`]: role wiring: which actors and routes a role starts, and clean shutdown.
-//! - [`federation`]: plans and launches a local federation of child processes (`up`).
-//! - [`bench`]: open-loop signed load generator (`citychain bench`).
-//! - [`chaos`]: fault injection: kill and restart nodes while checking every promise.
-//! - [`cli`]: the command line of API.md.
 //! - [`metrics`]: metric names and the Prometheus recorder.
 
 pub mod actors;
-pub mod bench;
-pub mod chaos;
-pub mod cli;
 pub mod config;
 pub mod crypto;
-pub mod federation;
 pub mod http;
 pub mod messages;
 pub mod metrics;
