@@ -7,14 +7,14 @@
 //! load ("coordinated omission").
 //!
 //! Three parts, so each can be tested without a server:
-//! - signers ([`signers`]: `spawn_signers`): blocking threads that sign ML-DSA-65 transactions ahead
-//!   of the schedule into a small bounded channel, so signing CPU never delays a send and
+//! - the signers (`signers`): blocking threads that sign ML-DSA-65 transactions ahead of
+//!   the schedule into a small bounded channel, so signing CPU never delays a send and
 //!   timestamps stay fresh (the node refuses more than 60 s of clock skew);
-//! - the dispatcher ([`schedule`]: `Schedule` and `dispatch`): takes a pre-signed body at each due
-//!   time and starts its request, or counts `client_saturated` when `max_in_flight`
-//!   requests are already outstanding;
-//! - the tally ([`tally`]): outcomes and an HDR histogram of latencies, summarized in a
-//!   [`BenchReport`] ([`report`] prints it).
+//! - the dispatcher (`schedule`: `Schedule` and `dispatch`): takes a pre-signed body at
+//!   each due time and starts its request, or counts `client_saturated` when
+//!   `max_in_flight` requests are already outstanding;
+//! - the tally (`tally`): outcomes and an HDR histogram of latencies, summarized in a
+//!   [`BenchReport`] (`report` renders it).
 
 mod report;
 mod schedule;

@@ -26,6 +26,10 @@
 //! among the city's immutable-log records for the log tier. Then the federation shuts down
 //! and the city's log is verified end to end. Whatever was not found is listed in
 //! [`ChaosReport::missing`]; [`ChaosReport::ok`] demands that list empty.
+//!
+//! The parts: `plan` (the seeded fault schedule), `faults` (the fault task), `load` (the
+//! checker's signed load), `verify` (finding each promise where its status says) and
+//! `report` (the report, its human summary and latency figures).
 
 mod faults;
 mod load;
