@@ -1,4 +1,7 @@
-//! citychain: one binary for every node role of the City Chain federation.
+//! citychain: the node runtime of the City Chain federation, every role in one library
+//! (the `citychain` binary, the local federation launcher and the load and fault tools are
+//! the workspace's `citychain-cli` and `citychain-harness` crates; this library imports
+//! neither).
 //!
 //! Module map:
 //! - [`config`]: one TOML file per node; defaults, validation, every problem at once.
@@ -11,19 +14,11 @@
 //! - [`storage`]: the tiers: light/full peer client and server store, immutable log.
 //! - [`http`]: HTTP routes of every role, JSON errors, `/metrics`.
 //! - [`node`]: role wiring: which actors and routes a role starts, and clean shutdown.
-//! - [`federation`]: plans and launches a local federation of child processes (`up`).
-//! - [`bench`]: open-loop signed load generator (`citychain bench`).
-//! - [`chaos`]: fault injection: kill and restart nodes while checking every promise.
-//! - [`cli`]: the command line of API.md.
 //! - [`metrics`]: metric names and the Prometheus recorder.
 
-pub mod bench;
-pub mod chaos;
 pub mod city;
-pub mod cli;
 pub mod config;
 pub mod crypto;
-pub mod federation;
 pub mod http;
 pub mod messages;
 pub mod metrics;

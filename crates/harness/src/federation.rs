@@ -17,8 +17,8 @@ use anyhow::{Context, bail};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, NodeConfig, Role, StorageNodeEntry};
-use crate::node::{LISTEN_ADDR_FILE, load_or_create_key};
+use citychain::config::{Config, NodeConfig, Role, StorageNodeEntry};
+use citychain::node::{LISTEN_ADDR_FILE, load_or_create_key};
 
 /// What to launch.
 #[derive(Clone)]

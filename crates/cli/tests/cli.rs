@@ -17,7 +17,8 @@ fn run(args: &[&str]) -> (Option<i32>, String, String) {
 
 #[test]
 fn every_example_config_passes_config_check() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    // The example configs live at the workspace root, two levels above this package.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");
     let mut seen = 0;
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();

@@ -7,11 +7,13 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::Config;
-use crate::crypto::SigningKey;
-use crate::federation::{Federation, FederationSpec};
-use crate::messages::{FlagKind, SignedTx, Tx, now_ms};
-use crate::storage::immutable_log::{ImmutableLog, LogError};
+use citychain::config::Config;
+use citychain::crypto::SigningKey;
+use citychain::messages::{FlagKind, MAX_SAFE_AMOUNT, TxRequest};
+use citychain::storage::immutable_log::{ImmutableLog, LogError};
+use citychain_harness::bench::{self, BenchArgs};
+use citychain_harness::client::{TxClient, TxDraft};
+use citychain_harness::federation::{Federation, FederationSpec};
 
 #[derive(Parser)]
 #[command(
@@ -133,7 +135,7 @@ fn parse_kind(s: &str) -> Result<FlagKind, String> {
 }
 
 impl TxArgs {
-    fn build(&self) -> anyhow::Result<crate::messages::TxRequest> {
+    fn build(&self) -> anyhow::Result<TxRequest> {
         let key = SigningKey::load(&self.key)?;
         let payload = match &self.payload {
             None => None,
@@ -149,21 +151,19 @@ impl TxArgs {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_micros() as u64)
                 .unwrap_or(0)
-                % crate::messages::MAX_SAFE_AMOUNT
+                % MAX_SAFE_AMOUNT
         });
-        let tx = Tx {
+        let draft = TxDraft {
             kind: self.kind,
-            sender: key.address(),
-            receiver: self.to.clone(),
+            to: self.to.clone(),
             amount: self.amount,
-            timestamp_ms: now_ms(),
-            nonce,
-            city_id: self.city.clone(),
+            city: self.city.clone(),
             continent: self.continent.clone(),
             payload,
-            pop: None,
+            nonce,
+            timestamp_ms: None,
         };
-        Ok(SignedTx::sign(tx, &key)?)
+        Ok(draft.sign(&key)?)
     }
 }
 
@@ -223,7 +223,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Node { config } => {
             let config = Config::load(&config)
                 .map_err(|e| anyhow::anyhow!("{}: invalid config:\n{e}", config.display()))?;
-            let node = crate::node::start(config).await?;
+            let node = citychain::node::start(config).await?;
             node.run_until(shutdown_signal()).await
         }
         Command::Config {
@@ -270,7 +270,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         } => {
             anyhow::ensure!(rate > 0, "--rate must be positive");
             let key = key.map(|k| SigningKey::load(&k)).transpose()?;
-            let report = crate::bench::run(crate::bench::BenchArgs {
+            let report = bench::run(BenchArgs {
                 node,
                 rate,
                 duration,
@@ -312,19 +312,16 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
 
 async fn send(node: &str, tx: &TxArgs) -> anyhow::Result<()> {
     let body = tx.build()?;
-    let client = reqwest::Client::builder().no_proxy().build()?;
-    let resp = client
-        .post(format!("{}/v1/tx", node.trim_end_matches('/')))
-        .json(&body)
-        .send()
+    let client = TxClient::new(reqwest::Client::builder().no_proxy().build()?, node);
+    let answer = client
+        .post(&body)
         .await
         .with_context(|| format!("sending to {node}"))?;
-    let status = resp.status();
-    let text = resp.text().await?;
-    match serde_json::from_str::<serde_json::Value>(&text) {
-        Ok(v) => println!("{}", serde_json::to_string_pretty(&v)?),
-        Err(_) => println!("{text}"),
+    match &answer.json {
+        Some(v) => println!("{}", serde_json::to_string_pretty(v)?),
+        None => println!("{}", answer.text()),
     }
+    let status = reqwest::StatusCode::from_u16(answer.status)?;
     if status.is_success() {
         Ok(())
     } else {

@@ -15,10 +15,11 @@ use std::time::{Duration, Instant};
 use citychain::config::MongoConfig;
 use citychain::crypto::{self, SigningKey};
 use citychain::messages::{
-    Batch, FlagKind, Placement, SealedBatch, SignedTx, StoreJob, Tx, Urgency, hex32, now_ms,
+    Batch, FlagKind, Placement, SealedBatch, SignedTx, StoreJob, Urgency, hex32, now_ms,
 };
 use citychain::storage::mongo::{MongoTier, TTL, collection_for};
 use citychain::storage::tier::StorageTier;
+use citychain_harness::client::TxDraft;
 use futures::{FutureExt, TryStreamExt};
 use mongodb::Client;
 use mongodb::bson::{Document, doc};
@@ -65,20 +66,10 @@ where
 }
 
 fn signed(key: &SigningKey, nonce: u64) -> SignedTx {
-    let tx = Tx {
-        kind: FlagKind::FreshTx,
-        sender: key.address(),
-        receiver: "bob".into(),
-        amount: 5,
-        timestamp_ms: now_ms(),
-        nonce,
-        city_id: "tokyo".into(),
-        continent: None,
-        payload: None,
-        pop: None,
-    };
-    let req = SignedTx::sign(tx, key).unwrap();
-    SignedTx::from_request_bytes(&serde_json::to_vec(&req).unwrap()).unwrap()
+    let body = TxDraft::new("bob", 5, "tokyo", nonce)
+        .sign_body(key)
+        .unwrap();
+    SignedTx::from_request_bytes(&body).unwrap()
 }
 
 /// A real batch of two signed transactions created at `created_at_ms`.

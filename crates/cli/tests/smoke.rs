@@ -5,7 +5,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use citychain::federation::ManifestEntry;
+use citychain_harness::federation::ManifestEntry;
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use citychain::chaos::{self, ChaosSpec};
+use citychain_harness::chaos::{self, ChaosSpec};
 use clap::Parser;
 
 #[derive(Parser, Debug)]
@@ -45,7 +45,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "citychain::chaos=info,warn".into()),
+                .unwrap_or_else(|_| "citychain_harness::chaos=info,warn".into()),
         )
         .init();
     match run(args) {

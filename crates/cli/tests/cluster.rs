@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use citychain::config::Role;
 use citychain::crypto::SigningKey;
-use citychain::federation::{Federation, FederationSpec, ManifestEntry};
+use citychain_harness::federation::{Federation, FederationSpec, ManifestEntry};
 use common::*;
 use futures::StreamExt;
 use serde_json::Value;
@@ -343,9 +343,10 @@ async fn bad_input_gets_its_status_and_code_and_changes_nothing() {
             "old timestamp",
             "application/json",
             serde_json::to_vec(&{
-                let mut t = tx(&key, 8, 5);
-                t.timestamp_ms -= 10 * 60 * 1000;
-                citychain::messages::SignedTx::sign(t, &key).unwrap()
+                draft(8, 5)
+                    .timestamp_ms(citychain::messages::now_ms() - 10 * 60 * 1000)
+                    .sign(&key)
+                    .unwrap()
             })
             .unwrap(),
             400,
@@ -416,7 +417,7 @@ async fn bad_input_gets_its_status_and_code_and_changes_nothing() {
 /// Batches held by each storage node, from their health reports.
 async fn stored_batches(
     client: &reqwest::Client,
-    fed: &citychain::federation::Federation,
+    fed: &citychain_harness::federation::Federation,
 ) -> Vec<u64> {
     let mut out = Vec::new();
     for n in fed.nodes.iter().filter(|n| n.role.is_storage()) {

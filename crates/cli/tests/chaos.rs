@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use citychain::chaos::{self, ChaosSpec};
+use citychain_harness::chaos::{self, ChaosSpec};
 
 /// Seed 10 plans, in this order: a city kill, a light outage (every light node), one light
 /// node, a storage blackout (every light and full node), a full node — so in 15 s the

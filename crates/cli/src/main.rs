@@ -1,0 +1,8 @@
+//! The `citychain` binary: one binary for every node role of the City Chain federation,
+//! and the tools around it (API.md). The command line is in [`cli`].
+
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
+}

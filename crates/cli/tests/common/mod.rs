@@ -1,0 +1,110 @@
+//! Helpers shared by the integration tests: the `citychain` binary under test, signed
+//! test transactions, and test-failing wrappers over [`citychain_harness::testkit`] (a
+//! federation of real child processes on loopback, waiting on conditions instead of
+//! sleeping).
+
+#![allow(dead_code, unused_imports)] // each test binary uses its own subset
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use citychain::crypto::SigningKey;
+use citychain::messages::TxRequest;
+use citychain_harness::client::{TxClient, TxDraft};
+use citychain_harness::federation::Federation;
+use citychain_harness::testkit;
+pub use citychain_harness::testkit::{ChildNode, city_node_section, wait_for};
+use serde_json::Value;
+
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_citychain"))
+}
+
+pub async fn federation(dir: &Path) -> Federation {
+    testkit::launch_watchful(dir, &binary())
+        .await
+        .expect("the federation starts")
+}
+
+pub fn client() -> reqwest::Client {
+    testkit::http_client(Duration::from_secs(20))
+}
+
+/// Test transaction `nonce`: `amount` to bob, in tokyo, asia.
+pub fn draft(nonce: u64, amount: u64) -> TxDraft {
+    TxDraft::new("bob", amount, "tokyo", nonce).continent("asia")
+}
+
+pub fn signed(key: &SigningKey, nonce: u64) -> TxRequest {
+    draft(nonce, 1000 + nonce).sign(key).unwrap()
+}
+
+/// The tx id of a request, computed as the node does.
+pub fn tx_id(req: &TxRequest) -> String {
+    citychain_harness::client::tx_id(req).unwrap()
+}
+
+pub async fn post_raw(
+    client: &reqwest::Client,
+    url: &str,
+    content_type: &str,
+    body: Vec<u8>,
+) -> (u16, Value) {
+    let answer = TxClient::new(client.clone(), url)
+        .post_raw(content_type, body)
+        .await
+        .expect("the city answers");
+    let status = answer.status;
+    let json = answer
+        .json
+        .clone()
+        .unwrap_or_else(|| panic!("answer is not JSON ({status}): {}", answer.text()));
+    (status, json)
+}
+
+pub async fn post(client: &reqwest::Client, url: &str, req: &TxRequest) -> (u16, Value) {
+    post_raw(
+        client,
+        url,
+        "application/json",
+        serde_json::to_vec(req).unwrap(),
+    )
+    .await
+}
+
+pub async fn get(client: &reqwest::Client, url: &str) -> (u16, Value) {
+    let resp = client.get(url).send().await.expect("the node answers");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// The node's `/metrics` text.
+pub async fn metrics(client: &reqwest::Client, base: &str) -> String {
+    testkit::metrics(client, base)
+        .await
+        .expect("the node answers")
+}
+
+/// Waits until the city's registry shows every node in `ids` with `up == want`.
+pub async fn wait_nodes(client: &reqwest::Client, city: &str, ids: &[String], want: bool) {
+    wait_for(
+        "the city to see the node states",
+        Duration::from_secs(10),
+        || async {
+            let (_, nodes) = get(client, &format!("{city}/v1/nodes")).await;
+            let ok = nodes.as_array()?.iter().all(|n| {
+                let id = n["node_id"].as_str().unwrap_or_default().to_string();
+                !ids.contains(&id) || n["up"].as_bool() == Some(want)
+            });
+            ok.then_some(())
+        },
+    )
+    .await
+}
+
+/// Writes `config` (TOML) to `dir/node.toml`, runs `citychain node` on it with its log in
+/// `dir/node.log`, and waits until it listens (its data dir must be `dir/data`) and, if
+/// `ready`, until `/readyz` answers 200.
+pub async fn spawn_node(dir: &Path, config: &str, ready: bool) -> ChildNode {
+    testkit::spawn_node(&binary(), dir, config, ready).await
+}

@@ -1,0 +1,279 @@
+//! `citychain bench`: open-loop signed load against one city node.
+//!
+//! Requests start on a fixed schedule — the i-th at `start + i / rate` — whether or not
+//! earlier ones have answered, and each latency is measured from the moment its request
+//! was *due*, not from when the client got round to sending it. A slow node or a busy
+//! client therefore shows up in the percentiles instead of silently lowering the offered
+//! load ("coordinated omission").
+//!
+//! Three parts, so each can be tested without a server:
+//! - the signers (`signers`): blocking threads that sign ML-DSA-65 transactions ahead of
+//!   the schedule into a small bounded channel, so signing CPU never delays a send and
+//!   timestamps stay fresh (the node refuses more than 60 s of clock skew);
+//! - the dispatcher (`schedule`: `Schedule` and `dispatch`): takes a pre-signed body at
+//!   each due time and starts its request, or counts `client_saturated` when
+//!   `max_in_flight` requests are already outstanding;
+//! - the tally (`tally`): outcomes and an HDR histogram of latencies, summarized in a
+//!   [`BenchReport`] (`report` renders it).
+
+mod report;
+mod schedule;
+mod signers;
+mod tally;
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use citychain::crypto::SigningKey;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::client::TxClient;
+pub use report::format_counts;
+use schedule::{Schedule, TokioClock, dispatch, drain};
+use signers::{channel_capacity, signer_threads, spawn_signers};
+use tally::{Tally, lock, post_tx};
+
+/// Default cap on concurrent requests.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 4096;
+
+/// Receiver of every benchmark transaction.
+pub const BENCH_RECEIVER: &str = "bench-receiver";
+
+/// How long to wait for outstanding requests after the last scheduled send.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Error key of a send skipped because `max_in_flight` requests were outstanding.
+pub const CLIENT_SATURATED: &str = "client_saturated";
+
+/// Error key of a request that failed to connect, send, or read its answer.
+pub const TRANSPORT: &str = "transport";
+
+/// Error key of a request still unanswered [`DRAIN_TIMEOUT`] after the last send.
+pub const UNANSWERED: &str = "unanswered";
+
+/// What `citychain bench` was asked to do.
+#[derive(Debug)]
+pub struct BenchArgs {
+    /// Base URL of a city node, e.g. `http://127.0.0.1:8080`.
+    pub node: String,
+    /// Offered load, transactions per second.
+    pub rate: u64,
+    /// How long to offer it.
+    pub duration: Duration,
+    /// Print one JSON object instead of the human summary (also hides the progress bar).
+    pub json: bool,
+    /// Signing key; `None` generates a fresh one.
+    pub key: Option<SigningKey>,
+    /// City the transactions are for; `None` asks the node's `/healthz`.
+    pub city: Option<String>,
+    /// Cap on concurrent requests ([`DEFAULT_MAX_IN_FLIGHT`]).
+    pub max_in_flight: usize,
+}
+
+impl BenchArgs {
+    /// Arguments with the defaults of the command line: fresh key, city from the node,
+    /// [`DEFAULT_MAX_IN_FLIGHT`], human output.
+    pub fn new(node: impl Into<String>, rate: u64, duration: Duration) -> Self {
+        Self {
+            node: node.into(),
+            rate,
+            duration,
+            json: false,
+            key: None,
+            city: None,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+        }
+    }
+}
+
+/// Latency percentiles, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+    pub mean: f64,
+}
+
+/// One line of the latency histogram: `count` answers in `[from_ms, to_ms)`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Bucket {
+    pub from_ms: f64,
+    pub to_ms: f64,
+    pub count: u64,
+}
+
+/// The summary of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub node: String,
+    /// Offered load, tx/s.
+    pub target_rate: u64,
+    /// Configured duration of the schedule, seconds.
+    pub duration_s: f64,
+    /// Requests actually issued (scheduled sends minus `client_saturated`).
+    pub sent: u64,
+    /// 200 answers, duplicates included.
+    pub ok: u64,
+    /// 200 answers with `"duplicate": true`.
+    pub duplicates: u64,
+    /// By API error code, `http_<status>` for a non-JSON error, [`TRANSPORT`],
+    /// [`CLIENT_SATURATED`] or [`UNANSWERED`].
+    pub errors: BTreeMap<String, u64>,
+    /// `ok` per second of wall time from the first send to the last answer.
+    pub throughput_tps: f64,
+    /// Of the 200 answers, measured from each request's scheduled send time.
+    pub latency_ms: Percentiles,
+    /// Count of 200 answers by the `tier` they reached.
+    pub tiers: BTreeMap<String, u64>,
+    /// Log-scale latency histogram of the 200 answers.
+    pub histogram: Vec<Bucket>,
+}
+
+/// Runs the benchmark against `args.node` and summarizes it.
+pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
+    if args.rate == 0 {
+        bail!("--rate must be at least 1 tx/s");
+    }
+    if args.max_in_flight == 0 {
+        bail!("max in flight must be at least 1");
+    }
+    let node = args.node.trim_end_matches('/').to_string();
+    if !node.starts_with("http://") {
+        bail!("--node must be an http:// URL (this build has no TLS), got {node:?}");
+    }
+    let total = Schedule::total_for(args.rate, args.duration);
+    if total == 0 {
+        bail!(
+            "{} tx/s for {:?} schedules no transaction; raise --rate or --duration",
+            args.rate,
+            args.duration
+        );
+    }
+
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(args.max_in_flight)
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .context("building the HTTP client")?;
+    let city = match args.city {
+        Some(city) => city,
+        None => city_of(&client, &node).await?,
+    };
+    let key = match args.key {
+        Some(key) => key,
+        None => SigningKey::generate().context("generating a signing key")?,
+    };
+
+    let capacity = channel_capacity(args.rate);
+    let (body_tx, mut bodies) = mpsc::channel(capacity);
+    let signers = spawn_signers(
+        Arc::new(key),
+        city,
+        total,
+        signer_threads(args.rate),
+        body_tx,
+    );
+    // Let the signers fill the channel before the clock starts, so the first sends do not
+    // wait on signatures.
+    let warm = capacity.min(usize::try_from(total).unwrap_or(usize::MAX));
+    let warm_up = async {
+        while bodies.len() < warm && !bodies.is_closed() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), warm_up)
+        .await
+        .context("signers did not produce the first transactions within 60 s")?;
+
+    let progress = progress_bar(total, args.json)?;
+    let tally = Arc::new(Mutex::new(Tally::new()));
+    let ticker = (!progress.is_hidden()).then(|| {
+        let (progress, tally) = (progress.clone(), tally.clone());
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_millis(200));
+            loop {
+                every.tick().await;
+                progress.set_message(lock(&tally).progress_line());
+            }
+        })
+    });
+
+    let client = TxClient::new(client, &node);
+    let send = move |body: Vec<u8>| post_tx(client.clone(), body);
+    let mut schedule = Schedule::new(Instant::now(), args.rate, args.duration);
+    let outstanding = dispatch(
+        &TokioClock,
+        &mut schedule,
+        &mut bodies,
+        args.max_in_flight,
+        &tally,
+        &progress,
+        send,
+    )
+    .await;
+    let finished_schedule = schedule.remaining() == 0;
+    drop(bodies);
+    drain(outstanding, &tally, DRAIN_TIMEOUT).await;
+    if let Some(ticker) = ticker {
+        ticker.abort();
+    }
+    progress.finish_and_clear();
+
+    for signer in signers {
+        signer.await.context("a signer thread panicked")??;
+    }
+    if !finished_schedule {
+        bail!("the signers stopped before the schedule ended");
+    }
+    let report = lock(&tally).report(&node, args.rate, args.duration);
+    Ok(report)
+}
+
+/// Asks the node which city it serves (`GET /healthz`, field `city`).
+async fn city_of(client: &reqwest::Client, node: &str) -> anyhow::Result<String> {
+    let url = format!("{node}/healthz");
+    let health: serde_json::Value = client
+        .get(&url)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?
+        .error_for_status()
+        .with_context(|| format!("GET {url}"))?
+        .json()
+        .await
+        .with_context(|| format!("GET {url}: answer is not JSON"))?;
+    match health.get("city").and_then(|c| c.as_str()) {
+        Some(city) => Ok(city.to_string()),
+        None => bail!(
+            "{node} serves no city (role {}); point --node at a city node or pass the city",
+            health.get("role").unwrap_or(&serde_json::Value::Null)
+        ),
+    }
+}
+
+fn progress_bar(total: u64, json: bool) -> anyhow::Result<ProgressBar> {
+    let target = if json || !std::io::stderr().is_terminal() {
+        ProgressDrawTarget::hidden()
+    } else {
+        ProgressDrawTarget::stderr()
+    };
+    let bar = ProgressBar::with_draw_target(Some(total), target);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} {elapsed_precise} [{bar:30}] {pos}/{len} scheduled  {msg}",
+        )?
+        .progress_chars("=> "),
+    );
+    Ok(bar)
+}

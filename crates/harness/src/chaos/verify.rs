@@ -1,0 +1,274 @@
+//! Verification: every promise must be stored per the city, and its batch must hold it
+//! where the status says — fetched from a holder for the light and full tiers, found among
+//! the city's immutable-log records for the log tier.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use citychain::messages::{self, Batch, parse_hex32};
+use citychain::storage::immutable_log::{ImmutableLog, RecordKind};
+use citychain::storage::peer::PeerClient;
+use futures::StreamExt;
+use tokio::time::Instant;
+
+use super::load::Promise;
+use super::{MissingTx, VERIFY_CONCURRENCY, VERIFY_RETRY_FOR};
+use crate::federation::Federation;
+
+/// Why a promise is not (yet) verified: a [`MissingTx::class`] and details.
+pub(super) type Why = (&'static str, String);
+
+/// What the city says about a promise at the end.
+#[derive(Debug, Clone)]
+pub(super) struct Status {
+    tier: String,
+    batch_id: String,
+    holders: Vec<String>,
+}
+
+#[derive(Default)]
+pub(super) struct Verification {
+    pub(super) verified: u64,
+    pub(super) missing: Vec<MissingTx>,
+    pub(super) relocated: u64,
+    pub(super) final_tiers: BTreeMap<String, u64>,
+    pub(super) holder_misses: u64,
+    pub(super) errors: Vec<String>,
+}
+
+/// Checks every promise: stored per the city, and its batch holds it where the status
+/// says.
+pub(super) async fn verify_promises(
+    fed: &Federation,
+    city_url: &str,
+    log_dir: &std::path::Path,
+    promises: &[Promise],
+) -> Verification {
+    let mut out = Verification::default();
+    let client = match reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            out.errors.push(format!("building the HTTP client: {e}"));
+            return out;
+        }
+    };
+
+    // 1. The city's word on each promise, asked again for a while if it does not know
+    //    one yet (it may have just restarted).
+    let mut statuses: HashMap<String, Status> = HashMap::new();
+    let mut pending: Vec<&Promise> = promises.iter().collect();
+    let mut last_reason: HashMap<String, Why> = HashMap::new();
+    let deadline = Instant::now() + VERIFY_RETRY_FOR;
+    loop {
+        let answers: Vec<(&Promise, Result<Status, Why>)> = futures::stream::iter(pending)
+            .map(|p| {
+                let client = client.clone();
+                async move { (p, tx_status(&client, city_url, &p.tx_id).await) }
+            })
+            .buffer_unordered(VERIFY_CONCURRENCY)
+            .collect()
+            .await;
+        pending = Vec::new();
+        for (p, answer) in answers {
+            match answer {
+                Ok(status) => {
+                    statuses.insert(p.tx_id.clone(), status);
+                }
+                Err(why) => {
+                    last_reason.insert(p.tx_id.clone(), why);
+                    pending.push(p);
+                }
+            }
+        }
+        if pending.is_empty() || Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for p in &pending {
+        let (class, why) = last_reason
+            .remove(&p.tx_id)
+            .unwrap_or(("city_bad_answer", "?".into()));
+        out.missing.push(MissingTx {
+            tx_id: p.tx_id.clone(),
+            class: class.into(),
+            reason: format!(
+                "promised on tier {} in batch {}; the city now says: {why}",
+                p.tier, p.batch_id,
+            ),
+        });
+    }
+
+    // 2. Each batch, once: from a holder for light/full, from the log for log.
+    let mut by_batch: BTreeMap<(String, String), Vec<&Promise>> = BTreeMap::new();
+    for p in promises {
+        if let Some(s) = statuses.get(&p.tx_id) {
+            *out.final_tiers.entry(s.tier.clone()).or_default() += 1;
+            if s.batch_id != p.batch_id {
+                out.relocated += 1;
+            }
+            by_batch
+                .entry((s.tier.clone(), s.batch_id.clone()))
+                .or_default()
+                .push(p);
+        }
+    }
+    let needs_log = by_batch.keys().any(|(tier, _)| tier == "log");
+    let log_batches: Result<HashMap<String, HashSet<String>>, String> = if needs_log {
+        let dir = log_dir.to_path_buf();
+        match tokio::task::spawn_blocking(move || log_batches(&dir)).await {
+            Ok(r) => r,
+            Err(e) => Err(format!("reading the log panicked: {e}")),
+        }
+    } else {
+        Ok(HashMap::new())
+    };
+    let peers = PeerClient::new();
+    for ((tier, batch_id), members) in by_batch {
+        let held: Result<HashSet<String>, Why> = match tier.as_str() {
+            "light" | "full" => {
+                let holders = &statuses[&members[0].tx_id].holders;
+                let (found, misses) = fetch_from_holders(fed, &peers, &batch_id, holders).await;
+                out.holder_misses += misses;
+                found.map_err(|e| ("batch_unavailable", e))
+            }
+            "log" => match &log_batches {
+                Ok(map) => map.get(&batch_id).cloned().ok_or_else(|| {
+                    (
+                        "not_in_log",
+                        format!("batch {batch_id} is not among the city's log records"),
+                    )
+                }),
+                Err(e) => Err(("log_unreadable", e.clone())),
+            },
+            // The mongo tier is checked by the status alone (no database client here).
+            "mongo" => Ok(members.iter().map(|p| p.tx_id.clone()).collect()),
+            other => Err(("unknown_tier", format!("unknown tier {other:?}"))),
+        };
+        for p in members {
+            match &held {
+                Ok(ids) if ids.contains(&p.tx_id) => out.verified += 1,
+                Ok(_) => out.missing.push(MissingTx {
+                    tx_id: p.tx_id.clone(),
+                    class: "not_in_batch".into(),
+                    reason: format!("batch {batch_id} ({tier}) does not contain it"),
+                }),
+                Err((class, why)) => out.missing.push(MissingTx {
+                    tx_id: p.tx_id.clone(),
+                    class: (*class).into(),
+                    reason: format!("status says {tier} batch {batch_id}: {why}"),
+                }),
+            }
+        }
+    }
+    out
+}
+
+/// `GET {city}/v1/tx/{id}`: the stored status, or why there is none (a
+/// [`MissingTx::class`] and details).
+pub(super) async fn tx_status(
+    client: &reqwest::Client,
+    city_url: &str,
+    tx_id: &str,
+) -> Result<Status, Why> {
+    let resp = client
+        .get(format!("{city_url}/v1/tx/{tx_id}"))
+        .send()
+        .await
+        .map_err(|e| ("city_unreachable", format!("GET failed: {e}")))?;
+    let code = resp.status().as_u16();
+    let body: serde_json::Value = resp
+        .json()
+        .await
+        .map_err(|e| ("city_bad_answer", format!("{code}, not JSON: {e}")))?;
+    match code {
+        200 => {}
+        404 => return Err(("city_unknown", format!("{code} {body}"))),
+        _ => return Err(("city_bad_answer", format!("{code} {body}"))),
+    }
+    if body["status"] != "stored" {
+        return Err(("city_not_stored", format!("status {}", body["status"])));
+    }
+    let text = |v: &serde_json::Value| v.as_str().map(str::to_string);
+    let bad = |what: &str| ("city_bad_answer", format!("no {what} in {body}"));
+    Ok(Status {
+        tier: text(&body["tier"]).ok_or_else(|| bad("tier"))?,
+        batch_id: text(&body["batch_id"]).ok_or_else(|| bad("batch_id"))?,
+        holders: body["holders"]
+            .as_array()
+            .map(|a| a.iter().filter_map(text).collect())
+            .unwrap_or_default(),
+    })
+}
+
+/// The tx ids of batch `batch_id` from the first listed holder that serves a sound copy,
+/// and how many holders did not.
+pub(super) async fn fetch_from_holders(
+    fed: &Federation,
+    peers: &PeerClient,
+    batch_id: &str,
+    holders: &[String],
+) -> (Result<HashSet<String>, String>, u64) {
+    let Some(id) = parse_hex32(batch_id) else {
+        return (Err(format!("batch id {batch_id:?} is not 64 hex")), 0);
+    };
+    if holders.is_empty() {
+        return (Err("the status lists no holder".into()), 0);
+    }
+    let mut misses = 0;
+    let mut why = Vec::new();
+    for holder in holders {
+        let Some(node) = fed.nodes.iter().find(|n| &n.id == holder) else {
+            misses += 1;
+            why.push(format!("{holder}: not a node of this federation"));
+            continue;
+        };
+        let answer = peers
+            .get_batch(&node.url, &id, Duration::from_secs(5))
+            .await;
+        let problem = match answer {
+            Ok(Some(bytes)) => match messages::decode::<Batch>(&bytes) {
+                Ok(batch) => match batch.check_integrity() {
+                    Ok(()) if batch.id() == id => {
+                        let ids = batch.tx_ids().iter().map(hex::encode).collect();
+                        return (Ok(ids), misses);
+                    }
+                    Ok(()) => "serves a different batch".to_string(),
+                    Err(e) => format!("serves a damaged batch: {e}"),
+                },
+                Err(e) => format!("serves bytes that do not decode: {e}"),
+            },
+            Ok(None) => "does not have it (404)".to_string(),
+            Err(e) => e.to_string(),
+        };
+        misses += 1;
+        why.push(format!("{holder}: {problem}"));
+    }
+    (
+        Err(format!("no holder serves it: {}", why.join("; "))),
+        misses,
+    )
+}
+
+/// Batch id → tx ids of every batch record in the log at `dir`.
+pub(super) fn log_batches(
+    dir: &std::path::Path,
+) -> Result<HashMap<String, HashSet<String>>, String> {
+    let records = ImmutableLog::read_all(dir)
+        .map_err(|e| format!("reading the log at {}: {e}", dir.display()))?;
+    let mut out = HashMap::new();
+    for record in records.iter().filter(|r| r.kind == RecordKind::Batch) {
+        let batch: Batch = messages::decode(&record.payload)
+            .map_err(|e| format!("log record {} is not a batch: {e}", record.seq))?;
+        batch
+            .check_integrity()
+            .map_err(|e| format!("log record {} holds a damaged batch: {e}", record.seq))?;
+        let ids = batch.tx_ids().iter().map(hex::encode).collect();
+        out.insert(hex::encode(batch.id()), ids);
+    }
+    Ok(out)
+}
