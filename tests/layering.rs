@@ -31,13 +31,29 @@ fn module_of(src: &Path, file: &Path) -> Module {
     parts
 }
 
-/// Drops comments, string and char literals, and everything from the first top-level
-/// `#[cfg(test)]` on.
+/// Drops comments, string and char literals, and unit tests: a top-level `#[cfg(test)]`
+/// item of one line (`mod tests;`) is skipped, and one that opens a block (`mod tests {`)
+/// ends the code of the file.
 fn strip(text: &str) -> String {
-    let code = match text.find("\n#[cfg(test)]") {
-        Some(at) => &text[..at],
-        None => text,
-    };
+    let lines: Vec<&str> = text.lines().collect();
+    let mut kept = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < lines.len() {
+        if lines[i].starts_with("#[cfg(test)]") {
+            let next = lines.get(i + 1).map_or("", |l| l.trim_end());
+            if next.ends_with('{') {
+                break;
+            }
+            if next.ends_with(';') {
+                i += 2;
+                continue;
+            }
+        }
+        kept.push_str(lines[i]);
+        kept.push('\n');
+        i += 1;
+    }
+    let code = kept.as_str();
     let mut out = String::with_capacity(code.len());
     let mut chars = code.chars().peekable();
     while let Some(c) = chars.next() {
@@ -246,10 +262,15 @@ fn expand(tree: &str) -> Vec<String> {
         .collect()
 }
 
-/// Inline paths `crate::a::b` and `super::a` outside `use` items.
-fn inline_paths(code: &str) -> Vec<Vec<String>> {
+/// Inline paths `crate::a::b`, `super::a` and `child::a` (for each child module of the
+/// file) outside `use` items.
+fn inline_paths(code: &str, children: &BTreeSet<String>) -> Vec<Vec<String>> {
     let mut out = Vec::new();
-    for root in ["crate::", "super::"] {
+    let roots = ["crate::".to_string(), "super::".to_string()]
+        .into_iter()
+        .chain(children.iter().map(|c| format!("{c}::")));
+    for root in roots {
+        let root = root.as_str();
         let mut from = 0;
         while let Some(i) = code[from..].find(root) {
             let at = from + i;
@@ -377,7 +398,7 @@ impl Crate {
             let paths = use_paths(&s.code)
                 .into_iter()
                 .map(|(_, p)| p)
-                .chain(inline_paths(&s.code));
+                .chain(inline_paths(&s.code, mods));
             for p in paths {
                 let absolute = absolutize(&s.module, mods, &p);
                 if absolute.is_empty() {
@@ -546,7 +567,11 @@ fn the_checker_sees_a_cycle() {
     assert_eq!(find_cycle(&edges), Some(vec![a.clone(), b, c, a]));
 
     let code = strip(
-        "use crate::x::{y, z::{self, w}, hash as h};\n// crate::q::r\nfn f() { super::t::u(); let s = \"crate::no\"; }\n#[cfg(test)]\nmod tests { use crate::p; }",
+        "#[cfg(test)]\nmod kit;\nuse crate::x::{y, z::{self, w}, hash as h};\n// crate::q::r\nfn f() { super::t::u(); let s = \"crate::no\"; }\n#[cfg(test)]\nmod tests {\n    use crate::p;\n}",
+    );
+    assert!(
+        !code.contains("kit"),
+        "test-only items are left out: {code}"
     );
     let uses: Vec<Vec<String>> = use_paths(&code).into_iter().map(|(_, p)| p).collect();
     let join = |v: &Vec<String>| v.join("::");
@@ -559,7 +584,8 @@ fn the_checker_sees_a_cycle() {
             "crate::x::hash"
         ]
     );
-    let inline: Vec<String> = inline_paths(&code).iter().map(join).collect();
+    let children = BTreeSet::from(["t".to_string()]);
+    let inline: Vec<String> = inline_paths(&code, &children).iter().map(join).collect();
     assert!(inline.contains(&"super::t::u".to_string()), "{inline:?}");
     assert!(
         !inline.iter().any(|p| p.contains("no") || p.contains("q")),

@@ -37,6 +37,7 @@
 
 mod format;
 mod index;
+mod record;
 mod scan;
 #[cfg(test)]
 mod tests;
@@ -49,28 +50,19 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use serde::{Deserialize, Serialize};
-
 use self::format::FRAME_HEADER_LEN;
 use self::index::{BatchIndex, Located};
+pub use self::record::{
+    AppendReceipt, LOG_FILE, LogError, MAGIC, MAX_PAYLOAD_LEN, MAX_RECORD_LEN, Record, RecordKind,
+    Result, VerifyError, VerifyReport,
+};
 use self::scan::{Scan, scan};
-use self::writer::Writer;
+#[cfg(test)]
+use self::writer::TestHooks;
+use self::writer::{Request, Shared, Writer};
 use super::group_commit::{GroupCommit, GroupError, Options};
 use crate::crypto::Hash32;
 use crate::messages::BatchId;
-
-/// The log's file name inside its directory.
-pub const LOG_FILE: &str = "immutable.log";
-/// The first eight bytes of every log file; the last byte is the format version.
-pub const MAGIC: &[u8; 8] = b"CCLOG\0\0\x01";
-/// Largest record body (bytes) a frame may declare; anything larger is corruption.
-pub const MAX_RECORD_LEN: usize = 64 * 1024 * 1024;
-/// Worst-case postcard bytes around a payload: seq varint (10), prev_hash (32), time_ms
-/// varint (10), kind (1), payload length varint (10), hash (32).
-const RECORD_OVERHEAD: usize = 10 + 32 + 10 + 1 + 10 + 32;
-/// Largest payload (bytes) `append` accepts, so that every record written fits
-/// [`MAX_RECORD_LEN`] and stays readable.
-pub const MAX_PAYLOAD_LEN: usize = MAX_RECORD_LEN - RECORD_OVERHEAD;
 
 /// Appends that may wait for the writer thread before `append` itself waits.
 const QUEUE_CAPACITY: usize = 1024;
@@ -78,73 +70,6 @@ const QUEUE_CAPACITY: usize = 1024;
 const MAX_GROUP_RECORDS: usize = 1024;
 /// Payload bytes after which a group stops taking more records.
 const MAX_GROUP_BYTES: usize = 16 * 1024 * 1024;
-
-/// What a record holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RecordKind {
-    /// A sealed batch no other tier could store.
-    Batch,
-    /// A checkpoint (Merkle root) written by a global node.
-    Checkpoint,
-}
-
-/// One entry of the log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Record {
-    /// Position in the chain, from 0.
-    pub seq: u64,
-    /// Hash of the previous record; zeros for seq 0.
-    pub prev_hash: Hash32,
-    /// Wall-clock milliseconds since the Unix epoch when the record was written;
-    /// non-decreasing within one writer.
-    pub time_ms: u64,
-    pub kind: RecordKind,
-    pub payload: Vec<u8>,
-    /// BLAKE3 over the domain tag and the fields above, see the module docs.
-    pub hash: Hash32,
-}
-
-/// Proof that an append is on disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AppendReceipt {
-    pub seq: u64,
-    pub hash: Hash32,
-}
-
-/// Errors of the immutable log.
-#[derive(Debug, thiserror::Error)]
-pub enum LogError {
-    #[error("immutable log I/O: {0}")]
-    Io(#[from] io::Error),
-    #[error("immutable log is corrupt: {0}")]
-    Corrupt(#[from] VerifyError),
-    #[error("immutable log is closed")]
-    Closed,
-}
-
-pub type Result<T> = std::result::Result<T, LogError>;
-
-/// The first bad record of a log: where it starts and what is wrong with it.
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-#[error("record {seq} at byte {offset}: {reason}")]
-pub struct VerifyError {
-    /// Byte offset of the frame (or of the file header, for magic errors).
-    pub offset: u64,
-    /// The seq the record at `offset` should have.
-    pub seq: u64,
-    pub reason: String,
-}
-
-/// What `verify` found in a sound log.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VerifyReport {
-    pub records: u64,
-    /// File length, header included.
-    pub bytes: u64,
-    /// Hash of the last record; zeros for an empty log.
-    pub head_hash: Hash32,
-}
 
 /// The append-only, hash-chained, fsynced log. `Send + Sync`; share it via `Arc`.
 /// Dropping it stops the writer thread after the appends already queued and waits for it,
@@ -156,32 +81,6 @@ pub struct ImmutableLog {
     reader: File,
     writer: GroupCommit<Request, AppendReceipt, io::Error>,
     shared: Arc<Shared>,
-}
-
-/// State the writer thread publishes to the handle.
-#[derive(Debug)]
-struct Shared {
-    /// Records on disk and the hash of the last one.
-    head: Mutex<(u64, Hash32)>,
-    /// Where each batch record on disk is.
-    batches: Mutex<BatchIndex>,
-    /// Successful `sync_data` calls of appends, one per group.
-    fsyncs: AtomicU64,
-    #[cfg(test)]
-    hooks: TestHooks,
-}
-
-/// Fault injection for tests.
-#[cfg(test)]
-#[derive(Debug, Default)]
-struct TestHooks {
-    /// Makes the next fsync fail after the group's bytes were written.
-    fail_next_sync: std::sync::atomic::AtomicBool,
-}
-
-struct Request {
-    kind: RecordKind,
-    payload: Vec<u8>,
 }
 
 impl ImmutableLog {

@@ -4,14 +4,40 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use super::format::{FRAME_HEADER_LEN, hash_preimage, record_hash};
-use super::index::{self, Located};
-use super::{AppendReceipt, MAX_RECORD_LEN, RecordKind, Request, Shared};
+use super::index::{self, BatchIndex, Located};
+use super::record::{AppendReceipt, MAX_RECORD_LEN, RecordKind};
 use crate::crypto::Hash32;
 use crate::messages::now_ms;
+
+/// State the writer thread publishes to the handle.
+#[derive(Debug)]
+pub(super) struct Shared {
+    /// Records on disk and the hash of the last one.
+    pub(super) head: Mutex<(u64, Hash32)>,
+    /// Where each batch record on disk is.
+    pub(super) batches: Mutex<BatchIndex>,
+    /// Successful `sync_data` calls of appends, one per group.
+    pub(super) fsyncs: AtomicU64,
+    #[cfg(test)]
+    pub(super) hooks: TestHooks,
+}
+
+/// Fault injection for tests.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(super) struct TestHooks {
+    /// Makes the next fsync fail after the group's bytes were written.
+    pub(super) fail_next_sync: std::sync::atomic::AtomicBool,
+}
+
+pub(super) struct Request {
+    pub(super) kind: RecordKind,
+    pub(super) payload: Vec<u8>,
+}
 
 /// The writer thread's state: the file and the chain's tip.
 pub(super) struct Writer {
