@@ -166,7 +166,7 @@ async fn start_city(
         )
     })?);
     let client = PeerClient::new();
-    let chain = TierChain::build(&config, client.clone(), log.clone());
+    let chain = TierChain::build(&config, client.clone(), log.clone())?;
     let store = Arc::new(CityStore::open(&config.node.data_dir).with_context(|| {
         format!(
             "opening the city store in {}",

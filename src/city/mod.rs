@@ -146,10 +146,11 @@ pub async fn start(
         &b.prioritizer,
         {
             let (b, cfg, client, nodes) = (b.clone(), cfg.clone(), client.clone(), nodes.clone());
+            let directory = chain.nodes().clone();
             move || PrioritizerArgs {
                 config: cfg.prioritizer.clone(),
                 continent: cfg.node.continent.clone(),
-                nodes: cfg.storage.nodes.clone(),
+                nodes: directory.clone(),
                 policy: node_policy.clone(),
                 client: client.clone(),
                 snapshot: nodes.clone(),

@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::config::{
-    NodePolicyName, PrioritizerConfig, Role, StorageNodeEntry, Weights, decode_public_key,
-};
+use crate::config::{NodePolicyName, PrioritizerConfig, Role, Weights};
 use crate::messages::{FlagKind, Placement, Target};
+use crate::storage::nodes::KnownNode;
 
 /// A node with less free space than this is not chosen (a batch could not fit).
 pub const MIN_FREE_BYTES: u64 = 4 * 1024 * 1024;
@@ -19,8 +18,7 @@ pub const MIN_FREE_BYTES: u64 = 4 * 1024 * 1024;
 /// What the registry knows of one storage node.
 #[derive(Debug, Clone)]
 pub struct NodeStats {
-    pub entry: StorageNodeEntry,
-    pub public_key: Arc<[u8]>,
+    pub node: KnownNode,
     pub up: bool,
     pub consecutive_failures: u32,
     /// Smoothed write/probe latency; `None` until first seen.
@@ -33,11 +31,9 @@ pub struct NodeStats {
 }
 
 impl NodeStats {
-    pub fn new(entry: StorageNodeEntry) -> Option<Self> {
-        let key = decode_public_key(&entry.public_key)?;
-        Some(Self {
-            entry,
-            public_key: Arc::from(key),
+    pub fn new(node: KnownNode) -> Self {
+        Self {
+            node,
             // Optimistic until the first probe says otherwise, so a city can write from its
             // first second.
             up: true,
@@ -48,7 +44,11 @@ impl NodeStats {
             used_bytes: 0,
             capacity_bytes: 0,
             inflight: 0,
-        })
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.node.entry.id
     }
 
     pub fn observe(&mut self, ok: bool, latency: Duration, down_after: u32) {
@@ -77,11 +77,7 @@ impl NodeStats {
     }
 
     pub fn target(&self) -> Target {
-        Target {
-            node_id: self.entry.id.clone(),
-            url: self.entry.url.clone(),
-            public_key: self.public_key.clone(),
-        }
+        self.node.target()
     }
 }
 
@@ -146,13 +142,13 @@ pub trait NodePolicy: Send + Sync {
         Placement {
             light: ranked
                 .iter()
-                .filter(|(_, _, n)| n.entry.role == Role::Light)
+                .filter(|(_, _, n)| n.node.entry.role == Role::Light)
                 .take(fanout)
                 .map(|(_, _, n)| n.target())
                 .collect(),
             full: ranked
                 .iter()
-                .filter(|(_, _, n)| n.entry.role == Role::Full)
+                .filter(|(_, _, n)| n.node.entry.role == Role::Full)
                 .map(|(_, _, n)| n.target())
                 .collect(),
         }
@@ -185,7 +181,7 @@ impl NodePolicy for WeightedPolicy {
                 1.0 - (n.used_bytes as f64 / n.capacity_bytes as f64).min(1.0)
             },
             load: 1.0 / (1.0 + n.inflight as f64 / 4.0),
-            same_continent: if n.entry.continent == ctx.continent {
+            same_continent: if n.node.entry.continent == ctx.continent {
                 1.0
             } else {
                 0.0
@@ -242,19 +238,21 @@ pub type NodesSnapshot = Arc<RwLock<Vec<NodeView>>>;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::StorageNodeEntry;
     use crate::crypto::SigningKey;
-    use base64::Engine;
 
     fn node(id: &str, role: Role, continent: &str) -> NodeStats {
         let key = SigningKey::from_seed([3; 32]).unwrap();
-        NodeStats::new(StorageNodeEntry {
-            id: id.into(),
-            role,
-            url: format!("http://127.0.0.1:1/{id}"),
-            continent: continent.into(),
-            public_key: base64::engine::general_purpose::STANDARD.encode(key.public_key()),
+        NodeStats::new(KnownNode {
+            entry: StorageNodeEntry {
+                id: id.into(),
+                role,
+                url: format!("http://127.0.0.1:1/{id}"),
+                continent: continent.into(),
+                public_key: String::new(),
+            },
+            public_key: Arc::from(key.public_key()),
         })
-        .unwrap()
     }
 
     fn policy() -> WeightedPolicy {

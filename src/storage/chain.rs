@@ -11,6 +11,7 @@ use std::sync::Arc;
 use super::immutable_log::ImmutableLog;
 use super::log_tier::LogTier;
 use super::mongo::MongoTier;
+use super::nodes::{BadNodeKey, NodeDirectory};
 use super::peer::PeerClient;
 use super::peer_tier::PeerTier;
 use super::tier::StorageTier;
@@ -22,12 +23,14 @@ use crate::messages::Tier;
 pub struct TierChain {
     tiers: Vec<Arc<dyn StorageTier>>,
     client: PeerClient,
+    nodes: Arc<NodeDirectory>,
     log: Arc<ImmutableLog>,
     mongo: Option<Arc<MongoTier>>,
 }
 
 impl TierChain {
-    /// A chain of `tiers` over the given client, log and MongoDB deployment.
+    /// A chain of `tiers` over the given client, log and MongoDB deployment, with no
+    /// configured storage nodes.
     pub fn new(
         tiers: Vec<Arc<dyn StorageTier>>,
         client: PeerClient,
@@ -37,6 +40,7 @@ impl TierChain {
         Self {
             tiers,
             client,
+            nodes: Arc::default(),
             log,
             mongo,
         }
@@ -46,8 +50,13 @@ impl TierChain {
     /// continent's MongoDB deployment is set up whenever a URI is configured, even if the
     /// chain leaves it out: batches a previous configuration stored there are still read
     /// back by repair.
-    pub fn build(config: &Config, client: PeerClient, log: Arc<ImmutableLog>) -> Self {
+    pub fn build(
+        config: &Config,
+        client: PeerClient,
+        log: Arc<ImmutableLog>,
+    ) -> Result<Self, BadNodeKey> {
         let s = &config.storage;
+        let nodes = Arc::new(NodeDirectory::from_config(&s.nodes)?);
         let mongo = MongoTier::new(&s.mongo, &config.node.continent).map(Arc::new);
         let tiers = config
             .supervisor
@@ -85,17 +94,23 @@ impl TierChain {
                 })
             })
             .collect();
-        Self {
+        Ok(Self {
             tiers,
             client,
+            nodes,
             log,
             mongo,
-        }
+        })
     }
 
     /// The HTTP client of the light and full node tiers.
     pub fn client(&self) -> &PeerClient {
         &self.client
+    }
+
+    /// The configured light and full nodes, keys decoded.
+    pub fn nodes(&self) -> &Arc<NodeDirectory> {
+        &self.nodes
     }
 
     /// The node's immutable log, the one the log tier appends to.

@@ -5,6 +5,7 @@
 //! - [`tier`]: the `StorageTier` trait and what a tier attempt produces.
 //! - [`chain`]: the failover chain built from config.
 //! - [`peer_tier`], [`mongo_tier`], [`log_tier`]: the tier implementations.
+//! - [`nodes`]: the configured light and full nodes with their keys, shared by all users.
 //! - [`peer`]: the client side of light and full nodes (write a batch, verify its ack).
 //! - [`store`]: the server side: a storage node's redb store with its capacity limit.
 //! - [`mongo`]: one MongoDB deployment per continent, between full nodes and the log.
@@ -17,6 +18,7 @@ pub mod immutable_log;
 pub mod log_tier;
 pub mod mongo;
 pub mod mongo_tier;
+pub mod nodes;
 pub mod peer;
 pub mod peer_tier;
 pub mod store;

@@ -287,3 +287,26 @@ async fn clients_waiting_on_a_failed_intake_get_503_and_lose_nothing() {
     .await;
     assert_eq!(body["tier"], "log", "{status} {body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_failover_actor_restarts_and_completes_batches_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = city(dir.path(), "max_restarts = 5").await;
+    let c = client();
+    let key = SigningKey::generate().unwrap();
+    let first = signed(&key, 1);
+    let (status, body) = post(&c, &node.url, &first).await;
+    assert_eq!(status, 200, "{body}");
+    inject(&node.url, "failover").await;
+    let a = wait_restarted(&node.url, "failover", 1).await;
+    assert_eq!(restarts(&a, "intake"), 0, "one_for_one: {a:?}");
+    // Tier results after the restart reach the new incarnation through the same mailbox.
+    let second = signed(&key, 2);
+    let (status, body) = post(&c, &node.url, &second).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["tier"], "log");
+    for req in [&first, &second] {
+        let (status, body) = get(&c, &format!("{}/v1/tx/{}", node.url, tx_id(req))).await;
+        assert_eq!((status, body["status"].as_str()), (200, Some("stored")));
+    }
+}

@@ -216,3 +216,183 @@ impl Actor for Failover {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::sync::mpsc::UnboundedReceiver;
+
+    use super::*;
+    use crate::city::mailbox::Depth;
+    use crate::crypto::SigningKey;
+    use crate::messages::{Batch, NodeObservation, Placement, Tier, Urgency};
+    use crate::storage::immutable_log::ImmutableLog;
+    use crate::storage::log_tier::LogTier;
+    use crate::storage::peer::PeerClient;
+    use crate::storage::tier::{StorageTier, TierError};
+    use crate::testkit::{recorder, signed_tx};
+
+    /// A tier with no nodes up: fails at once.
+    struct Empty;
+
+    #[async_trait::async_trait]
+    impl StorageTier for Empty {
+        fn tier(&self) -> Tier {
+            Tier::Light
+        }
+        async fn store(&self, _job: &StoreJob) -> TierResult {
+            TierResult {
+                outcome: Err(TierError::TooFewNodes {
+                    tier: Tier::Light,
+                    up: 0,
+                    needed: 3,
+                }),
+                observations: vec![],
+            }
+        }
+    }
+
+    struct Harness {
+        failover: Mailbox<FailoverMsg>,
+        intake: UnboundedReceiver<IntakeMsg>,
+        flagger: UnboundedReceiver<FlaggerMsg>,
+        prioritizer: UnboundedReceiver<PrioritizerMsg>,
+        store: Arc<CityStore>,
+        _dir: tempfile::TempDir,
+    }
+
+    /// A Failover actor over `tiers` (the log tier last, in a temp dir when `log`).
+    async fn start(mut tiers: Vec<Arc<dyn StorageTier>>, log: bool) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Arc::new(ImmutableLog::open(&dir.path().join("log")).unwrap());
+        if log {
+            tiers.push(Arc::new(LogTier {
+                log: journal.clone(),
+                holder: "city-test".into(),
+            }));
+        }
+        let chain = TierChain::new(tiers, PeerClient::new(), journal, None);
+        let store = Arc::new(CityStore::open(dir.path()).unwrap());
+        let (intake, intake_rx) = recorder::<IntakeMsg>().await;
+        let (flagger, flagger_rx) = recorder::<FlaggerMsg>().await;
+        let (prioritizer, prioritizer_rx) = recorder::<PrioritizerMsg>().await;
+        let me = Mailbox::detached(Depth::new("test_failover"), 64);
+        let (actor, _) = Actor::spawn(
+            None,
+            Failover,
+            FailoverArgs {
+                chain,
+                store: store.clone(),
+                me: me.clone(),
+                intake: Mailbox::new(intake, Depth::new("test_intake"), 64),
+                flagger: Mailbox::new(flagger, Depth::new("test_flagger"), 64),
+                prioritizer: Mailbox::new(prioritizer, Depth::new("test_prioritizer"), 64),
+            },
+        )
+        .await
+        .unwrap();
+        me.repoint(actor);
+        Harness {
+            failover: me,
+            intake: intake_rx,
+            flagger: flagger_rx,
+            prioritizer: prioritizer_rx,
+            store,
+            _dir: dir,
+        }
+    }
+
+    fn job() -> StoreJob {
+        let key = SigningKey::from_seed([8; 32]).unwrap();
+        let tx = signed_tx(&key, 1, FlagKind::FreshTx, 10);
+        let batch = Batch::build(
+            "tokyo",
+            0,
+            vec![],
+            FlagKind::FreshTx,
+            std::slice::from_ref(&tx),
+            0,
+        );
+        StoreJob {
+            sealed: SealedBatch::new(batch, vec![tx.id], Urgency::Normal, Instant::now()),
+            placement: Placement::default(),
+        }
+    }
+
+    async fn next<M>(rx: &mut UnboundedReceiver<M>) -> M {
+        tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("an answer within 10 s")
+            .expect("the recorder is alive")
+    }
+
+    #[tokio::test]
+    async fn a_failed_tier_walks_down_to_the_next_and_the_record_precedes_the_answer() {
+        let mut h = start(vec![Arc::new(Empty)], true).await;
+        let job = job();
+        let (batch_id, tx_id) = (job.sealed.id, job.sealed.tx_ids[0]);
+        let mut failed = Empty.store(&job).await;
+        failed.observations.push(NodeObservation {
+            node_id: "light-1".into(),
+            latency: Duration::from_millis(3),
+            ok: false,
+        });
+        h.failover
+            .cast(FailoverMsg::TierDone {
+                job,
+                index: 0,
+                result: failed,
+            })
+            .unwrap_or_else(|_| panic!("the failover actor runs"));
+        match next(&mut h.prioritizer).await {
+            PrioritizerMsg::Observe(o) => assert_eq!(o[0].node_id, "light-1"),
+            _ => panic!("what the write showed goes to the Prioritizer"),
+        }
+        match next(&mut h.intake).await {
+            IntakeMsg::Stored { tx_ids, outcome } => {
+                assert_eq!(tx_ids.as_slice(), [tx_id]);
+                assert_eq!(outcome.tier, Tier::Log, "the next tier took it");
+                assert_eq!(outcome.holders, ["city-test"]);
+            }
+            _ => panic!("the Intake hears the batch is durable"),
+        }
+        assert!(matches!(next(&mut h.flagger).await, FlaggerMsg::Done));
+        let rec = h
+            .store
+            .get_tx(&tx_id)
+            .unwrap()
+            .expect("recorded before the answer");
+        assert_eq!((rec.tier, rec.batch_id), (Tier::Log, batch_id));
+    }
+
+    #[tokio::test]
+    async fn when_the_last_tier_fails_the_clients_are_refused_and_the_credit_returns() {
+        let mut h = start(vec![Arc::new(Empty), Arc::new(Empty)], false).await;
+        let job = job();
+        let tx_id = job.sealed.tx_ids[0];
+        let result = Empty.store(&job).await;
+        h.failover
+            .cast(FailoverMsg::TierDone {
+                job,
+                index: 0,
+                result,
+            })
+            .unwrap_or_else(|_| panic!("the failover actor runs"));
+        match next(&mut h.intake).await {
+            IntakeMsg::Failed { tx_ids, reason } => {
+                assert_eq!(tx_ids.as_slice(), [tx_id]);
+                assert!(
+                    matches!(&reason, SubmitError::StorageUnavailable(why) if why.contains("0 light nodes up")),
+                    "{reason}"
+                );
+            }
+            _ => panic!("the Intake hears the batch failed"),
+        }
+        assert!(matches!(next(&mut h.flagger).await, FlaggerMsg::Done));
+        assert!(
+            h.store.get_tx(&tx_id).unwrap().is_none(),
+            "nothing promised"
+        );
+    }
+}

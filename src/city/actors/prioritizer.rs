@@ -15,8 +15,9 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use crate::city::mailbox::{Mailbox, SendError};
 use crate::city::msgs::{FailoverMsg, PrioritizerMsg, ProbeResult, SubmitError, WriterMsg};
 use crate::city::node_policy::{NodePolicy, NodeStats, NodeView, NodesSnapshot, SelectContext};
-use crate::config::{PrioritizerConfig, StorageNodeEntry};
+use crate::config::PrioritizerConfig;
 use crate::messages::StoreJob;
+use crate::storage::nodes::NodeDirectory;
 use crate::storage::peer::PeerClient;
 
 /// Mailbox capacity (batches); the Flagger never has more than `max_inflight_batches` out.
@@ -27,7 +28,7 @@ pub struct Prioritizer;
 pub struct PrioritizerArgs {
     pub config: PrioritizerConfig,
     pub continent: String,
-    pub nodes: Vec<StorageNodeEntry>,
+    pub nodes: Arc<NodeDirectory>,
     pub policy: Arc<dyn NodePolicy>,
     pub client: PeerClient,
     pub snapshot: NodesSnapshot,
@@ -58,15 +59,15 @@ impl PrioritizerState {
             .iter()
             .map(|n| {
                 let score = self.args.policy.score(n, &ctx);
-                metrics::gauge!(crate::metrics::STORAGE_NODE_UP, "node" => n.entry.id.clone())
+                metrics::gauge!(crate::metrics::STORAGE_NODE_UP, "node" => n.node.entry.id.clone())
                     .set(if n.up { 1.0 } else { 0.0 });
-                metrics::gauge!(crate::metrics::STORAGE_NODE_SCORE, "node" => n.entry.id.clone())
+                metrics::gauge!(crate::metrics::STORAGE_NODE_SCORE, "node" => n.node.entry.id.clone())
                     .set(score.value as f64);
                 NodeView {
-                    node_id: n.entry.id.clone(),
-                    role: n.entry.role,
-                    url: n.entry.url.clone(),
-                    continent: n.entry.continent.clone(),
+                    node_id: n.node.entry.id.clone(),
+                    role: n.node.entry.role,
+                    url: n.node.entry.url.clone(),
+                    continent: n.node.entry.continent.clone(),
                     up: n.up,
                     score: score.value,
                     factors: score.factors,
@@ -80,7 +81,7 @@ impl PrioritizerState {
     }
 
     fn node_mut(&mut self, id: &str) -> Option<&mut NodeStats> {
-        self.nodes.iter_mut().find(|n| n.entry.id == id)
+        self.nodes.iter_mut().find(|n| n.node.entry.id == id)
     }
 }
 
@@ -108,14 +109,7 @@ impl Actor for Prioritizer {
         _myself: ActorRef<Self::Msg>,
         args: PrioritizerArgs,
     ) -> Result<PrioritizerState, ActorProcessingErr> {
-        let nodes = args
-            .nodes
-            .iter()
-            .map(|e| {
-                NodeStats::new(e.clone())
-                    .ok_or_else(|| format!("storage node {}: invalid public key", e.id))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let nodes = args.nodes.iter().cloned().map(NodeStats::new).collect();
         let state = PrioritizerState {
             args,
             nodes,
@@ -135,7 +129,7 @@ impl Actor for Prioritizer {
         let targets: Vec<(String, String)> = state
             .nodes
             .iter()
-            .map(|n| (n.entry.id.clone(), n.entry.url.clone()))
+            .map(|n| (n.node.entry.id.clone(), n.node.entry.url.clone()))
             .collect();
         let interval = state.args.config.probe_interval;
         let timeout = state.args.config.probe_timeout;
@@ -206,7 +200,7 @@ impl Actor for Prioritizer {
                 let candidates: Vec<NodeStats> = state
                     .nodes
                     .iter()
-                    .filter(|n| !exclude.contains(&n.entry.id))
+                    .filter(|n| !exclude.contains(&n.node.entry.id))
                     .cloned()
                     .collect();
                 let _ = reply.send(state.args.policy.select_nodes(flag, &ctx, &candidates));

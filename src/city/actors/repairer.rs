@@ -14,7 +14,6 @@
 //! Every move is recorded in the city store (fsynced) before it is reported, so a restart
 //! resumes exactly where repair stood.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,12 +21,13 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::city::mailbox::Mailbox;
 use crate::city::msgs::{PrioritizerMsg, RepairMsg};
-use crate::config::{Config, decode_public_key};
+use crate::config::Config;
 use crate::messages::{Batch, Placement, SealedBatch, StoreJob, Tier, Urgency, decode, now_ms};
 use crate::storage::chain::TierChain;
 use crate::storage::city_store::{BatchRecord, CityStore};
 use crate::storage::immutable_log::ImmutableLog;
 use crate::storage::mongo::MongoTier;
+use crate::storage::nodes::NodeDirectory;
 use crate::storage::peer::PeerClient;
 use crate::storage::peer_tier::PeerTier;
 use crate::storage::tier::StorageTier;
@@ -49,8 +49,8 @@ pub struct RepairContext {
     pub prioritizer: Mailbox<PrioritizerMsg>,
     pub log: Arc<ImmutableLog>,
     pub mongo: Option<Arc<MongoTier>>,
-    /// Light and full nodes by id: URL and public key.
-    pub nodes: HashMap<String, (String, Vec<u8>)>,
+    /// The configured light and full nodes, shared with the Prioritizer.
+    pub nodes: Arc<NodeDirectory>,
     pub min_light_acks: usize,
     pub min_full_acks: usize,
     pub light_deadline: Duration,
@@ -65,24 +65,13 @@ impl RepairContext {
         store: Arc<CityStore>,
         prioritizer: Mailbox<PrioritizerMsg>,
     ) -> Self {
-        let nodes = config
-            .storage
-            .nodes
-            .iter()
-            .filter_map(|n| {
-                Some((
-                    n.id.clone(),
-                    (n.url.clone(), decode_public_key(&n.public_key)?),
-                ))
-            })
-            .collect();
         Self {
             store,
             client: chain.client().clone(),
             prioritizer,
             log: chain.log().clone(),
             mongo: chain.mongo().cloned(),
-            nodes,
+            nodes: chain.nodes().clone(),
             min_light_acks: config.storage.min_light_acks,
             min_full_acks: config.storage.min_full_acks,
             light_deadline: config.storage.light_deadline,
@@ -109,7 +98,7 @@ impl RepairContext {
         match rec.tier {
             Tier::Light | Tier::Full => {
                 for holder in &rec.holders {
-                    let Some((url, _)) = self.nodes.get(holder) else {
+                    let Some(url) = self.nodes.get(holder).map(|n| &n.entry.url) else {
                         continue;
                     };
                     if let Ok(Some(bytes)) = self
@@ -261,7 +250,11 @@ impl RepairContext {
         let mut alive = Vec::new();
         let mut acks = Vec::new();
         for holder in &rec.holders {
-            let Some((url, key)) = self.nodes.get(holder) else {
+            let Some((url, key)) = self
+                .nodes
+                .get(holder)
+                .map(|n| (&n.entry.url, &n.public_key))
+            else {
                 continue;
             };
             if let Ok(Some(ack)) = self
@@ -283,13 +276,17 @@ impl RepairContext {
         if lost.is_empty() {
             return false;
         }
-        let Some(source) = alive.first() else {
+        let Some(source_url) = alive
+            .first()
+            .and_then(|source| self.nodes.get(source))
+            .map(|n| n.entry.url.clone())
+        else {
             tracing::error!(batch = %hex::encode(id), "no light holder still proves it holds this batch");
             return false;
         };
         let Some(bytes) = self
             .client
-            .get_batch(&self.nodes[source].0, &id, self.light_deadline * 4)
+            .get_batch(&source_url, &id, self.light_deadline * 4)
             .await
             .ok()
             .flatten()
