@@ -17,8 +17,9 @@ use crate::messages::{
     BatchId, FlagKind, NodeObservation, Placement, SealedBatch, SignedTx, StoreJob, StoreOutcome,
     Tier, TxId,
 };
+use crate::storage::city_store::CityStoreError;
 use crate::storage::peer::HealthReport;
-use crate::storage::tier::TierResult;
+use crate::storage::tier::{TierError, TierResult};
 
 /// A durable transaction, as `POST /v1/tx` answers it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,7 +40,7 @@ pub enum SubmitError {
     #[error("intake queue is full")]
     QueueFull,
     #[error("no storage tier could make the batch durable: {0}")]
-    StorageUnavailable(String),
+    StorageUnavailable(Unavailable),
     #[error("the pipeline is stopping or restarting; retrying the same transaction is safe")]
     ShuttingDown,
     #[error("the pipeline restarted before this transaction was durable; retrying it is safe")]
@@ -62,6 +63,34 @@ impl SubmitError {
 }
 
 pub type SubmitResult = Result<Receipt, SubmitError>;
+
+/// Why no durable home was found for a transaction, with the cause. Shared (`Arc`) because
+/// one cause answers every client of a batch.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Unavailable {
+    /// Every tier of the chain failed; the last one's reason.
+    #[error("{0}")]
+    Tiers(Arc<TierError>),
+    /// The batch is durable, but its record in the city store could not be written, so
+    /// nothing may be promised.
+    #[error("status index: {0}")]
+    Index(Arc<CityStoreError>),
+    /// Batch sequence numbers could not be reserved on disk.
+    #[error("city store: {0}")]
+    Reservation(Arc<CityStoreError>),
+    /// It waited longer than this (its actor failed, or storage is stuck).
+    #[error("not durable within {0:?}")]
+    Stale(Duration),
+}
+
+/// Errors compare by what they report: the causes (I/O, database) have no equality.
+impl PartialEq for Unavailable {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_string() == other.to_string()
+    }
+}
+
+impl Eq for Unavailable {}
 
 /// To the Intake.
 #[allow(clippy::large_enum_variant)] // Submit is the common case; boxing it would cost an allocation per request.

@@ -16,7 +16,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::city::flag_policy::FlagPolicy;
 use crate::city::mailbox::{Mailbox, SendError};
-use crate::city::msgs::{BatcherMsg, FailoverMsg, FlaggerMsg, SubmitError};
+use crate::city::msgs::{BatcherMsg, FailoverMsg, FlaggerMsg, SubmitError, Unavailable};
 use crate::config::BatcherConfig;
 use crate::messages::{Batch, BatchId, FlagKind, SealedBatch, SignedTx, Urgency, now_ms};
 use crate::storage::city_store::{CityStore, SEQ_BLOCK};
@@ -161,17 +161,23 @@ impl DagBatcher {
             let upto = state.seq + SEQ_BLOCK;
             // An fsync, once every SEQ_BLOCK batches: on the blocking pool, not this thread.
             let store = state.args.store.clone();
-            let reserved = tokio::task::spawn_blocking(move || store.reserve_seq(upto))
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.map_err(|e| e.to_string()));
-            if let Err(e) = reserved {
+            let refused = match tokio::task::spawn_blocking(move || store.reserve_seq(upto)).await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "reserving batch sequence numbers failed");
+                    Some(SubmitError::StorageUnavailable(Unavailable::Reservation(
+                        Arc::new(e),
+                    )))
+                }
+                // The runtime is stopping under us.
+                Err(_) => Some(SubmitError::ShuttingDown),
+            };
+            if let Some(reason) = refused {
                 // Without a reservation a restart could reuse this number; refuse the batch.
-                tracing::error!(error = %e, "reserving batch sequence numbers failed");
                 let tx_ids = Arc::new(txs.iter().map(|t| t.id).collect());
                 let _ = state.args.failover.cast(FailoverMsg::Undeliverable {
                     tx_ids,
-                    reason: SubmitError::StorageUnavailable(format!("city store: {e}")),
+                    reason,
                     holds_credit: false,
                 });
                 return;

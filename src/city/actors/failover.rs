@@ -19,7 +19,9 @@ use std::time::Instant;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::city::mailbox::Mailbox;
-use crate::city::msgs::{FailoverMsg, FlaggerMsg, IntakeMsg, PrioritizerMsg, SubmitError};
+use crate::city::msgs::{
+    FailoverMsg, FlaggerMsg, IntakeMsg, PrioritizerMsg, SubmitError, Unavailable,
+};
 use crate::messages::{FlagKind, SealedBatch, StoreJob, StoreOutcome, TxId};
 use crate::storage::chain::TierChain;
 use crate::storage::city_store::{BatchRecord, CityStore, TxRecord};
@@ -67,7 +69,7 @@ impl Failover {
             metrics::counter!(crate::metrics::BATCHES_FAILED).increment(1);
             let _ = args.intake.cast(IntakeMsg::Failed {
                 tx_ids: job.sealed.tx_ids.clone(),
-                reason: SubmitError::StorageUnavailable(reason.to_string()),
+                reason: SubmitError::StorageUnavailable(Unavailable::Tiers(Arc::new(reason))),
             });
             let _ = args.flagger.cast(FlaggerMsg::Done);
             return;
@@ -130,7 +132,7 @@ impl Failover {
                     tracing::error!(error = %e, "the batch is durable but its index record is not; failing it back");
                     IntakeMsg::Failed {
                         tx_ids: sealed.tx_ids.clone(),
-                        reason: SubmitError::StorageUnavailable(format!("status index: {e}")),
+                        reason: SubmitError::StorageUnavailable(Unavailable::Index(Arc::new(e))),
                     }
                 }
             };
@@ -383,7 +385,7 @@ mod tests {
             IntakeMsg::Failed { tx_ids, reason } => {
                 assert_eq!(tx_ids.as_slice(), [tx_id]);
                 assert!(
-                    matches!(&reason, SubmitError::StorageUnavailable(why) if why.contains("0 light nodes up")),
+                    matches!(&reason, SubmitError::StorageUnavailable(why @ Unavailable::Tiers(_)) if why.to_string().contains("0 light nodes up")),
                     "{reason}"
                 );
             }

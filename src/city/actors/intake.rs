@@ -16,7 +16,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::oneshot;
 
 use crate::city::mailbox::{Mailbox, SendError};
-use crate::city::msgs::{BatcherMsg, IntakeMsg, Receipt, SubmitError, SubmitResult};
+use crate::city::msgs::{BatcherMsg, IntakeMsg, Receipt, SubmitError, SubmitResult, Unavailable};
 use crate::city::status::{PendingTx, StatusIndex};
 use crate::messages::{FlagKind, SignedTx, StoreOutcome, TxId};
 
@@ -84,7 +84,8 @@ impl Intake {
             }
             Ok(None) => {}
             Err(e) => {
-                let _ = reply.send(Err(SubmitError::StorageUnavailable(e.to_string())));
+                let why = Unavailable::Index(Arc::new(e));
+                let _ = reply.send(Err(SubmitError::StorageUnavailable(why)));
                 return;
             }
         }
@@ -171,7 +172,7 @@ impl Intake {
             Self::failed(
                 state,
                 &stale,
-                SubmitError::StorageUnavailable(format!("not durable within {older_than:?}")),
+                SubmitError::StorageUnavailable(Unavailable::Stale(older_than)),
             );
         }
     }
@@ -395,7 +396,7 @@ mod tests {
         actor
             .cast(IntakeMsg::Failed {
                 tx_ids: Arc::new(vec![tx.id]),
-                reason: SubmitError::StorageUnavailable("every tier failed".into()),
+                reason: SubmitError::StorageUnavailable(Unavailable::Stale(Duration::from_secs(1))),
             })
             .unwrap();
         assert!(matches!(
