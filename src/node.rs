@@ -165,8 +165,7 @@ async fn start_city(
             config.log_dir().display()
         )
     })?);
-    let client = PeerClient::new();
-    let chain = TierChain::build(&config, client.clone(), log.clone())?;
+    let chain = TierChain::build(&config, PeerClient::new(), log)?;
     let store = Arc::new(CityStore::open(&config.node.data_dir).with_context(|| {
         format!(
             "opening the city store in {}",
@@ -175,7 +174,7 @@ async fn start_city(
     })?);
     // The pipeline, Intake → DagBatcher → Flagger → Prioritizer → StorageWriter, with
     // Failover and the Repairer, each linked to the FailoverSupervisor.
-    let city = crate::city::start(config.clone(), chain, client, store).await?;
+    let city = crate::city::start(config.clone(), chain, store).await?;
     let (supervisor, actors, gave_up) = (city.supervisor, city.actors, city.gave_up);
     let city = web::Data::new(CityState {
         city: city.handle,

@@ -50,7 +50,6 @@ use supervisor::{ActorTable, Child, ChildSpec, FailoverSupervisor, SupervisorArg
 use crate::config::{ActorName, Config};
 use crate::storage::chain::TierChain;
 use crate::storage::city_store::CityStore;
-use crate::storage::peer::PeerClient;
 
 /// A running city pipeline.
 pub struct City {
@@ -91,12 +90,12 @@ impl Mailboxes {
     }
 }
 
-/// Starts the city pipeline under its supervisor, on the tier chain and status index the
-/// node built; returns once every actor runs.
+/// Starts the city pipeline under its supervisor, on the tier chain (with its peer client,
+/// node directory, MongoDB client and log) and the city store the node opened; returns
+/// once every actor runs.
 pub async fn start(
     config: Arc<Config>,
     chain: TierChain,
-    client: PeerClient,
     store: Arc<CityStore>,
 ) -> anyhow::Result<City> {
     let boxes = Mailboxes::new();
@@ -145,7 +144,8 @@ pub async fn start(
         || Prioritizer,
         &b.prioritizer,
         {
-            let (b, cfg, client, nodes) = (b.clone(), cfg.clone(), client.clone(), nodes.clone());
+            let (b, cfg, nodes) = (b.clone(), cfg.clone(), nodes.clone());
+            let client = chain.client().clone();
             let directory = chain.nodes().clone();
             move || PrioritizerArgs {
                 config: cfg.prioritizer.clone(),
