@@ -13,7 +13,6 @@ use super::mailbox::{Mailbox, SendError};
 use super::msgs::{IntakeMsg, SubmitError, SubmitResult, SupervisorMsg};
 use super::node_policy::{NodeView, NodesSnapshot};
 use super::status::{StatusIndex, TxView};
-use super::supervisor::ActorTable;
 use crate::config::{ActorName, Config};
 use crate::messages::{BatchId, SignedTx, TxId, TxValidationError, now_ms};
 use crate::storage::city_store::{BatchRecord, CityStoreError};
@@ -47,7 +46,6 @@ pub struct CityHandle {
     intake: Mailbox<IntakeMsg>,
     index: Arc<StatusIndex>,
     nodes: NodesSnapshot,
-    actors: Arc<ActorTable>,
     /// Present only with `[supervisor] fault_injection`.
     supervisor: Option<ActorRef<SupervisorMsg>>,
 }
@@ -58,7 +56,6 @@ impl CityHandle {
         intake: Mailbox<IntakeMsg>,
         index: Arc<StatusIndex>,
         nodes: NodesSnapshot,
-        actors: Arc<ActorTable>,
         supervisor: Option<ActorRef<SupervisorMsg>>,
     ) -> Self {
         Self {
@@ -71,7 +68,6 @@ impl CityHandle {
             intake,
             index,
             nodes,
-            actors,
             supervisor,
         }
     }
@@ -117,10 +113,6 @@ impl CityHandle {
     /// The storage nodes with their scores, as the Prioritizer last published them.
     pub fn nodes(&self) -> Vec<NodeView> {
         self.nodes.read().expect("snapshot lock poisoned").clone()
-    }
-
-    pub fn actors(&self) -> &Arc<ActorTable> {
-        &self.actors
     }
 
     /// Makes the named actor panic (`[supervisor] fault_injection` only).

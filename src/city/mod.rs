@@ -103,8 +103,7 @@ pub async fn start(
     let nodes = node_policy::NodesSnapshot::default();
     let flag_policy = flag_policy::policy_from_config(&config.flagger);
     let node_policy = node_policy::policy_from_config(&config.prioritizer);
-    let cfg = config.clone();
-    let b = boxes.clone();
+    let b = &boxes;
 
     // The child table, in start order: each actor with what it waits for and whom it feeds.
     let mut children: Vec<Box<dyn Child>> = Vec::new();
@@ -144,7 +143,7 @@ pub async fn start(
         || Prioritizer,
         &b.prioritizer,
         {
-            let (b, cfg, nodes) = (b.clone(), cfg.clone(), nodes.clone());
+            let (b, cfg, nodes) = (b.clone(), config.clone(), nodes.clone());
             let client = chain.client().clone();
             let directory = chain.nodes().clone();
             move || PrioritizerArgs {
@@ -200,7 +199,7 @@ pub async fn start(
         || DagBatcher,
         &b.batcher,
         {
-            let (b, cfg, store) = (b.clone(), cfg.clone(), store.clone());
+            let (b, cfg, store) = (b.clone(), config.clone(), store.clone());
             move || BatcherArgs {
                 config: cfg.batcher.clone(),
                 city: cfg.node.city.clone().unwrap_or_default(),
@@ -213,7 +212,7 @@ pub async fn start(
     ));
     // Intake: verified transactions in; admitted ones to the DagBatcher.
     children.push(ChildSpec::new(ActorName::Intake, || Intake, &b.intake, {
-        let (b, cfg, index) = (b.clone(), cfg.clone(), index.clone());
+        let (b, cfg, index) = (b.clone(), config.clone(), index.clone());
         move || IntakeArgs {
             queue_capacity: cfg.intake.queue_capacity,
             sweep_after: cfg.intake.request_timeout * 2,
@@ -241,7 +240,6 @@ pub async fn start(
         boxes.intake,
         index,
         nodes,
-        actors.clone(),
         config
             .supervisor
             .fault_injection

@@ -1,7 +1,8 @@
 //! Node configuration: one TOML file per node.
 //!
-//! Every section is optional except `[node]`; defaults live in the `Default` impls below and
-//! nowhere else. Durations are written as `"5ms"`, `"2s"`; sizes are plain bytes. Unknown
+//! Every section is optional except `[node]`; defaults live in the sections' `Default`
+//! impls (`sections.rs`) and nowhere else; [`validate`](Config::validate)
+//! checks the whole. Durations are written as `"5ms"`, `"2s"`; sizes are plain bytes. Unknown
 //! fields are errors, and [`Config::load`] reports every problem it can find at once.
 
 use std::path::{Path, PathBuf};

@@ -126,11 +126,6 @@ impl TxClient {
         }
     }
 
-    /// `{node}/v1/tx`.
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
     /// Posts a signed request as JSON.
     pub async fn post(&self, request: &TxRequest) -> reqwest::Result<TxAnswer> {
         self.post_json(request_body(request)).await

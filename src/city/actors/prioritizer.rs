@@ -1,7 +1,7 @@
 //! Prioritizer: the registry of storage nodes and the choice of where each batch goes.
 //!
 //! Knows every storage node from `[[storage.nodes]]`; learns about them from periodic
-//! health probes and from every write the tiers report ([`NodeObservation`]); marks a node
+//! health probes and from every write the tiers report ([`NodeObservation`](crate::messages::NodeObservation)); marks a node
 //! down after `down_after_failures` consecutive failures and up again on a good probe. A
 //! [`NodePolicy`] (upstream `select_nodes(flag, context)`) scores nodes 0–9 and picks the
 //! light and full nodes of each batch. Receives sealed batches from the Flagger and sends

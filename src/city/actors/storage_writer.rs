@@ -1,6 +1,6 @@
 //! StorageWriter: writes each placed batch to the first tier of the chain.
 //!
-//! Receives [`StoreJob`]s from the Prioritizer. For each it starts one task that writes the
+//! Receives [`StoreJob`](crate::messages::StoreJob)s from the Prioritizer. For each it starts one task that writes the
 //! batch to the first tier (the light nodes, in parallel, collecting and verifying signed
 //! proof-of-hold acks until `min_light_acks` are in or the tier's deadline passes), then
 //! reports the result to the Failover actor, which completes the batch or walks it down the
