@@ -3,7 +3,7 @@
 //! Module map:
 //! - [`client`]: the one transaction signer and `POST /v1/tx` client every tool uses.
 //! - [`federation`]: plans and launches a local federation of child processes (`up`).
-//! - [`bench`]: open-loop signed load generator (`citychain bench`).
+//! - [`bench`](mod@bench): open-loop signed load generator (`citychain bench`).
 //! - [`chaos`]: fault injection: kill and restart nodes while checking every promise.
 //! - [`testkit`]: child-process nodes, `/metrics`, waiting with deadlines; shared by the
 //!   integration tests and fault injection.
