@@ -41,6 +41,12 @@ pub const ACTOR_FAILURES: &str = "citychain_actor_failures_total";
 pub const ACTOR_RESTARTS: &str = "citychain_actor_restarts_total";
 /// Counter, labels `kind` (`upward`, `rereplicate`) and `from` (tier): batches repaired.
 pub const REPAIRS: &str = "citychain_repairs_total";
+/// Counter (storage nodes), label `reason` (an API error code): node-to-node requests
+/// refused by authentication or rate limiting.
+pub const AUTH_REFUSED: &str = "citychain_auth_refused_total";
+/// Counter (city nodes), label `outcome` (`proved`, `refused`, `unreachable`, `missing`):
+/// possession challenges sent to storage nodes.
+pub const HOLD_CHALLENGES: &str = "citychain_hold_challenges_total";
 /// Counter: records appended to the immutable log.
 pub const LOG_APPENDS: &str = "citychain_log_appends_total";
 

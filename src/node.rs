@@ -2,7 +2,8 @@
 //!
 //! - `city`: the actor pipeline under its FailoverSupervisor, the tier chain over the
 //!   storage nodes and the local immutable log, and the public API.
-//! - `light` / `full`: a redb batch store and the internal storage API.
+//! - `light` / `full`: a redb batch store and the internal storage API, serving only the
+//!   nodes on its `[auth]` allow-list.
 //! - `continent` / `global`: health, readiness, metrics and the (empty, for now) actor
 //!   table; they aggregate city batches in a later release.
 //!
@@ -27,7 +28,9 @@ use crate::config::{Config, Role};
 use crate::crypto::SigningKey;
 use crate::http::city_api::CityState;
 use crate::http::common::{self, ReadinessCheck};
+use crate::http::peer_auth::PeerAuth;
 use crate::http::storage_api::{self, StorageState};
+use crate::messages::auth::RequestSigner;
 use crate::storage::chain::TierChain;
 use crate::storage::city_store::CityStore;
 use crate::storage::immutable_log::ImmutableLog;
@@ -165,7 +168,11 @@ async fn start_city(
             config.log_dir().display()
         )
     })?);
-    let chain = TierChain::build(&config, PeerClient::new(), log)?;
+    // The city's node key signs every request to its storage nodes, which serve only the
+    // keys on their allow-lists.
+    let key = Arc::new(load_or_create_key(&config.node.key_path())?);
+    let signer = RequestSigner::new(config.node.id.clone(), key);
+    let chain = TierChain::build(&config, PeerClient::new(signer), log)?;
     let store = Arc::new(CityStore::open(&config.node.data_dir).with_context(|| {
         format!(
             "opening the city store in {}",
@@ -244,11 +251,13 @@ fn start_storage(
         max_batch_bytes: config.batcher.max_batch_bytes + 64 * 1024,
         inflight: AtomicU64::new(0),
     });
+    let auth = web::Data::new(PeerAuth::new(config.node.id.clone(), &config.auth));
     let readiness: ReadinessCheck = Arc::new(|| Ok(()));
     let readiness = web::Data::new(readiness);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .app_data(auth.clone())
             .app_data(readiness.clone())
             .app_data(identity.clone())
             .app_data(common::path_config())

@@ -62,3 +62,20 @@ pub fn signed_tx(key: &SigningKey, nonce: u64, kind: FlagKind, amount: u64) -> S
     let req = SignedTx::sign(tx, key).expect("signing works");
     SignedTx::from_request_bytes(&serde_json::to_vec(&req).unwrap()).expect("a valid request")
 }
+
+/// The node key and id of the city that unit tests' storage clients sign as.
+pub fn test_city_key() -> std::sync::Arc<SigningKey> {
+    static KEY: std::sync::OnceLock<std::sync::Arc<SigningKey>> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| std::sync::Arc::new(SigningKey::generate().expect("key generation")))
+        .clone()
+}
+
+pub const TEST_CITY_ID: &str = "city-test";
+
+/// A storage client signing as [`TEST_CITY_ID`] with [`test_city_key`].
+pub fn peer_client() -> crate::storage::peer::PeerClient {
+    crate::storage::peer::PeerClient::new(crate::messages::auth::RequestSigner::new(
+        TEST_CITY_ID,
+        test_city_key(),
+    ))
+}

@@ -32,6 +32,8 @@ pub struct Config {
     pub supervisor: SupervisorConfig,
     #[serde(default)]
     pub repair: RepairConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
 }
 
 /// Every problem found in a config file.
@@ -41,8 +43,9 @@ pub struct ConfigErrors {
     pub problems: Vec<String>,
 }
 
-const SECTIONS: [&str; 8] = [
+const SECTIONS: [&str; 9] = [
     "repair",
+    "auth",
     "node",
     "intake",
     "batcher",
@@ -113,6 +116,7 @@ impl Config {
             storage: section(&table, "storage", &mut problems),
             supervisor: section(&table, "supervisor", &mut problems),
             repair: section(&table, "repair", &mut problems),
+            auth: section(&table, "auth", &mut problems),
         });
         if let Some(c) = &config {
             problems.extend(c.validate());
@@ -148,7 +152,7 @@ pub fn decode_public_key(b64: &str) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
 
-    const MINIMAL: &str = r#"
+    const NODE: &str = r#"
 [node]
 id = "light-1"
 role = "light"
@@ -157,9 +161,32 @@ data_dir = "/tmp/x"
 continent = "asia"
 "#;
 
+    /// A storage node serving one city: the smallest valid config of its role.
+    static MINIMAL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        use base64::Engine;
+        let key = crate::crypto::SigningKey::from_seed([7; 32]).unwrap();
+        let key = base64::engine::general_purpose::STANDARD.encode(key.public_key());
+        format!("{NODE}\n[[auth.peers]]\nid = \"city-1\"\nrole = \"city\"\npublic_key = \"{key}\"\n")
+    });
+
+    #[test]
+    fn a_storage_node_must_name_who_it_serves_with_valid_keys() {
+        let err = Config::parse(NODE).unwrap_err();
+        let all = err.problems.join("\n");
+        assert!(all.contains("[[auth.peers]]"), "{all}");
+        let text = format!(
+            "{NODE}\n[[auth.peers]]\nid = \"light-2\"\nrole = \"light\"\npublic_key = \"AAAA\"\n"
+        );
+        let err = Config::parse(&text).unwrap_err();
+        let all = err.problems.join("\n");
+        assert!(all.contains("role must be city or continent"), "{all}");
+        assert!(all.contains("not a base64 ML-DSA-65 public key"), "{all}");
+        assert_eq!(err.problems.len(), 2, "{all}");
+    }
+
     #[test]
     fn minimal_storage_node_gets_defaults() {
-        let c = Config::parse(MINIMAL).unwrap();
+        let c = Config::parse(&MINIMAL).unwrap();
         assert_eq!(c.batcher, BatcherConfig::default());
         assert_eq!(c.storage.capacity_for(Role::Light), DEFAULT_LIGHT_CAPACITY);
         assert_eq!(c.log_dir(), PathBuf::from("/tmp/x/log"));
@@ -169,8 +196,9 @@ continent = "asia"
 
     #[test]
     fn every_problem_is_reported_at_once() {
+        let m = MINIMAL.as_str();
         let text = format!(
-            "{MINIMAL}\n[batcher]\nmax_delay = \"soon\"\n[flagger]\ncolour = 1\n[extra]\n[supervisor]\nchain = [\"light\", \"full\"]\n"
+            "{m}\n[batcher]\nmax_delay = \"soon\"\n[flagger]\ncolour = 1\n[extra]\n[supervisor]\nchain = [\"light\", \"full\"]\n"
         );
         let err = Config::parse(&text).unwrap_err();
         let all = err.problems.join("\n");
@@ -192,8 +220,9 @@ continent = "asia"
 
     #[test]
     fn policies_and_actor_names_are_checked_by_name() {
+        let m = MINIMAL.as_str();
         let text = format!(
-            "{MINIMAL}\n[flagger]\npolicy = \"loudest\"\n[prioritizer]\npolicy = \"random\"\n[supervisor.restart]\nflagger = \"transient\"\nintkae = \"temporary\"\n"
+            "{m}\n[flagger]\npolicy = \"loudest\"\n[prioritizer]\npolicy = \"random\"\n[supervisor.restart]\nflagger = \"transient\"\nintkae = \"temporary\"\n"
         );
         let err = Config::parse(&text).unwrap_err();
         let all = err.problems.join("\n");
@@ -208,8 +237,9 @@ continent = "asia"
         assert!(all.contains("intkae"), "{all}");
         assert_eq!(err.problems.len(), 3, "{all}");
 
+        let m = MINIMAL.as_str();
         let text = format!(
-            "{MINIMAL}\n[flagger]\npolicy = \"always_immediate\"\n[supervisor.restart]\nflagger = \"transient\"\n"
+            "{m}\n[flagger]\npolicy = \"always_immediate\"\n[supervisor.restart]\nflagger = \"transient\"\n"
         );
         let c = Config::parse(&text).unwrap();
         assert_eq!(c.flagger.policy, FlagPolicyName::AlwaysImmediate);

@@ -499,3 +499,44 @@ impl Default for SupervisorConfig {
         }
     }
 }
+
+/// `[auth]`: who may call a storage node's internal API, and how their requests are checked.
+///
+/// Every request but the health report is signed by its sender's node key (see
+/// `messages::auth`); a storage node serves only the nodes listed here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// The nodes (the cities this node stores for) allowed to write, read and challenge it.
+    pub peers: Vec<PeerKeyEntry>,
+    /// How far a signed request's time may be from this node's clock; a request is
+    /// accepted once within twice this window.
+    #[serde(with = "humantime_serde")]
+    pub max_clock_skew: Duration,
+    /// Possession proofs this node signs per second for one peer, on average; more get
+    /// 429 `rate_limited`.
+    pub challenges_per_second: u32,
+    /// Possession proofs one peer may ask for at once before the rate applies.
+    pub challenge_burst: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            peers: Vec::new(),
+            max_clock_skew: Duration::from_secs(30),
+            challenges_per_second: 20,
+            challenge_burst: 64,
+        }
+    }
+}
+
+/// One `[[auth.peers]]` entry: a node allowed to call this one, and its key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerKeyEntry {
+    pub id: String,
+    pub role: Role,
+    /// Base64 of the node's ML-DSA-65 public key; its requests must verify with it.
+    pub public_key: String,
+}

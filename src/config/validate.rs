@@ -135,8 +135,48 @@ impl Config {
         if self.repair.interval.is_zero() || self.repair.batches_per_round == 0 {
             p.push("[repair] interval and batches_per_round must be positive".into());
         }
+        p.extend(self.auth_problems());
         if self.supervisor.max_inflight_batches == 0 {
             p.push("[supervisor] max_inflight_batches must be at least 1".into());
+        }
+        p
+    }
+}
+
+impl Config {
+    fn auth_problems(&self) -> Vec<String> {
+        let a = &self.auth;
+        let mut p = Vec::new();
+        if self.node.role.is_storage() && a.peers.is_empty() {
+            p.push(
+                "[auth] a storage node must list the nodes it serves in [[auth.peers]]; \
+                 without them it refuses every request"
+                    .into(),
+            );
+        }
+        let mut ids = BTreeSet::new();
+        for (idx, e) in a.peers.iter().enumerate() {
+            let at = format!("[[auth.peers]] #{} ({})", idx + 1, e.id);
+            if !ids.insert(e.id.as_str()) {
+                p.push(format!("{at}: duplicate id"));
+            }
+            if e.role != Role::City && e.role != Role::Continent {
+                p.push(format!(
+                    "{at}: role must be city or continent, not {}",
+                    e.role
+                ));
+            }
+            if decode_public_key(&e.public_key).is_none() {
+                p.push(format!(
+                    "{at}: public_key is not a base64 ML-DSA-65 public key"
+                ));
+            }
+        }
+        if a.max_clock_skew.is_zero() || a.challenges_per_second == 0 || a.challenge_burst == 0 {
+            p.push(
+                "[auth] max_clock_skew, challenges_per_second and challenge_burst must be positive"
+                    .into(),
+            );
         }
         p
     }

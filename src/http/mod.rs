@@ -3,12 +3,14 @@
 //!
 //! - [`city_api`]: `/v1/tx`, `/v1/batches`, `/v1/nodes`, `/v1/actors` on city nodes.
 //! - [`storage_api`]: the versioned internal API of light and full nodes.
+//! - [`peer_auth`]: who may call it: signed requests checked against an allow-list.
 //! - [`common`]: `/healthz`, `/readyz`, `/metrics`, JSON 404s, shared by every role.
 //! - [`error`]: the JSON error body.
 
 pub mod city_api;
 pub mod common;
 pub mod error;
+pub mod peer_auth;
 pub mod storage_api;
 
 pub use error::{ApiError, ApiResult};

@@ -4,7 +4,13 @@
 //! - `PUT /internal/v1/batches/{id}`: check and store a batch, answer a signed
 //!   proof-of-hold ack (postcard, `application/octet-stream`).
 //! - `GET /internal/v1/batches/{id}`: the stored bytes, or a JSON 404.
+//! - `POST /internal/v1/batches/{id}/poh`: answer a possession challenge (a postcard
+//!   [`HoldChallenge`]) with a [`HoldProof`], or a JSON 404.
 //! - `GET /internal/v1/health`: a [`HealthReport`] (JSON), what the city's probes read.
+//!
+//! Every route but health serves only the nodes on this node's allow-list, by signed
+//! request ([`AuthenticatedPeer`], see [`crate::http::peer_auth`]): anyone else gets 401 and
+//! changes nothing, before any body is read.
 //!
 //! A node signs an ack only for a batch that decodes, is the canonical encoding of itself,
 //! carries the id it is stored under, passes its integrity check, and is fsynced to disk:
@@ -19,9 +25,10 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use crate::config::Role;
 use crate::crypto::SigningKey;
 use crate::http::common::{BodyError, read_limited_body};
+use crate::http::peer_auth::{AuthenticatedPeer, PeerAuth};
 use crate::http::{ApiError, ApiResult};
 use crate::messages::storage::{BATCHES_PATH, HEALTH_PATH, HealthReport, OCTET_STREAM, POH_SUFFIX};
-use crate::messages::{self, Batch, BatchId, PohAck};
+use crate::messages::{self, Batch, BatchId, HoldChallenge, HoldProof, PohAck};
 use crate::storage::store::{BatchStore, PutOutcome, StoreError};
 
 /// What the storage routes share; register it as `web::Data<StorageState>`.
@@ -52,7 +59,8 @@ impl StorageState {
     }
 }
 
-/// The storage routes. Expects `web::Data<StorageState>` registered by the caller. The PUT
+/// The storage routes. Expects `web::Data<StorageState>` and `web::Data<PeerAuth>`
+/// registered by the caller. The PUT
 /// body is read from the raw payload under `max_batch_bytes`, so no `PayloadConfig` is
 /// needed and an oversized body still gets the JSON error format.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -105,13 +113,14 @@ fn too_large(max: usize) -> ApiError {
 }
 
 async fn put_batch(
+    peer: AuthenticatedPeer,
     state: web::Data<StorageState>,
     path: web::Path<String>,
     req: HttpRequest,
     payload: web::Payload,
 ) -> ApiResult<HttpResponse> {
     let _inflight = InflightGuard::enter(&state.inflight);
-    let result = accept_batch(&state, &path, &req, payload).await;
+    let result = accept_batch(&state, &peer, &path, &req, payload).await;
     let outcome = match &result {
         Ok((PutOutcome::Stored, _)) => "stored",
         Ok((PutOutcome::AlreadyHeld, _)) => "duplicate",
@@ -136,12 +145,14 @@ async fn put_batch(
 /// Checks and stores one batch; returns what the store did and the encoded ack.
 async fn accept_batch(
     state: &StorageState,
+    peer: &AuthenticatedPeer,
     raw_id: &str,
     req: &HttpRequest,
     payload: web::Payload,
 ) -> ApiResult<(PutOutcome, Vec<u8>)> {
     let id = parse_id(raw_id)?;
     let body = read_body(req, payload, state.max_batch_bytes).await?;
+    peer.check_body(&body)?;
 
     let store = state.store.clone();
     let key = state.key.clone();
@@ -192,9 +203,11 @@ async fn read_body(req: &HttpRequest, payload: web::Payload, max: usize) -> ApiR
 }
 
 async fn get_batch(
+    peer: AuthenticatedPeer,
     state: web::Data<StorageState>,
     path: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
+    peer.check_body(&[])?;
     let id = parse_id(&path)?;
     let store = state.store.clone();
     let held = web::block(move || store.get(&id))
@@ -212,30 +225,51 @@ async fn get_batch(
     }
 }
 
-/// `REPAIR_REQ`: a fresh proof-of-hold ack over the bytes this node holds now for the
-/// batch (the `REPAIR_ACK`), or 404 if it does not hold it any more. The city uses it to
-/// check that its light-node holdings still exist.
+/// Largest possession challenge body accepted (a challenge is a nonce and its envelope).
+const MAX_CHALLENGE_BYTES: usize = 256;
+
+/// `REPAIR_REQ`: answers a possession challenge with a fresh proof-of-hold ack over the
+/// bytes this node holds now for the batch and the chunks the challenge picked (the
+/// `REPAIR_ACK`), or 404 if it does not hold it any more. Rate-limited per peer: each
+/// answer costs a signature and a pass over the bytes.
 async fn prove_hold(
+    peer: AuthenticatedPeer,
+    auth: web::Data<PeerAuth>,
     state: web::Data<StorageState>,
     path: web::Path<String>,
+    req: HttpRequest,
+    payload: web::Payload,
 ) -> ApiResult<HttpResponse> {
     let id = parse_id(&path)?;
+    let body = read_body(&req, payload, MAX_CHALLENGE_BYTES).await?;
+    peer.check_body(&body)?;
+    let challenge: HoldChallenge = messages::decode(&body).map_err(|e| {
+        ApiError::bad_request("invalid_challenge", format!("refused challenge: {e}"))
+    })?;
+    auth.allow_challenge(&peer)?;
     let st = state.clone();
-    let ack = web::block(move || -> Result<Option<PohAck>, String> {
+    let proof = web::block(move || -> Result<Option<HoldProof>, String> {
         match st.store.get(&id).map_err(|e| e.to_string())? {
             None => Ok(None),
-            Some(bytes) => PohAck::sign(&st.key, &st.node_id, id, &bytes, messages::now_ms())
-                .map(Some)
-                .map_err(|e| e.to_string()),
+            Some(bytes) => HoldProof::prove(
+                &st.key,
+                &st.node_id,
+                id,
+                &bytes,
+                &challenge,
+                messages::now_ms(),
+            )
+            .map(Some)
+            .map_err(|e| e.to_string()),
         }
     })
     .await
     .map_err(|e| internal("storage worker", e))?
     .map_err(|e| internal("proving a hold", e))?;
-    match ack {
-        Some(ack) => Ok(HttpResponse::Ok()
+    match proof {
+        Some(proof) => Ok(HttpResponse::Ok()
             .insert_header((CONTENT_TYPE, OCTET_STREAM))
-            .body(messages::encode(&ack))),
+            .body(messages::encode(&proof))),
         None => Err(ApiError::not_found(format!(
             "batch {} is not held here",
             messages::hex32(&id)

@@ -1,5 +1,16 @@
 //! Proof-of-hold acknowledgements: a storage node's signed statement that it holds, on
-//! disk, bytes with a given hash for a given batch.
+//! disk, bytes with a given hash for a given batch, and the possession proof a node answers
+//! a repair challenge with.
+//!
+//! An ack alone only shows that a node can sign a name: a node that kept the hash and threw
+//! the bytes away could sign it forever. A challenge ([`HoldChallenge`]) therefore carries a
+//! fresh random nonce that picks a few 1 KiB chunks of the bytes, and the answer
+//! ([`HoldProof`]) carries those chunks with the BLAKE3 tree nodes that tie each of them to
+//! the ack's hash (BLAKE3 verified streaming, the `bao` format). The checker needs only the
+//! hash it recorded when the batch was written, not the bytes; a node can answer only if it
+//! holds the chunks the nonce picked, and the nonce is unknown in advance.
+
+use std::io::{Cursor, Read};
 
 use serde::{Deserialize, Serialize};
 
@@ -38,6 +49,8 @@ pub enum AckError {
     BadSignature,
     #[error("ack is {age_ms} ms old or from the future")]
     Stale { age_ms: i64 },
+    #[error("the possession proof does not show the challenged bytes")]
+    NoPossession,
 }
 
 impl PohAck {
@@ -106,6 +119,126 @@ impl PohAck {
     }
 }
 
+/// Chunks of the held bytes a challenge picks at random; the final chunk is always added,
+/// because only it proves the length the other chunks are placed by.
+pub const CHALLENGE_CHUNKS: usize = 4;
+/// The BLAKE3 chunk: the unit of a possession proof.
+const CHUNK_LEN: u64 = 1024;
+/// Length of the content-length header that starts every slice.
+const SLICE_HEADER_LEN: usize = 8;
+
+/// `REPAIR_REQ` body: prove you still hold the bytes of this batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldChallenge {
+    /// Fresh random bytes chosen by the challenger; they pick the chunks to show.
+    pub nonce: [u8; 32],
+}
+
+impl HoldChallenge {
+    pub fn fresh() -> crypto::Result<Self> {
+        let mut nonce = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut nonce).map_err(|_| crypto::CryptoError::Library)?;
+        Ok(Self { nonce })
+    }
+
+    /// Start offsets of the chunks this challenge asks for in `len` bytes: a few picked by
+    /// the nonce, then the last one.
+    pub fn chunk_offsets(&self, len: u64) -> Vec<u64> {
+        let chunks = len.div_ceil(CHUNK_LEN).max(1);
+        let mut offsets: Vec<u64> = (0..CHALLENGE_CHUNKS as u64)
+            .map(|i| {
+                let h = blake3::keyed_hash(&self.nonce, &i.to_le_bytes());
+                let pick = u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"));
+                (pick % chunks) * CHUNK_LEN
+            })
+            .collect();
+        offsets.push((chunks - 1) * CHUNK_LEN);
+        offsets
+    }
+}
+
+/// `REPAIR_ACK`: a fresh ack over the bytes held, and the chunks the challenge picked, each
+/// as a verifiable BLAKE3 slice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldProof {
+    pub ack: PohAck,
+    /// Length of the bytes held; the slices prove it.
+    pub len: u64,
+    /// One slice per offset of [`HoldChallenge::chunk_offsets`], in that order.
+    pub slices: Vec<Vec<u8>>,
+}
+
+impl HoldProof {
+    /// Answers `challenge` for `held` (the bytes stored) as `holder_id`.
+    pub fn prove(
+        key: &SigningKey,
+        holder_id: &str,
+        batch_id: BatchId,
+        held: &[u8],
+        challenge: &HoldChallenge,
+        time_ms: u64,
+    ) -> crypto::Result<Self> {
+        let ack = PohAck::sign(key, holder_id, batch_id, held, time_ms)?;
+        let len = held.len() as u64;
+        let (outboard, _) = bao::encode::outboard(held);
+        let slices = challenge
+            .chunk_offsets(len)
+            .into_iter()
+            .map(|start| {
+                let mut slice = Vec::new();
+                bao::encode::SliceExtractor::new_outboard(
+                    Cursor::new(held),
+                    Cursor::new(&outboard),
+                    start,
+                    CHUNK_LEN,
+                )
+                .read_to_end(&mut slice)
+                .expect("slicing bytes in memory cannot fail");
+                slice
+            })
+            .collect();
+        Ok(Self { ack, len, slices })
+    }
+
+    /// Accepts the proof only if its ack verifies (see [`PohAck::verify`]) and every chunk
+    /// `challenge` picked is shown and ties to `expected_hash`.
+    pub fn verify(
+        &self,
+        holder_id: &str,
+        holder_key: &[u8],
+        batch_id: &BatchId,
+        expected_hash: &Hash32,
+        challenge: &HoldChallenge,
+        now_ms: u64,
+    ) -> Result<(), AckError> {
+        self.ack
+            .verify(holder_id, holder_key, batch_id, expected_hash, now_ms)?;
+        let offsets = challenge.chunk_offsets(self.len);
+        if self.slices.len() != offsets.len() {
+            return Err(AckError::NoPossession);
+        }
+        let root = bao::Hash::from(*expected_hash);
+        for (slice, start) in self.slices.iter().zip(offsets) {
+            // Every slice opens with the content length; the one holding the final chunk
+            // proves it, so all must state the same.
+            let stated = slice
+                .get(..SLICE_HEADER_LEN)
+                .map(|h| u64::from_le_bytes(h.try_into().expect("8 bytes")));
+            if stated != Some(self.len) {
+                return Err(AckError::NoPossession);
+            }
+            let mut shown = Vec::new();
+            bao::decode::SliceDecoder::new(&slice[..], &root, start, CHUNK_LEN)
+                .read_to_end(&mut shown)
+                .map_err(|_| AckError::NoPossession)?;
+            if shown.is_empty() && self.len > 0 {
+                return Err(AckError::NoPossession);
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,5 +295,105 @@ mod tests {
             ),
             Err(AckError::Stale { .. })
         ));
+    }
+
+    fn held(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    #[test]
+    fn possession_proof_verifies_only_for_its_challenge_and_bytes() {
+        let key = SigningKey::generate().unwrap();
+        let batch = [3u8; 32];
+        for len in [1usize, 1000, 1024, 1025, 70_000, 300_001] {
+            let bytes = held(len);
+            let h = crypto::hash(&bytes);
+            let challenge = HoldChallenge::fresh().unwrap();
+            let proof =
+                HoldProof::prove(&key, "light-1", batch, &bytes, &challenge, 5_000).unwrap();
+            assert_eq!(
+                proof.verify("light-1", key.public_key(), &batch, &h, &challenge, 5_100),
+                Ok(()),
+                "len {len}"
+            );
+            // Another challenge picks other chunks (or, for tiny inputs, the same one):
+            // an old proof does not answer a new nonce unless the chunks coincide.
+            let other = HoldChallenge { nonce: [9u8; 32] };
+            if other.chunk_offsets(len as u64) != challenge.chunk_offsets(len as u64) {
+                assert_eq!(
+                    proof.verify("light-1", key.public_key(), &batch, &h, &other, 5_100),
+                    Err(AckError::NoPossession),
+                    "len {len}"
+                );
+            }
+            // Bytes that differ where the challenge looks do not tie to the recorded hash.
+            let start = challenge.chunk_offsets(len as u64)[0] as usize;
+            let mut changed = bytes.clone();
+            changed[start] ^= 1;
+            let forged = HoldProof {
+                ack: proof.ack.clone(),
+                ..HoldProof::prove(&key, "light-1", batch, &changed, &challenge, 5_000).unwrap()
+            };
+            assert_eq!(
+                forged.verify("light-1", key.public_key(), &batch, &h, &challenge, 5_100),
+                Err(AckError::NoPossession),
+                "len {len}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_node_that_kept_only_part_cannot_claim_a_shorter_length() {
+        // A node that kept the first chunk and the hash claims the bytes were one chunk long,
+        // so that every challenge would pick chunk 0.
+        let key = SigningKey::generate().unwrap();
+        let batch = [4u8; 32];
+        let bytes = held(50_000);
+        let h = crypto::hash(&bytes);
+        let challenge = HoldChallenge::fresh().unwrap();
+        let honest = HoldProof::prove(&key, "light-1", batch, &bytes, &challenge, 5_000).unwrap();
+        let short = HoldChallenge {
+            nonce: challenge.nonce,
+        };
+        let offsets = short.chunk_offsets(1024);
+        assert!(offsets.iter().all(|&o| o == 0));
+        let (outboard, _) = bao::encode::outboard(&bytes);
+        let first_chunk_slice = {
+            let mut s = Vec::new();
+            bao::encode::SliceExtractor::new_outboard(
+                Cursor::new(&bytes),
+                Cursor::new(&outboard),
+                0,
+                CHUNK_LEN,
+            )
+            .read_to_end(&mut s)
+            .unwrap();
+            s
+        };
+        let mut lie = HoldProof {
+            ack: honest.ack.clone(),
+            len: 1024,
+            slices: vec![first_chunk_slice.clone(); offsets.len()],
+        };
+        assert_eq!(
+            lie.verify("light-1", key.public_key(), &batch, &h, &challenge, 5_100),
+            Err(AckError::NoPossession)
+        );
+        // Rewriting the stated length inside the slices does not help either: the final
+        // chunk is not where the real tree says it is.
+        for s in &mut lie.slices {
+            s[..8].copy_from_slice(&1024u64.to_le_bytes());
+        }
+        assert_eq!(
+            lie.verify("light-1", key.public_key(), &batch, &h, &challenge, 5_100),
+            Err(AckError::NoPossession)
+        );
+        // And too few slices is no proof.
+        let mut few = honest.clone();
+        few.slices.pop();
+        assert_eq!(
+            few.verify("light-1", key.public_key(), &batch, &h, &challenge, 5_100),
+            Err(AckError::NoPossession)
+        );
     }
 }

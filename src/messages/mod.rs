@@ -6,6 +6,7 @@
 //! understand instead of misreading them.
 
 mod ack;
+pub mod auth;
 mod batch;
 mod outcome;
 mod pipeline;
@@ -13,7 +14,7 @@ pub mod storage;
 mod tx;
 mod wire;
 
-pub use ack::{ACK_VALIDITY_MS, AckError, PohAck};
+pub use ack::{ACK_VALIDITY_MS, AckError, CHALLENGE_CHUNKS, HoldChallenge, HoldProof, PohAck};
 pub use batch::{Batch, BatchHeader, BatchId, StoredTx};
 pub use outcome::{StoreOutcome, Tier};
 pub use pipeline::{Flag, NodeObservation, Placement, SealedBatch, StoreJob, Target, Urgency};

@@ -23,6 +23,14 @@ impl KnownNode {
             public_key: self.public_key.clone(),
         }
     }
+
+    /// How the storage client addresses it.
+    pub fn peer(&self) -> crate::storage::peer::Peer<'_> {
+        crate::storage::peer::Peer {
+            id: &self.entry.id,
+            url: &self.entry.url,
+        }
+    }
 }
 
 /// A storage node whose configured public key is not an ML-DSA-65 key.

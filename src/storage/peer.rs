@@ -3,16 +3,20 @@
 //! (`/internal/v1/...`, described in [`crate::messages::storage`]).
 //!
 //! One [`PeerClient`] wraps one connection pool shared by every storage node; it is cheap
-//! to clone. It reports what happened and leaves judgement to the caller: an ack is
-//! returned as received, and verifying it against the holder's key is the caller's job.
+//! to clone. Every request but the health probe is signed as this node
+//! ([`RequestSigner`], the protocol in [`crate::messages::auth`]) for the node it goes to.
+//! It reports what happened and leaves judgement to the caller: an ack or a possession
+//! proof is returned as received, and verifying it against the holder's key is the
+//! caller's job.
 
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::messages::auth::RequestSigner;
 pub use crate::messages::storage::HealthReport;
 use crate::messages::storage::{BATCHES_PATH, HEALTH_PATH, OCTET_STREAM, POH_SUFFIX};
-use crate::messages::{self, PohAck};
+use crate::messages::{self, HoldChallenge, HoldProof, PohAck};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
@@ -29,6 +33,9 @@ pub enum PeerError {
     /// The node answered 2xx but the body is not what the API promises.
     #[error("malformed answer from storage node: {0}")]
     Malformed(String),
+    /// The request could not be signed (the crypto library failed).
+    #[error("signing the request: {0}")]
+    Signing(#[from] crate::crypto::CryptoError),
 }
 
 pub type Result<T> = std::result::Result<T, PeerError>;
@@ -48,12 +55,7 @@ const ERROR_SNIPPET_CHARS: usize = 200;
 #[derive(Clone, Debug)]
 pub struct PeerClient {
     http: reqwest::Client,
-}
-
-impl Default for PeerClient {
-    fn default() -> Self {
-        Self::new()
-    }
+    signer: RequestSigner,
 }
 
 /// The JSON error body every endpoint answers with: `{"error":{"code":..,"message":..}}`.
@@ -80,16 +82,27 @@ fn unreachable(e: reqwest::Error) -> PeerError {
     PeerError::Unreachable(msg)
 }
 
-fn batch_url(base_url: &str, batch_id: &[u8; 32]) -> String {
-    format!(
-        "{}{BATCHES_PATH}/{}",
-        base_url.trim_end_matches('/'),
-        messages::hex32(batch_id)
-    )
+fn batch_path(batch_id: &[u8; 32]) -> String {
+    format!("{BATCHES_PATH}/{}", messages::hex32(batch_id))
+}
+
+/// A storage node as the client addresses it: its id (what requests are signed for) and
+/// its base URL.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer<'a> {
+    pub id: &'a str,
+    pub url: &'a str,
+}
+
+impl Peer<'_> {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.url.trim_end_matches('/'))
+    }
 }
 
 impl PeerClient {
-    pub fn new() -> Self {
+    /// A client whose requests `signer` signs.
+    pub fn new(signer: RequestSigner) -> Self {
         let http = reqwest::Client::builder()
             .no_proxy()
             .connect_timeout(CONNECT_TIMEOUT)
@@ -99,29 +112,50 @@ impl PeerClient {
             .build()
             // Only TLS backend or resolver set-up can fail, and this build has neither.
             .expect("an HTTP client without TLS always builds");
-        Self { http }
+        Self { http, signer }
     }
 
-    /// Writes `bytes` as batch `batch_id` to the storage node at `base_url`
-    /// (`PUT /internal/v1/batches/{hex id}`), the whole exchange bounded by `timeout`.
-    /// Returns the node's proof-of-hold ack, unverified.
+    /// A request to `peer` signed for it; `body` is what will be sent.
+    fn signed(
+        &self,
+        method: reqwest::Method,
+        peer: Peer<'_>,
+        path: &str,
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<reqwest::RequestBuilder> {
+        let headers = self.signer.headers(method.as_str(), path, peer.id, body)?;
+        let mut req = self.http.request(method, peer.url(path)).timeout(timeout);
+        for (name, value) in headers {
+            req = req.header(name, value);
+        }
+        Ok(req)
+    }
+
+    /// Writes `bytes` as batch `batch_id` to `peer` (`PUT /internal/v1/batches/{hex id}`),
+    /// the whole exchange bounded by `timeout`. Returns the node's proof-of-hold ack,
+    /// unverified.
     ///
-    /// `bytes` is anything reqwest can send without borrowing: pass `bytes::Bytes` (e.g.
-    /// `actix_web::web::Bytes`) to send one buffer to many nodes without copying, or a
-    /// `Vec<u8>`.
+    /// Pass `bytes::Bytes` (e.g. `actix_web::web::Bytes`) to send one buffer to many nodes
+    /// without copying, or a `Vec<u8>`.
     pub async fn put_batch(
         &self,
-        base_url: &str,
+        peer: Peer<'_>,
         batch_id: &[u8; 32],
-        bytes: impl Into<reqwest::Body>,
+        bytes: impl Into<bytes::Bytes>,
         timeout: Duration,
     ) -> Result<PohAck> {
+        let bytes: bytes::Bytes = bytes.into();
         let resp = self
-            .http
-            .put(batch_url(base_url, batch_id))
+            .signed(
+                reqwest::Method::PUT,
+                peer,
+                &batch_path(batch_id),
+                &bytes,
+                timeout,
+            )?
             .header(reqwest::header::CONTENT_TYPE, OCTET_STREAM)
             .body(bytes)
-            .timeout(timeout)
             .send()
             .await
             .map_err(unreachable)?;
@@ -129,18 +163,21 @@ impl PeerClient {
         messages::decode::<PohAck>(&body).map_err(|e| PeerError::Malformed(format!("ack: {e}")))
     }
 
-    /// Reads batch `batch_id` back from the node at `base_url`; `None` if it does not hold
-    /// it (404).
+    /// Reads batch `batch_id` back from `peer`; `None` if it does not hold it (404).
     pub async fn get_batch(
         &self,
-        base_url: &str,
+        peer: Peer<'_>,
         batch_id: &[u8; 32],
         timeout: Duration,
     ) -> Result<Option<Vec<u8>>> {
         let resp = self
-            .http
-            .get(batch_url(base_url, batch_id))
-            .timeout(timeout)
+            .signed(
+                reqwest::Method::GET,
+                peer,
+                &batch_path(batch_id),
+                &[],
+                timeout,
+            )?
             .send()
             .await
             .map_err(unreachable)?;
@@ -151,19 +188,22 @@ impl PeerClient {
         Ok(Some(Vec::from(success_body(resp).await?)))
     }
 
-    /// `REPAIR_REQ`: asks the node for a fresh proof-of-hold ack over what it holds for
-    /// `batch_id` (`POST /internal/v1/batches/{id}/poh`). `None` when it holds nothing.
-    /// The ack is returned unverified.
-    pub async fn request_poh(
+    /// `REPAIR_REQ`: challenges `peer` to prove it still holds the bytes of `batch_id`
+    /// (`POST /internal/v1/batches/{id}/poh`). `None` when it holds nothing. The proof is
+    /// returned unverified.
+    pub async fn challenge(
         &self,
-        base_url: &str,
+        peer: Peer<'_>,
         batch_id: &[u8; 32],
+        challenge: &HoldChallenge,
         timeout: Duration,
-    ) -> Result<Option<PohAck>> {
+    ) -> Result<Option<HoldProof>> {
+        let body = messages::encode(challenge);
+        let path = format!("{}{POH_SUFFIX}", batch_path(batch_id));
         let resp = self
-            .http
-            .post(format!("{}{POH_SUFFIX}", batch_url(base_url, batch_id)))
-            .timeout(timeout)
+            .signed(reqwest::Method::POST, peer, &path, &body, timeout)?
+            .header(reqwest::header::CONTENT_TYPE, OCTET_STREAM)
+            .body(body)
             .send()
             .await
             .map_err(unreachable)?;
@@ -171,9 +211,9 @@ impl PeerClient {
             return Ok(None);
         }
         let body = success_body(resp).await?;
-        messages::decode::<PohAck>(&body)
+        messages::decode::<HoldProof>(&body)
             .map(Some)
-            .map_err(|e| PeerError::Malformed(format!("proof-of-hold ack: {e}")))
+            .map_err(|e| PeerError::Malformed(format!("possession proof: {e}")))
     }
 
     /// Asks the node at `base_url` how it is (`GET /internal/v1/health`).
@@ -266,13 +306,17 @@ mod tests {
                     .body("upstream down")
             },
         );
-        let client = PeerClient::new();
+        let client = crate::testkit::peer_client();
         let t = Duration::from_secs(5);
 
-        let err = client.put_batch(&url, &[1; 32], vec![1, 2, 3], t).await;
+        let peer = Peer {
+            id: "light-1",
+            url: &url,
+        };
+        let err = client.put_batch(peer, &[1; 32], vec![1, 2, 3], t).await;
         assert!(matches!(err, Err(PeerError::Malformed(_))), "{err:?}");
 
-        match client.get_batch(&url, &[1; 32], t).await {
+        match client.get_batch(peer, &[1; 32], t).await {
             Err(PeerError::Refused {
                 status: 502,
                 code,
@@ -303,9 +347,13 @@ mod tests {
             },
             || HttpResponse::Ok().json(serde_json::json!({"node_id": "x"})),
         );
-        let client = PeerClient::new();
+        let client = crate::testkit::peer_client();
         let t = Duration::from_secs(5);
-        match client.put_batch(&url, &[1; 32], Vec::new(), t).await {
+        let peer = Peer {
+            id: "light-1",
+            url: &url,
+        };
+        match client.put_batch(peer, &[1; 32], Vec::new(), t).await {
             Err(PeerError::Refused {
                 status,
                 code,
@@ -330,7 +378,9 @@ mod tests {
             .unwrap()
             .port();
         let url = format!("http://127.0.0.1:{port}");
-        let err = PeerClient::new().health(&url, Duration::from_secs(5)).await;
+        let err = crate::testkit::peer_client()
+            .health(&url, Duration::from_secs(5))
+            .await;
         assert!(matches!(err, Err(PeerError::Unreachable(_))), "{err:?}");
     }
 
@@ -339,8 +389,16 @@ mod tests {
         // The kernel accepts the connection into the backlog; nobody ever answers.
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let err = PeerClient::new()
-            .put_batch(&url, &[2; 32], vec![0u8; 16], Duration::from_millis(200))
+        let err = crate::testkit::peer_client()
+            .put_batch(
+                Peer {
+                    id: "light-1",
+                    url: &url,
+                },
+                &[2; 32],
+                vec![0u8; 16],
+                Duration::from_millis(200),
+            )
             .await;
         match err {
             Err(PeerError::Unreachable(msg)) => assert!(msg.contains("timed out"), "{msg}"),
@@ -353,7 +411,22 @@ mod tests {
     fn urls_tolerate_a_trailing_slash() {
         let id = [0xab; 32];
         let want = format!("http://h:1/internal/v1/batches/{}", "ab".repeat(32));
-        assert_eq!(batch_url("http://h:1", &id), want);
-        assert_eq!(batch_url("http://h:1/", &id), want);
+        let path = batch_path(&id);
+        assert_eq!(
+            Peer {
+                id: "n",
+                url: "http://h:1"
+            }
+            .url(&path),
+            want
+        );
+        assert_eq!(
+            Peer {
+                id: "n",
+                url: "http://h:1/"
+            }
+            .url(&path),
+            want
+        );
     }
 }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 
-use super::peer::PeerClient;
+use super::peer::{Peer, PeerClient};
 use super::tier::{NodeFailure, StorageTier, Stored, TierError, TierResult};
 use crate::crypto;
 use crate::messages::{NodeObservation, StoreJob, Target, Tier, now_ms};
@@ -51,7 +51,12 @@ impl StorageTier for PeerTier {
                     let sent = Instant::now();
                     let answer = self
                         .client
-                        .put_batch(&t.url, &batch_id, bytes, self.deadline)
+                        .put_batch(
+                            Peer { id: &t.node_id, url: &t.url },
+                            &batch_id,
+                            bytes,
+                            self.deadline,
+                        )
                         .await;
                     let checked = match answer {
                         Ok(ack) => ack
@@ -135,5 +140,6 @@ fn ack_reason(e: &crate::messages::AckError) -> &'static str {
         WrongHash => "wrong_hash",
         BadSignature => "bad_signature",
         Stale { .. } => "stale",
+        NoPossession => "no_possession",
     }
 }

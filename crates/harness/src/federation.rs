@@ -17,7 +17,7 @@ use anyhow::{Context, bail};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-use citychain::config::{Config, NodeConfig, Role, StorageNodeEntry};
+use citychain::config::{Config, NodeConfig, PeerKeyEntry, Role, StorageNodeEntry};
 use citychain::node::{LISTEN_ADDR_FILE, load_or_create_key};
 
 /// What to launch.
@@ -233,6 +233,14 @@ impl Federation {
         roles.push((format!("continent-{}", spec.continent), Role::Continent));
         roles.push(("global".into(), Role::Global));
 
+        // The city signs every request to its storage nodes; they serve only its key.
+        let city_id = format!("city-{}", spec.city);
+        let city_key = load_or_create_key(&dir.join("nodes").join(&city_id).join("node.key"))?;
+        let city_peer = PeerKeyEntry {
+            id: city_id,
+            role: Role::City,
+            public_key: base64::engine::general_purpose::STANDARD.encode(city_key.public_key()),
+        };
         let mut nodes = Vec::new();
         let mut keys = std::collections::HashMap::new();
         for (id, role) in roles {
@@ -246,6 +254,9 @@ impl Federation {
                 continent: spec.continent.clone(),
                 key_file: None,
             };
+            if role.is_storage() {
+                config.auth.peers = vec![city_peer.clone()];
+            }
             (spec.tweak)(&mut config);
             if role.is_storage() {
                 let key = load_or_create_key(&config.node.key_path())?;
@@ -304,6 +315,7 @@ impl Federation {
             storage: Default::default(),
             supervisor: Default::default(),
             repair: Default::default(),
+            auth: Default::default(),
         }
     }
 

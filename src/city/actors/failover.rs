@@ -231,7 +231,6 @@ mod tests {
     use crate::messages::{Batch, NodeObservation, Placement, Tier, Urgency};
     use crate::storage::immutable_log::ImmutableLog;
     use crate::storage::log_tier::LogTier;
-    use crate::storage::peer::PeerClient;
     use crate::storage::tier::{StorageTier, TierError};
     use crate::testkit::{recorder, signed_tx};
 
@@ -274,7 +273,7 @@ mod tests {
                 holder: "city-test".into(),
             }));
         }
-        let chain = TierChain::new(tiers, PeerClient::new(), journal, None);
+        let chain = TierChain::new(tiers, crate::testkit::peer_client(), journal, None);
         let store = Arc::new(CityStore::open(dir.path()).unwrap());
         let (intake, intake_rx) = recorder::<IntakeMsg>().await;
         let (flagger, flagger_rx) = recorder::<FlaggerMsg>().await;

@@ -7,9 +7,11 @@
 //!    Prioritizer, acks verified as for any write), or, while light nodes are still away,
 //!    from MongoDB or the log to full nodes; their status follows.
 //! 2. **Holdings**: for a window of light batches it sends each holder a `REPAIR_REQ`
-//!    (`POST /internal/v1/batches/{id}/poh`) and verifies the `REPAIR_ACK`, a fresh signed
-//!    proof of hold. What a lost or lying holder held is re-replicated to other light
-//!    nodes from a holder that still has it, and the batch's holders are updated.
+//!    (`POST /internal/v1/batches/{id}/poh`), a possession challenge with a fresh nonce,
+//!    and verifies the `REPAIR_ACK`: a fresh signed proof of hold plus the chunks of the
+//!    bytes the nonce picked, tied to the hash recorded at write time. What a lost or lying
+//!    holder held is re-replicated to other light nodes from a holder that still has it,
+//!    and the batch's holders are updated.
 //!
 //! Every move is recorded in the city store (fsynced) before it is reported, so a restart
 //! resumes exactly where repair stood.
@@ -22,12 +24,16 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use crate::city::mailbox::Mailbox;
 use crate::city::msgs::{PrioritizerMsg, RepairMsg};
 use crate::config::Config;
-use crate::messages::{Batch, Placement, SealedBatch, StoreJob, Tier, Urgency, decode, now_ms};
+use crate::crypto::Hash32;
+use crate::messages::{
+    Batch, BatchId, HoldChallenge, Placement, PohAck, SealedBatch, StoreJob, Tier, Urgency, decode,
+    now_ms,
+};
 use crate::storage::chain::TierChain;
 use crate::storage::city_store::{BatchRecord, CityStore};
 use crate::storage::immutable_log::ImmutableLog;
 use crate::storage::mongo::MongoTier;
-use crate::storage::nodes::NodeDirectory;
+use crate::storage::nodes::{KnownNode, NodeDirectory};
 use crate::storage::peer::PeerClient;
 use crate::storage::peer_tier::PeerTier;
 use crate::storage::tier::StorageTier;
@@ -98,12 +104,12 @@ impl RepairContext {
         match rec.tier {
             Tier::Light | Tier::Full => {
                 for holder in &rec.holders {
-                    let Some(url) = self.nodes.get(holder).map(|n| &n.entry.url) else {
+                    let Some(node) = self.nodes.get(holder) else {
                         continue;
                     };
                     if let Ok(Some(bytes)) = self
                         .client
-                        .get_batch(url, &id, self.light_deadline * 4)
+                        .get_batch(node.peer(), &id, self.light_deadline * 4)
                         .await
                     {
                         return Some(bytes);
@@ -241,7 +247,8 @@ impl RepairContext {
         (report, next_cursor)
     }
 
-    /// REPAIR_REQ to every holder; re-replicates what lost holders held. True if it did.
+    /// REPAIR_REQ to every holder: each must prove it still holds the bytes (a possession
+    /// challenge, see [`HoldChallenge`]); re-replicates what the others held. True if it did.
     async fn check_holders(&self, rec: &BatchRecord) -> bool {
         let id = rec.header.id();
         let Some(expected) = rec.acks.first().map(|a| a.held_hash) else {
@@ -250,19 +257,10 @@ impl RepairContext {
         let mut alive = Vec::new();
         let mut acks = Vec::new();
         for holder in &rec.holders {
-            let Some((url, key)) = self
-                .nodes
-                .get(holder)
-                .map(|n| (&n.entry.url, &n.public_key))
-            else {
+            let Some(node) = self.nodes.get(holder) else {
                 continue;
             };
-            if let Ok(Some(ack)) = self
-                .client
-                .request_poh(url, &id, self.light_deadline * 4)
-                .await
-                && ack.verify(holder, key, &id, &expected, now_ms()).is_ok()
-            {
+            if let Some(ack) = self.challenge(node, &id, &expected).await {
                 alive.push(holder.clone());
                 acks.push(ack);
             }
@@ -276,17 +274,13 @@ impl RepairContext {
         if lost.is_empty() {
             return false;
         }
-        let Some(source_url) = alive
-            .first()
-            .and_then(|source| self.nodes.get(source))
-            .map(|n| n.entry.url.clone())
-        else {
+        let Some(source) = alive.first().and_then(|source| self.nodes.get(source)) else {
             tracing::error!(batch = %hex::encode(id), "no light holder still proves it holds this batch");
             return false;
         };
         let Some(bytes) = self
             .client
-            .get_batch(&source_url, &id, self.light_deadline * 4)
+            .get_batch(source.peer(), &id, self.light_deadline * 4)
             .await
             .ok()
             .flatten()
@@ -314,6 +308,42 @@ impl RepairContext {
                 false
             }
         }
+    }
+}
+
+impl RepairContext {
+    /// Challenges `node` to prove it holds the bytes of batch `id` (recorded as hashing to
+    /// `expected`); its fresh ack if the proof holds. A node that answers with a wrong proof
+    /// is reported: that is a node claiming what it does not hold.
+    async fn challenge(&self, node: &KnownNode, id: &BatchId, expected: &Hash32) -> Option<PohAck> {
+        let challenge = HoldChallenge::fresh().ok()?;
+        let answer = self
+            .client
+            .challenge(node.peer(), id, &challenge, self.light_deadline * 4)
+            .await;
+        let (outcome, ack) = match answer {
+            Ok(Some(proof)) => match proof.verify(
+                &node.entry.id,
+                &node.public_key,
+                id,
+                expected,
+                &challenge,
+                now_ms(),
+            ) {
+                Ok(()) => ("proved", Some(proof.ack)),
+                Err(e) => {
+                    tracing::warn!(node = %node.entry.id, batch = %hex::encode(id), error = %e, "a holder failed its possession challenge");
+                    ("refused", None)
+                }
+            },
+            Ok(None) => ("missing", None),
+            Err(e) => {
+                tracing::debug!(node = %node.entry.id, error = %e, "possession challenge not answered");
+                ("unreachable", None)
+            }
+        };
+        metrics::counter!(crate::metrics::HOLD_CHALLENGES, "outcome" => outcome).increment(1);
+        ack
     }
 }
 

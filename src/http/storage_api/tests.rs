@@ -4,9 +4,11 @@ use std::time::Duration;
 use actix_web::{App, HttpServer};
 
 use super::*;
+use crate::config::{AuthConfig, PeerKeyEntry};
 use crate::crypto;
+use crate::messages::auth::RequestSigner;
 use crate::messages::{FlagKind, SignedTx};
-use crate::storage::peer::{PeerClient, PeerError};
+use crate::storage::peer::{Peer, PeerClient, PeerError};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -43,13 +45,18 @@ impl Node {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let data = state.clone();
-        let server =
-            HttpServer::new(move || App::new().app_data(data.clone()).configure(configure))
-                .workers(1)
-                .disable_signals()
-                .listen(listener)
-                .unwrap()
-                .run();
+        let auth = web::Data::new(PeerAuth::new("light-test", &test_auth()));
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .app_data(auth.clone())
+                .configure(configure)
+        })
+        .workers(1)
+        .disable_signals()
+        .listen(listener)
+        .unwrap()
+        .run();
         let handle = server.handle();
         actix_web::rt::spawn(server);
         Self {
@@ -57,6 +64,13 @@ impl Node {
             state,
             server: handle,
             _dir: None,
+        }
+    }
+
+    fn peer(&self) -> Peer<'_> {
+        Peer {
+            id: "light-test",
+            url: &self.url,
         }
     }
 
@@ -74,6 +88,23 @@ impl Node {
     fn assert_empty(&self) {
         let h = self.state.health();
         assert_eq!((h.used_bytes, h.batches, h.inflight), (0, 0, 0), "{h:?}");
+    }
+}
+
+/// The allow-list of the test node: the unit tests' city, and challenges limited to a
+/// burst of 4.
+fn test_auth() -> AuthConfig {
+    use base64::Engine;
+    AuthConfig {
+        peers: vec![PeerKeyEntry {
+            id: crate::testkit::TEST_CITY_ID.into(),
+            role: Role::City,
+            public_key: base64::engine::general_purpose::STANDARD
+                .encode(crate::testkit::test_city_key().public_key()),
+        }],
+        challenges_per_second: 1,
+        challenge_burst: 4,
+        ..AuthConfig::default()
     }
 }
 
@@ -104,14 +135,14 @@ fn rendered_metrics() -> String {
 #[actix_web::test]
 async fn put_returns_a_valid_ack_and_retries_are_idempotent() {
     let node = Node::start(1 << 20, 1 << 20);
-    let client = PeerClient::new();
+    let client = crate::testkit::peer_client();
     let (b, bytes) = batch(0, 3);
     let id = b.id();
 
-    assert_eq!(client.get_batch(&node.url, &id, T).await.unwrap(), None);
+    assert_eq!(client.get_batch(node.peer(), &id, T).await.unwrap(), None);
 
     let ack = client
-        .put_batch(&node.url, &id, bytes.clone(), T)
+        .put_batch(node.peer(), &id, bytes.clone(), T)
         .await
         .unwrap();
     node.verify(&ack, &id, &bytes);
@@ -119,7 +150,7 @@ async fn put_returns_a_valid_ack_and_retries_are_idempotent() {
 
     // A retry gets a fresh ack and writes nothing more.
     let again = client
-        .put_batch(&node.url, &id, web::Bytes::from(bytes.clone()), T)
+        .put_batch(node.peer(), &id, web::Bytes::from(bytes.clone()), T)
         .await
         .unwrap();
     node.verify(&again, &id, &bytes);
@@ -139,7 +170,7 @@ async fn put_returns_a_valid_ack_and_retries_are_idempotent() {
     );
     assert_eq!(
         client
-            .get_batch(&node.url, &id, T)
+            .get_batch(node.peer(), &id, T)
             .await
             .unwrap()
             .as_deref(),
@@ -147,7 +178,7 @@ async fn put_returns_a_valid_ack_and_retries_are_idempotent() {
     );
     let (other, _) = batch(1, 1);
     assert_eq!(
-        client.get_batch(&node.url, &other.id(), T).await.unwrap(),
+        client.get_batch(node.peer(), &other.id(), T).await.unwrap(),
         None
     );
 
@@ -165,14 +196,14 @@ async fn put_returns_a_valid_ack_and_retries_are_idempotent() {
 #[actix_web::test]
 async fn wrong_or_tampered_batches_are_refused_and_not_stored() {
     let node = Node::start(1 << 20, 1 << 20);
-    let client = PeerClient::new();
+    let client = crate::testkit::peer_client();
     let (b, bytes) = batch(0, 2);
     let (other, _) = batch(1, 1);
 
     // A valid batch sent under another batch's id.
     let mut refused = vec![
         client
-            .put_batch(&node.url, &other.id(), bytes.clone(), T)
+            .put_batch(node.peer(), &other.id(), bytes.clone(), T)
             .await,
     ];
     // A transaction's signature changed: the header no longer matches the body.
@@ -180,21 +211,21 @@ async fn wrong_or_tampered_batches_are_refused_and_not_stored() {
     tampered.body[0].signature[0] ^= 1;
     refused.push(
         client
-            .put_batch(&node.url, &b.id(), messages::encode(&tampered), T)
+            .put_batch(node.peer(), &b.id(), messages::encode(&tampered), T)
             .await,
     );
     // The last byte flipped on the wire.
     let mut flipped = bytes.clone();
     *flipped.last_mut().unwrap() ^= 0x01;
-    refused.push(client.put_batch(&node.url, &b.id(), flipped, T).await);
+    refused.push(client.put_batch(node.peer(), &b.id(), flipped, T).await);
     // Trailing bytes after a valid encoding.
     let mut padded = bytes.clone();
     padded.extend_from_slice(b"junk");
-    refused.push(client.put_batch(&node.url, &b.id(), padded, T).await);
+    refused.push(client.put_batch(node.peer(), &b.id(), padded, T).await);
     // Not a batch at all.
     refused.push(
         client
-            .put_batch(&node.url, &b.id(), b"garbage".to_vec(), T)
+            .put_batch(node.peer(), &b.id(), b"garbage".to_vec(), T)
             .await,
     );
 
@@ -210,12 +241,15 @@ async fn wrong_or_tampered_batches_are_refused_and_not_stored() {
     }
     assert!(!node.state.store.contains(&b.id()).unwrap());
     assert!(!node.state.store.contains(&other.id()).unwrap());
-    assert_eq!(client.get_batch(&node.url, &b.id(), T).await.unwrap(), None);
+    assert_eq!(
+        client.get_batch(node.peer(), &b.id(), T).await.unwrap(),
+        None
+    );
     node.assert_empty();
 
     // The untouched batch is still accepted afterwards.
     let ack = client
-        .put_batch(&node.url, &b.id(), bytes.clone(), T)
+        .put_batch(node.peer(), &b.id(), bytes.clone(), T)
         .await
         .unwrap();
     node.verify(&ack, &b.id(), &bytes);
@@ -230,20 +264,31 @@ async fn wrong_or_tampered_batches_are_refused_and_not_stored() {
 async fn bad_hex_ids_get_invalid_id() {
     let node = Node::start(1 << 20, 1 << 20);
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let signer = RequestSigner::new(
+        crate::testkit::TEST_CITY_ID,
+        crate::testkit::test_city_key(),
+    );
     for (method, id) in [
         (reqwest::Method::PUT, "zz"),
         (reqwest::Method::GET, "abc"),
         (reqwest::Method::PUT, &"g".repeat(64)),
     ] {
-        let resp = http
-            .request(
-                method.clone(),
-                format!("{}/internal/v1/batches/{id}", node.url),
-            )
-            .body(vec![1, 2, 3])
-            .send()
-            .await
-            .unwrap();
+        let path = format!("/internal/v1/batches/{id}");
+        let body: &[u8] = if method == reqwest::Method::GET {
+            b""
+        } else {
+            b"abc"
+        };
+        let mut req = http
+            .request(method.clone(), format!("{}{path}", node.url))
+            .body(body.to_vec());
+        for (k, v) in signer
+            .headers(method.as_str(), &path, "light-test", body)
+            .unwrap()
+        {
+            req = req.header(k, v);
+        }
+        let resp = req.send().await.unwrap();
         assert_eq!(resp.status().as_u16(), 400, "{method} {id}");
         let body: serde_json::Value = resp.json().await.unwrap();
         assert_eq!(body["error"]["code"], "invalid_id", "{method} {id}: {body}");
@@ -256,8 +301,11 @@ async fn bad_hex_ids_get_invalid_id() {
 async fn over_capacity_is_507_and_nothing_is_stored() {
     let (b, bytes) = batch(0, 2);
     let node = Node::start(bytes.len() as u64 - 1, 1 << 20);
-    let client = PeerClient::new();
-    match client.put_batch(&node.url, &b.id(), bytes.clone(), T).await {
+    let client = crate::testkit::peer_client();
+    match client
+        .put_batch(node.peer(), &b.id(), bytes.clone(), T)
+        .await
+    {
         Err(PeerError::Refused {
             status: 507, code, ..
         }) => {
@@ -266,7 +314,10 @@ async fn over_capacity_is_507_and_nothing_is_stored() {
         other => panic!("expected 507, got {other:?}"),
     }
     assert!(!node.state.store.contains(&b.id()).unwrap());
-    assert_eq!(client.get_batch(&node.url, &b.id(), T).await.unwrap(), None);
+    assert_eq!(
+        client.get_batch(node.peer(), &b.id(), T).await.unwrap(),
+        None
+    );
     let h = client.health(&node.url, T).await.unwrap();
     assert_eq!((h.used_bytes, h.batches, h.inflight), (0, 0, 0));
     assert!(rendered_metrics().contains(&format!(
@@ -280,8 +331,11 @@ async fn over_capacity_is_507_and_nothing_is_stored() {
 async fn oversized_bodies_are_413() {
     let (b, bytes) = batch(0, 1);
     let node = Node::start(1 << 20, bytes.len() - 1);
-    let client = PeerClient::new();
-    match client.put_batch(&node.url, &b.id(), bytes.clone(), T).await {
+    let client = crate::testkit::peer_client();
+    match client
+        .put_batch(node.peer(), &b.id(), bytes.clone(), T)
+        .await
+    {
         Err(PeerError::Refused {
             status: 413, code, ..
         }) => {
@@ -296,11 +350,11 @@ async fn oversized_bodies_are_413() {
 #[actix_web::test]
 async fn acked_batches_survive_a_node_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let client = PeerClient::new();
+    let client = crate::testkit::peer_client();
     let (b, bytes) = batch(0, 2);
     let node = Node::start_in(dir.path(), 1 << 20, 1 << 20);
     let ack = client
-        .put_batch(&node.url, &b.id(), bytes.clone(), T)
+        .put_batch(node.peer(), &b.id(), bytes.clone(), T)
         .await
         .unwrap();
     node.verify(&ack, &b.id(), &bytes);
@@ -321,7 +375,7 @@ async fn acked_batches_survive_a_node_restart() {
     let node = Node::start_in(dir.path(), 1 << 20, 1 << 20);
     assert_eq!(
         client
-            .get_batch(&node.url, &b.id(), T)
+            .get_batch(node.peer(), &b.id(), T)
             .await
             .unwrap()
             .as_deref(),
@@ -331,10 +385,181 @@ async fn acked_batches_survive_a_node_restart() {
     assert_eq!((h.used_bytes, h.batches), (bytes.len() as u64, 1));
     // Still idempotent after the restart.
     let again = client
-        .put_batch(&node.url, &b.id(), bytes.clone(), T)
+        .put_batch(node.peer(), &b.id(), bytes.clone(), T)
         .await
         .unwrap();
     node.verify(&again, &b.id(), &bytes);
     assert_eq!(node.state.store.batch_count(), 1);
+    node.server.stop(true).await;
+}
+
+/// What a refused request answered: status and error code.
+fn refusal<T: std::fmt::Debug>(r: Result<T, PeerError>) -> (u16, String) {
+    match r {
+        Err(PeerError::Refused { status, code, .. }) => (status, code),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[actix_web::test]
+async fn strangers_cannot_write_read_or_challenge_and_change_nothing() {
+    let node = Node::start(1 << 20, 1 << 20);
+    let (b, bytes) = batch(0, 2);
+    let id = b.id();
+    let stranger = PeerClient::new(RequestSigner::new(
+        "city-elsewhere",
+        Arc::new(SigningKey::generate().unwrap()),
+    ));
+    // The right name with the wrong key.
+    let impostor = PeerClient::new(RequestSigner::new(
+        crate::testkit::TEST_CITY_ID,
+        Arc::new(SigningKey::generate().unwrap()),
+    ));
+    let challenge = HoldChallenge::fresh().unwrap();
+    for (who, client, code) in [
+        ("stranger", &stranger, "unknown_peer"),
+        ("impostor", &impostor, "bad_signature"),
+    ] {
+        let r = client.put_batch(node.peer(), &id, bytes.clone(), T).await;
+        assert_eq!(refusal(r), (401, code.to_string()), "{who} put");
+        let r = client.get_batch(node.peer(), &id, T).await;
+        assert_eq!(refusal(r), (401, code.to_string()), "{who} get");
+        let r = client.challenge(node.peer(), &id, &challenge, T).await;
+        assert_eq!(refusal(r), (401, code.to_string()), "{who} challenge");
+    }
+    // No headers at all, on every route.
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let url = format!("{}/internal/v1/batches/{}", node.url, messages::hex32(&id));
+    for req in [
+        http.put(&url).body(bytes.clone()),
+        http.get(&url),
+        http.post(format!("{url}/poh"))
+            .body(messages::encode(&challenge)),
+    ] {
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 401);
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "unauthenticated", "{body}");
+    }
+    node.assert_empty();
+
+    // Once the city stored it, strangers still cannot read it back or ask for a proof.
+    let client = crate::testkit::peer_client();
+    client
+        .put_batch(node.peer(), &id, bytes.clone(), T)
+        .await
+        .unwrap();
+    let r = stranger.get_batch(node.peer(), &id, T).await;
+    assert_eq!(refusal(r).0, 401);
+    let r = stranger.challenge(node.peer(), &id, &challenge, T).await;
+    assert_eq!(refusal(r).0, 401);
+    assert!(rendered_metrics().contains(&format!(
+        "{}{{reason=\"unknown_peer\"}}",
+        crate::metrics::AUTH_REFUSED
+    )));
+    node.server.stop(true).await;
+}
+
+#[actix_web::test]
+async fn replayed_and_rebodied_requests_are_refused() {
+    let node = Node::start(1 << 20, 1 << 20);
+    let (b, bytes) = batch(0, 2);
+    let (_, other_bytes) = batch(1, 1);
+    let path = format!("/internal/v1/batches/{}", messages::hex32(&b.id()));
+    let signer = RequestSigner::new(
+        crate::testkit::TEST_CITY_ID,
+        crate::testkit::test_city_key(),
+    );
+    let headers = signer.headers("PUT", &path, "light-test", &bytes).unwrap();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let send = |body: Vec<u8>| {
+        let mut req = http.put(format!("{}{path}", node.url)).body(body);
+        for (k, v) in &headers {
+            req = req.header(*k, v);
+        }
+        req.send()
+    };
+    // Signed headers carrying other bytes: refused, nothing stored.
+    let resp = send(other_bytes).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "body_mismatch", "{body}");
+    node.assert_empty();
+    // The same signed request a second time is a replay, whatever its body.
+    let resp = send(bytes.clone()).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "replayed_request", "{body}");
+    node.assert_empty();
+    node.server.stop(true).await;
+}
+
+#[actix_web::test]
+async fn possession_challenges_prove_the_bytes_and_are_rate_limited() {
+    let node = Node::start(1 << 20, 1 << 20);
+    let client = crate::testkit::peer_client();
+    let (b, bytes) = batch(0, 20);
+    let id = b.id();
+    client
+        .put_batch(node.peer(), &id, bytes.clone(), T)
+        .await
+        .unwrap();
+    let expected = crypto::hash(&bytes);
+    let mut proofs = 0;
+    loop {
+        let challenge = HoldChallenge::fresh().unwrap();
+        match client.challenge(node.peer(), &id, &challenge, T).await {
+            Ok(Some(proof)) => {
+                proof
+                    .verify(
+                        "light-test",
+                        node.state.key.public_key(),
+                        &id,
+                        &expected,
+                        &challenge,
+                        messages::now_ms(),
+                    )
+                    .expect("the proof verifies");
+                proofs += 1;
+            }
+            Err(PeerError::Refused {
+                status: 429, code, ..
+            }) => {
+                assert_eq!(code, "rate_limited");
+                break;
+            }
+            other => panic!("expected a proof or 429, got {other:?}"),
+        }
+        assert!(proofs <= 6, "the rate limit never applied");
+    }
+    // The burst is 4 at 1 per second; a slow machine may have earned one more meanwhile.
+    assert!(
+        (4..=5).contains(&proofs),
+        "{proofs} proofs before the limit"
+    );
+    // A batch not held is a 404 (after the limit refills).
+    let (other, _) = batch(1, 1);
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        match client
+            .challenge(
+                node.peer(),
+                &other.id(),
+                &HoldChallenge::fresh().unwrap(),
+                T,
+            )
+            .await
+        {
+            Ok(None) => break,
+            Err(PeerError::Refused { status: 429, .. }) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the limit never refilled"
+                );
+                actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => panic!("expected 404, got {other:?}"),
+        }
+    }
     node.server.stop(true).await;
 }

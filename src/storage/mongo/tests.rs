@@ -231,7 +231,7 @@ async fn a_chain_falls_through_an_unreachable_mongodb_to_the_log() {
                 holder: "city-tokyo".into(),
             }),
         ],
-        crate::storage::peer::PeerClient::new(),
+        crate::testkit::peer_client(),
         log.clone(),
         Some(mongo),
     );

@@ -5,9 +5,10 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
+use citychain::messages::auth::RequestSigner;
 use citychain::messages::{self, Batch, parse_hex32};
 use citychain::storage::immutable_log::{ImmutableLog, RecordKind};
-use citychain::storage::peer::PeerClient;
+use citychain::storage::peer::{Peer, PeerClient};
 use futures::StreamExt;
 use tokio::time::Instant;
 
@@ -127,7 +128,20 @@ pub(super) async fn verify_promises(
     } else {
         Ok(HashMap::new())
     };
-    let peers = PeerClient::new();
+    // Storage nodes serve only their city: read holdings back with the city's key.
+    let peers = match city_client(fed) {
+        Ok(peers) => peers,
+        Err(e) => {
+            for p in by_batch.into_values().flatten() {
+                out.missing.push(MissingTx {
+                    tx_id: p.tx_id.clone(),
+                    class: "city_key_unreadable".into(),
+                    reason: e.to_string(),
+                });
+            }
+            return out;
+        }
+    };
     for ((tier, batch_id), members) in by_batch {
         let held: Result<HashSet<String>, Why> = match tier.as_str() {
             "light" | "full" => {
@@ -166,6 +180,20 @@ pub(super) async fn verify_promises(
         }
     }
     out
+}
+
+/// A storage client that signs as the federation's city, with its key.
+fn city_client(fed: &Federation) -> anyhow::Result<PeerClient> {
+    let city = fed
+        .nodes
+        .iter()
+        .find(|n| n.role == citychain::config::Role::City)
+        .ok_or_else(|| anyhow::anyhow!("the federation has no city"))?;
+    let key = citychain::crypto::SigningKey::load(&city.config.node.key_path())?;
+    Ok(PeerClient::new(RequestSigner::new(
+        city.id.clone(),
+        std::sync::Arc::new(key),
+    )))
 }
 
 /// `GET {city}/v1/tx/{id}`: the stored status, or why there is none (a
@@ -228,7 +256,14 @@ pub(super) async fn fetch_from_holders(
             continue;
         };
         let answer = peers
-            .get_batch(&node.url, &id, Duration::from_secs(5))
+            .get_batch(
+                Peer {
+                    id: &node.id,
+                    url: &node.url,
+                },
+                &id,
+                Duration::from_secs(5),
+            )
             .await;
         let problem = match answer {
             Ok(Some(bytes)) => match messages::decode::<Batch>(&bytes) {
