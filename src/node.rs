@@ -171,6 +171,10 @@ async fn start_city(
     // The city's node key signs every request to its storage nodes, which serve only the
     // keys on their allow-lists.
     let key = Arc::new(load_or_create_key(&config.node.key_path())?);
+    // The first signature seeds AWS-LC's random generator (see `start_storage`): paid here,
+    // it stays out of the first batch's requests, which run under the light deadline.
+    key.sign(b"citychain city node start")
+        .context("signing with the node key")?;
     let signer = RequestSigner::new(config.node.id.clone(), key);
     let chain = TierChain::build(&config, PeerClient::new(signer), log)?;
     let store = Arc::new(CityStore::open(&config.node.data_dir).with_context(|| {

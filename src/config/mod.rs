@@ -166,7 +166,9 @@ continent = "asia"
         use base64::Engine;
         let key = crate::crypto::SigningKey::from_seed([7; 32]).unwrap();
         let key = base64::engine::general_purpose::STANDARD.encode(key.public_key());
-        format!("{NODE}\n[[auth.peers]]\nid = \"city-1\"\nrole = \"city\"\npublic_key = \"{key}\"\n")
+        format!(
+            "{NODE}\n[[auth.peers]]\nid = \"city-1\"\nrole = \"city\"\npublic_key = \"{key}\"\n"
+        )
     });
 
     #[test]

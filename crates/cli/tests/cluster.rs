@@ -87,9 +87,7 @@ async fn a_thousand_signed_transactions_are_stored_on_light_nodes_and_readable()
         .collect();
     assert_eq!(batch["acks"].as_array().unwrap().len(), holders.len());
     for h in &holders {
-        let url = format!("{}/internal/v1/batches/{some_batch}", fed.node(h).url);
-        let resp = client.get(url).send().await.unwrap();
-        assert_eq!(resp.status().as_u16(), 200, "holder {h} has the batch");
+        assert!(holds(&fed, h, some_batch).await, "holder {h} has the batch");
     }
     let seqs: Vec<u64> = {
         let mut v = Vec::new();
@@ -615,15 +613,7 @@ async fn batches_held_on_lower_tiers_are_repaired_up_and_lost_holdings_re_replic
     // And the new holders really have it.
     let batch_id = body["batch_id"].as_str().unwrap();
     for h in body["holders"].as_array().unwrap() {
-        let url = format!(
-            "{}/internal/v1/batches/{batch_id}",
-            fed.node(h.as_str().unwrap()).url
-        );
-        assert_eq!(
-            client.get(url).send().await.unwrap().status().as_u16(),
-            200,
-            "{h}"
-        );
+        assert!(holds(&fed, h.as_str().unwrap(), batch_id).await, "{h}");
     }
     fed.shutdown().await.unwrap();
 }

@@ -18,7 +18,10 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 use citychain::config::{Config, NodeConfig, PeerKeyEntry, Role, StorageNodeEntry};
+use citychain::crypto::SigningKey;
+use citychain::messages::auth::RequestSigner;
 use citychain::node::{LISTEN_ADDR_FILE, load_or_create_key};
+use citychain::storage::peer::PeerClient;
 
 /// What to launch.
 #[derive(Clone)]
@@ -331,6 +334,21 @@ impl Federation {
             .iter_mut()
             .find(|n| n.id == id)
             .unwrap_or_else(|| panic!("no node {id} in this federation"))
+    }
+
+    /// A client of the storage nodes' internal API signing as the federation's city, with
+    /// its key: the only caller they serve.
+    pub fn storage_client(&self) -> anyhow::Result<PeerClient> {
+        let city = self
+            .nodes
+            .iter()
+            .find(|n| n.role == Role::City)
+            .context("the federation has no city")?;
+        let key = SigningKey::load(&city.config.node.key_path())?;
+        Ok(PeerClient::new(RequestSigner::new(
+            city.id.clone(),
+            std::sync::Arc::new(key),
+        )))
     }
 
     pub fn city_url(&self) -> String {

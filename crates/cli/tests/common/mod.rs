@@ -102,6 +102,22 @@ pub async fn wait_nodes(client: &reqwest::Client, city: &str, ids: &[String], wa
     .await
 }
 
+/// Whether storage node `node` serves batch `batch_id` (hex) to its city.
+pub async fn holds(fed: &Federation, node: &str, batch_id: &str) -> bool {
+    let n = fed.node(node);
+    let id = citychain::messages::parse_hex32(batch_id).expect("a hex batch id");
+    let peer = citychain::storage::peer::Peer {
+        id: &n.id,
+        url: &n.url,
+    };
+    fed.storage_client()
+        .expect("the city's key is readable")
+        .get_batch(peer, &id, Duration::from_secs(10))
+        .await
+        .expect("the storage node answers")
+        .is_some()
+}
+
 /// Writes `config` (TOML) to `dir/node.toml`, runs `citychain node` on it with its log in
 /// `dir/node.log`, and waits until it listens (its data dir must be `dir/data`) and, if
 /// `ready`, until `/readyz` answers 200.

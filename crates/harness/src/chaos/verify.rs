@@ -5,7 +5,6 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
-use citychain::messages::auth::RequestSigner;
 use citychain::messages::{self, Batch, parse_hex32};
 use citychain::storage::immutable_log::{ImmutableLog, RecordKind};
 use citychain::storage::peer::{Peer, PeerClient};
@@ -129,7 +128,7 @@ pub(super) async fn verify_promises(
         Ok(HashMap::new())
     };
     // Storage nodes serve only their city: read holdings back with the city's key.
-    let peers = match city_client(fed) {
+    let peers = match fed.storage_client() {
         Ok(peers) => peers,
         Err(e) => {
             for p in by_batch.into_values().flatten() {
@@ -180,20 +179,6 @@ pub(super) async fn verify_promises(
         }
     }
     out
-}
-
-/// A storage client that signs as the federation's city, with its key.
-fn city_client(fed: &Federation) -> anyhow::Result<PeerClient> {
-    let city = fed
-        .nodes
-        .iter()
-        .find(|n| n.role == citychain::config::Role::City)
-        .ok_or_else(|| anyhow::anyhow!("the federation has no city"))?;
-    let key = citychain::crypto::SigningKey::load(&city.config.node.key_path())?;
-    Ok(PeerClient::new(RequestSigner::new(
-        city.id.clone(),
-        std::sync::Arc::new(key),
-    )))
 }
 
 /// `GET {city}/v1/tx/{id}`: the stored status, or why there is none (a

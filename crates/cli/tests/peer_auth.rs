@@ -1,0 +1,185 @@
+//! Storage nodes on an open network, attacked as a stranger would, with real processes on
+//! loopback: nobody but their city can write to them, read from them or make them sign a
+//! proof of hold, and every refusal changes nothing. The city's own repair challenges, on
+//! the other hand, are answered with proofs that verify.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use citychain::crypto::SigningKey;
+use citychain::messages::auth::RequestSigner;
+use citychain::messages::{self, Batch, FlagKind, HoldChallenge};
+use citychain::storage::peer::{Peer, PeerClient, PeerError};
+use common::*;
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(10);
+
+fn refusal<T: std::fmt::Debug>(r: Result<T, PeerError>) -> (u16, String) {
+    match r {
+        Err(PeerError::Refused { status, code, .. }) => (status, code),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// What a storage node reports holding: (batches, bytes).
+async fn holdings(client: &reqwest::Client, url: &str) -> (u64, u64) {
+    let (_, h) = get(client, &format!("{url}/internal/v1/health")).await;
+    (
+        h["batches"].as_u64().expect("batches"),
+        h["used_bytes"].as_u64().expect("used_bytes"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_cannot_write_read_or_get_proofs_from_storage_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut fed = federation(dir.path()).await;
+    let city = fed.city_url();
+    let client = client();
+
+    // Something real to steal: a stored transaction and the batch holding it.
+    let key = SigningKey::generate().unwrap();
+    let (status, stored) = post(&client, &city, &signed(&key, 1)).await;
+    assert_eq!(status, 200, "{stored}");
+    assert_eq!(stored["tier"], "light", "{stored}");
+    let batch_hex = stored["batch_id"].as_str().unwrap().to_string();
+    let batch_id = messages::parse_hex32(&batch_hex).unwrap();
+    let holder = stored_holder(&client, &city, &stored).await;
+    let node = fed.node(&holder);
+    let peer = Peer {
+        id: &node.id,
+        url: &node.url,
+    };
+    let before = holdings(&client, &node.url).await;
+
+    // A junk batch that would pass every content check: well formed, its own id.
+    let junk_key = SigningKey::generate().unwrap();
+    let junk = Batch::build(
+        "tokyo",
+        0,
+        vec![],
+        FlagKind::FreshTx,
+        &[citychain::messages::SignedTx::from_request_bytes(
+            &serde_json::to_vec(&signed(&junk_key, 1)).unwrap(),
+        )
+        .unwrap()],
+        messages::now_ms(),
+    );
+    let junk_bytes = messages::encode(&junk);
+
+    // 1. No credentials at all, on every route.
+    let url = format!("{}/internal/v1/batches", node.url);
+    let challenge = HoldChallenge::fresh().unwrap();
+    for (what, req) in [
+        (
+            "write",
+            client
+                .put(format!("{url}/{}", messages::hex32(&junk.id())))
+                .body(junk_bytes.clone()),
+        ),
+        ("read", client.get(format!("{url}/{batch_hex}"))),
+        (
+            "proof",
+            client
+                .post(format!("{url}/{batch_hex}/poh"))
+                .body(messages::encode(&challenge)),
+        ),
+    ] {
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 401, "{what}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "unauthenticated", "{what}: {body}");
+    }
+
+    // 2. A node of its own, with a key, that the storage node does not serve.
+    let stranger = PeerClient::new(RequestSigner::new(
+        "city-mallory",
+        Arc::new(SigningKey::generate().unwrap()),
+    ));
+    // 3. The city's name with another key.
+    let impostor = PeerClient::new(RequestSigner::new(
+        fed.nodes
+            .iter()
+            .find(|n| n.role == citychain::config::Role::City)
+            .unwrap()
+            .id
+            .clone(),
+        Arc::new(SigningKey::generate().unwrap()),
+    ));
+    for (who, c, code) in [
+        ("stranger", &stranger, "unknown_peer"),
+        ("impostor", &impostor, "bad_signature"),
+    ] {
+        let r = c.put_batch(peer, &junk.id(), junk_bytes.clone(), T).await;
+        assert_eq!(refusal(r), (401, code.into()), "{who} write");
+        let r = c.get_batch(peer, &batch_id, T).await;
+        assert_eq!(refusal(r), (401, code.into()), "{who} read");
+        let r = c.challenge(peer, &batch_id, &challenge, T).await;
+        assert_eq!(refusal(r), (401, code.into()), "{who} proof");
+    }
+
+    // Nothing changed on the node, and the junk is nowhere.
+    assert_eq!(holdings(&client, &node.url).await, before);
+    let city_client = fed.storage_client().unwrap();
+    assert_eq!(
+        city_client.get_batch(peer, &junk.id(), T).await.unwrap(),
+        None
+    );
+    // The city itself still reads its batch and gets proofs that verify.
+    let held = city_client
+        .get_batch(peer, &batch_id, T)
+        .await
+        .unwrap()
+        .expect("the city reads its batch");
+    let proof = city_client
+        .challenge(peer, &batch_id, &challenge, T)
+        .await
+        .unwrap()
+        .expect("the holder proves it");
+    let (_, batch) = get(&client, &format!("{city}/v1/batches/{batch_hex}")).await;
+    assert!(
+        batch["holders"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from(holder.clone()))
+    );
+    let node_key = SigningKey::load(&node.config.node.key_path()).unwrap();
+    let node_key = node_key.public_key();
+    let held_hash = citychain::crypto::hash(&held);
+    proof
+        .verify(
+            &holder,
+            node_key,
+            &batch_id,
+            &held_hash,
+            &challenge,
+            messages::now_ms(),
+        )
+        .expect("the city's challenge is answered with a valid proof");
+
+    // The refusals are counted where an operator looks.
+    let m = metrics(&client, &node.url).await;
+    for reason in ["unauthenticated", "unknown_peer", "bad_signature"] {
+        let line = format!("citychain_auth_refused_total{{reason=\"{reason}\"}}");
+        assert!(m.contains(&line), "{line} missing");
+    }
+
+    // The city's repairer challenges its holders and counts proofs that hold.
+    wait_for("the repairer's proofs", Duration::from_secs(30), || async {
+        let m = metrics(&client, &city).await;
+        m.contains("citychain_hold_challenges_total{outcome=\"proved\"}")
+            .then_some(())
+    })
+    .await;
+    fed.shutdown().await.unwrap();
+}
+
+/// One holder of the stored transaction's batch.
+async fn stored_holder(client: &reqwest::Client, city: &str, stored: &Value) -> String {
+    let id = stored["tx_id"].as_str().unwrap();
+    let (_, tx) = get(client, &format!("{city}/v1/tx/{id}")).await;
+    tx["holders"][0].as_str().expect("a holder").to_string()
+}
