@@ -19,6 +19,8 @@
 pub mod city;
 pub mod config;
 pub mod crypto;
+#[cfg(any(test, fuzzing))]
+pub mod fuzz;
 pub mod http;
 pub mod messages;
 pub mod metrics;
