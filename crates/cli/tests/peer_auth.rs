@@ -183,3 +183,139 @@ async fn stored_holder(client: &reqwest::Client, city: &str, stored: &Value) -> 
     let (_, tx) = get(client, &format!("{city}/v1/tx/{id}")).await;
     tx["holders"][0].as_str().expect("a holder").to_string()
 }
+
+/// How a rogue light node lies in its acks.
+#[derive(Clone, Copy, Debug)]
+enum Lie {
+    /// Signs with a key that is not the one the city has for it.
+    OtherKey,
+    /// Answers every write with a valid ack it made earlier, for another batch.
+    Replay,
+    /// Signs, with its real key, a hash of bytes it did not store.
+    WrongHash,
+    /// Signs, with its real key, an ack two minutes old.
+    Stale,
+}
+
+/// A light node served by the test: stores nothing, answers health probes, and answers
+/// every write with an ack that lies as `lie` says. Returns its `[[storage.nodes]]` entry.
+fn rogue_light(id: &'static str, lie: Lie) -> (String, actix_web::dev::ServerHandle) {
+    use actix_web::{App, HttpResponse, HttpServer, web};
+    use base64::Engine;
+    use citychain::messages::PohAck;
+    use citychain::messages::storage::HealthReport;
+
+    let real = Arc::new(SigningKey::generate().unwrap());
+    let other = Arc::new(SigningKey::generate().unwrap());
+    // A genuine ack of this node, for a batch written before the test looks.
+    let earlier =
+        Arc::new(PohAck::sign(&real, id, [0xaa; 32], b"earlier", messages::now_ms()).unwrap());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let entry = format!(
+        "[[storage.nodes]]\nid = \"{id}\"\nrole = \"light\"\nurl = \"{url}\"\ncontinent = \"asia\"\npublic_key = \"{}\"\n",
+        base64::engine::general_purpose::STANDARD.encode(real.public_key())
+    );
+    let server = HttpServer::new(move || {
+        let (real, other, earlier) = (real.clone(), other.clone(), earlier.clone());
+        App::new()
+            .route(
+                "/internal/v1/health",
+                web::get().to(move || async move {
+                    HttpResponse::Ok().json(HealthReport {
+                        node_id: id.into(),
+                        role: citychain::config::Role::Light,
+                        continent: "asia".into(),
+                        used_bytes: 0,
+                        capacity_bytes: 1 << 30,
+                        batches: 0,
+                        inflight: 0,
+                    })
+                }),
+            )
+            .route(
+                "/internal/v1/batches/{id}",
+                web::put().to(move |path: web::Path<String>, body: web::Bytes| {
+                    let (real, other, earlier) = (real.clone(), other.clone(), earlier.clone());
+                    async move {
+                        let batch = messages::parse_hex32(&path).unwrap();
+                        let now = messages::now_ms();
+                        let ack = match lie {
+                            Lie::OtherKey => PohAck::sign(&other, id, batch, &body, now).unwrap(),
+                            Lie::WrongHash => {
+                                PohAck::sign(&real, id, batch, b"not it", now).unwrap()
+                            }
+                            Lie::Stale => {
+                                PohAck::sign(&real, id, batch, &body, now - 120_000).unwrap()
+                            }
+                            Lie::Replay => (*earlier).clone(),
+                        };
+                        HttpResponse::Ok()
+                            .content_type("application/octet-stream")
+                            .body(messages::encode(&ack))
+                    }
+                }),
+            )
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)
+    .unwrap()
+    .run();
+    let handle = server.handle();
+    actix_web::rt::spawn(server);
+    (entry, handle)
+}
+
+/// A city whose only light nodes lie in their acks never counts a lying ack: every
+/// transaction is stored on the next tier (the log), and each lie is counted by reason.
+/// (The rogue nodes are actix servers in this process, hence actix's test runtime.)
+#[actix_web::test]
+async fn forged_replayed_and_stale_acks_are_rejected_by_a_real_city() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut entries = String::new();
+    let mut servers = Vec::new();
+    for (id, lie) in [
+        ("rogue-other-key", Lie::OtherKey),
+        ("rogue-replay", Lie::Replay),
+        ("rogue-wrong-hash", Lie::WrongHash),
+        ("rogue-stale", Lie::Stale),
+    ] {
+        let (entry, server) = rogue_light(id, lie);
+        entries.push_str(&entry);
+        servers.push(server);
+    }
+    // One ack would be enough: any lie that passed would show as tier "light".
+    let config = format!(
+        "{}\n[storage]\nmin_light_acks = 1\n[prioritizer]\nlight_fanout = 4\n[supervisor]\nchain = [\"light\", \"log\"]\n\n{entries}",
+        city_node_section(dir.path())
+    );
+    let city = spawn_node(dir.path(), &config, true).await;
+    let client = client();
+    wait_nodes(
+        &client,
+        &city.url,
+        &[
+            "rogue-other-key".into(),
+            "rogue-replay".into(),
+            "rogue-wrong-hash".into(),
+            "rogue-stale".into(),
+        ],
+        true,
+    )
+    .await;
+    let key = SigningKey::generate().unwrap();
+    for n in 1..=2 {
+        let (status, body) = post(&client, &city.url, &signed(&key, n)).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["tier"], "log", "a lying ack was counted: {body}");
+    }
+    let m = metrics(&client, &city.url).await;
+    for reason in ["bad_signature", "wrong_batch", "wrong_hash", "stale"] {
+        let line = format!("citychain_acks_rejected_total{{reason=\"{reason}\"}}");
+        assert!(m.contains(&line), "{line} missing");
+    }
+    for s in servers {
+        s.stop(false).await;
+    }
+}
