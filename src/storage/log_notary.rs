@@ -248,3 +248,300 @@ impl NotaryTask {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use super::*;
+    use crate::messages::{Batch, FlagKind, Tier};
+    use crate::storage::city_store::{BatchRecord, CityStore, TxRecord};
+    use crate::storage::immutable_log::heads::{HISTORY, Standing, standing};
+    use crate::storage::immutable_log::{LOG_FILE, RecordKind};
+
+    fn key() -> SigningKey {
+        SigningKey::from_seed([7; 32]).unwrap()
+    }
+
+    /// The encoding of a real (empty) batch `seq` and its id.
+    fn batch(seq: u64) -> (Batch, Vec<u8>) {
+        let batch = Batch::build(
+            "tokyo",
+            seq,
+            vec![],
+            FlagKind::FreshTx,
+            &[],
+            1_700_000_000_000 + seq,
+        );
+        let bytes = crate::messages::encode(&batch);
+        (batch, bytes)
+    }
+
+    /// A data dir with a log of `n` batch records and a notary over it.
+    async fn city_log(n: u64) -> (tempfile::TempDir, Arc<ImmutableLog>, LogNotary) {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(ImmutableLog::open(&dir.path().join("log")).unwrap());
+        let (notary, finding) = LogNotary::open(dir.path(), log.clone(), key()).unwrap();
+        assert_eq!(finding, StartFinding::FirstHead { records: 0 });
+        for seq in 0..n {
+            log.append(RecordKind::Batch, batch(seq).1).await.unwrap();
+        }
+        (dir, log, notary)
+    }
+
+    /// Cuts the last `k` whole records from the log file in `dir/log`.
+    fn cut_records(dir: &Path, k: usize) {
+        let file = dir.join("log").join(LOG_FILE);
+        let records = ImmutableLog::read_all(&dir.join("log")).unwrap();
+        let tail: usize = records[records.len() - k..]
+            .iter()
+            .map(|r| 4 + postcard::to_stdvec(r).unwrap().len())
+            .sum();
+        let bytes = fs::read(&file).unwrap();
+        fs::write(&file, &bytes[..bytes.len() - tail]).unwrap();
+    }
+
+    #[tokio::test]
+    async fn heads_are_signed_over_the_log_and_kept_apart_from_it() {
+        let (dir, log, notary) = city_log(3).await;
+        assert_eq!(notary.latest().size, 0, "a head over the empty log at open");
+        let head = notary.sign_now().unwrap().expect("the log grew");
+        assert_eq!((head.size, Some(head.root)), (3, log.root(3)));
+        head.verify(key().public_key()).unwrap();
+        assert_eq!(notary.sign_now().unwrap(), None, "nothing new to sign");
+
+        let file = HeadsFile::load(
+            &dir.path()
+                .join(crate::storage::immutable_log::heads::HEADS_FILE),
+        )
+        .unwrap()
+        .unwrap();
+        file.verify(notary.path(), Some(key().public_key()))
+            .unwrap();
+        assert_eq!(file.latest(), Some(&head));
+        assert_eq!(file.at(0).map(|h| h.size), Some(0));
+        // A signature does not carry over to another size or root.
+        let mut forged = head.clone();
+        forged.size = 2;
+        assert!(forged.verify(key().public_key()).is_err());
+        let other = SigningKey::from_seed([8; 32]).unwrap();
+        assert!(head.verify(other.public_key()).is_err());
+    }
+
+    #[tokio::test]
+    async fn the_history_is_bounded() {
+        let (_dir, log, notary) = city_log(0).await;
+        for seq in 0..(HISTORY as u64 + 5) {
+            log.append(RecordKind::Batch, batch(seq).1).await.unwrap();
+            notary.sign_now().unwrap().unwrap();
+        }
+        let file = notary.lock().clone();
+        assert_eq!(file.heads.len(), HISTORY);
+        assert_eq!(file.latest().unwrap().size, HISTORY as u64 + 5);
+    }
+
+    #[tokio::test]
+    async fn the_signer_task_signs_after_appends_and_at_stop() {
+        let (_dir, log, notary) = city_log(0).await;
+        let notary = Arc::new(notary);
+        let task = notary.spawn(Duration::from_millis(10));
+        log.append(RecordKind::Batch, batch(0).1).await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while notary.latest().size < 1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no head after an append"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        log.append(RecordKind::Batch, batch(1).1).await.unwrap();
+        task.stop().await;
+        assert_eq!(notary.latest().size, 2, "a last head at stop");
+    }
+
+    #[tokio::test]
+    async fn a_log_cut_below_its_signed_head_is_found_and_the_loss_recorded() {
+        let (dir, log, notary) = city_log(5).await;
+        notary.sign_now().unwrap().unwrap();
+        drop((notary, log));
+        cut_records(dir.path(), 2);
+
+        let log = Arc::new(ImmutableLog::open(&dir.path().join("log")).unwrap());
+        assert_eq!(log.size(), 3);
+        let (notary, finding) = LogNotary::open(dir.path(), log.clone(), key()).unwrap();
+        let StartFinding::Broken(brk) = finding else {
+            panic!("expected a break, got {finding:?}");
+        };
+        assert!(brk.is_truncation());
+        assert_eq!((brk.first_bad, brk.exact, brk.missing()), (3, true, 2));
+        // The loss is on disk with the head that proves it; the node goes on with a head
+        // over what the log holds now.
+        let losses = notary.losses();
+        assert_eq!(losses.len(), 1);
+        assert_eq!((losses[0].head.size, losses[0].first_bad), (5, 3));
+        assert_eq!(notary.latest().size, 3);
+        assert_eq!(Some(notary.latest().root), log.root(3));
+        drop((notary, log));
+        let file = HeadsFile::load(&HeadsFile::path_in(dir.path()))
+            .unwrap()
+            .unwrap();
+        file.verify(Path::new("x"), Some(key().public_key()))
+            .unwrap();
+        assert_eq!(file.losses.len(), 1);
+        assert!(file.heads.iter().all(|h| h.size <= 3));
+
+        // The next start finds the log sound against its heads; the loss stays recorded.
+        let log = Arc::new(ImmutableLog::open(&dir.path().join("log")).unwrap());
+        let (notary, finding) = LogNotary::open(dir.path(), log, key()).unwrap();
+        assert_eq!(finding, StartFinding::Sound { unsigned: 0 });
+        assert_eq!(notary.losses().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn heads_of_another_key_or_forged_heads_refuse_to_open() {
+        let (dir, log, notary) = city_log(2).await;
+        notary.sign_now().unwrap();
+        drop(notary);
+        let other = SigningKey::from_seed([9; 32]).unwrap();
+        match LogNotary::open(dir.path(), log.clone(), other) {
+            Err(NotaryError::Heads(HeadsError::WrongKey { .. })) => {}
+            other => panic!("expected WrongKey, got {:?}", other.map(|(_, f)| f)),
+        }
+        // A head whose root was changed by hand no longer verifies.
+        let path = HeadsFile::path_in(dir.path());
+        let mut file = HeadsFile::load(&path).unwrap().unwrap();
+        file.heads.last_mut().unwrap().root[0] ^= 1;
+        file.save(&path).unwrap();
+        match LogNotary::open(dir.path(), log, key()) {
+            Err(NotaryError::Heads(HeadsError::BadSignature { .. })) => {}
+            other => panic!("expected BadSignature, got {:?}", other.map(|(_, f)| f)),
+        }
+    }
+
+    #[test]
+    fn standing_names_where_a_log_stops_matching() {
+        use crate::storage::immutable_log::merkle::{Tree, leaf_hash};
+        let tree = |n: u64, changed: Option<u64>| {
+            let mut t = Tree::new();
+            for i in 0..n {
+                let body = if Some(i) == changed {
+                    format!("x{i}")
+                } else {
+                    format!("r{i}")
+                };
+                t.push(leaf_hash(body.as_bytes()));
+            }
+            t
+        };
+        let signed = tree(10, None);
+        let heads: Vec<_> = [0u64, 4, 7, 10]
+            .iter()
+            .map(|&s| SignedHead::sign(&key(), s, signed.root(s).unwrap(), s).unwrap())
+            .collect();
+        let at = |t: &Tree| standing(&heads, t.len(), |s| t.root(s));
+
+        assert!(matches!(at(&signed), Standing::Matches { .. }));
+        assert!(matches!(
+            at(&tree(12, None)),
+            Standing::Ahead { records: 12, .. }
+        ));
+        assert!(matches!(
+            standing(&[], 3, |_| None),
+            Standing::Unsigned { records: 3 }
+        ));
+        // Cut to 8: record 8 is the first missing.
+        let Standing::Broken(brk) = at(&tree(8, None)) else {
+            panic!()
+        };
+        assert_eq!(
+            (brk.good, brk.head.size, brk.first_bad, brk.exact),
+            (7, 10, 8, true)
+        );
+        // Record 5 changed with the chain rebuilt: somewhere in 4..7.
+        let Standing::Broken(brk) = at(&tree(10, Some(5))) else {
+            panic!()
+        };
+        assert_eq!(
+            (brk.good, brk.head.size, brk.first_bad, brk.exact),
+            (4, 7, 4, false)
+        );
+        assert!(brk.to_string().contains("among 4..6"), "{brk}");
+    }
+
+    fn log_batch_record(seq: u64) -> (BatchRecord, Vec<(crate::messages::TxId, TxRecord)>) {
+        let (b, _) = batch(seq);
+        let tx_id = [seq as u8 + 1; 32];
+        (
+            BatchRecord {
+                header: b.header.clone(),
+                tx_ids: vec![tx_id],
+                tier: Tier::Log,
+                holders: vec!["city-tokyo".into()],
+                acks: vec![],
+                lost: false,
+            },
+            vec![(
+                tx_id,
+                TxRecord {
+                    flag: FlagKind::FreshTx,
+                    canonical: "{}".into(),
+                    batch_id: b.id(),
+                    tier: Tier::Log,
+                    holders: vec!["city-tokyo".into()],
+                    acks: 0,
+                    lost: false,
+                },
+            )],
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_start_audit_marks_batches_the_log_lost_and_relocation_ends_it() {
+        let (dir, log, notary) = city_log(3).await;
+        let store = CityStore::open(dir.path()).unwrap();
+        for seq in 0..3 {
+            let (b, t) = log_batch_record(seq);
+            store.record(b, t).await.unwrap();
+        }
+        assert!(
+            crate::storage::log_audit::audit(&store, &log)
+                .unwrap()
+                .is_empty()
+        );
+        drop((notary, log));
+        cut_records(dir.path(), 1);
+        let log = ImmutableLog::open(&dir.path().join("log")).unwrap();
+
+        let lost = crate::storage::log_audit::audit(&store, &log).unwrap();
+        let gone = batch(2).0.id();
+        assert_eq!(
+            lost.iter().map(|b| b.header.id()).collect::<Vec<_>>(),
+            [gone]
+        );
+        let tx = store.get_tx(&[3; 32]).unwrap().unwrap();
+        assert!(tx.lost, "the cut batch's transaction is not stored");
+        assert!(!store.get_tx(&[1; 32]).unwrap().unwrap().lost);
+        assert!(store.get_batch(&gone).unwrap().unwrap().lost);
+        assert_eq!(store.lost_count().unwrap(), 1);
+        // Not found again at the next start, and left out of repair upward.
+        assert!(
+            crate::storage::log_audit::audit(&store, &log)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            store
+                .batches_below_light(10)
+                .unwrap()
+                .iter()
+                .all(|b| b.header.id() != gone)
+        );
+
+        store
+            .relocate(&gone, Tier::Full, vec!["full-1".into()], vec![])
+            .unwrap();
+        assert!(!store.get_tx(&[3; 32]).unwrap().unwrap().lost);
+        assert_eq!(store.lost_count().unwrap(), 0);
+        assert!(store.lost_batches(10).unwrap().is_empty());
+    }
+}
