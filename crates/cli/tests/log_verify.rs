@@ -217,3 +217,87 @@ async fn records_past_the_latest_head_or_a_missing_or_foreign_head_fail() {
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("no signed head"), "{out}");
 }
+
+/// A measurement, not a test (nothing is asserted about time):
+/// `CITYCHAIN_MEASURE_RECORDS=100000 cargo test -p citychain-cli --test log_verify -- --ignored --nocapture`
+/// builds a log of that many 1 KiB records, then times `citychain log verify` on it, a
+/// head signature with its file write, and an inclusion and a consistency proof.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run it on its own"]
+async fn measure_verify_and_heads_on_a_large_log() {
+    use std::time::Instant;
+    let n: u64 = std::env::var("CITYCHAIN_MEASURE_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    let key = SigningKey::generate().unwrap();
+    key.save(&data.join("node.key")).unwrap();
+    let log = Arc::new(ImmutableLog::open(&data.join("log")).unwrap());
+    let (notary, _) = LogNotary::open(&data, log.clone(), key).unwrap();
+    let started = Instant::now();
+    let mut pending = Vec::new();
+    for i in 0..n {
+        let log = log.clone();
+        let mut body = vec![0u8; 1024];
+        body[..8].copy_from_slice(&i.to_le_bytes());
+        pending.push(tokio::spawn(async move {
+            log.append(RecordKind::Batch, body).await.unwrap()
+        }));
+        if pending.len() == 1024 {
+            for p in pending.drain(..) {
+                p.await.unwrap();
+            }
+        }
+    }
+    for p in pending {
+        p.await.unwrap();
+    }
+    println!("appended {n} records of 1 KiB in {:?}", started.elapsed());
+
+    let t = Instant::now();
+    let signs = 20;
+    for _ in 0..signs {
+        // A head per call: one more record each time.
+        log.append(RecordKind::Batch, vec![1; 16]).await.unwrap();
+        notary.sign_now().unwrap().unwrap();
+    }
+    println!(
+        "sign a head and rewrite the heads file: {:?} each (append included)",
+        t.elapsed() / signs
+    );
+    let size = log.size();
+    let t = Instant::now();
+    for i in 0..1000 {
+        log.inclusion_proof((i * 7919) % size, size).unwrap();
+    }
+    println!(
+        "inclusion proof at {size} records: {:?} each",
+        t.elapsed() / 1000
+    );
+    let t = Instant::now();
+    for i in 1..=1000 {
+        log.consistency_proof(1 + (i * 7919) % (size - 1), size)
+            .unwrap();
+    }
+    println!(
+        "consistency proof at {size} records: {:?} each",
+        t.elapsed() / 1000
+    );
+    drop(notary);
+    drop(log);
+
+    let bytes = std::fs::metadata(data.join("log").join(LOG_FILE))
+        .unwrap()
+        .len();
+    let t = Instant::now();
+    let (code, out) = verify_dir(&data.join("log"));
+    let took = t.elapsed();
+    assert_eq!(code, Some(0), "{out}");
+    println!(
+        "log verify: {size} records, {} MiB in {took:?} ({:.0} MiB/s)",
+        bytes / (1024 * 1024),
+        bytes as f64 / (1024.0 * 1024.0) / took.as_secs_f64()
+    );
+}
