@@ -49,6 +49,16 @@ pub const AUTH_REFUSED: &str = "citychain_auth_refused_total";
 pub const HOLD_CHALLENGES: &str = "citychain_hold_challenges_total";
 /// Counter: records appended to the immutable log.
 pub const LOG_APPENDS: &str = "citychain_log_appends_total";
+/// Counter: tree heads of the immutable log signed.
+pub const LOG_HEADS_SIGNED: &str = "citychain_log_heads_signed_total";
+/// Counter: tree heads that could not be signed or written.
+pub const LOG_HEAD_FAILURES: &str = "citychain_log_head_failures_total";
+/// Gauge: records a signed head covered that the log no longer held (or no longer
+/// matched) at this start; 0 when the log held everything.
+pub const LOG_RECORDS_LOST: &str = "citychain_log_records_lost";
+/// Gauge: batches acknowledged on the immutable log that it no longer holds and that are
+/// not found anywhere else yet; their transactions read as `lost`.
+pub const LOG_LOST_BATCHES: &str = "citychain_log_lost_batches";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 

@@ -28,12 +28,14 @@ use crate::config::{Config, Role};
 use crate::crypto::SigningKey;
 use crate::http::city_api::CityState;
 use crate::http::common::{self, ReadinessCheck};
+use crate::http::log_api::{self, LogState};
 use crate::http::peer_auth::PeerAuth;
 use crate::http::storage_api::{self, StorageState};
 use crate::messages::auth::RequestSigner;
 use crate::storage::chain::TierChain;
 use crate::storage::city_store::CityStore;
 use crate::storage::immutable_log::ImmutableLog;
+use crate::storage::log_notary::{HEAD_INTERVAL, LogNotary, NotaryTask};
 use crate::storage::peer::PeerClient;
 use crate::storage::store::BatchStore;
 
@@ -46,6 +48,8 @@ pub struct RunningNode {
     supervisor: Option<ActorRef<SupervisorMsg>>,
     /// Notified when the supervisor gives up on the pipeline (city nodes).
     gave_up: Option<(Arc<tokio::sync::Notify>, Arc<ActorTable>)>,
+    /// Signs the immutable log's heads (city nodes); a last head when the node stops.
+    log_heads: Option<NotaryTask>,
 }
 
 impl RunningNode {
@@ -57,6 +61,7 @@ impl RunningNode {
             server_task: tokio::spawn(server),
             supervisor: None,
             gave_up: None,
+            log_heads: None,
         }
     }
 
@@ -66,6 +71,9 @@ impl RunningNode {
         let _ = self.server_task.await;
         if let Some(sup) = self.supervisor {
             let _ = sup.stop_and_wait(Some("shutdown".into()), None).await;
+        }
+        if let Some(heads) = self.log_heads {
+            heads.stop().await;
         }
     }
 
@@ -98,6 +106,9 @@ impl RunningNode {
             ended = &mut self.server_task => {
                 if let Some(sup) = self.supervisor {
                     let _ = sup.stop_and_wait(Some("server ended".into()), None).await;
+                }
+                if let Some(heads) = self.log_heads {
+                    heads.stop().await;
                 }
                 ended.context("HTTP server task")?.context("HTTP server")?;
                 anyhow::bail!("HTTP server stopped unexpectedly")
@@ -168,21 +179,35 @@ async fn start_city(
             config.log_dir().display()
         )
     })?);
-    // The city's node key signs every request to its storage nodes, which serve only the
-    // keys on their allow-lists.
+    // The city's node key signs every request to its storage nodes (which serve only the
+    // keys on their allow-lists) and the heads of its log.
     let key = Arc::new(load_or_create_key(&config.node.key_path())?);
     // The first signature seeds AWS-LC's random generator (see `start_storage`): paid here,
     // it stays out of the first batch's requests, which run under the light deadline.
     key.sign(b"citychain city node start")
         .context("signing with the node key")?;
+    // The log against the heads this node signed over it, kept apart from the log.
+    let (notary, _finding) = LogNotary::open(&config.node.data_dir, log.clone(), key.clone())
+        .context("holding the immutable log against its signed heads")?;
+    let notary = Arc::new(notary);
     let signer = RequestSigner::new(config.node.id.clone(), key);
-    let chain = TierChain::build(&config, PeerClient::new(signer), log)?;
+    let chain = TierChain::build(&config, PeerClient::new(signer), log.clone())?;
     let store = Arc::new(CityStore::open(&config.node.data_dir).with_context(|| {
         format!(
             "opening the city store in {}",
             config.node.data_dir.display()
         )
     })?);
+    // Batches acknowledged on the log that it no longer holds are not `stored` any more:
+    // marked lost before the first request, searched for elsewhere by the Repairer.
+    crate::storage::log_audit::audit(&store, &log)
+        .context("auditing the immutable log against the status index")?;
+    let log_heads = notary.spawn(HEAD_INTERVAL);
+    let log_state = web::Data::new(LogState {
+        log,
+        notary,
+        store: store.clone(),
+    });
     // The pipeline, Intake → DagBatcher → Flagger → Prioritizer → StorageWriter, with
     // Failover and the Repairer, each linked to the FailoverSupervisor.
     let city = crate::city::start(config.clone(), chain, store).await?;
@@ -202,8 +227,10 @@ async fn start_city(
             .app_data(readiness.clone())
             .app_data(identity.clone())
             .app_data(actors.clone())
+            .app_data(log_state.clone())
             .app_data(common::path_config())
             .configure(crate::http::city_api::configure)
+            .configure(log_api::configure)
             .configure(common::configure)
             .configure(common::configure_actors)
             .default_service(web::to(common::not_found))
@@ -221,6 +248,7 @@ async fn start_city(
         server: server.handle(),
         server_task: tokio::spawn(server),
         supervisor: Some(supervisor),
+        log_heads: Some(log_heads),
     })
 }
 

@@ -74,6 +74,9 @@ pub struct TxReply {
 #[derive(Debug, Serialize)]
 pub struct BatchReply {
     pub batch_id: String,
+    /// `stored`, or `lost` when its only copy was lost from the immutable log and is not
+    /// found elsewhere yet (then `tier` is null and `holders` empty).
+    pub status: &'static str,
     pub city_id: String,
     pub seq: u64,
     pub parents: Vec<String>,
@@ -81,7 +84,7 @@ pub struct BatchReply {
     pub merkle_root: String,
     pub flag: FlagKind,
     pub created_at_ms: u64,
-    pub tier: Tier,
+    pub tier: Option<Tier>,
     pub holders: Vec<String>,
     pub acks: Vec<AckReply>,
 }
@@ -112,6 +115,7 @@ impl BatchReply {
         let h = &b.header;
         Self {
             batch_id: hex32(id),
+            status: if b.lost { "lost" } else { "stored" },
             city_id: h.city_id.clone(),
             seq: h.seq,
             parents: h.parents.iter().map(hex32).collect(),
@@ -119,8 +123,8 @@ impl BatchReply {
             merkle_root: hex32(&h.merkle_root),
             flag: h.flag,
             created_at_ms: h.created_at_ms,
-            tier: b.tier,
-            holders: b.holders.clone(),
+            tier: (!b.lost).then_some(b.tier),
+            holders: if b.lost { vec![] } else { b.holders.clone() },
             acks: b.acks.iter().map(AckReply::from).collect(),
         }
     }
@@ -192,6 +196,16 @@ async fn get_tx(path: web::Path<String>, state: web::Data<CityState>) -> ApiResu
             holders: vec![],
             flag: p.flag,
             tx: parse(&p.canonical),
+        },
+        // Its batch was lost from the log and is not found elsewhere yet: not stored.
+        TxView::Stored(r) if r.lost => TxReply {
+            tx_id: hex32(&id),
+            status: "lost",
+            tier: None,
+            batch_id: Some(hex32(&r.batch_id)),
+            holders: vec![],
+            flag: r.flag,
+            tx: parse(&r.canonical),
         },
         TxView::Stored(r) => TxReply {
             tx_id: hex32(&id),

@@ -12,7 +12,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
 use serde::{Deserialize, Serialize};
 
 use super::group_commit::{GroupCommit, GroupError, Options};
@@ -35,6 +37,10 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Batches held below the light tier: what repair upward works through, without
 /// scanning every batch.
 const BELOW_LIGHT: TableDefinition<&[u8; 32], ()> = TableDefinition::new("below_light");
+/// Batches the index placed on the immutable log that the log no longer holds (found at
+/// a start), until they are found elsewhere and relocated: their transactions are not
+/// `stored` meanwhile. Value: when the loss was found (ms since the epoch).
+const LOST: TableDefinition<&[u8; 32], u64> = TableDefinition::new("lost_from_log");
 const SEQ_RESERVED: &str = "seq_reserved";
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +83,10 @@ pub struct TxRecord {
     pub tier: Tier,
     pub holders: Vec<String>,
     pub acks: u32,
+    /// The batch's only copy was lost from the immutable log and is not found elsewhere
+    /// yet ([`CityStore::mark_lost`]). Not stored: filled in on reading.
+    #[serde(skip)]
+    pub lost: bool,
 }
 
 /// A durable batch: where it is and the acks that prove it.
@@ -87,6 +97,9 @@ pub struct BatchRecord {
     pub tier: Tier,
     pub holders: Vec<String>,
     pub acks: Vec<PohAck>,
+    /// See [`TxRecord::lost`]. Not stored: filled in on reading.
+    #[serde(skip)]
+    pub lost: bool,
 }
 
 struct WriteReq {
@@ -114,6 +127,7 @@ impl CityStore {
             tx.open_table(BY_SEQ)?;
             tx.open_table(META)?;
             tx.open_table(BELOW_LIGHT)?;
+            tx.open_table(LOST)?;
             tx.commit()?;
         }
         let options = Options {
@@ -156,19 +170,87 @@ impl CityStore {
     pub fn get_tx(&self, id: &TxId) -> Result<Option<TxRecord>> {
         let tx = self.db.begin_read()?;
         let table = tx.open_table(TXS)?;
-        table
-            .get(id)?
-            .map(|v| crate::messages::decode(v.value()).map_err(CityStoreError::from))
-            .transpose()
+        let Some(v) = table.get(id)? else {
+            return Ok(None);
+        };
+        let mut rec: TxRecord = crate::messages::decode(v.value())?;
+        rec.lost = tx.open_table(LOST)?.get(&rec.batch_id)?.is_some();
+        Ok(Some(rec))
     }
 
     pub fn get_batch(&self, id: &BatchId) -> Result<Option<BatchRecord>> {
         let tx = self.db.begin_read()?;
         let table = tx.open_table(BATCHES)?;
-        table
-            .get(id)?
-            .map(|v| crate::messages::decode(v.value()).map_err(CityStoreError::from))
-            .transpose()
+        let Some(v) = table.get(id)? else {
+            return Ok(None);
+        };
+        let mut rec: BatchRecord = crate::messages::decode(v.value())?;
+        rec.lost = tx.open_table(LOST)?.get(id)?.is_some();
+        Ok(Some(rec))
+    }
+
+    /// The batches this index places on the immutable log that `held` says the log does
+    /// not hold, and that are not marked lost yet.
+    pub fn log_batches_missing(&self, held: impl Fn(&BatchId) -> bool) -> Result<Vec<BatchRecord>> {
+        let tx = self.db.begin_read()?;
+        let below = tx.open_table(BELOW_LIGHT)?;
+        let batches = tx.open_table(BATCHES)?;
+        let lost = tx.open_table(LOST)?;
+        let mut out = Vec::new();
+        for entry in below.iter()? {
+            let (id, _) = entry?;
+            let id = *id.value();
+            if held(&id) || lost.get(&id)?.is_some() {
+                continue;
+            }
+            if let Some(v) = batches.get(&id)? {
+                let rec: BatchRecord = crate::messages::decode(v.value())?;
+                if rec.tier == Tier::Log {
+                    out.push(rec);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Marks batches lost (fsynced): their transactions read as lost, not stored, and repair
+    /// upward leaves them to the search for another copy, until [`CityStore::relocate`]
+    /// gives them a new home.
+    pub fn mark_lost(&self, ids: &[BatchId], found_ms: u64) -> Result<()> {
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(Durability::Immediate)?;
+        {
+            let mut lost = tx.open_table(LOST)?;
+            let mut below = tx.open_table(BELOW_LIGHT)?;
+            for id in ids {
+                lost.insert(id, found_ms)?;
+                below.remove(id)?;
+            }
+        }
+        Ok(tx.commit()?)
+    }
+
+    /// Up to `limit` batches marked lost, in id order.
+    pub fn lost_batches(&self, limit: usize) -> Result<Vec<BatchRecord>> {
+        let tx = self.db.begin_read()?;
+        let lost = tx.open_table(LOST)?;
+        let batches = tx.open_table(BATCHES)?;
+        let mut out = Vec::new();
+        for entry in lost.iter()?.take(limit) {
+            let (id, _) = entry?;
+            if let Some(v) = batches.get(id.value())? {
+                let mut rec: BatchRecord = crate::messages::decode(v.value())?;
+                rec.lost = true;
+                out.push(rec);
+            }
+        }
+        Ok(out)
+    }
+
+    /// How many batches are marked lost.
+    pub fn lost_count(&self) -> Result<u64> {
+        let tx = self.db.begin_read()?;
+        Ok(tx.open_table(LOST)?.len()?)
     }
 
     /// Where the DAG resumes: the first unreserved sequence number, and the ids of the
@@ -238,9 +320,12 @@ impl CityStore {
             } else {
                 below.insert(batch_id, ())?;
             }
+            // A new home ends a loss.
+            tx.open_table(LOST)?.remove(batch_id)?;
             rec.tier = tier;
             rec.holders = holders;
             rec.acks = acks;
+            rec.lost = false;
             let mut batches = tx.open_table(BATCHES)?;
             batches.insert(batch_id, crate::messages::encode(&rec).as_slice())?;
         }
@@ -325,6 +410,7 @@ mod tests {
                 tier: Tier::Light,
                 holders: vec!["light-1".into()],
                 acks: vec![],
+                lost: false,
             },
             vec![(
                 tx_id,
@@ -335,6 +421,7 @@ mod tests {
                     tier: Tier::Light,
                     holders: vec!["light-1".into()],
                     acks: 3,
+                    lost: false,
                 },
             )],
         )

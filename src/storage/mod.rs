@@ -9,12 +9,17 @@
 //! - [`peer`]: the client side of light and full nodes (write a batch, verify its ack).
 //! - [`store`]: the server side: a storage node's redb store with its capacity limit.
 //! - [`mongo`]: one MongoDB deployment per continent, between full nodes and the log.
-//! - [`immutable_log`]: the append-only, hash-chained, fsynced last resort.
+//! - [`immutable_log`]: the append-only, hash-chained, fsynced last resort, with its
+//!   Merkle tree and signed heads.
+//! - [`log_notary`]: signs the log's tree heads and holds the log against them at start.
+//! - [`log_audit`]: at start, finds batches acknowledged on the log that it lost.
 
 pub mod chain;
 pub mod city_store;
 pub mod group_commit;
 pub mod immutable_log;
+pub mod log_audit;
+pub mod log_notary;
 pub mod log_tier;
 pub mod mongo;
 pub mod mongo_tier;

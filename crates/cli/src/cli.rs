@@ -10,10 +10,11 @@ use clap::{Args, Parser, Subcommand};
 use citychain::config::Config;
 use citychain::crypto::SigningKey;
 use citychain::messages::{FlagKind, MAX_SAFE_AMOUNT, TxRequest};
-use citychain::storage::immutable_log::{ImmutableLog, LogError};
 use citychain_harness::bench::{self, BenchArgs};
 use citychain_harness::client::{TxClient, TxDraft};
 use citychain_harness::federation::{Federation, FederationSpec};
+
+use crate::log_cmd;
 
 #[derive(Parser)]
 #[command(
@@ -95,10 +96,55 @@ enum ConfigCommand {
 
 #[derive(Subcommand)]
 enum LogCommand {
-    /// Check an immutable log end to end.
+    /// Check an immutable log end to end and against the tree heads its city signed;
+    /// exit 1 and the first bad record unless the log is exactly what its latest signed
+    /// head covers.
     Verify {
+        /// The log's directory (holding immutable.log), or the node's data dir.
         #[arg(long)]
         dir: PathBuf,
+        /// The signed heads file; default log-heads.json in the data dir (the parent of a
+        /// log directory, or DIR itself when it is the data dir).
+        #[arg(long)]
+        heads: Option<PathBuf>,
+        /// The signer's public key (base64, or a key file); default: the node.key beside
+        /// the heads file, if there is one.
+        #[arg(long)]
+        public_key: Option<String>,
+    },
+    /// Fetch an inclusion proof for one log record from a city node and check it against
+    /// the node's latest signed head; exit 1 if anything does not verify.
+    Prove {
+        /// Base URL of a city node, e.g. http://127.0.0.1:8080
+        #[arg(long)]
+        node: String,
+        /// The record's index in the log.
+        #[arg(long, required_unless_present = "batch", conflicts_with = "batch")]
+        index: Option<u64>,
+        /// Or the id of the batch the record holds (64 hex characters).
+        #[arg(long)]
+        batch: Option<String>,
+        /// The signer's public key (base64, or a key file) to hold the head to; default:
+        /// the key the node presents.
+        #[arg(long)]
+        public_key: Option<String>,
+    },
+    /// Fetch a consistency proof between two tree sizes of a city node's log and check it;
+    /// exit 1 if anything does not verify.
+    Consistency {
+        #[arg(long)]
+        node: String,
+        /// The older tree size (at least 1).
+        #[arg(long)]
+        from: u64,
+        /// The newer tree size; default: the latest signed head's.
+        #[arg(long)]
+        to: Option<u64>,
+        /// The root you recorded for the older size (hex); it must be the one proven.
+        #[arg(long)]
+        from_root: Option<String>,
+        #[arg(long)]
+        public_key: Option<String>,
     },
 }
 
@@ -169,7 +215,7 @@ impl TxArgs {
 
 /// Failure kinds that map to exit codes.
 #[derive(Debug, thiserror::Error)]
-enum Failed {
+pub(crate) enum Failed {
     /// A check or request failed (exit 1); the message was already printed.
     #[error("{0}")]
     Check(String),
@@ -287,24 +333,28 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Log {
-            command: LogCommand::Verify { dir },
-        } => match ImmutableLog::verify(&dir) {
-            Ok(r) => {
-                println!(
-                    "{}: ok, {} records, {} bytes, head {}",
-                    dir.display(),
-                    r.records,
-                    r.bytes,
-                    hex::encode(r.head_hash)
-                );
-                Ok(())
+        Command::Log { command } => match command {
+            LogCommand::Verify {
+                dir,
+                heads,
+                public_key,
+            } => log_cmd::verify(&dir, heads, public_key.as_deref()),
+            LogCommand::Prove {
+                node,
+                index,
+                batch,
+                public_key,
+            } => log_cmd::prove(&node, index, batch.as_deref(), public_key.as_deref()).await,
+            LogCommand::Consistency {
+                node,
+                from,
+                to,
+                from_root,
+                public_key,
+            } => {
+                log_cmd::consistency(&node, from, to, from_root.as_deref(), public_key.as_deref())
+                    .await
             }
-            Err(LogError::Corrupt(bad)) => {
-                println!("{}: TAMPERED OR DAMAGED: {bad}", dir.display());
-                Err(Failed::Check(String::new()).into())
-            }
-            Err(e) => Err(anyhow::Error::new(e).context(format!("reading {}", dir.display()))),
         },
         Command::Up { dir } => up(dir).await,
     }

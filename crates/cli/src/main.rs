@@ -2,6 +2,7 @@
 //! and the tools around it (API.md). The command line is in [`cli`].
 
 mod cli;
+mod log_cmd;
 
 fn main() -> std::process::ExitCode {
     cli::main()

@@ -165,6 +165,7 @@ fn records(sealed: &SealedBatch, outcome: &StoreOutcome) -> (BatchRecord, Vec<(T
                     tier: outcome.tier,
                     holders: outcome.holders.clone(),
                     acks: outcome.acks.len() as u32,
+                    lost: false,
                 },
             )
         })
@@ -175,6 +176,7 @@ fn records(sealed: &SealedBatch, outcome: &StoreOutcome) -> (BatchRecord, Vec<(T
         tier: outcome.tier,
         holders: outcome.holders.clone(),
         acks: outcome.acks.clone(),
+        lost: false,
     };
     (batch, txs)
 }

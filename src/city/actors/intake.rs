@@ -71,7 +71,8 @@ impl Intake {
             return;
         }
         match index.store.get_tx(&tx.id) {
-            Ok(Some(rec)) => {
+            // A transaction whose batch was lost from the log is stored anew.
+            Ok(Some(rec)) if !rec.lost => {
                 let _ = reply.send(Ok(Receipt {
                     tx_id: tx.id,
                     tier: rec.tier,
@@ -82,7 +83,7 @@ impl Intake {
                 }));
                 return;
             }
-            Ok(None) => {}
+            Ok(_) => {}
             Err(e) => {
                 let why = Unavailable::Index(Arc::new(e));
                 let _ = reply.send(Err(SubmitError::StorageUnavailable(why)));
@@ -343,6 +344,7 @@ mod tests {
                     tier: Tier::Light,
                     holders: holders.clone(),
                     acks: vec![],
+                    lost: false,
                 },
                 vec![(
                     first.id,
@@ -353,6 +355,7 @@ mod tests {
                         tier: Tier::Light,
                         holders,
                         acks: 0,
+                        lost: false,
                     },
                 )],
             )

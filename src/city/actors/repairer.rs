@@ -13,10 +13,18 @@
 //!    holder held is re-replicated to other light nodes from a holder that still has it,
 //!    and the batch's holders are updated.
 //!
+//! 0. **Lost from the log** (first): batches the start audit found missing from the
+//!    immutable log (`storage::log_audit`) are searched for on every configured light and
+//!    full node and in MongoDB (each at most every [`LOST_SEARCH_INTERVAL`]). A sound copy
+//!    is written to light nodes, else full nodes, else appended to the log again, and the
+//!    batch's status follows; a batch found nowhere is reported lost with its transaction
+//!    ids, once per process, and searched for again later.
+//!
 //! Every move is recorded in the city store (fsynced) before it is reported, so a restart
 //! resumes exactly where repair stood.
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -27,11 +35,11 @@ use crate::config::Config;
 use crate::crypto::Hash32;
 use crate::messages::{
     Batch, BatchId, HoldChallenge, Placement, PohAck, SealedBatch, StoreJob, Tier, Urgency, decode,
-    now_ms,
+    hex32, now_ms,
 };
 use crate::storage::chain::TierChain;
 use crate::storage::city_store::{BatchRecord, CityStore};
-use crate::storage::immutable_log::ImmutableLog;
+use crate::storage::immutable_log::{ImmutableLog, RecordKind};
 use crate::storage::mongo::MongoTier;
 use crate::storage::nodes::{KnownNode, NodeDirectory};
 use crate::storage::peer::PeerClient;
@@ -41,11 +49,17 @@ use crate::storage::tier::StorageTier;
 /// Mailbox capacity: only timer ticks and round reports, one round at a time.
 pub const MAILBOX_CAPACITY: usize = 64;
 
+/// Least time between two searches for the same batch lost from the log: a search asks
+/// every configured storage node.
+pub const LOST_SEARCH_INTERVAL: Duration = Duration::from_secs(10);
+
 /// What one round did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct RoundReport {
     pub moved_up: usize,
     pub rereplicated: usize,
+    /// Batches lost from the log that were found elsewhere and given a new home.
+    pub recovered: usize,
 }
 
 /// Everything a round needs, shared with its task.
@@ -62,6 +76,12 @@ pub struct RepairContext {
     pub light_deadline: Duration,
     pub full_deadline: Duration,
     pub per_round: usize,
+    /// This node's id: the holder of what it appends to its own log.
+    pub holder: String,
+    /// When each batch lost from the log was last searched for.
+    searched: Mutex<HashMap<BatchId, Instant>>,
+    /// Lost batches already reported as found nowhere, so each is said once.
+    reported: Mutex<HashSet<BatchId>>,
 }
 
 impl RepairContext {
@@ -83,6 +103,9 @@ impl RepairContext {
             light_deadline: config.storage.light_deadline,
             full_deadline: config.storage.full_deadline,
             per_round: config.repair.batches_per_round,
+            holder: config.node.id.clone(),
+            searched: Mutex::default(),
+            reported: Mutex::default(),
         }
     }
 
@@ -174,10 +197,121 @@ impl RepairContext {
         result.outcome.ok()
     }
 
-    /// One round: move batches up, then check a window of light holdings from `cursor`.
-    /// Returns what it did and where the next window starts.
+    /// Another sound copy of a batch lost from the log: from any configured light or full
+    /// node, or MongoDB. Returns the bytes and where they came from.
+    async fn find_elsewhere(&self, rec: &BatchRecord) -> Option<(Vec<u8>, String)> {
+        let id = rec.header.id();
+        let sound = |bytes: &[u8]| {
+            decode::<Batch>(bytes).is_ok_and(|b| b.id() == id && b.check_integrity().is_ok())
+        };
+        for node in self.nodes.iter() {
+            if let Ok(Some(bytes)) = self
+                .client
+                .get_batch(node.peer(), &id, self.light_deadline * 4)
+                .await
+            {
+                if sound(&bytes) {
+                    return Some((bytes, node.entry.id.clone()));
+                }
+                tracing::warn!(batch = %hex32(&id), node = %node.entry.id, "a storage node's copy of a lost batch does not match its id");
+            }
+        }
+        let mongo = self.mongo.as_ref()?;
+        match mongo.get_batch(&id, rec.header.created_at_ms).await {
+            Ok(Some(bytes)) if sound(&bytes) => Some((bytes, "mongo".into())),
+            _ => None,
+        }
+    }
+
+    /// Step 0 of a round: finds batches lost from the log elsewhere and rehomes them.
+    async fn recover_lost(&self) -> usize {
+        let lost = match self.store.lost_batches(self.per_round) {
+            Ok(lost) => lost,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the batches lost from the log");
+                return 0;
+            }
+        };
+        if lost.is_empty() {
+            return 0;
+        }
+        let mut recovered = 0;
+        for rec in lost {
+            let id = rec.header.id();
+            {
+                let mut searched = self.searched.lock().unwrap_or_else(PoisonError::into_inner);
+                if searched
+                    .get(&id)
+                    .is_some_and(|at| at.elapsed() < LOST_SEARCH_INTERVAL)
+                {
+                    continue;
+                }
+                searched.insert(id, Instant::now());
+            }
+            let Some((bytes, source)) = self.find_elsewhere(&rec).await else {
+                let first = self
+                    .reported
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(id);
+                if first {
+                    let txs: Vec<String> = rec.tx_ids.iter().map(hex32).collect();
+                    tracing::error!(
+                        batch = %hex32(&id),
+                        seq = rec.header.seq,
+                        txs = %txs.join(","),
+                        "batch LOST: the immutable log no longer holds it and no storage node or MongoDB has a copy; its transactions are not stored (their clients may submit them again)"
+                    );
+                }
+                continue;
+            };
+            let home = match self
+                .write_to(Tier::Light, &rec, &bytes, Vec::new(), self.min_light_acks)
+                .await
+            {
+                Some(stored) => Some((Tier::Light, stored)),
+                None => self
+                    .write_to(Tier::Full, &rec, &bytes, Vec::new(), self.min_full_acks)
+                    .await
+                    .map(|stored| (Tier::Full, stored)),
+            };
+            let (tier, holders, acks) = match home {
+                Some((tier, stored)) => (tier, stored.holders, stored.acks),
+                None => match self.log.append(RecordKind::Batch, bytes).await {
+                    Ok(_) => (Tier::Log, vec![self.holder.clone()], Vec::new()),
+                    Err(e) => {
+                        tracing::error!(batch = %hex32(&id), error = %e, "a lost batch was found but no tier takes it yet");
+                        continue;
+                    }
+                },
+            };
+            match self.store.relocate(&id, tier, holders, acks) {
+                Ok(()) => {
+                    recovered += 1;
+                    self.searched
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .remove(&id);
+                    metrics::counter!(crate::metrics::REPAIRS, "kind" => "recovered", "from" => "log").increment(1);
+                    tracing::warn!(batch = %hex32(&id), %source, to = %tier, "a batch lost from the immutable log was recovered from another copy");
+                }
+                Err(e) => tracing::error!(error = %e, "recording a recovered batch"),
+            }
+        }
+        if let Ok(n) = self.store.lost_count() {
+            metrics::gauge!(crate::metrics::LOG_LOST_BATCHES).set(n as f64);
+        }
+        recovered
+    }
+
+    /// One round: recover batches lost from the log, move batches up, then check a window
+    /// of light holdings from `cursor`. Returns what it did and where the next window
+    /// starts.
     pub async fn round(&self, cursor: u64) -> (RoundReport, u64) {
-        let mut report = RoundReport::default();
+        let mut report = RoundReport {
+            recovered: self.recover_lost().await,
+            ..RoundReport::default()
+        };
         let below = self
             .store
             .batches_below_light(self.per_round)

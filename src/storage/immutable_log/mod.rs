@@ -36,7 +36,11 @@
 //! reports a torn tail too. An exclusive file lock keeps two writers off one log.
 
 mod format;
+pub mod heads;
 mod index;
+pub mod merkle;
+#[cfg(test)]
+mod merkle_tests;
 mod record;
 mod scan;
 #[cfg(test)]
@@ -48,18 +52,19 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use self::format::FRAME_HEADER_LEN;
 use self::index::{BatchIndex, Located};
+use self::merkle::{ProofError, Tree};
 pub use self::record::{
     AppendReceipt, LOG_FILE, LogError, MAGIC, MAX_PAYLOAD_LEN, MAX_RECORD_LEN, Record, RecordKind,
     Result, VerifyError, VerifyReport,
 };
-use self::scan::{Scan, scan};
+use self::scan::{Scan, Scanned, scan};
 #[cfg(test)]
 use self::writer::TestHooks;
-use self::writer::{Request, Shared, Writer};
+use self::writer::{Records, Request, Shared, Writer};
 use super::group_commit::{GroupCommit, GroupError, Options};
 use crate::crypto::Hash32;
 use crate::messages::BatchId;
@@ -101,7 +106,13 @@ impl ImmutableLog {
         lock_exclusive(&file, &path)?;
 
         let mut batches = BatchIndex::new();
-        let mut index_batch = |frame: u64, len: u32, record: Record| {
+        let mut records = Records::default();
+        let mut index_batch = |Scanned {
+                                   frame,
+                                   body,
+                                   record,
+                               }: Scanned<'_>| {
+            records.push(frame, body);
             if record.kind == RecordKind::Batch
                 && let Some(id) = index::batch_id(&record.payload)
             {
@@ -111,7 +122,7 @@ impl ImmutableLog {
                     Located {
                         seq: record.seq,
                         offset,
-                        len,
+                        len: body.len() as u32,
                     },
                 );
             }
@@ -140,6 +151,7 @@ impl ImmutableLog {
             scan
         };
         tracing::debug!(path = %path.display(), records = scan.records, "immutable log open");
+        debug_assert_eq!(records.tree.len(), scan.records);
 
         // A second descriptor for reads by offset: the writer's is append-only in spirit.
         let reader = File::open(&path)?;
@@ -147,6 +159,8 @@ impl ImmutableLog {
         let shared = Arc::new(Shared {
             head: Mutex::new((scan.records, scan.head_hash)),
             batches: Mutex::new(batches),
+            tree: RwLock::new(records),
+            appended: tokio::sync::watch::channel(scan.records).0,
             fsyncs: AtomicU64::new(0),
             #[cfg(test)]
             hooks: TestHooks::default(),
@@ -234,16 +248,126 @@ impl ImmutableLog {
     /// `prev_hash`es and every hash. Strict: a torn tail is reported too (its reason
     /// says "truncated"). [`LogError::Corrupt`] names the first bad record.
     pub fn verify(dir: &Path) -> Result<VerifyReport> {
+        Self::verify_tree(dir, |_, _| {}).map(|(report, _)| report)
+    }
+
+    /// [`ImmutableLog::verify`], also building the Merkle tree over the records so that
+    /// it can be held against signed tree heads. `progress(bytes_read, file_len)` is called
+    /// after every record.
+    pub fn verify_tree(
+        dir: &Path,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<(VerifyReport, Tree)> {
         let file = File::open(dir.join(LOG_FILE))?;
-        let scan = scan(&file, |_, _, _| {})?;
+        let file_len = file.metadata()?.len();
+        let mut tree = Tree::new();
+        let scan = scan(&file, |s| {
+            tree.push(merkle::leaf_hash(s.body));
+            progress(s.frame + FRAME_HEADER_LEN + s.body.len() as u64, file_len);
+        })?;
         if let Some(torn) = scan.torn {
             return Err(LogError::Corrupt(torn));
         }
-        Ok(VerifyReport {
+        let report = VerifyReport {
             records: scan.records,
             bytes: scan.file_len,
             head_hash: scan.head_hash,
-        })
+        };
+        Ok((report, tree))
+    }
+
+    /// Records on disk: the size of the log's Merkle tree.
+    pub fn size(&self) -> u64 {
+        self.records().tree.len()
+    }
+
+    /// The Merkle root over the first `size` records (`None` past the end).
+    pub fn root(&self, size: u64) -> Option<Hash32> {
+        self.records().tree.root(size)
+    }
+
+    /// The size of the tree and its root, read together.
+    pub fn tree_head(&self) -> (u64, Hash32) {
+        let records = self.records();
+        let size = records.tree.len();
+        let root = records.tree.root(size).expect("the whole tree has a root");
+        (size, root)
+    }
+
+    /// The audit path of record `index` in the tree of the first `size` records.
+    pub fn inclusion_proof(
+        &self,
+        index: u64,
+        size: u64,
+    ) -> std::result::Result<Vec<Hash32>, ProofError> {
+        self.records().tree.inclusion_proof(index, size)
+    }
+
+    /// The proof that the tree of `from` records is a prefix of the tree of `to`.
+    pub fn consistency_proof(
+        &self,
+        from: u64,
+        to: u64,
+    ) -> std::result::Result<Vec<Hash32>, ProofError> {
+        self.records().tree.consistency_proof(from, to)
+    }
+
+    /// Wakes on every group commit with the number of records on disk.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.appended.subscribe()
+    }
+
+    /// Whether the log holds a record of batch `id`.
+    pub fn holds_batch(&self, id: &BatchId) -> bool {
+        self.batch_record(id).is_some()
+    }
+
+    /// The index (seq) of the last record holding batch `id`.
+    pub fn batch_record(&self, id: &BatchId) -> Option<u64> {
+        self.shared
+            .batches
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .map(|at| at.seq)
+    }
+
+    /// The body of record `index` (the bytes its leaf hash covers), checked against the
+    /// record's own hash and the tree's leaf; `None` past the end. Blocks on two reads.
+    pub fn record_body(&self, index: u64) -> Result<Option<Vec<u8>>> {
+        let (frame, leaf) = {
+            let records = self.records();
+            match (records.frames.get(index as usize), records.tree.leaf(index)) {
+                (Some(&frame), Some(leaf)) => (frame, leaf),
+                _ => return Ok(None),
+            }
+        };
+        let corrupt = |reason: String| {
+            LogError::Corrupt(VerifyError {
+                offset: frame,
+                seq: index,
+                reason,
+            })
+        };
+        let mut header = [0u8; FRAME_HEADER_LEN as usize];
+        index::read_exact_at(&self.reader, &mut header, frame)?;
+        let len = u32::from_le_bytes(header) as usize;
+        if len > MAX_RECORD_LEN {
+            return Err(corrupt(format!("frame length {len} exceeds the limit")));
+        }
+        let mut body = vec![0; len];
+        index::read_exact_at(&self.reader, &mut body, frame + FRAME_HEADER_LEN)?;
+        if merkle::leaf_hash(&body) != leaf {
+            return Err(corrupt("record changed since it was written".into()));
+        }
+        Ok(Some(body))
+    }
+
+    fn records(&self) -> std::sync::RwLockReadGuard<'_, Records> {
+        self.shared
+            .tree
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The payload of the last batch record for batch `id` (the batch's encoding), read by
@@ -286,7 +410,7 @@ impl ImmutableLog {
         let path = dir.join(LOG_FILE);
         let file = File::open(&path)?;
         let mut records = Vec::new();
-        let scan = scan(&file, |_, _, record| records.push(record))?;
+        let scan = scan(&file, |s| records.push(s.record))?;
         if let Some(torn) = scan.torn {
             tracing::warn!(path = %path.display(), %torn, "immutable log has a torn tail");
         }
@@ -297,6 +421,14 @@ impl ImmutableLog {
     #[cfg(test)]
     fn queued(&self) -> usize {
         self.writer.queued()
+    }
+}
+
+impl Record {
+    /// Decodes a record's body (a frame's bytes after its length prefix), checking that it
+    /// is the canonical encoding and that its hash matches its contents (not the chain).
+    pub fn decode(body: &[u8]) -> std::result::Result<Self, String> {
+        format::decode_record(body)
     }
 }
 

@@ -25,10 +25,18 @@ pub(super) struct Scan {
     pub(super) torn: Option<VerifyError>,
 }
 
-/// Reads the log from the start, checking every record and handing it to `each` with its
-/// frame's offset and body length.
+/// One sound record as a scan hands it out.
+pub(super) struct Scanned<'a> {
+    /// Byte offset of the record's frame.
+    pub(super) frame: u64,
+    /// The frame's body: the bytes a leaf hash covers.
+    pub(super) body: &'a [u8],
+    pub(super) record: Record,
+}
+
+/// Reads the log from the start, checking every record and handing it to `each`.
 /// Damage other than a torn tail is `Err(Corrupt)`.
-pub(super) fn scan(file: &File, mut each: impl FnMut(u64, u32, Record)) -> Result<Scan> {
+pub(super) fn scan(file: &File, mut each: impl FnMut(Scanned<'_>)) -> Result<Scan> {
     let file_len = file.metadata()?.len();
     let mut reader = file;
     reader.seek(SeekFrom::Start(0))?;
@@ -116,7 +124,11 @@ pub(super) fn scan(file: &File, mut each: impl FnMut(u64, u32, Record)) -> Resul
         scan.records += 1;
         scan.head_hash = record.hash;
         scan.last_time_ms = record.time_ms;
-        each(pos, len as u32, record);
+        each(Scanned {
+            frame: pos,
+            body: &body,
+            record,
+        });
         pos += FRAME_HEADER_LEN + len;
     }
 }

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use super::format::{FRAME_HEADER_LEN, hash_preimage, record_hash};
 use super::index::{self, BatchIndex, Located};
+use super::merkle::{Tree, leaf_hash};
 use super::record::{AppendReceipt, MAX_RECORD_LEN, RecordKind};
 use crate::crypto::Hash32;
 use crate::messages::now_ms;
@@ -20,6 +21,10 @@ pub(super) struct Shared {
     pub(super) head: Mutex<(u64, Hash32)>,
     /// Where each batch record on disk is.
     pub(super) batches: Mutex<BatchIndex>,
+    /// The Merkle tree over every record on disk, and where each record's frame is.
+    pub(super) tree: std::sync::RwLock<Records>,
+    /// Records on disk, published after every fsync (for whoever signs tree heads).
+    pub(super) appended: tokio::sync::watch::Sender<u64>,
     /// Successful `sync_data` calls of appends, one per group.
     pub(super) fsyncs: AtomicU64,
     #[cfg(test)]
@@ -32,6 +37,20 @@ pub(super) struct Shared {
 pub(super) struct TestHooks {
     /// Makes the next fsync fail after the group's bytes were written.
     pub(super) fail_next_sync: std::sync::atomic::AtomicBool,
+}
+
+/// The tree over the records on disk and the byte offset of each record's frame.
+#[derive(Debug, Default)]
+pub(super) struct Records {
+    pub(super) tree: Tree,
+    pub(super) frames: Vec<u64>,
+}
+
+impl Records {
+    pub(super) fn push(&mut self, frame: u64, body: &[u8]) {
+        self.tree.push(leaf_hash(body));
+        self.frames.push(frame);
+    }
 }
 
 pub(super) struct Request {
@@ -77,6 +96,8 @@ impl Writer {
         let mut receipts = Vec::with_capacity(group.len());
         // Batch records of the group and where they will be, indexed once they are durable.
         let mut batches = Vec::new();
+        // Every record's frame offset and leaf hash, added to the tree once durable.
+        let mut leaves = Vec::with_capacity(group.len());
         for request in group.iter_mut() {
             let payload = std::mem::take(&mut request.payload);
             let batch_id = match request.kind {
@@ -96,9 +117,12 @@ impl Writer {
                 let len = body_len as u32;
                 batches.push((id, Located { seq, offset, len }));
             }
+            let frame = self.end + buf.len() as u64;
             buf.extend_from_slice(&(body_len as u32).to_le_bytes());
+            let body_start = buf.len();
             buf.extend_from_slice(&preimage);
             buf.extend_from_slice(&hash);
+            leaves.push((frame, leaf_hash(&buf[body_start..])));
             receipts.push(AppendReceipt { seq, hash });
             seq += 1;
             prev_hash = hash;
@@ -116,11 +140,23 @@ impl Writer {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .extend(batches);
+        {
+            let mut records = self
+                .shared
+                .tree
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            for (frame, leaf) in leaves {
+                records.tree.push(leaf);
+                records.frames.push(frame);
+            }
+        }
         *self
             .shared
             .head
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = (seq, prev_hash);
+        self.shared.appended.send_replace(seq);
         metrics::counter!(crate::metrics::LOG_APPENDS).increment(receipts.len() as u64);
         Ok(receipts)
     }
