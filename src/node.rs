@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use actix_web::dev::ServerHandle;
-use actix_web::{App, HttpServer, web};
+use actix_web::web;
 use anyhow::Context;
 use ractor::ActorRef;
 
@@ -30,6 +30,7 @@ use crate::http::city_api::CityState;
 use crate::http::common::{self, ReadinessCheck};
 use crate::http::log_api::{self, LogState};
 use crate::http::peer_auth::PeerAuth;
+use crate::http::server::{ServerOptions, serve};
 use crate::http::storage_api::{self, StorageState};
 use crate::messages::auth::RequestSigner;
 use crate::storage::chain::TierChain;
@@ -221,25 +222,21 @@ async fn start_city(
     let readiness = web::Data::new(readiness);
     let actors_table = actors.clone();
     let actors = web::Data::new(actors);
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(city.clone())
+    let options = ServerOptions {
+        workers: workers(),
+        shutdown_timeout_secs: config.intake.request_timeout.as_secs() + 2,
+    };
+    let server = serve(listener, options, move |app| {
+        app.app_data(city.clone())
             .app_data(readiness.clone())
             .app_data(identity.clone())
             .app_data(actors.clone())
             .app_data(log_state.clone())
-            .app_data(common::path_config())
             .configure(crate::http::city_api::configure)
             .configure(log_api::configure)
             .configure(common::configure)
-            .configure(common::configure_actors)
-            .default_service(web::to(common::not_found))
-    })
-    .workers(workers())
-    .disable_signals()
-    .shutdown_timeout(config.intake.request_timeout.as_secs() + 2)
-    .listen(listener)?
-    .run();
+            .configure(common::configure_actors);
+    })?;
     tracing::info!(%addr, node = %config.node.id, "city node listening");
     Ok(RunningNode {
         gave_up: Some((gave_up, actors_table)),
@@ -286,22 +283,18 @@ fn start_storage(
     let auth = web::Data::new(PeerAuth::new(config.node.id.clone(), &config.auth));
     let readiness: ReadinessCheck = Arc::new(|| Ok(()));
     let readiness = web::Data::new(readiness);
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(state.clone())
+    let options = ServerOptions {
+        workers: 2,
+        shutdown_timeout_secs: 5,
+    };
+    let server = serve(listener, options, move |app| {
+        app.app_data(state.clone())
             .app_data(auth.clone())
             .app_data(readiness.clone())
             .app_data(identity.clone())
-            .app_data(common::path_config())
             .configure(storage_api::configure)
-            .configure(common::configure)
-            .default_service(web::to(common::not_found))
-    })
-    .workers(2)
-    .disable_signals()
-    .shutdown_timeout(5)
-    .listen(listener)?
-    .run();
+            .configure(common::configure);
+    })?;
     tracing::info!(%addr, node = %config.node.id, %role, capacity, "storage node listening");
     Ok(RunningNode::without_actors(addr, role, server))
 }
@@ -316,20 +309,17 @@ fn start_aggregator(
     let readiness: ReadinessCheck = Arc::new(|| Ok(()));
     let readiness = web::Data::new(readiness);
     let actors = web::Data::new(Arc::new(ActorTable::default()));
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(readiness.clone())
+    let options = ServerOptions {
+        workers: 1,
+        shutdown_timeout_secs: 2,
+    };
+    let server = serve(listener, options, move |app| {
+        app.app_data(readiness.clone())
             .app_data(identity.clone())
             .app_data(actors.clone())
             .configure(common::configure)
-            .configure(common::configure_actors)
-            .default_service(web::to(common::not_found))
-    })
-    .workers(1)
-    .disable_signals()
-    .shutdown_timeout(2)
-    .listen(listener)?
-    .run();
+            .configure(common::configure_actors);
+    })?;
     tracing::info!(%addr, node = %config.node.id, %role, "node listening");
     Ok(RunningNode::without_actors(addr, role, server))
 }

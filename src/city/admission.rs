@@ -1,12 +1,21 @@
-//! Admission: the checks a city makes of a verified transaction before the Intake sees it.
+//! Admission: the checks a city makes of a transaction before the Intake sees it.
 //!
-//! They run on the HTTP worker threads, in parallel, after the signature check
-//! ([`SignedTx::from_request_bytes`]), so the Intake actor — a sequential point — does only
-//! de-duplication and bookkeeping.
+//! They run on the HTTP worker threads, in parallel, so the Intake actor — a sequential
+//! point — does only de-duplication and bookkeeping. In order:
+//!
+//! 1. [`check_request`], on the parsed request before its signature is checked: only
+//!    kinds clients may submit (`fresh_tx`), and names without control or invisible
+//!    characters. Cheap, so a flood of such requests costs no signature verification.
+//! 2. The signature ([`ParsedTx::verify`]).
+//! 3. Whether the transaction is already durable (the handle answers it as a duplicate,
+//!    however old: the id is the hash of the signed bytes, so the answer tells nothing
+//!    `GET /v1/tx/{id}` would not, and it changes nothing).
+//! 4. [`check_policy`]: clock skew, payload size, city.
 
 use std::time::Duration;
 
-use crate::messages::{SignedTx, TxValidationError};
+use crate::messages::names::check_name;
+use crate::messages::{ParsedTx, SignedTx, TxValidationError};
 
 /// Policy checks that need the node's configuration or clock.
 #[derive(Debug, Clone)]
@@ -14,6 +23,21 @@ pub struct IntakeLimits {
     pub city: String,
     pub max_clock_skew: Duration,
     pub max_payload_bytes: usize,
+}
+
+/// Checks what can be checked before the signature: the kind, and the names.
+pub fn check_request(tx: &ParsedTx) -> Result<(), TxValidationError> {
+    let t = &tx.tx;
+    if !t.kind.client_may_submit() {
+        return Err(TxValidationError::KindNotAllowed(t.kind));
+    }
+    // `sender` is already known to be the hex address of the key.
+    check_name("receiver", &t.receiver)?;
+    check_name("city_id", &t.city_id)?;
+    if let Some(continent) = &t.continent {
+        check_name("continent", continent)?;
+    }
+    Ok(())
 }
 
 /// Checks a signed transaction against this node's policy.
@@ -52,6 +76,40 @@ mod tests {
     use crate::crypto::SigningKey;
     use crate::messages::FlagKind;
     use crate::testkit::signed_tx;
+
+    fn parsed(tx: &SignedTx) -> ParsedTx {
+        ParsedTx {
+            id: tx.id,
+            tx: tx.tx.clone(),
+            canonical: tx.canonical.clone(),
+            public_key: tx.public_key.clone(),
+            signature: tx.signature.clone(),
+        }
+    }
+
+    #[test]
+    fn requests_with_node_kinds_or_bad_names_are_refused() {
+        let key = SigningKey::from_seed([8; 32]).unwrap();
+        let fresh = signed_tx(&key, 1, FlagKind::FreshTx, 10);
+        assert_eq!(check_request(&parsed(&fresh)), Ok(()));
+        for kind in FlagKind::ALL
+            .into_iter()
+            .filter(|k| *k != FlagKind::FreshTx)
+        {
+            let tx = signed_tx(&key, 1, kind, 10);
+            let err = check_request(&parsed(&tx)).unwrap_err();
+            assert_eq!((err.status(), err.code()), (403, "kind_not_allowed"));
+        }
+        let mut bad = parsed(&fresh);
+        bad.tx.receiver = "bob\n".into();
+        assert_eq!(check_request(&bad).unwrap_err().code(), "invalid_name");
+        let mut bad = parsed(&fresh);
+        bad.tx.city_id = "tok\u{200b}yo".into();
+        assert_eq!(check_request(&bad).unwrap_err().code(), "invalid_name");
+        let mut bad = parsed(&fresh);
+        bad.tx.continent = Some(String::new());
+        assert_eq!(check_request(&bad).unwrap_err().code(), "invalid_name");
+    }
 
     #[test]
     fn policy_checks_skew_payload_and_city() {

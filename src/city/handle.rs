@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 use ractor::ActorRef;
 use tokio::sync::oneshot;
 
-use super::admission::{IntakeLimits, check_policy};
+use super::admission::{IntakeLimits, check_policy, check_request};
 use super::mailbox::{Mailbox, SendError};
-use super::msgs::{IntakeMsg, SubmitError, SubmitResult, SupervisorMsg};
+use super::msgs::{IntakeMsg, Receipt, SubmitError, SubmitResult, SupervisorMsg};
 use super::node_policy::{NodeView, NodesSnapshot};
 use super::status::{StatusIndex, TxView};
 use crate::config::{ActorName, Config};
-use crate::messages::{BatchId, SignedTx, TxId, TxValidationError, now_ms};
+use crate::messages::{BatchId, ParsedTx, SignedTx, TxId, TxValidationError, now_ms};
 use crate::storage::city_store::{BatchRecord, CityStoreError};
 
 /// Why a request was refused before it reached the pipeline.
@@ -25,6 +25,19 @@ pub enum AdmitError {
     QueueFull,
     #[error(transparent)]
     Invalid(#[from] TxValidationError),
+    /// The status index could not be read.
+    #[error(transparent)]
+    Index(#[from] CityStoreError),
+}
+
+/// What admission made of a request.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // New is the common case; boxing it would cost an allocation per request.
+pub enum Admitted {
+    /// A transaction for the Intake.
+    New(SignedTx),
+    /// A transaction already durable: its receipt, marked as a duplicate.
+    Known(Receipt),
 }
 
 /// Why a fault could not be injected.
@@ -72,15 +85,30 @@ impl CityHandle {
         }
     }
 
-    /// Parses, verifies and checks a `POST /v1/tx` body. Runs on the caller's thread, so
-    /// signature checks spread over every HTTP worker.
-    pub fn admit(&self, body: &[u8]) -> Result<SignedTx, AdmitError> {
+    /// Parses, verifies and checks a `POST /v1/tx` body, in the order of
+    /// [`admission`](super::admission). Runs on the caller's thread, so signature checks
+    /// spread over every HTTP worker.
+    pub fn admit(&self, body: &[u8]) -> Result<Admitted, AdmitError> {
         if self.intake.depth() >= self.intake.capacity() {
             return Err(AdmitError::QueueFull);
         }
-        let tx = SignedTx::from_request_bytes(body)?;
+        let parsed = ParsedTx::parse(body)?;
+        check_request(&parsed)?;
+        let tx = parsed.verify()?;
+        // Known before the clock is looked at: a re-submission is answered however long
+        // ago the transaction was stored.
+        if let Some(rec) = self.index.store.get_tx(&tx.id)? {
+            return Ok(Admitted::Known(Receipt {
+                tx_id: tx.id,
+                tier: rec.tier,
+                batch_id: rec.batch_id,
+                acks: rec.acks as usize,
+                flag: rec.flag,
+                duplicate: true,
+            }));
+        }
         check_policy(&tx, &self.limits, now_ms())?;
-        Ok(tx)
+        Ok(Admitted::New(tx))
     }
 
     /// Hands an admitted transaction to the Intake and waits, at most `request_timeout`,

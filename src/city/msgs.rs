@@ -47,6 +47,10 @@ pub enum SubmitError {
     Restarted,
     #[error("not durable within {0:?}; retrying the same transaction is safe")]
     TimedOut(Duration),
+    /// The sender already used this nonce for another transaction (`taken_by`), stored or
+    /// in flight. Not retryable: the client must pick another nonce.
+    #[error("nonce already used by this sender for transaction {}", hex::encode(.taken_by))]
+    NonceReused { taken_by: TxId },
 }
 
 impl SubmitError {
@@ -58,6 +62,7 @@ impl SubmitError {
             SubmitError::StorageUnavailable(_)
             | SubmitError::Restarted
             | SubmitError::TimedOut(_) => "storage_unavailable",
+            SubmitError::NonceReused { .. } => "nonce_reused",
         }
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
-use crate::messages::{BatchId, FlagKind, TxId};
+use crate::messages::{BatchId, FlagKind, NonceKey, TxId};
 use crate::storage::city_store::{BatchRecord, CityStore, CityStoreError, TxRecord};
 
 /// A transaction admitted and not yet durable.
@@ -16,6 +16,8 @@ pub struct PendingTx {
     pub flag: FlagKind,
     /// The signed canonical JSON of the transaction.
     pub canonical: Arc<str>,
+    /// Its `(sender, nonce)` pair, held in [`StatusIndex::nonces`] while it is pending.
+    pub nonce: NonceKey,
 }
 
 /// What `GET /v1/tx/{id}` reads.
@@ -28,6 +30,10 @@ pub enum TxView {
 /// (written by the Failover actor before any client hears 200).
 pub struct StatusIndex {
     pub pending: DashMap<TxId, PendingTx>,
+    /// The `(sender, nonce)` pairs of the pending transactions, so that of two different
+    /// transactions with one pair in flight at once only the first is admitted. Durable
+    /// pairs are in the store.
+    pub nonces: DashMap<NonceKey, TxId>,
     pub store: Arc<CityStore>,
 }
 
@@ -35,6 +41,7 @@ impl StatusIndex {
     pub fn new(store: Arc<CityStore>) -> Self {
         Self {
             pending: DashMap::new(),
+            nonces: DashMap::new(),
             store,
         }
     }
@@ -44,6 +51,13 @@ impl StatusIndex {
             return Ok(Some(TxView::Pending(p.clone())));
         }
         Ok(self.store.get_tx(id)?.map(TxView::Stored))
+    }
+
+    /// Forgets a pending transaction (durable or failed now) and releases its pair.
+    pub fn forget(&self, id: &TxId) -> Option<PendingTx> {
+        let (_, p) = self.pending.remove(id)?;
+        self.nonces.remove_if(&p.nonce, |_, owner| owner == id);
+        Some(p)
     }
 
     pub fn batch(&self, id: &BatchId) -> Result<Option<BatchRecord>, CityStoreError> {

@@ -221,6 +221,21 @@ continent = "asia"
     }
 
     #[test]
+    fn names_with_control_or_invisible_characters_are_refused() {
+        let text = MINIMAL
+            .replace("\"light-1\"", "\"light\\u0000-1\"")
+            .replace("\"asia\"", "\"as\\u202Eia\"");
+        let err = Config::parse(&text).unwrap_err();
+        let all = err.problems.join("\n");
+        assert!(all.contains("node.id") && all.contains("U+0000"), "{all}");
+        assert!(
+            all.contains("node.continent") && all.contains("U+202E"),
+            "{all}"
+        );
+        assert_eq!(err.problems.len(), 2, "{all}");
+    }
+
+    #[test]
     fn policies_and_actor_names_are_checked_by_name() {
         let m = MINIMAL.as_str();
         let text = format!(

@@ -4,6 +4,17 @@ use std::collections::BTreeSet;
 
 use super::{Config, Role, decode_public_key};
 use crate::messages::Tier;
+use crate::messages::names::{NameError, check_name};
+
+/// A name with characters names may not contain (`[node] id`, `city`, `continent`,
+/// storage node ids): the problem, in the words of the config file.
+fn bad_name(section: &str, field: &'static str, value: &str) -> Option<String> {
+    match check_name(field, value) {
+        // Emptiness is reported by the checks that need the field.
+        Ok(()) | Err(NameError::Empty { .. }) => None,
+        Err(e) => Some(format!("{section} {e} ({value:?})")),
+    }
+}
 
 impl Config {
     /// Semantic checks; returns every problem found.
@@ -18,6 +29,11 @@ impl Config {
         }
         if n.role == Role::City && n.city.as_deref().is_none_or(|c| c.trim().is_empty()) {
             p.push("[node] city is required for a city node".into());
+        }
+        p.extend(bad_name("[node]", "node.id", &n.id));
+        p.extend(bad_name("[node]", "node.continent", &n.continent));
+        if let Some(city) = &n.city {
+            p.extend(bad_name("[node]", "node.city", city));
         }
         let i = &self.intake;
         if i.queue_capacity == 0 {
@@ -76,6 +92,8 @@ impl Config {
             if !ids.insert(e.id.as_str()) {
                 p.push(format!("{at}: duplicate id"));
             }
+            p.extend(bad_name(&at, "id", &e.id));
+            p.extend(bad_name(&at, "continent", &e.continent));
             if !e.role.is_storage() {
                 p.push(format!("{at}: role must be light or full, not {}", e.role));
             }

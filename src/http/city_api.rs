@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::common::{parse_id, read_body, require_json};
 use super::{ApiError, ApiResult};
 use crate::city::CityHandle;
-use crate::city::handle::{AdmitError, InjectError};
+use crate::city::handle::{AdmitError, Admitted, InjectError};
 use crate::city::msgs::{Receipt, SubmitError};
 use crate::city::status::TxView;
 use crate::messages::{FlagKind, PohAck, Tier, hex32};
@@ -152,12 +152,19 @@ async fn submit(
     let body = read_body(&req, payload, state.max_body_bytes)
         .await
         .map_err(rejected)?;
-    let tx = state.city.admit(&body).map_err(|e| {
-        rejected(match e {
-            AdmitError::QueueFull => ApiError::overloaded(e.to_string()),
-            AdmitError::Invalid(e) => e.into(),
-        })
-    })?;
+    let tx = match state.city.admit(&body) {
+        Ok(Admitted::New(tx)) => tx,
+        Ok(Admitted::Known(receipt)) => {
+            return Ok(HttpResponse::Ok().json(ReceiptReply::from(&receipt)));
+        }
+        Err(AdmitError::Index(e)) => {
+            return Err(rejected(ApiError::storage_unavailable(e.to_string())));
+        }
+        Err(e @ AdmitError::QueueFull) => {
+            return Err(rejected(ApiError::overloaded(e.to_string())));
+        }
+        Err(AdmitError::Invalid(e)) => return Err(rejected(e.into())),
+    };
     match state.city.submit(tx, arrived).await {
         Ok(r) => Ok(HttpResponse::Ok().json(ReceiptReply::from(&r))),
         Err(SubmitError::Overloaded(n)) => Err(ApiError::overloaded(format!(
@@ -165,6 +172,10 @@ async fn submit(
         ))),
         // Refused before the Intake took it, or lost with a failed actor: counted here.
         Err(e @ SubmitError::QueueFull) => Err(rejected(ApiError::overloaded(e.to_string()))),
+        // Counted by the Intake.
+        Err(e @ SubmitError::NonceReused { .. }) => {
+            Err(ApiError::new(409, "nonce_reused", e.to_string()))
+        }
         Err(e @ (SubmitError::Restarted | SubmitError::TimedOut(_))) => {
             Err(rejected(ApiError::storage_unavailable(e.to_string())))
         }

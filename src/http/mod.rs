@@ -7,12 +7,15 @@
 //! - [`peer_auth`]: who may call it: signed requests checked against an allow-list.
 //! - [`common`]: `/healthz`, `/readyz`, `/metrics`, JSON 404s, shared by every role.
 //! - [`error`]: the JSON error body.
+//! - [`server`]: the one server every role runs, with a JSON error body on every error,
+//!   including the HTTP/1 protocol errors actix-http answers by itself.
 
 pub mod city_api;
 pub mod common;
 pub mod error;
 pub mod log_api;
 pub mod peer_auth;
+pub mod server;
 pub mod storage_api;
 
 pub use error::{ApiError, ApiResult};

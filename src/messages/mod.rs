@@ -8,9 +8,11 @@
 mod ack;
 pub mod auth;
 mod batch;
+pub mod names;
 mod outcome;
 mod pipeline;
 pub mod storage;
+pub mod strict_json;
 mod tx;
 mod wire;
 
@@ -19,7 +21,7 @@ pub use batch::{Batch, BatchHeader, BatchId, StoredTx};
 pub use outcome::{StoreOutcome, Tier};
 pub use pipeline::{Flag, NodeObservation, Placement, SealedBatch, StoreJob, Target, Urgency};
 pub use tx::{
-    FlagKind, MAX_SAFE_AMOUNT, Pop, SignedTx, Tx, TxId, TxRequest, TxValidationError, signed_bytes,
-    tx_id_hex,
+    FlagKind, MAX_SAFE_AMOUNT, NonceKey, ParsedTx, Pop, SignedTx, Tx, TxId, TxRequest,
+    TxValidationError, signed_bytes, tx_id_hex,
 };
 pub use wire::{WIRE_VERSION, WireError, decode, encode, hex32, now_ms, parse_hex32};

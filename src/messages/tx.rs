@@ -10,6 +10,8 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::names::NameError;
+use super::strict_json::{StrictValue, is_duplicate_key};
 use crate::crypto::{self, Hash32};
 
 /// Domain-separation tag of transaction signatures.
@@ -78,6 +80,14 @@ impl FlagKind {
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|k| k.as_str() == s)
     }
+
+    /// Whether clients may submit this kind on `/v1/tx`. The others are the nodes' own
+    /// (checkpoints, repair and proof-of-hold traffic, system transactions): they jump
+    /// the queue and close batches at once, so a client sending them would push honest
+    /// transactions back.
+    pub fn client_may_submit(self) -> bool {
+        matches!(self, FlagKind::FreshTx)
+    }
 }
 
 /// Proof of place: where the sender claims to be.
@@ -120,11 +130,13 @@ pub struct TxRequest {
 }
 
 /// The first request envelope parse keeps `tx` raw, so the signed bytes are computed from
-/// what the client sent rather than from our re-serialization of it.
+/// what the client sent rather than from our re-serialization of it. Every object in it,
+/// at any depth, must have unique keys ([`StrictValue`]); the envelope's own fields are
+/// checked by the derive.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTxRequest {
-    tx: Value,
+    tx: StrictValue,
     public_key: String,
     signature: String,
 }
@@ -134,6 +146,12 @@ struct RawTxRequest {
 pub enum TxValidationError {
     #[error("malformed JSON: {0}")]
     InvalidJson(String),
+    #[error("repeated key: {0}")]
+    DuplicateKey(String),
+    #[error("kind {} is for nodes only; clients submit fresh_tx", .0.as_str())]
+    KindNotAllowed(FlagKind),
+    #[error(transparent)]
+    InvalidName(#[from] NameError),
     #[error("unknown field: {0}")]
     UnknownField(String),
     #[error("missing field: {0}")]
@@ -165,6 +183,9 @@ impl TxValidationError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::InvalidJson(_) => "invalid_json",
+            Self::DuplicateKey(_) => "duplicate_key",
+            Self::KindNotAllowed(_) => "kind_not_allowed",
+            Self::InvalidName(_) => "invalid_name",
             Self::UnknownField(_) => "unknown_field",
             Self::MissingField(_) => "missing_field",
             Self::InvalidField(_) => "invalid_field",
@@ -180,10 +201,12 @@ impl TxValidationError {
         }
     }
 
-    /// HTTP status: 401 for a bad signature, 400 for everything else.
+    /// HTTP status: 401 for a bad signature, 403 for a kind clients may not submit, 400
+    /// for everything else.
     pub fn status(&self) -> u16 {
         match self {
             Self::BadSignature => 401,
+            Self::KindNotAllowed(_) => 403,
             _ => 400,
         }
     }
@@ -193,6 +216,8 @@ fn classify_serde(e: serde_json::Error) -> TxValidationError {
     let msg = e.to_string();
     if e.is_syntax() || e.is_eof() || e.is_io() {
         TxValidationError::InvalidJson(msg)
+    } else if is_duplicate_key(&e) {
+        TxValidationError::DuplicateKey(msg)
     } else if msg.starts_with("unknown field") {
         TxValidationError::UnknownField(msg)
     } else if msg.starts_with("missing field") {
@@ -214,16 +239,32 @@ pub struct SignedTx {
     pub signature: Vec<u8>,
 }
 
-impl SignedTx {
-    /// Parses and authenticates a request body.
-    pub fn from_request_bytes(body: &[u8]) -> Result<Self, TxValidationError> {
+/// A request that parsed, whose integers are in range and whose sender is its key's
+/// address, with its id computed; its signature is not checked yet
+/// ([`ParsedTx::verify`]). Cheap checks (kind, names) can refuse it before the costly
+/// signature verification.
+#[derive(Debug, Clone)]
+pub struct ParsedTx {
+    pub id: TxId,
+    pub tx: Tx,
+    /// JCS canonical JSON of `tx`, exactly the signed part.
+    pub canonical: String,
+    pub public_key: Vec<u8>,
+    pub signature: Vec<u8>,
+}
+
+impl ParsedTx {
+    /// Parses a request body (one pass over the bytes, duplicate keys refused at any
+    /// depth) and computes its id.
+    pub fn parse(body: &[u8]) -> Result<Self, TxValidationError> {
         let raw: RawTxRequest = serde_json::from_slice(body).map_err(classify_serde)?;
-        if !raw.tx.is_object() {
+        let raw_tx = raw.tx.0;
+        if !raw_tx.is_object() {
             return Err(TxValidationError::InvalidField(
                 "tx must be a JSON object".into(),
             ));
         }
-        let tx: Tx = Tx::deserialize(&raw.tx).map_err(classify_serde)?;
+        let tx: Tx = Tx::deserialize(&raw_tx).map_err(classify_serde)?;
         if tx.amount == 0 || tx.amount > MAX_SAFE_AMOUNT {
             return Err(TxValidationError::InvalidAmount);
         }
@@ -249,20 +290,48 @@ impl SignedTx {
                 expected,
             });
         }
-        let canonical = serde_jcs::to_string(&raw.tx)
+        let canonical = serde_jcs::to_string(&raw_tx)
             .map_err(|e| TxValidationError::InvalidField(e.to_string()))?;
-        let signed = signed_bytes(&canonical);
-        crypto::verify(&public_key, &signed, &signature).map_err(|e| match e {
-            crypto::CryptoError::BadPublicKey => TxValidationError::InvalidPublicKey,
-            _ => TxValidationError::BadSignature,
-        })?;
         Ok(Self {
-            id: crypto::hash(&signed),
+            id: crypto::hash(&signed_bytes(&canonical)),
             tx,
             canonical,
             public_key,
             signature,
         })
+    }
+
+    /// Checks the signature over the signed bytes.
+    pub fn verify(self) -> Result<SignedTx, TxValidationError> {
+        crypto::verify(
+            &self.public_key,
+            &signed_bytes(&self.canonical),
+            &self.signature,
+        )
+        .map_err(|e| match e {
+            crypto::CryptoError::BadPublicKey => TxValidationError::InvalidPublicKey,
+            _ => TxValidationError::BadSignature,
+        })?;
+        Ok(SignedTx {
+            id: self.id,
+            tx: self.tx,
+            canonical: self.canonical,
+            public_key: self.public_key,
+            signature: self.signature,
+        })
+    }
+}
+
+impl SignedTx {
+    /// Parses and authenticates a request body.
+    pub fn from_request_bytes(body: &[u8]) -> Result<Self, TxValidationError> {
+        ParsedTx::parse(body)?.verify()
+    }
+
+    /// The key under which this transaction's `(sender, nonce)` pair is recorded.
+    pub fn nonce_key(&self) -> NonceKey {
+        NonceKey::of(&self.tx.sender, self.tx.nonce)
+            .expect("a verified sender is its key's hex address")
     }
 
     /// Builds and signs a request for `tx` (the CLI's `tx`, `send` and `bench`).
@@ -304,6 +373,33 @@ pub struct StoredTxRef<'a> {
     pub canonical: &'a str,
     pub public_key: &'a [u8],
     pub signature: &'a [u8],
+}
+
+/// A `(sender, nonce)` pair as the city records it: the sender's 20 address bytes, then
+/// the nonce, big-endian. A sender may use each nonce for one transaction only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NonceKey(pub [u8; 28]);
+
+impl NonceKey {
+    /// `None` when `sender` is not 40 hex characters (verified senders always are).
+    pub fn of(sender: &str, nonce: u64) -> Option<Self> {
+        let mut key = [0u8; 28];
+        hex::decode_to_slice(sender, &mut key[..20]).ok()?;
+        key[20..].copy_from_slice(&nonce.to_be_bytes());
+        Some(Self(key))
+    }
+
+    /// The pair of a transaction's canonical JSON, if it has one.
+    pub fn of_canonical(canonical: &str) -> Option<Self> {
+        #[derive(Deserialize)]
+        struct Pair<'a> {
+            #[serde(borrow)]
+            sender: std::borrow::Cow<'a, str>,
+            nonce: u64,
+        }
+        let pair: Pair = serde_json::from_str(canonical).ok()?;
+        Self::of(&pair.sender, pair.nonce)
+    }
 }
 
 /// `citychain/tx/v1 \0 canonical`.
@@ -403,5 +499,53 @@ mod tests {
 
         let err = SignedTx::from_request_bytes(b"{\"tx\":").unwrap_err();
         assert_eq!(err.code(), "invalid_json");
+    }
+
+    #[test]
+    fn repeated_keys_are_refused_at_every_depth() {
+        let key = crypto::SigningKey::generate().unwrap();
+        let mut tx = sample_tx(&key);
+        tx.payload = Some(
+            serde_json::json!({"memo": {"note": "lunch"}})
+                .as_object()
+                .unwrap()
+                .clone(),
+        );
+        let body = serde_json::to_string(&SignedTx::sign(tx, &key).unwrap()).unwrap();
+        assert!(SignedTx::from_request_bytes(body.as_bytes()).is_ok());
+        for (from, to) in [
+            ("\"amount\":1250", "\"amount\":1250,\"amount\":1"),
+            ("\"note\":\"lunch\"", "\"note\":\"lunch\",\"note\":\"x\""),
+            ("\"lat\":35.68", "\"lat\":35.68,\"lat\":0"),
+            ("{\"tx\":", "{\"signature\":\"\",\"tx\":"),
+        ] {
+            let bad = body.replacen(from, to, 1);
+            assert_ne!(bad, body, "{from}");
+            let err = SignedTx::from_request_bytes(bad.as_bytes()).unwrap_err();
+            assert_eq!(err.code(), "duplicate_key", "{from}: {err}");
+            assert_eq!(err.status(), 400);
+        }
+    }
+
+    #[test]
+    fn only_fresh_tx_is_for_clients_and_nonce_keys_follow_sender_and_nonce() {
+        let clients: Vec<_> = FlagKind::ALL
+            .into_iter()
+            .filter(|k| k.client_may_submit())
+            .collect();
+        assert_eq!(clients, vec![FlagKind::FreshTx]);
+        assert_eq!(
+            TxValidationError::KindNotAllowed(FlagKind::Checkpoint).status(),
+            403
+        );
+        let key = crypto::SigningKey::generate().unwrap();
+        let req = SignedTx::sign(sample_tx(&key), &key).unwrap();
+        let signed = SignedTx::from_request_bytes(&serde_json::to_vec(&req).unwrap()).unwrap();
+        let k = signed.nonce_key();
+        assert_eq!(NonceKey::of_canonical(&signed.canonical), Some(k));
+        assert_eq!(hex::encode(&k.0[..20]), key.address());
+        assert_eq!(k.0[20..], 1u64.to_be_bytes());
+        assert_ne!(NonceKey::of(&key.address(), 2), Some(k));
+        assert_eq!(NonceKey::of("not hex", 1), None);
     }
 }

@@ -18,7 +18,7 @@ use redb::{
 use serde::{Deserialize, Serialize};
 
 use super::group_commit::{GroupCommit, GroupError, Options};
-use crate::messages::{BatchHeader, BatchId, FlagKind, PohAck, Tier, TxId, WireError};
+use crate::messages::{BatchHeader, BatchId, FlagKind, NonceKey, PohAck, Tier, TxId, WireError};
 
 pub const FILE_NAME: &str = "city.redb";
 
@@ -41,6 +41,9 @@ const BELOW_LIGHT: TableDefinition<&[u8; 32], ()> = TableDefinition::new("below_
 /// a start), until they are found elsewhere and relocated: their transactions are not
 /// `stored` meanwhile. Value: when the loss was found (ms since the epoch).
 const LOST: TableDefinition<&[u8; 32], u64> = TableDefinition::new("lost_from_log");
+/// `(sender, nonce)` → the one transaction that used it; written with the transaction's
+/// record, in the same database transaction.
+const NONCES: TableDefinition<&[u8; 28], &[u8; 32]> = TableDefinition::new("nonces");
 const SEQ_RESERVED: &str = "seq_reserved";
 
 #[derive(Debug, thiserror::Error)]
@@ -102,10 +105,22 @@ pub struct BatchRecord {
     pub lost: bool,
 }
 
+/// What the store knows of a transaction ([`CityStore::lookup`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    Stored(TxRecord),
+    /// Not stored, but its `(sender, nonce)` pair was used by this transaction (which may
+    /// be the same one, when a crash came between the two writes: they are one).
+    NonceUsedBy(TxId),
+    Unknown,
+}
+
 struct WriteReq {
     batch_id: BatchId,
     batch: BatchRecord,
     txs: Vec<(TxId, TxRecord)>,
+    /// The `(sender, nonce)` pair of each transaction that has one.
+    nonces: Vec<(NonceKey, TxId)>,
 }
 
 /// Dropping it lets the writer finish what it holds and releases the database, so it can be
@@ -128,6 +143,7 @@ impl CityStore {
             tx.open_table(META)?;
             tx.open_table(BELOW_LIGHT)?;
             tx.open_table(LOST)?;
+            tx.open_table(NONCES)?;
             tx.commit()?;
         }
         let options = Options {
@@ -149,15 +165,22 @@ impl CityStore {
         Ok(Self { db, writer })
     }
 
-    /// Makes a stored batch and its transactions durable in the index; returns once fsynced.
+    /// Makes a stored batch and its transactions durable in the index, with the
+    /// `(sender, nonce)` pair of each (a pair already recorded for another transaction
+    /// keeps its first owner); returns once fsynced.
     pub async fn record(&self, batch: BatchRecord, txs: Vec<(TxId, TxRecord)>) -> Result<()> {
         let batch_id = batch.header.id();
+        let nonces = txs
+            .iter()
+            .filter_map(|(id, rec)| NonceKey::of_canonical(&rec.canonical).map(|k| (k, *id)))
+            .collect();
         match self
             .writer
             .submit(WriteReq {
                 batch_id,
                 batch,
                 txs,
+                nonces,
             })
             .await
         {
@@ -176,6 +199,22 @@ impl CityStore {
         let mut rec: TxRecord = crate::messages::decode(v.value())?;
         rec.lost = tx.open_table(LOST)?.get(&rec.batch_id)?.is_some();
         Ok(Some(rec))
+    }
+
+    /// A transaction's record, or if there is none, the transaction that used its
+    /// `(sender, nonce)` pair: what the Intake needs to know of a new transaction, in one
+    /// read.
+    pub fn lookup(&self, id: &TxId, nonce: &NonceKey) -> Result<Lookup> {
+        let tx = self.db.begin_read()?;
+        if let Some(v) = tx.open_table(TXS)?.get(id)? {
+            let mut rec: TxRecord = crate::messages::decode(v.value())?;
+            rec.lost = tx.open_table(LOST)?.get(&rec.batch_id)?.is_some();
+            return Ok(Lookup::Stored(rec));
+        }
+        Ok(match tx.open_table(NONCES)?.get(&nonce.0)? {
+            Some(owner) => Lookup::NonceUsedBy(*owner.value()),
+            None => Lookup::Unknown,
+        })
     }
 
     pub fn get_batch(&self, id: &BatchId) -> Result<Option<BatchRecord>> {
@@ -377,6 +416,7 @@ fn write_group(db: &Database, group: &[WriteReq]) -> Result<()> {
         let mut batches = tx.open_table(BATCHES)?;
         let mut by_seq = tx.open_table(BY_SEQ)?;
         let mut below = tx.open_table(BELOW_LIGHT)?;
+        let mut nonces = tx.open_table(NONCES)?;
         for req in group {
             if req.batch.tier != Tier::Light {
                 below.insert(&req.batch_id, ())?;
@@ -388,6 +428,24 @@ fn write_group(db: &Database, group: &[WriteReq]) -> Result<()> {
             by_seq.insert(req.batch.header.seq, &req.batch_id)?;
             for (id, rec) in &req.txs {
                 txs.insert(id, crate::messages::encode(rec).as_slice())?;
+            }
+            for (key, id) in &req.nonces {
+                let owner = nonces.get(&key.0)?.map(|v| *v.value());
+                match owner {
+                    None => {
+                        nonces.insert(&key.0, id)?;
+                    }
+                    Some(owner) if owner == *id => {}
+                    // Only when the Intake forgot a transaction it had admitted (it waited
+                    // past the sweep) and admitted another with the same nonce before the
+                    // first one's batch landed after all. Both are durable now; the pair
+                    // keeps its first owner.
+                    Some(owner) => tracing::warn!(
+                        tx = %hex::encode(id),
+                        first = %hex::encode(owner),
+                        "a second transaction with a used (sender, nonce) pair was stored"
+                    ),
+                }
             }
         }
     }

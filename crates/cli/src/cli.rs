@@ -395,6 +395,8 @@ async fn up(dir: PathBuf) -> anyhow::Result<()> {
     if !key.exists() {
         SigningKey::generate()?.save(&key)?;
     }
+    // Caught from now on, so a Ctrl-C while the nodes start still stops them cleanly.
+    let shutdown = Shutdown::install();
     let mut fed = Federation::launch(spec).await?;
     let city = fed.city_url();
     println!("\ncitychain federation is up:");
@@ -440,7 +442,7 @@ async fn up(dir: PathBuf) -> anyhow::Result<()> {
         }
     };
     tokio::select! {
-        _ = shutdown_signal() => {}
+        _ = shutdown.wait() => {}
         _ = watch => {}
     }
     eprintln!("stopping every node...");
@@ -451,17 +453,43 @@ async fn up(dir: PathBuf) -> anyhow::Result<()> {
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.
 async fn shutdown_signal() {
+    Shutdown::install().wait().await
+}
+
+/// SIGINT (Ctrl-C) and SIGTERM, caught from the moment it is installed: one that arrives
+/// before [`Shutdown::wait`] is awaited is kept, not the end of the process.
+struct Shutdown {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+    signals: (tokio::signal::unix::Signal, tokio::signal::unix::Signal),
+}
+
+impl Shutdown {
+    fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+            let term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+            Self {
+                signals: (int, term),
+            }
         }
+        #[cfg(not(unix))]
+        Self {}
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    async fn wait(self) {
+        #[cfg(unix)]
+        {
+            let (mut int, mut term) = self.signals;
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

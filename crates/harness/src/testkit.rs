@@ -110,8 +110,10 @@ impl Drop for ChildNode {
 pub async fn spawn_node(binary: &Path, dir: &Path, config: &str, ready: bool) -> ChildNode {
     let path = dir.join("node.toml");
     std::fs::write(&path, config).unwrap();
-    let child = spawn_child(binary, &path, &dir.join("node.log")).unwrap();
     let addr_file = dir.join("data").join(citychain::node::LISTEN_ADDR_FILE);
+    // A node started again on the same data dir must not be found at its old address.
+    let _ = std::fs::remove_file(&addr_file);
+    let child = spawn_child(binary, &path, &dir.join("node.log")).unwrap();
     let log = dir.join("node.log");
     let url = wait_for("the node to listen", Duration::from_secs(20), || async {
         let addr = std::fs::read_to_string(&addr_file).ok();

@@ -2,7 +2,8 @@
 //!
 //! Receives transactions the HTTP layer has verified and admitted (signatures and
 //! [`admission`](crate::city::admission) checks run on its worker threads, in parallel);
-//! de-duplicates them by id; admits at most `queue_capacity` transactions that are not yet
+//! de-duplicates them by id; refuses a second transaction with a `(sender, nonce)` pair
+//! already used, in flight or durable (being sequential, it decides races); admits at most `queue_capacity` transactions that are not yet
 //! durable (past it: `overloaded`); feeds the DagBatcher; and answers every waiting client
 //! once the Failover actor reports its batch durable or failed (by then the batch's record
 //! is in the city's durable store). It keeps the transactions in flight in the
@@ -19,6 +20,7 @@ use crate::city::mailbox::{Mailbox, SendError};
 use crate::city::msgs::{BatcherMsg, IntakeMsg, Receipt, SubmitError, SubmitResult, Unavailable};
 use crate::city::status::{PendingTx, StatusIndex};
 use crate::messages::{FlagKind, SignedTx, StoreOutcome, TxId};
+use crate::storage::city_store::Lookup;
 
 /// Intake mailbox capacity (messages). Admission is bounded separately by
 /// `[intake] queue_capacity`; this bound only protects the actor from a burst of requests.
@@ -70,9 +72,16 @@ impl Intake {
             }
             return;
         }
-        match index.store.get_tx(&tx.id) {
+        let nonce = tx.nonce_key();
+        if let Some(owner) = index.nonces.get(&nonce).map(|o| *o)
+            && owner != tx.id
+        {
+            Self::nonce_reused(reply, owner);
+            return;
+        }
+        match index.store.lookup(&tx.id, &nonce) {
             // A transaction whose batch was lost from the log is stored anew.
-            Ok(Some(rec)) if !rec.lost => {
+            Ok(Lookup::Stored(rec)) if !rec.lost => {
                 let _ = reply.send(Ok(Receipt {
                     tx_id: tx.id,
                     tier: rec.tier,
@@ -81,6 +90,10 @@ impl Intake {
                     flag: rec.flag,
                     duplicate: true,
                 }));
+                return;
+            }
+            Ok(Lookup::NonceUsedBy(owner)) if owner != tx.id => {
+                Self::nonce_reused(reply, owner);
                 return;
             }
             Ok(_) => {}
@@ -102,8 +115,10 @@ impl Intake {
             PendingTx {
                 flag: tx.tx.kind,
                 canonical: Arc::from(tx.canonical.as_str()),
+                nonce,
             },
         );
+        index.nonces.insert(nonce, id);
         match state.args.batcher.try_send(BatcherMsg::Add { tx, arrived }) {
             Ok(()) => {
                 state.waiters.insert(
@@ -116,7 +131,7 @@ impl Intake {
                 );
             }
             Err(e) => {
-                index.pending.remove(&id);
+                index.forget(&id);
                 let err = match e {
                     SendError::Full(_) => SubmitError::Overloaded(in_flight),
                     SendError::Closed(_) => SubmitError::ShuttingDown,
@@ -128,6 +143,11 @@ impl Intake {
         }
     }
 
+    fn nonce_reused(reply: oneshot::Sender<SubmitResult>, owner: TxId) {
+        metrics::counter!(crate::metrics::TX_REJECTED, "reason" => "nonce_reused").increment(1);
+        let _ = reply.send(Err(SubmitError::NonceReused { taken_by: owner }));
+    }
+
     fn stored(state: &mut IntakeState, tx_ids: &[TxId], outcome: StoreOutcome) {
         let acks = outcome.acks.len();
         for id in tx_ids {
@@ -136,9 +156,8 @@ impl Intake {
             let flag = state
                 .args
                 .index
-                .pending
-                .remove(id)
-                .map_or(FlagKind::FreshTx, |(_, p)| p.flag);
+                .forget(id)
+                .map_or(FlagKind::FreshTx, |p| p.flag);
             for w in state.waiters.remove(id).unwrap_or_default() {
                 if !w.duplicate {
                     metrics::counter!(crate::metrics::TX_ACCEPTED).increment(1);
@@ -181,8 +200,9 @@ impl Intake {
     fn failed(state: &mut IntakeState, tx_ids: &[TxId], reason: SubmitError) {
         let code = reason.label();
         for id in tx_ids {
-            // Not durable: forget it, so a retry is a fresh submission.
-            state.args.index.pending.remove(id);
+            // Not durable: forget it (and release its nonce), so a retry is a fresh
+            // submission.
+            state.args.index.forget(id);
             for w in state.waiters.remove(id).unwrap_or_default() {
                 metrics::counter!(crate::metrics::TX_REJECTED, "reason" => code).increment(1);
                 let _ = w.reply.send(Err(reason.clone()));
@@ -386,6 +406,109 @@ mod tests {
         assert!(again.duplicate);
         let _b = submit(&actor, second.clone());
         assert!(matches!(added.recv().await, Some(BatcherMsg::Add { .. })));
+    }
+
+    #[tokio::test]
+    async fn a_nonce_in_flight_or_stored_is_not_admitted_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let (actor, index, mut added) = intake(10, dir.path()).await;
+        let key = SigningKey::from_seed([9; 32]).unwrap();
+        let first = signed_tx(&key, 1, FlagKind::FreshTx, 10);
+        let rival = signed_tx(&key, 1, FlagKind::FreshTx, 11);
+        let _a = submit(&actor, first.clone());
+        let refused = submit(&actor, rival.clone()).await.unwrap();
+        assert_eq!(
+            refused,
+            Err(SubmitError::NonceReused { taken_by: first.id })
+        );
+        assert!(!index.pending.contains_key(&rival.id));
+        added.recv().await.unwrap();
+        // The same transaction again waits with the first: a duplicate, not a reuse.
+        let dup = submit(&actor, first.clone());
+
+        // The first one fails: its nonce is free again.
+        actor
+            .cast(IntakeMsg::Failed {
+                tx_ids: Arc::new(vec![first.id]),
+                reason: SubmitError::ShuttingDown,
+            })
+            .unwrap();
+        assert_eq!(dup.await.unwrap(), Err(SubmitError::ShuttingDown));
+        assert!(
+            index.nonces.is_empty(),
+            "a failed transaction releases its nonce"
+        );
+        let _b = submit(&actor, rival.clone());
+        let Some(BatcherMsg::Add { tx, .. }) = added.recv().await else {
+            panic!("the rival is admitted now")
+        };
+        assert_eq!(tx.id, rival.id);
+
+        // Once the rival is durable, the store remembers its nonce for good.
+        let batch = Batch::build(
+            "tokyo",
+            0,
+            vec![],
+            FlagKind::FreshTx,
+            std::slice::from_ref(&rival),
+            0,
+        );
+        index
+            .store
+            .record(
+                BatchRecord {
+                    header: batch.header.clone(),
+                    tx_ids: vec![rival.id],
+                    tier: Tier::Log,
+                    holders: vec![],
+                    acks: vec![],
+                    lost: false,
+                },
+                vec![(
+                    rival.id,
+                    TxRecord {
+                        flag: FlagKind::FreshTx,
+                        canonical: rival.canonical.clone(),
+                        batch_id: batch.id(),
+                        tier: Tier::Log,
+                        holders: vec![],
+                        acks: 0,
+                        lost: false,
+                    },
+                )],
+            )
+            .await
+            .unwrap();
+        actor
+            .cast(IntakeMsg::Stored {
+                tx_ids: Arc::new(vec![rival.id]),
+                outcome: StoreOutcome {
+                    batch_id: batch.id(),
+                    tier: Tier::Log,
+                    holders: vec![],
+                    acks: vec![],
+                },
+            })
+            .unwrap();
+        wait_until(|| index.pending.is_empty()).await;
+        assert!(index.nonces.is_empty());
+        let refused = submit(&actor, first.clone()).await.unwrap();
+        assert_eq!(
+            refused,
+            Err(SubmitError::NonceReused { taken_by: rival.id })
+        );
+        let again = submit(&actor, rival.clone()).await.unwrap().unwrap();
+        assert!(again.duplicate);
+    }
+
+    async fn wait_until(check: impl Fn() -> bool) {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !check() {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+        .await
+        .expect("the condition holds in time");
     }
 
     #[tokio::test]

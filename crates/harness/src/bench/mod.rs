@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use citychain::crypto::SigningKey;
+use citychain::messages::{MAX_SAFE_AMOUNT, now_ms};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -176,9 +177,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
 
     let capacity = channel_capacity(args.rate);
     let (body_tx, mut bodies) = mpsc::channel(capacity);
+    // A sender uses each nonce once: a run with a key used before starts past the
+    // nonces earlier runs used (the clock in microseconds, as `citychain tx` does).
+    let first_nonce = now_ms()
+        .saturating_mul(1_000)
+        .min(MAX_SAFE_AMOUNT.saturating_sub(total));
     let signers = spawn_signers(
         Arc::new(key),
         city,
+        first_nonce,
         total,
         signer_threads(args.rate),
         body_tx,

@@ -43,12 +43,14 @@ pub(super) fn build_body(
         .context("signing a transaction")
 }
 
-/// Starts `threads` blocking signers that together sign nonces `0..total` (each exactly
-/// once, in no particular order) into `out`. The channel's bound keeps them from running
+/// Starts `threads` blocking signers that together sign nonces
+/// `first_nonce..first_nonce + total` (each exactly once, in no particular order) into
+/// `out`. The channel's bound keeps them from running
 /// ahead; they stop early if the receiver goes away.
 pub(super) fn spawn_signers(
     key: Arc<SigningKey>,
     city: String,
+    first_nonce: u64,
     total: u64,
     threads: usize,
     out: mpsc::Sender<Vec<u8>>,
@@ -63,7 +65,7 @@ pub(super) fn spawn_signers(
                     if seq >= total {
                         return Ok(());
                     }
-                    let body = build_body(&key, &city, seq, now_ms())?;
+                    let body = build_body(&key, &city, first_nonce + seq, now_ms())?;
                     if out.blocking_send(body).is_err() {
                         return Ok(());
                     }
@@ -105,7 +107,7 @@ mod tests {
     async fn signers_sign_every_nonce_exactly_once() {
         let key = Arc::new(SigningKey::generate().unwrap());
         let (tx, mut rx) = mpsc::channel(4);
-        let signers = spawn_signers(key.clone(), "oslo".into(), 24, 3, tx);
+        let signers = spawn_signers(key.clone(), "oslo".into(), 1_000, 24, 3, tx);
         let mut nonces = Vec::new();
         while let Some(body) = rx.recv().await {
             let signed = SignedTx::from_request_bytes(&body).unwrap();
@@ -116,7 +118,7 @@ mod tests {
             s.await.unwrap().unwrap();
         }
         nonces.sort_unstable();
-        assert_eq!(nonces, (0..24).collect::<Vec<_>>());
+        assert_eq!(nonces, (1_000..1_024).collect::<Vec<_>>());
     }
 
     #[test]
