@@ -43,6 +43,15 @@ pub const ACTOR_RESTARTS: &str = "citychain_actor_restarts_total";
 pub const REPAIRS: &str = "citychain_repairs_total";
 /// Counter: records appended to the immutable log.
 pub const LOG_APPENDS: &str = "citychain_log_appends_total";
+/// Counter, label `reason` (`peer_connections`, `body_budget`, `body_timeout`): requests
+/// the HTTP layer refused to protect the node's connections, memory or time.
+pub const HTTP_REFUSED: &str = "citychain_http_refused_total";
+/// Gauge: bytes of request bodies granted by the body budget now.
+pub const BODY_BUDGET_USED: &str = "citychain_body_budget_used_bytes";
+/// Gauge: transactions admitted and not yet answered (a city's admission bound).
+pub const TX_IN_FLIGHT: &str = "citychain_tx_in_flight";
+/// Gauge (storage nodes): 1 while the store fails (an I/O error) and is being reopened.
+pub const STORE_FAILING: &str = "citychain_store_failing";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 

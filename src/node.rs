@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use actix_web::dev::ServerHandle;
+use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use anyhow::Context;
 use ractor::ActorRef;
@@ -27,12 +28,13 @@ use crate::config::{Config, Role};
 use crate::crypto::SigningKey;
 use crate::http::city_api::CityState;
 use crate::http::common::{self, ReadinessCheck};
+use crate::http::limits::{self, Limits, limit_server};
 use crate::http::storage_api::{self, StorageState};
 use crate::storage::chain::TierChain;
 use crate::storage::city_store::CityStore;
 use crate::storage::immutable_log::ImmutableLog;
 use crate::storage::peer::PeerClient;
-use crate::storage::store::BatchStore;
+use crate::storage::store::{self, BatchStore, StoreOptions};
 
 /// A node that is running; dropping it does not stop it, [`RunningNode::stop`] does.
 pub struct RunningNode {
@@ -116,7 +118,7 @@ pub fn load_or_create_key(path: &Path) -> anyhow::Result<SigningKey> {
 }
 
 /// Starts the node `config` describes and returns once it listens.
-pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
+pub async fn start(mut config: Config) -> anyhow::Result<RunningNode> {
     std::fs::create_dir_all(&config.node.data_dir)
         .with_context(|| format!("creating data dir {}", config.node.data_dir.display()))?;
     tracing::info!(
@@ -131,6 +133,16 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
     let listener = TcpListener::bind(config.node.listen)
         .with_context(|| format!("binding {}", config.node.listen))?;
     let addr = listener.local_addr()?;
+    let open_files = limits::fit_open_files(&mut config.limits);
+    limits::set_backlog(&listener, config.limits.listen_backlog)
+        .with_context(|| format!("setting the listen backlog of {addr}"))?;
+    tracing::info!(
+        max_connections = config.limits.max_connections,
+        per_peer = config.limits.max_connections_per_peer,
+        body_budget_bytes = config.limits.body_budget_bytes,
+        open_files,
+        "limits in force"
+    );
     let addr_file = config.node.data_dir.join(LISTEN_ADDR_FILE);
     let _ = std::fs::remove_file(&addr_file);
     let node = match config.node.role {
@@ -166,27 +178,37 @@ async fn start_city(
         )
     })?);
     let chain = TierChain::build(&config, PeerClient::new(), log)?;
-    let store = Arc::new(CityStore::open(&config.node.data_dir).with_context(|| {
-        format!(
-            "opening the city store in {}",
-            config.node.data_dir.display()
-        )
-    })?);
+    let store = Arc::new(
+        CityStore::open_with_cache(&config.node.data_dir, config.limits.store_cache_bytes)
+            .with_context(|| {
+                format!(
+                    "opening the city store in {}",
+                    config.node.data_dir.display()
+                )
+            })?,
+    );
     // The pipeline, Intake → DagBatcher → Flagger → Prioritizer → StorageWriter, with
     // Failover and the Repairer, each linked to the FailoverSupervisor.
     let city = crate::city::start(config.clone(), chain, store).await?;
     let (supervisor, actors, gave_up) = (city.supervisor, city.actors, city.gave_up);
+    let storage_ready = city.storage_ready;
     let city = web::Data::new(CityState {
         city: city.handle,
         max_body_bytes: config.intake.max_body_bytes,
     });
     let ready_actors = actors.clone();
-    let readiness: ReadinessCheck = Arc::new(move || ready_actors.ready());
+    // Ready while every actor runs and some storage tier can make a batch durable.
+    let readiness: ReadinessCheck =
+        Arc::new(move || ready_actors.ready().and_then(|()| storage_ready.check()));
     let readiness = web::Data::new(readiness);
     let actors_table = actors.clone();
     let actors = web::Data::new(actors);
+    let limits = web::Data::new(Limits::new(config.limits.clone()));
+    let app_limits = limits.clone();
     let server = HttpServer::new(move || {
         App::new()
+            .wrap(from_fn(limits::guard_connection))
+            .app_data(app_limits.clone())
             .app_data(city.clone())
             .app_data(readiness.clone())
             .app_data(identity.clone())
@@ -196,12 +218,12 @@ async fn start_city(
             .configure(common::configure)
             .configure(common::configure_actors)
             .default_service(web::to(common::not_found))
-    })
-    .workers(workers())
-    .disable_signals()
-    .shutdown_timeout(config.intake.request_timeout.as_secs() + 2)
-    .listen(listener)?
-    .run();
+    });
+    let server = limit_server!(server, limits, workers())
+        .disable_signals()
+        .shutdown_timeout(config.intake.request_timeout.as_secs() + 2)
+        .listen(listener)?
+        .run();
     tracing::info!(%addr, node = %config.node.id, "city node listening");
     Ok(RunningNode {
         gave_up: Some((gave_up, actors_table)),
@@ -221,12 +243,22 @@ fn start_storage(
 ) -> anyhow::Result<RunningNode> {
     let role = config.node.role;
     let capacity = config.storage.capacity_for(role);
-    let store = BatchStore::open(&config.node.data_dir, capacity).with_context(|| {
+    let options = StoreOptions {
+        capacity_bytes: capacity,
+        cache_bytes: config.limits.store_cache_bytes,
+        retry_initial: config.limits.store_retry_initial,
+        retry_max: config.limits.store_retry_max,
+        min_free_bytes: config.largest_request_body() as u64,
+    };
+    let store = BatchStore::open_with(&config.node.data_dir, options).with_context(|| {
         format!(
             "opening the batch store in {}",
             config.node.data_dir.display()
         )
     })?;
+    let store = Arc::new(store);
+    // After a disk or database error the store reopens itself, without waiting for a write.
+    store::spawn_recovery(&store);
     let key = load_or_create_key(&config.node.key_path())?;
     // A process's first ML-DSA signature seeds AWS-LC's random generator (signing is
     // hedged with fresh randomness): tens of milliseconds alone, over 200 when a whole
@@ -239,15 +271,23 @@ fn start_storage(
         node_id: config.node.id.clone(),
         role,
         continent: config.node.continent.clone(),
-        store: Arc::new(store),
+        store: store.clone(),
         key: Arc::new(key),
-        max_batch_bytes: config.batcher.max_batch_bytes + 64 * 1024,
+        max_batch_bytes: config.largest_request_body(),
         inflight: AtomicU64::new(0),
     });
-    let readiness: ReadinessCheck = Arc::new(|| Ok(()));
+    // Not ready while the store is failing: the reason is the disk's or the database's.
+    let readiness: ReadinessCheck = Arc::new(move || match store.failure() {
+        None => Ok(()),
+        Some(why) => Err(format!("the batch store is failing: {why}")),
+    });
     let readiness = web::Data::new(readiness);
+    let limits = web::Data::new(Limits::new(config.limits.clone()));
+    let app_limits = limits.clone();
     let server = HttpServer::new(move || {
         App::new()
+            .wrap(from_fn(limits::guard_connection))
+            .app_data(app_limits.clone())
             .app_data(state.clone())
             .app_data(readiness.clone())
             .app_data(identity.clone())
@@ -255,12 +295,12 @@ fn start_storage(
             .configure(storage_api::configure)
             .configure(common::configure)
             .default_service(web::to(common::not_found))
-    })
-    .workers(2)
-    .disable_signals()
-    .shutdown_timeout(5)
-    .listen(listener)?
-    .run();
+    });
+    let server = limit_server!(server, limits, 2)
+        .disable_signals()
+        .shutdown_timeout(5)
+        .listen(listener)?
+        .run();
     tracing::info!(%addr, node = %config.node.id, %role, capacity, "storage node listening");
     Ok(RunningNode::without_actors(addr, role, server))
 }
@@ -275,20 +315,24 @@ fn start_aggregator(
     let readiness: ReadinessCheck = Arc::new(|| Ok(()));
     let readiness = web::Data::new(readiness);
     let actors = web::Data::new(Arc::new(ActorTable::default()));
+    let limits = web::Data::new(Limits::new(config.limits.clone()));
+    let app_limits = limits.clone();
     let server = HttpServer::new(move || {
         App::new()
+            .wrap(from_fn(limits::guard_connection))
+            .app_data(app_limits.clone())
             .app_data(readiness.clone())
             .app_data(identity.clone())
             .app_data(actors.clone())
             .configure(common::configure)
             .configure(common::configure_actors)
             .default_service(web::to(common::not_found))
-    })
-    .workers(1)
-    .disable_signals()
-    .shutdown_timeout(2)
-    .listen(listener)?
-    .run();
+    });
+    let server = limit_server!(server, limits, 1)
+        .disable_signals()
+        .shutdown_timeout(2)
+        .listen(listener)?
+        .run();
     tracing::info!(%addr, node = %config.node.id, %role, "node listening");
     Ok(RunningNode::without_actors(addr, role, server))
 }

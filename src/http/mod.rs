@@ -5,10 +5,12 @@
 //! - [`storage_api`]: the versioned internal API of light and full nodes.
 //! - [`common`]: `/healthz`, `/readyz`, `/metrics`, JSON 404s, shared by every role.
 //! - [`error`]: the JSON error body.
+//! - [`limits`]: connections, body timeouts and the body-memory budget (`[limits]`).
 
 pub mod city_api;
 pub mod common;
 pub mod error;
+pub mod limits;
 pub mod storage_api;
 
 pub use error::{ApiError, ApiResult};

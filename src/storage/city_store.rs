@@ -103,10 +103,24 @@ pub struct CityStore {
 }
 
 impl CityStore {
-    /// Opens or creates `DIR/city.redb` and starts its writer thread.
+    /// Opens or creates `DIR/city.redb` and starts its writer thread, with the default
+    /// page cache (`[limits] store_cache_bytes`).
     pub fn open(dir: &Path) -> Result<Self> {
+        Self::open_with_cache(
+            dir,
+            crate::config::LimitsConfig::default().store_cache_bytes,
+        )
+    }
+
+    /// [`CityStore::open`] with a page cache of `cache_bytes` (redb's default, 1 GiB, would
+    /// let the index grow the city's memory by that much).
+    pub fn open_with_cache(dir: &Path, cache_bytes: usize) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let db = Arc::new(Database::create(dir.join(FILE_NAME))?);
+        let db = Arc::new(
+            redb::Builder::new()
+                .set_cache_size(cache_bytes)
+                .create(dir.join(FILE_NAME))?,
+        );
         {
             let tx = db.begin_write()?;
             tx.open_table(TXS)?;

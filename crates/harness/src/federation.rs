@@ -304,6 +304,7 @@ impl Federation {
             storage: Default::default(),
             supervisor: Default::default(),
             repair: Default::default(),
+            limits: Default::default(),
         }
     }
 
