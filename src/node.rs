@@ -189,6 +189,7 @@ async fn start_city(
     );
     // The pipeline, Intake → DagBatcher → Flagger → Prioritizer → StorageWriter, with
     // Failover and the Repairer, each linked to the FailoverSupervisor.
+    let index = store.clone();
     let city = crate::city::start(config.clone(), chain, store).await?;
     let (supervisor, actors, gave_up) = (city.supervisor, city.actors, city.gave_up);
     let storage_ready = city.storage_ready;
@@ -197,9 +198,15 @@ async fn start_city(
         max_body_bytes: config.intake.max_body_bytes,
     });
     let ready_actors = actors.clone();
-    // Ready while every actor runs and some storage tier can make a batch durable.
-    let readiness: ReadinessCheck =
-        Arc::new(move || ready_actors.ready().and_then(|()| storage_ready.check()));
+    // Ready while every actor runs, the status index takes writes and some storage tier
+    // can make a batch durable.
+    let readiness: ReadinessCheck = Arc::new(move || {
+        ready_actors.ready()?;
+        if let Some(why) = index.failure() {
+            return Err(format!("the city store (city.redb) is failing: {why}"));
+        }
+        storage_ready.check()
+    });
     let readiness = web::Data::new(readiness);
     let actors_table = actors.clone();
     let actors = web::Data::new(actors);

@@ -7,6 +7,8 @@
 //!   batch it acknowledged.
 //! - A city with no working storage tier (its full node down, no MongoDB configured, its
 //!   immutable log on a full disk) reports not ready, and ready again once a tier works.
+//! - A city whose own disk fills is not ready until restarted, and then answers for
+//!   everything it acknowledged.
 
 mod attack;
 mod common;
@@ -234,5 +236,53 @@ public_key = "{}"
     let (status, body) = post(&client, &city.url, &signed(&key, 2)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["tier"], "full", "{body}");
+    drop(city);
+}
+
+/// A city whose own disk fills (its immutable log is its only tier here) refuses what it
+/// cannot make durable and is not ready; its log closes for good after the failed write,
+/// so it stays not ready until restarted, and once restarted with room again it answers
+/// for everything it acknowledged before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_city_whose_disk_fills_recovers_on_restart_with_everything_it_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(disk) = mount_or_skip(&dir.path().join("data"), "8m") else {
+        return;
+    };
+    let config = format!(
+        "{}\n[supervisor]\nchain = [\"log\"]\n",
+        city_node_section(dir.path())
+    );
+    let city = spawn_node(dir.path(), &config, true).await;
+    let client = client();
+    let key = SigningKey::generate().unwrap();
+    let first = signed(&key, 1);
+    let (status, body) = post(&client, &city.url, &first).await;
+    assert_eq!(status, 200, "{body}");
+
+    let filler = disk.fill();
+    let (status, body) = post(&client, &city.url, &signed(&key, 2)).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "storage_unavailable", "{body}");
+    let (status, ready) = status_of(&client, &format!("{}/readyz", city.url)).await;
+    assert_eq!(status, 503, "{ready}");
+    assert!(
+        ready["reason"].as_str().unwrap_or_default().contains("log"),
+        "{ready}"
+    );
+
+    // Room again; the closed log keeps the city not ready until it restarts.
+    std::fs::remove_file(&filler).unwrap();
+    let (status, ready) = status_of(&client, &format!("{}/readyz", city.url)).await;
+    assert_eq!(status, 503, "{ready}");
+    drop(city);
+    // The killed node's address file would otherwise be read before the new one is written.
+    std::fs::remove_file(disk.path.join(citychain::node::LISTEN_ADDR_FILE)).unwrap();
+    let city = spawn_node(dir.path(), &config, true).await;
+    let (status, tx) = get(&client, &format!("{}/v1/tx/{}", city.url, tx_id(&first))).await;
+    assert_eq!(status, 200, "{tx}");
+    assert_eq!(tx["status"], "stored", "{tx}");
+    let (status, body) = post(&client, &city.url, &signed(&key, 2)).await;
+    assert_eq!(status, 200, "{body}");
     drop(city);
 }
