@@ -59,6 +59,15 @@ pub const LOG_RECORDS_LOST: &str = "citychain_log_records_lost";
 /// Gauge: batches acknowledged on the immutable log that it no longer holds and that are
 /// not found anywhere else yet; their transactions read as `lost`.
 pub const LOG_LOST_BATCHES: &str = "citychain_log_lost_batches";
+/// Counter, label `reason` (`peer_connections`, `body_budget`, `body_timeout`): requests
+/// the HTTP layer refused to protect the node's connections, memory or time.
+pub const HTTP_REFUSED: &str = "citychain_http_refused_total";
+/// Gauge: bytes of request bodies granted by the body budget now.
+pub const BODY_BUDGET_USED: &str = "citychain_body_budget_used_bytes";
+/// Gauge: transactions admitted and not yet answered (a city's admission bound).
+pub const TX_IN_FLIGHT: &str = "citychain_tx_in_flight";
+/// Gauge (storage nodes): 1 while the store fails (an I/O error) and is being reopened.
+pub const STORE_FAILING: &str = "citychain_store_failing";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 

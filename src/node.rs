@@ -28,6 +28,7 @@ use crate::config::{Config, Role};
 use crate::crypto::SigningKey;
 use crate::http::city_api::CityState;
 use crate::http::common::{self, ReadinessCheck};
+use crate::http::limits::{self, Limits};
 use crate::http::log_api::{self, LogState};
 use crate::http::peer_auth::PeerAuth;
 use crate::http::server::{ServerOptions, serve};
@@ -38,7 +39,7 @@ use crate::storage::city_store::CityStore;
 use crate::storage::immutable_log::ImmutableLog;
 use crate::storage::log_notary::{HEAD_INTERVAL, LogNotary, NotaryTask};
 use crate::storage::peer::PeerClient;
-use crate::storage::store::BatchStore;
+use crate::storage::store::{self, BatchStore, StoreOptions};
 
 /// A node that is running; dropping it does not stop it, [`RunningNode::stop`] does.
 pub struct RunningNode {
@@ -131,7 +132,7 @@ pub fn load_or_create_key(path: &Path) -> anyhow::Result<SigningKey> {
 }
 
 /// Starts the node `config` describes and returns once it listens.
-pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
+pub async fn start(mut config: Config) -> anyhow::Result<RunningNode> {
     std::fs::create_dir_all(&config.node.data_dir)
         .with_context(|| format!("creating data dir {}", config.node.data_dir.display()))?;
     tracing::info!(
@@ -146,6 +147,16 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
     let listener = TcpListener::bind(config.node.listen)
         .with_context(|| format!("binding {}", config.node.listen))?;
     let addr = listener.local_addr()?;
+    let open_files = limits::fit_open_files(&mut config.limits);
+    limits::set_backlog(&listener, config.limits.listen_backlog)
+        .with_context(|| format!("setting the listen backlog of {addr}"))?;
+    tracing::info!(
+        max_connections = config.limits.max_connections,
+        per_peer = config.limits.max_connections_per_peer,
+        body_budget_bytes = config.limits.body_budget_bytes,
+        open_files,
+        "limits in force"
+    );
     let addr_file = config.node.data_dir.join(LISTEN_ADDR_FILE);
     let _ = std::fs::remove_file(&addr_file);
     let node = match config.node.role {
@@ -193,12 +204,15 @@ async fn start_city(
     let notary = Arc::new(notary);
     let signer = RequestSigner::new(config.node.id.clone(), key);
     let chain = TierChain::build(&config, PeerClient::new(signer), log.clone())?;
-    let store = Arc::new(CityStore::open(&config.node.data_dir).with_context(|| {
-        format!(
-            "opening the city store in {}",
-            config.node.data_dir.display()
-        )
-    })?);
+    let store = Arc::new(
+        CityStore::open_with_cache(&config.node.data_dir, config.limits.store_cache_bytes)
+            .with_context(|| {
+                format!(
+                    "opening the city store in {}",
+                    config.node.data_dir.display()
+                )
+            })?,
+    );
     // Batches acknowledged on the log that it no longer holds are not `stored` any more:
     // marked lost before the first request, searched for elsewhere by the Repairer.
     crate::storage::log_audit::audit(&store, &log)
@@ -211,20 +225,31 @@ async fn start_city(
     });
     // The pipeline, Intake → DagBatcher → Flagger → Prioritizer → StorageWriter, with
     // Failover and the Repairer, each linked to the FailoverSupervisor.
+    let index = store.clone();
     let city = crate::city::start(config.clone(), chain, store).await?;
     let (supervisor, actors, gave_up) = (city.supervisor, city.actors, city.gave_up);
+    let storage_ready = city.storage_ready;
     let city = web::Data::new(CityState {
         city: city.handle,
         max_body_bytes: config.intake.max_body_bytes,
     });
     let ready_actors = actors.clone();
-    let readiness: ReadinessCheck = Arc::new(move || ready_actors.ready());
+    // Ready while every actor runs, the status index takes writes and some storage tier
+    // can make a batch durable.
+    let readiness: ReadinessCheck = Arc::new(move || {
+        ready_actors.ready()?;
+        if let Some(why) = index.failure() {
+            return Err(format!("the city store (city.redb) is failing: {why}"));
+        }
+        storage_ready.check()
+    });
     let readiness = web::Data::new(readiness);
     let actors_table = actors.clone();
     let actors = web::Data::new(actors);
     let options = ServerOptions {
         workers: workers(),
         shutdown_timeout_secs: config.intake.request_timeout.as_secs() + 2,
+        limits: Limits::new(config.limits.clone()),
     };
     let server = serve(listener, options, move |app| {
         app.app_data(city.clone())
@@ -257,12 +282,22 @@ fn start_storage(
 ) -> anyhow::Result<RunningNode> {
     let role = config.node.role;
     let capacity = config.storage.capacity_for(role);
-    let store = BatchStore::open(&config.node.data_dir, capacity).with_context(|| {
+    let options = StoreOptions {
+        capacity_bytes: capacity,
+        cache_bytes: config.limits.store_cache_bytes,
+        retry_initial: config.limits.store_retry_initial,
+        retry_max: config.limits.store_retry_max,
+        min_free_bytes: config.largest_request_body() as u64,
+    };
+    let store = BatchStore::open_with(&config.node.data_dir, options).with_context(|| {
         format!(
             "opening the batch store in {}",
             config.node.data_dir.display()
         )
     })?;
+    let store = Arc::new(store);
+    // After a disk or database error the store reopens itself, without waiting for a write.
+    store::spawn_recovery(&store);
     let key = load_or_create_key(&config.node.key_path())?;
     // A process's first ML-DSA signature seeds AWS-LC's random generator (signing is
     // hedged with fresh randomness): tens of milliseconds alone, over 200 when a whole
@@ -275,17 +310,22 @@ fn start_storage(
         node_id: config.node.id.clone(),
         role,
         continent: config.node.continent.clone(),
-        store: Arc::new(store),
+        store: store.clone(),
         key: Arc::new(key),
-        max_batch_bytes: config.batcher.max_batch_bytes + 64 * 1024,
+        max_batch_bytes: config.largest_request_body(),
         inflight: AtomicU64::new(0),
     });
     let auth = web::Data::new(PeerAuth::new(config.node.id.clone(), &config.auth));
-    let readiness: ReadinessCheck = Arc::new(|| Ok(()));
+    // Not ready while the store is failing: the reason is the disk's or the database's.
+    let readiness: ReadinessCheck = Arc::new(move || match store.failure() {
+        None => Ok(()),
+        Some(why) => Err(format!("the batch store is failing: {why}")),
+    });
     let readiness = web::Data::new(readiness);
     let options = ServerOptions {
         workers: 2,
         shutdown_timeout_secs: 5,
+        limits: Limits::new(config.limits.clone()),
     };
     let server = serve(listener, options, move |app| {
         app.app_data(state.clone())
@@ -312,6 +352,7 @@ fn start_aggregator(
     let options = ServerOptions {
         workers: 1,
         shutdown_timeout_secs: 2,
+        limits: Limits::new(config.limits.clone()),
     };
     let server = serve(listener, options, move |app| {
         app.app_data(readiness.clone())

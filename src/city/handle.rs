@@ -3,6 +3,7 @@
 //! leaks past this handle.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ractor::ActorRef;
@@ -61,6 +62,22 @@ pub struct CityHandle {
     nodes: NodesSnapshot,
     /// Present only with `[supervisor] fault_injection`.
     supervisor: Option<ActorRef<SupervisorMsg>>,
+    /// Transactions admitted and not yet answered, and the most there may be
+    /// (`[intake] queue_capacity`).
+    in_flight: Arc<AtomicUsize>,
+    max_in_flight: usize,
+}
+
+/// One of the `[intake] queue_capacity` places of a transaction admitted and not yet
+/// answered; the place is free again when this is dropped (after the answer, whichever
+/// way the request ends).
+pub struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+        metrics::gauge!(crate::metrics::TX_IN_FLIGHT).decrement(1.0);
+    }
 }
 
 impl CityHandle {
@@ -82,7 +99,25 @@ impl CityHandle {
             index,
             nodes,
             supervisor,
+            in_flight: Arc::default(),
+            max_in_flight: config.intake.queue_capacity,
         }
+    }
+
+    /// Takes a place for one more transaction, before any work is spent on it (signature
+    /// checks included), or refuses at once with [`SubmitError::Overloaded`] when
+    /// `[intake] queue_capacity` transactions are admitted and not yet answered. This is
+    /// what turns a flood into quick 503s: the pipeline is never asked to hold more than it
+    /// can answer within the request timeout.
+    pub fn enter(&self) -> Result<InFlight, SubmitError> {
+        let max = self.max_in_flight;
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .map_err(SubmitError::Overloaded)?;
+        metrics::gauge!(crate::metrics::TX_IN_FLIGHT).increment(1.0);
+        Ok(InFlight(self.in_flight.clone()))
     }
 
     /// Parses, verifies and checks a `POST /v1/tx` body, in the order of

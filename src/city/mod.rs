@@ -15,6 +15,7 @@
 //! - [`flag_policy`], [`node_policy`]: the pluggable decisions, chosen by name in config.
 //! - [`admission`]: checks on verified transactions, run on the HTTP worker threads.
 //! - [`status`]: the status index `GET /v1/tx` reads.
+//! - [`readiness`]: whether some storage tier works (`/readyz`).
 //! - [`handle`]: the narrow [`CityHandle`] the HTTP layer uses.
 //!
 //! [`start`] below is the wiring: it creates every mailbox first, then describes each
@@ -27,6 +28,7 @@ pub mod handle;
 pub mod mailbox;
 pub mod msgs;
 pub mod node_policy;
+pub mod readiness;
 pub mod status;
 pub mod supervisor;
 
@@ -58,6 +60,8 @@ pub struct City {
     pub actors: Arc<ActorTable>,
     /// Notified when the supervisor gives up on the pipeline.
     pub gave_up: Arc<Notify>,
+    /// Whether some storage tier works.
+    pub storage_ready: readiness::TierReadiness,
 }
 
 /// Every actor's mailbox, created before any actor starts.
@@ -101,6 +105,7 @@ pub async fn start(
     let boxes = Mailboxes::new();
     let index = Arc::new(status::StatusIndex::new(store.clone()));
     let nodes = node_policy::NodesSnapshot::default();
+    let storage_ready = readiness::TierReadiness::new(&config, chain.clone(), nodes.clone());
     let flag_policy = flag_policy::policy_from_config(&config.flagger);
     let node_policy = node_policy::policy_from_config(&config.prioritizer);
     let b = &boxes;
@@ -250,5 +255,6 @@ pub async fn start(
         supervisor,
         actors,
         gave_up,
+        storage_ready,
     })
 }

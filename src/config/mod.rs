@@ -9,9 +9,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod limits;
 mod sections;
 mod validate;
 
+pub use limits::*;
 pub use sections::*;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -34,6 +36,7 @@ pub struct Config {
     pub repair: RepairConfig,
     #[serde(default)]
     pub auth: AuthConfig,
+    pub limits: LimitsConfig,
 }
 
 /// Every problem found in a config file.
@@ -43,9 +46,10 @@ pub struct ConfigErrors {
     pub problems: Vec<String>,
 }
 
-const SECTIONS: [&str; 9] = [
+const SECTIONS: [&str; 10] = [
     "repair",
     "auth",
+    "limits",
     "node",
     "intake",
     "batcher",
@@ -117,6 +121,7 @@ impl Config {
             supervisor: section(&table, "supervisor", &mut problems),
             repair: section(&table, "repair", &mut problems),
             auth: section(&table, "auth", &mut problems),
+            limits: section(&table, "limits", &mut problems),
         });
         if let Some(c) = &config {
             problems.extend(c.validate());
@@ -132,6 +137,16 @@ impl Config {
             .log_dir
             .clone()
             .unwrap_or_else(|| self.node.data_dir.join("log"))
+    }
+
+    /// The largest request body this node's role accepts: a transaction on a city, a batch
+    /// on a storage node, nothing on the others.
+    pub fn largest_request_body(&self) -> usize {
+        match self.node.role {
+            Role::City => self.intake.max_body_bytes,
+            Role::Light | Role::Full => self.batcher.max_batch_bytes + BATCH_ENVELOPE_BYTES,
+            Role::Continent | Role::Global => 0,
+        }
     }
 
     pub fn to_toml(&self) -> String {
@@ -233,6 +248,34 @@ continent = "asia"
             "{all}"
         );
         assert_eq!(err.problems.len(), 2, "{all}");
+    }
+
+    #[test]
+    fn limits_have_safe_defaults_and_are_checked() {
+        let c = Config::parse(&MINIMAL).unwrap();
+        assert_eq!(c.limits, LimitsConfig::default());
+        assert!(c.limits.body_budget_per_peer_bytes >= c.largest_request_body());
+        assert!((c.limits.max_connections as u64) + RESERVED_FILES <= 20_000);
+
+        let m = MINIMAL.as_str();
+        let text = format!(
+            "{m}\n[limits]\nmax_connections_per_peer = 0\nbody_idle_timeout = \"1m\"\nbody_budget_bytes = 1048576\nbody_budget_per_peer_bytes = 2097152\n"
+        );
+        let err = Config::parse(&text).unwrap_err();
+        let all = err.problems.join("\n");
+        assert!(all.contains("max_connections_per_peer (0)"), "{all}");
+        assert!(all.contains("body_idle_timeout must not exceed"), "{all}");
+        assert!(all.contains("must not exceed body_budget_bytes"), "{all}");
+        assert!(
+            all.contains("must hold the largest body this node accepts (2162688)"),
+            "{all}"
+        );
+        assert_eq!(err.problems.len(), 4, "{all}");
+
+        let text = format!("{m}\n[limits]\nmax_connections = 512\nkeep_alive = \"30s\"\n");
+        let c = Config::parse(&text).unwrap();
+        assert_eq!(c.limits.max_connections, 512);
+        assert_eq!(Config::parse(&c.to_toml()).unwrap(), c, "it round-trips");
     }
 
     #[test]

@@ -96,7 +96,10 @@ impl NodeConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IntakeConfig {
-    /// Transactions accepted but not yet durable, at most; past it, 503 `overloaded`.
+    /// Transactions admitted and not yet answered, at most: counted from the moment a
+    /// request's body is read (before its signature is checked) until its answer. Past
+    /// it, 503 `overloaded` with `Retry-After`, at once. Sized so that the pipeline can
+    /// answer that many within the request timeout on a small machine.
     pub queue_capacity: usize,
     /// Largest request body in bytes; past it, 413.
     pub max_body_bytes: usize,
@@ -113,7 +116,7 @@ pub struct IntakeConfig {
 impl Default for IntakeConfig {
     fn default() -> Self {
         Self {
-            queue_capacity: 20_000,
+            queue_capacity: 1024,
             max_body_bytes: 64 * 1024,
             max_payload_bytes: 16 * 1024,
             max_clock_skew: Duration::from_secs(60),

@@ -157,6 +157,7 @@ impl Config {
         if self.supervisor.max_inflight_batches == 0 {
             p.push("[supervisor] max_inflight_batches must be at least 1".into());
         }
+        p.extend(self.limits.problems(self.largest_request_body()));
         p
     }
 }

@@ -152,6 +152,8 @@ async fn submit(
     let body = read_body(&req, payload, state.max_body_bytes)
         .await
         .map_err(rejected)?;
+    // Held until the answer is sent: a place among the transactions the city admits at once.
+    let _place = state.city.enter().map_err(|e| rejected(overloaded(&e)))?;
     let tx = match state.city.admit(&body) {
         Ok(Admitted::New(tx)) => tx,
         Ok(Admitted::Known(receipt)) => {
@@ -167,9 +169,7 @@ async fn submit(
     };
     match state.city.submit(tx, arrived).await {
         Ok(r) => Ok(HttpResponse::Ok().json(ReceiptReply::from(&r))),
-        Err(SubmitError::Overloaded(n)) => Err(ApiError::overloaded(format!(
-            "{n} transactions in flight; retry shortly"
-        ))),
+        Err(e @ SubmitError::Overloaded(_)) => Err(overloaded(&e)),
         // Refused before the Intake took it, or lost with a failed actor: counted here.
         Err(e @ SubmitError::QueueFull) => Err(rejected(ApiError::overloaded(e.to_string()))),
         // Counted by the Intake.
@@ -180,6 +180,15 @@ async fn submit(
             Err(rejected(ApiError::storage_unavailable(e.to_string())))
         }
         Err(e) => Err(ApiError::storage_unavailable(e.to_string())),
+    }
+}
+
+fn overloaded(e: &SubmitError) -> ApiError {
+    match e {
+        SubmitError::Overloaded(n) => {
+            ApiError::overloaded(format!("{n} transactions in flight; retry shortly"))
+        }
+        other => ApiError::overloaded(other.to_string()),
     }
 }
 

@@ -2,10 +2,13 @@
 //! unknown paths and malformed path parameters.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures::StreamExt;
+use tokio::time::Instant;
 
+use super::limits::{BodyGrant, Limits};
 use super::{ApiError, ApiResult};
 use crate::city::supervisor::ActorTable;
 
@@ -107,12 +110,13 @@ async fn actors(table: web::Data<Arc<ActorTable>>) -> HttpResponse {
 }
 
 /// Reads a request body of at most `limit` bytes, answering 413 past it without reading
-/// the rest.
+/// the rest, 408 when it stops arriving and 503 `overloaded` when the node's body budget
+/// cannot hold it.
 pub async fn read_body(
     req: &HttpRequest,
     payload: web::Payload,
     limit: usize,
-) -> ApiResult<web::BytesMut> {
+) -> ApiResult<BoundedBody> {
     read_limited_body(req, payload, limit)
         .await
         .map_err(|e| match e {
@@ -122,6 +126,7 @@ pub async fn read_body(
                 format!("request body is larger than {limit} bytes"),
             ),
             BodyError::Read(e) => ApiError::bad_request("invalid_body", e.to_string()),
+            e @ (BodyError::TimedOut(_) | BodyError::Overloaded) => e.refusal(),
         })
 }
 
@@ -132,16 +137,74 @@ pub enum BodyError {
     TooLarge,
     /// The connection failed mid-body.
     Read(actix_web::error::PayloadError),
+    /// The body stopped arriving: no piece within `[limits] body_idle_timeout`, or not
+    /// all of it within `body_deadline` (which of the two is given).
+    TimedOut(Duration),
+    /// The node's body budget (or this peer's share of it) cannot hold the body now.
+    Overloaded,
+}
+
+impl BodyError {
+    /// The answer to a body that timed out (408) or did not fit the budget (503
+    /// `overloaded`); both close the connection, whose body was not read to its end.
+    /// Other errors are worded by each route.
+    pub fn refusal(self) -> ApiError {
+        match self {
+            BodyError::TimedOut(after) => {
+                metrics::counter!(crate::metrics::HTTP_REFUSED, "reason" => "body_timeout")
+                    .increment(1);
+                ApiError::new(
+                    408,
+                    "request_timeout",
+                    format!("the request body stopped arriving (waited {after:?})"),
+                )
+            }
+            BodyError::Overloaded => {
+                metrics::counter!(crate::metrics::HTTP_REFUSED, "reason" => "body_budget")
+                    .increment(1);
+                ApiError::overloaded(
+                    "the node holds as many request bodies as it can; retry shortly",
+                )
+            }
+            BodyError::TooLarge => ApiError::new(413, "payload_too_large", "body too large"),
+            BodyError::Read(e) => ApiError::bad_request("invalid_body", e.to_string()),
+        }
+        .closing()
+    }
+}
+
+/// A request body read whole, with the share of the node's body budget it holds until it
+/// is dropped. Derefs to its bytes.
+pub struct BoundedBody {
+    bytes: web::Bytes,
+    _grant: BodyGrant,
+}
+
+impl BoundedBody {
+    pub fn bytes(&self) -> &web::Bytes {
+        &self.bytes
+    }
+}
+
+impl std::ops::Deref for BoundedBody {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
 }
 
 /// Reads a request body of at most `limit` bytes, stopping as soon as it is known to be
-/// larger (from `Content-Length`, or while reading). For routes whose answers word these
-/// errors their own way; [`read_body`] gives the common ones.
+/// larger (from `Content-Length`, or while reading), or once it stops arriving
+/// (`[limits] body_idle_timeout` between pieces, `body_deadline` for the whole). Nothing
+/// is buffered before the node's [`BodyBudget`](super::limits::BodyBudget) grants it: the
+/// declared length up front, or each piece of a chunked body as it comes. For routes whose
+/// answers word these errors their own way; [`read_body`] gives the common ones.
 pub async fn read_limited_body(
     req: &HttpRequest,
     mut payload: web::Payload,
     limit: usize,
-) -> Result<web::BytesMut, BodyError> {
+) -> Result<BoundedBody, BodyError> {
     let declared = req
         .headers()
         .get(actix_web::http::header::CONTENT_LENGTH)
@@ -150,15 +213,39 @@ pub async fn read_limited_body(
     if declared.is_some_and(|n| n > limit) {
         return Err(BodyError::TooLarge);
     }
-    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
-    while let Some(chunk) = payload.next().await {
+    let limits = Limits::of(req);
+    let peer = req.peer_addr().map(|a| a.ip());
+    let mut grant = limits
+        .budget
+        .try_grant(peer, declared.unwrap_or(0))
+        .ok_or(BodyError::Overloaded)?;
+    let mut body = web::BytesMut::with_capacity(grant.bytes());
+    let idle = limits.config.body_idle_timeout;
+    let whole = limits.config.body_deadline;
+    let deadline = Instant::now() + whole;
+    loop {
+        let (until, waited) = match Instant::now() + idle {
+            soon if soon < deadline => (soon, idle),
+            _ => (deadline, whole),
+        };
+        let Ok(next) = tokio::time::timeout_at(until, payload.next()).await else {
+            return Err(BodyError::TimedOut(waited));
+        };
+        let Some(chunk) = next else { break };
         let chunk = chunk.map_err(BodyError::Read)?;
-        if body.len() + chunk.len() > limit {
+        let len = body.len() + chunk.len();
+        if len > limit {
             return Err(BodyError::TooLarge);
+        }
+        if len > grant.bytes() && !grant.try_grow(len - grant.bytes()) {
+            return Err(BodyError::Overloaded);
         }
         body.extend_from_slice(&chunk);
     }
-    Ok(body)
+    Ok(BoundedBody {
+        bytes: body.freeze(),
+        _grant: grant,
+    })
 }
 
 /// Parses a 32-byte id written as 64 hex characters; `what` names it in the 400 answer.

@@ -26,6 +26,9 @@ pub struct ApiError {
     pub message: String,
     /// Seconds, sent as `Retry-After` (503 answers).
     pub retry_after: Option<u32>,
+    /// Close the connection after this answer (`Connection: close`): the request's body
+    /// was not read to its end, so nothing else can follow it on this connection.
+    pub close: bool,
 }
 
 impl ApiError {
@@ -35,6 +38,15 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            close: false,
+        }
+    }
+
+    /// The same answer, closing the connection after it.
+    pub fn closing(self) -> Self {
+        Self {
+            close: true,
+            ..self
         }
     }
 
@@ -91,6 +103,9 @@ impl ResponseError for ApiError {
         let mut resp = HttpResponse::build(self.status);
         if let Some(secs) = self.retry_after {
             resp.insert_header((header::RETRY_AFTER, HeaderValue::from(secs)));
+        }
+        if self.close {
+            resp.force_close();
         }
         resp.json(self.body())
     }

@@ -9,10 +9,12 @@
 //! - [`error`]: the JSON error body.
 //! - [`server`]: the one server every role runs, with a JSON error body on every error,
 //!   including the HTTP/1 protocol errors actix-http answers by itself.
+//! - [`limits`]: connections, body timeouts and the body-memory budget (`[limits]`).
 
 pub mod city_api;
 pub mod common;
 pub mod error;
+pub mod limits;
 pub mod log_api;
 pub mod peer_auth;
 pub mod server;

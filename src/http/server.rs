@@ -12,7 +12,7 @@
 //!   actix-http's HTTP/1 dispatcher makes by itself, with empty bodies and no way to
 //!   change them: 400 for a request it cannot parse (malformed request line or header,
 //!   conflicting `Content-Length`/`Transfer-Encoding`), 408 when the request head does
-//!   not arrive within [`HEAD_TIMEOUT`], 431 when the head overflows its parser, and 500.
+//!   not arrive within `[limits] request_head_timeout`, 431 when the head overflows its parser, and 500.
 //!   It follows the response stream: every response the app made was announced by
 //!   [`guard`] (so its head is passed through and its body skipped by length), and a
 //!   response head that nobody announced is the dispatcher's own, which it replaces by
@@ -25,7 +25,6 @@ use std::net::TcpListener;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
 
 use actix_http::body::{BodySize, BoxBody, MessageBody};
 use actix_http::error::DispatchError;
@@ -40,22 +39,22 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::ApiError;
+use super::limits::Limits;
 
 /// Longest request target (path and query) answered; longer ones get 414.
 pub const MAX_URI_BYTES: usize = 8 * 1024;
 /// Largest header section (names, values and separators) answered; larger ones get 431.
 /// actix-http's own parser stops at 128 KiB (431 too).
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
-/// How long a client may take to send a request head before it gets 408.
-pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How a role's server runs.
-#[derive(Debug, Clone, Copy)]
 pub struct ServerOptions {
     /// Worker threads, each serving its own connections.
     pub workers: usize,
     /// Seconds in-flight requests get to finish once the server is stopped.
     pub shutdown_timeout_secs: u64,
+    /// Connections, timeouts and the body budget (`[limits]`, see [`super::limits`]).
+    pub limits: Limits,
 }
 
 /// Starts serving `listener` with the routes `configure` adds (and its `app_data`), the
@@ -66,16 +65,21 @@ where
     F: Fn(&mut web::ServiceConfig) + Send + Clone + 'static,
 {
     let addr = listener.local_addr()?;
+    let limits = web::Data::new(options.limits);
     let builder = Server::build()
         .workers(options.workers)
+        .max_concurrent_connections(limits.connections_per_worker(options.workers))
         .disable_signals()
         .shutdown_timeout(options.shutdown_timeout_secs);
     let graceful = builder.graceful_shutdown_signal();
     Ok(builder
         .listen("citychain-http", listener, move || {
             let configure = configure.clone();
+            // `guard` outermost: it must see every response, the limits' refusals too.
             let app = App::new()
+                .wrap(from_fn(super::limits::guard_connection))
                 .wrap(from_fn(guard))
+                .app_data(limits.clone())
                 .app_data(super::common::path_config())
                 .configure(configure)
                 .default_service(web::to(super::common::not_found));
@@ -85,12 +89,17 @@ where
                     let signal = graceful.clone();
                     async move { signal.notified().await }
                 })
-                .client_request_timeout(HEAD_TIMEOUT)
-                .client_disconnect_timeout(Duration::from_secs(1))
+                .client_request_timeout(limits.config.request_head_timeout)
+                .keep_alive(limits.config.keep_alive)
+                .client_disconnect_timeout(super::limits::LINGER)
                 .h1_allow_half_closed(true)
                 .local_addr(addr)
-                .on_connect_ext(|io: &JsonErrors<TcpStream>, ext: &mut Extensions| {
-                    ext.insert(io.announcements());
+                .on_connect_ext({
+                    let limits = limits.clone();
+                    move |io: &JsonErrors<TcpStream>, ext: &mut Extensions| {
+                        ext.insert(io.announcements());
+                        limits.on_connect(io.get_ref(), ext);
+                    }
                 })
                 // The app reads neither the host nor the address from its config.
                 .h1(map_config(app, |()| AppConfig::default()));
@@ -362,6 +371,11 @@ impl<T> JsonErrors<T> {
             pending: Vec::new(),
             pending_from: 0,
         }
+    }
+
+    /// The socket it wraps.
+    pub fn get_ref(&self) -> &T {
+        &self.io
     }
 
     /// The handle [`guard`] announces responses on.

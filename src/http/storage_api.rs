@@ -24,7 +24,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 
 use crate::config::Role;
 use crate::crypto::SigningKey;
-use crate::http::common::{BodyError, read_limited_body};
+use crate::http::common::{BodyError, BoundedBody, read_limited_body};
 use crate::http::peer_auth::{AuthenticatedPeer, PeerAuth};
 use crate::http::{ApiError, ApiResult};
 use crate::messages::storage::{BATCHES_PATH, HEALTH_PATH, HealthReport, OCTET_STREAM, POH_SUFFIX};
@@ -52,9 +52,10 @@ impl StorageState {
             role: self.role,
             continent: self.continent.clone(),
             used_bytes: self.store.used_bytes(),
-            capacity_bytes: self.store.capacity_bytes(),
+            capacity_bytes: self.store.effective_capacity_bytes(),
             batches: self.store.batch_count(),
             inflight: self.inflight.load(Ordering::Relaxed),
+            store_error: self.store.failure(),
         }
     }
 }
@@ -104,6 +105,12 @@ fn internal(what: &str, e: impl std::fmt::Display) -> ApiError {
     ApiError::new(500, "internal", format!("{what}: {e}"))
 }
 
+/// The store cannot serve now (a disk or database error; it is being reopened): 503, so
+/// the city tries another node and retries later.
+fn store_failing(what: &str, e: StoreError) -> ApiError {
+    ApiError::storage_unavailable(format!("{what}: {e}"))
+}
+
 fn too_large(max: usize) -> ApiError {
     ApiError::new(
         413,
@@ -132,6 +139,10 @@ async fn put_batch(
     metrics::gauge!(crate::metrics::STORE_USED_BYTES).set(state.store.used_bytes() as f64);
     match &result {
         Ok(_) => tracing::debug!(batch = %path, outcome, "batch accepted"),
+        Err(e) if e.status.as_u16() == 503 => {
+            // Logged once, when the store started failing.
+            tracing::debug!(batch = %path, error = %e, "batch refused: the store is failing");
+        }
         Err(e) if e.status.is_server_error() && e.status.as_u16() != 507 => {
             // The node cannot store what it is offered: its disk or database needs an operator.
             tracing::error!(batch = %path, error = %e, "storing a batch failed");
@@ -170,7 +181,7 @@ async fn accept_batch(
         }
         // Only the canonical encoding is stored, so one id always means the same bytes and
         // an ack for a retry is true of the bytes held (decoding alone ignores trailing bytes).
-        if messages::encode(&batch) != body {
+        if messages::encode(&batch) != *body {
             return Err(invalid_batch(
                 "the body is not the batch's canonical encoding",
             ));
@@ -180,7 +191,7 @@ async fn accept_batch(
             StoreError::CapacityExceeded { .. } => {
                 ApiError::new(507, "capacity_exceeded", e.to_string())
             }
-            _ => internal("storing the batch", e),
+            _ => store_failing("storing the batch", e),
         })?;
         let ack = PohAck::sign(&key, &node_id, id, &body, messages::now_ms())
             .map_err(|e| internal("signing the ack", e))?;
@@ -191,14 +202,15 @@ async fn accept_batch(
 }
 
 /// Reads the whole body, refusing it as soon as it is known to exceed `max` bytes.
-async fn read_body(req: &HttpRequest, payload: web::Payload, max: usize) -> ApiResult<web::Bytes> {
+async fn read_body(req: &HttpRequest, payload: web::Payload, max: usize) -> ApiResult<BoundedBody> {
     match read_limited_body(req, payload, max).await {
-        Ok(body) => Ok(body.freeze()),
+        Ok(body) => Ok(body),
         Err(BodyError::TooLarge) => Err(too_large(max)),
         Err(BodyError::Read(e)) => Err(ApiError::bad_request(
             "invalid_body",
             format!("reading the body failed: {e}"),
         )),
+        Err(e @ (BodyError::TimedOut(_) | BodyError::Overloaded)) => Err(e.refusal()),
     }
 }
 
@@ -213,7 +225,7 @@ async fn get_batch(
     let held = web::block(move || store.get(&id))
         .await
         .map_err(|e| internal("storage worker", e))?
-        .map_err(|e| internal("reading the batch", e))?;
+        .map_err(|e| store_failing("reading the batch", e))?;
     match held {
         Some(bytes) => Ok(HttpResponse::Ok()
             .insert_header((CONTENT_TYPE, OCTET_STREAM))
@@ -248,8 +260,12 @@ async fn prove_hold(
     })?;
     auth.allow_challenge(&peer)?;
     let st = state.clone();
-    let proof = web::block(move || -> Result<Option<HoldProof>, String> {
-        match st.store.get(&id).map_err(|e| e.to_string())? {
+    let proof = web::block(move || -> ApiResult<Option<HoldProof>> {
+        match st
+            .store
+            .get(&id)
+            .map_err(|e| store_failing("proving a hold", e))?
+        {
             None => Ok(None),
             Some(bytes) => HoldProof::prove(
                 &st.key,
@@ -260,12 +276,11 @@ async fn prove_hold(
                 messages::now_ms(),
             )
             .map(Some)
-            .map_err(|e| e.to_string()),
+            .map_err(|e| internal("proving a hold", e)),
         }
     })
     .await
-    .map_err(|e| internal("storage worker", e))?
-    .map_err(|e| internal("proving a hold", e))?;
+    .map_err(|e| internal("storage worker", e))??;
     match proof {
         Some(proof) => Ok(HttpResponse::Ok()
             .insert_header((CONTENT_TYPE, OCTET_STREAM))
@@ -277,8 +292,16 @@ async fn prove_hold(
     }
 }
 
+/// The health report; 503 (with the same report, saying why) while the store is failing,
+/// so the city's probes count the node down instead of choosing it for writes it would
+/// refuse.
 async fn health(state: web::Data<StorageState>) -> HttpResponse {
-    HttpResponse::Ok().json(state.health())
+    let report = state.health();
+    if report.store_error.is_some() {
+        HttpResponse::ServiceUnavailable().json(report)
+    } else {
+        HttpResponse::Ok().json(report)
+    }
 }
 
 #[cfg(test)]

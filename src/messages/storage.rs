@@ -28,10 +28,15 @@ pub struct HealthReport {
     pub continent: String,
     /// Bytes of batches held.
     pub used_bytes: u64,
-    /// Bytes the node will hold at most.
+    /// Bytes the node will hold at most: its configured capacity, or less when its disk
+    /// has less free space than that leaves.
     pub capacity_bytes: u64,
     /// Batches held.
     pub batches: u64,
     /// Write requests being served right now.
     pub inflight: u64,
+    /// Why the node's store is failing (a disk or database error), while it is; the node
+    /// then answers its health with 503 and takes no batch until the store is reopened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_error: Option<String>,
 }

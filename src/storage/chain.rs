@@ -15,6 +15,7 @@ use super::nodes::{BadNodeKey, NodeDirectory};
 use super::peer::PeerClient;
 use super::peer_tier::PeerTier;
 use super::tier::StorageTier;
+use super::tier_health::TierHealth;
 use crate::config::Config;
 use crate::messages::Tier;
 
@@ -26,6 +27,8 @@ pub struct TierChain {
     nodes: Arc<NodeDirectory>,
     log: Arc<ImmutableLog>,
     mongo: Option<Arc<MongoTier>>,
+    /// The last attempt on each tier, recorded by the Failover actor.
+    health: Arc<TierHealth>,
 }
 
 impl TierChain {
@@ -38,6 +41,7 @@ impl TierChain {
         mongo: Option<Arc<MongoTier>>,
     ) -> Self {
         Self {
+            health: Arc::new(TierHealth::new(tiers.len())),
             tiers,
             client,
             nodes: Arc::default(),
@@ -58,7 +62,7 @@ impl TierChain {
         let s = &config.storage;
         let nodes = Arc::new(NodeDirectory::from_config(&s.nodes)?);
         let mongo = MongoTier::new(&s.mongo, &config.node.continent).map(Arc::new);
-        let tiers = config
+        let tiers: Vec<Arc<dyn StorageTier>> = config
             .supervisor
             .chain
             .iter()
@@ -95,6 +99,7 @@ impl TierChain {
             })
             .collect();
         Ok(Self {
+            health: Arc::new(TierHealth::new(tiers.len())),
             tiers,
             client,
             nodes,
@@ -121,6 +126,11 @@ impl TierChain {
     /// The continent's MongoDB deployment, when a URI is configured for it.
     pub fn mongo(&self) -> Option<&Arc<MongoTier>> {
         self.mongo.as_ref()
+    }
+
+    /// The last attempt on each tier of this chain.
+    pub fn health(&self) -> &Arc<TierHealth> {
+        &self.health
     }
 
     pub fn get(&self, index: usize) -> Option<&Arc<dyn StorageTier>> {

@@ -10,7 +10,7 @@
 //! city never reuses a number it may already have handed out.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
@@ -128,13 +128,29 @@ struct WriteReq {
 pub struct CityStore {
     db: Arc<Database>,
     writer: GroupCommit<WriteReq, (), CityStoreError>,
+    /// Why the last write of records failed, until one succeeds (what `/readyz` reports).
+    failure: Arc<Mutex<Option<String>>>,
 }
 
 impl CityStore {
-    /// Opens or creates `DIR/city.redb` and starts its writer thread.
+    /// Opens or creates `DIR/city.redb` and starts its writer thread, with the default
+    /// page cache (`[limits] store_cache_bytes`).
     pub fn open(dir: &Path) -> Result<Self> {
+        Self::open_with_cache(
+            dir,
+            crate::config::LimitsConfig::default().store_cache_bytes,
+        )
+    }
+
+    /// [`CityStore::open`] with a page cache of `cache_bytes` (redb's default, 1 GiB, would
+    /// let the index grow the city's memory by that much).
+    pub fn open_with_cache(dir: &Path, cache_bytes: usize) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let db = Arc::new(Database::create(dir.join(FILE_NAME))?);
+        let db = Arc::new(
+            redb::Builder::new()
+                .set_cache_size(cache_bytes)
+                .create(dir.join(FILE_NAME))?,
+        );
         {
             let tx = db.begin_write()?;
             tx.open_table(TXS)?;
@@ -155,14 +171,35 @@ impl CityStore {
             stop_after_failure: false,
         };
         let thread_db = db.clone();
+        let failure = Arc::new(Mutex::new(None));
+        let thread_failure = failure.clone();
         let writer = GroupCommit::spawn(options, move |group: &mut [WriteReq]| {
-            write_group(&thread_db, group)
+            let written = write_group(&thread_db, group);
+            *thread_failure
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) =
+                written.as_ref().err().map(ToString::to_string);
+            written
                 .map(|()| vec![(); group.len()])
                 .inspect_err(|e| {
                     tracing::error!(error = %e, records = group.len(), "writing the city's status index failed");
                 })
         })?;
-        Ok(Self { db, writer })
+        Ok(Self {
+            db,
+            writer,
+            failure,
+        })
+    }
+
+    /// Why the last write of records failed, while no later one succeeded. (redb refuses
+    /// every write on a handle after a failed one, so after a disk error this stays set
+    /// until the node restarts.)
+    pub fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Makes a stored batch and its transactions durable in the index, with the

@@ -4,6 +4,7 @@
 //! - [`group_commit`]: the writer thread that shares one fsync among many writes.
 //! - [`tier`]: the `StorageTier` trait and what a tier attempt produces.
 //! - [`chain`]: the failover chain built from config.
+//! - [`tier_health`]: the last attempt on each tier of the chain (read by readiness).
 //! - [`peer_tier`], [`mongo_tier`], [`log_tier`]: the tier implementations.
 //! - [`nodes`]: the configured light and full nodes with their keys, shared by all users.
 //! - [`peer`]: the client side of light and full nodes (write a batch, verify its ack).
@@ -28,3 +29,4 @@ pub mod peer;
 pub mod peer_tier;
 pub mod store;
 pub mod tier;
+pub mod tier_health;

@@ -6,13 +6,28 @@
 //! around "is it there, does it fit, write it", so concurrent puts can never overshoot the
 //! capacity. The bytes held are kept in a small meta table updated in the same transaction
 //! as the batch itself, so opening a large store does not read every value back.
+//!
+//! **Disk faults.** After a failed write (ENOSPC, EIO, EPERM…) redb refuses every later
+//! operation on that handle ("Previous I/O error occurred") until the database is closed
+//! and opened again. So the first database error puts the store in a *failing* state: the
+//! handle is dropped, every operation answers [`StoreError::Unavailable`] with the cause,
+//! and the store is reopened, under the write lock, after `retry_initial`, then twice as
+//! long after each failed attempt, up to `retry_max` ([`BatchStore::recover_if_due`],
+//! driven by [`spawn_recovery`] and by the next put). A reopen waits until the disk has
+//! room for the largest batch the node accepts, and counts only if a durable write commits,
+//! so a disk that is still full or still refuses writes keeps the store failing; a store
+//! that fails again soon after reopening goes on with its backoff rather than start over. Nothing
+//! acknowledged is lost: a put whose commit failed was never acked, and redb's commit
+//! protocol leaves the last successful commit in place, which the reopened store reads.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
+use std::time::{Duration, Instant};
 
 use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    Builder, Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    TableDefinition,
 };
 
 /// Batch id → the exact bytes received.
@@ -21,6 +36,9 @@ const BATCHES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("batches
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Key in `META`: total length of the values in `BATCHES`.
 const USED_BYTES_KEY: &str = "used_bytes";
+/// Key in `META`: when the store was last (re)opened, in ms; written durably on every open
+/// to prove the disk takes writes.
+const OPENED_KEY: &str = "opened_at_ms";
 
 /// The file inside the node's data directory.
 pub const FILE_NAME: &str = "batches.redb";
@@ -29,6 +47,9 @@ pub const FILE_NAME: &str = "batches.redb";
 pub enum StoreError {
     #[error("capacity exceeded: {needed} bytes needed, {free} bytes free")]
     CapacityExceeded { needed: u64, free: u64 },
+    /// The store failed (a database or disk error) and is not open yet again.
+    #[error("the store is failing since {since_ms} ms ago and is being reopened: {reason}")]
+    Unavailable { reason: String, since_ms: u128 },
     #[error("storage database: creating {}: {source}", .dir.display())]
     CreateDir {
         dir: PathBuf,
@@ -51,6 +72,17 @@ pub enum StoreError {
     Commit(#[from] redb::CommitError),
 }
 
+impl StoreError {
+    /// Errors of the database itself (not of the request): they put the store in its
+    /// failing state until it is reopened.
+    fn is_fault(&self) -> bool {
+        !matches!(
+            self,
+            StoreError::CapacityExceeded { .. } | StoreError::Unavailable { .. }
+        )
+    }
+}
+
 pub type Result<T> = std::result::Result<T, StoreError>;
 
 /// What a successful [`BatchStore::put`] did.
@@ -62,11 +94,61 @@ pub enum PutOutcome {
     AlreadyHeld,
 }
 
+/// How a store is opened, and reopened after a fault.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// The most value bytes the store will hold.
+    pub capacity_bytes: u64,
+    /// redb's page cache, in bytes.
+    pub cache_bytes: usize,
+    /// Wait before the first reopen after a fault; doubled after each failed attempt.
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+    /// Free disk space a failed store waits for before it is reopened: the largest batch
+    /// the node accepts, so that a store that reopens can take any batch again.
+    pub min_free_bytes: u64,
+}
+
+impl StoreOptions {
+    /// `capacity_bytes` with the `[limits]` defaults for the rest.
+    pub fn with_capacity(capacity_bytes: u64) -> Self {
+        let limits = crate::config::LimitsConfig::default();
+        Self {
+            capacity_bytes,
+            cache_bytes: limits.store_cache_bytes,
+            retry_initial: limits.store_retry_initial,
+            retry_max: limits.store_retry_max,
+            min_free_bytes: 0,
+        }
+    }
+}
+
+/// Why and since when the store is failing, and when it is tried again.
+#[derive(Debug, Clone)]
+struct Fault {
+    reason: String,
+    since: Instant,
+    /// Reopen attempts that failed, and why the last one did.
+    attempts: u32,
+    last_attempt: Option<String>,
+    next_try: Instant,
+}
+
 pub struct BatchStore {
-    db: Database,
-    capacity_bytes: u64,
-    /// Serializes puts: the duplicate check, the capacity check and the write happen as one.
+    path: PathBuf,
+    options: StoreOptions,
+    /// The open database; `None` while the store is failing.
+    db: RwLock<Option<Arc<Database>>>,
+    /// Serializes puts and reopens: the duplicate check, the capacity check and the write
+    /// happen as one, and a reopen never races a write.
     write_lock: Mutex<()>,
+    fault: Mutex<Option<Fault>>,
+    /// Mirrors `fault.is_some()`, for readers that must not wait.
+    failing: AtomicBool,
+    /// When the store last reopened and after how many attempts: a store that fails again
+    /// soon after goes on with its backoff instead of starting over, so a disk that keeps
+    /// failing does not make the node flap between ready and not ready.
+    recovered: Mutex<Option<(Instant, u32)>>,
     /// Mirrors of what is on disk, changed only under `write_lock` after a commit, so that
     /// readers (health probes) never wait behind an fsync.
     used_bytes: AtomicU64,
@@ -76,9 +158,10 @@ pub struct BatchStore {
 impl std::fmt::Debug for BatchStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BatchStore")
-            .field("capacity_bytes", &self.capacity_bytes)
+            .field("capacity_bytes", &self.options.capacity_bytes)
             .field("used_bytes", &self.used_bytes())
             .field("batch_count", &self.batch_count())
+            .field("failing", &self.failure())
             .finish_non_exhaustive()
     }
 }
@@ -88,30 +171,25 @@ impl BatchStore {
     /// the most value bytes the store will hold; it may be lowered below what is already
     /// held, in which case every new put is refused.
     pub fn open(dir: &Path, capacity_bytes: u64) -> Result<Self> {
+        Self::open_with(dir, StoreOptions::with_capacity(capacity_bytes))
+    }
+
+    /// [`BatchStore::open`] with every option.
+    pub fn open_with(dir: &Path, options: StoreOptions) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
             dir: dir.to_owned(),
             source,
         })?;
         let path = dir.join(FILE_NAME);
-        let db = Database::create(&path).map_err(|source| StoreError::Open {
-            path: path.clone(),
-            source,
-        })?;
-
-        // Create both tables on first open, so that readers can always open them.
-        let tx = db.begin_write()?;
-        let (used, count) = {
-            let batches = tx.open_table(BATCHES)?;
-            let meta = tx.open_table(META)?;
-            let used = meta.get(USED_BYTES_KEY)?.map_or(0, |g| g.value());
-            (used, batches.len()?)
-        };
-        tx.commit()?;
-
+        let (db, used, count) = open_db(&path, options.cache_bytes)?;
         Ok(Self {
-            db,
-            capacity_bytes,
+            path,
+            options,
+            db: RwLock::new(Some(Arc::new(db))),
             write_lock: Mutex::new(()),
+            fault: Mutex::new(None),
+            failing: AtomicBool::new(false),
+            recovered: Mutex::new(None),
             used_bytes: AtomicU64::new(used),
             batch_count: AtomicU64::new(count),
         })
@@ -119,7 +197,8 @@ impl BatchStore {
 
     /// Stores `bytes` under `batch_id`, durably (fsynced) before returning. The same id
     /// again returns [`PutOutcome::AlreadyHeld`] without writing. A put that does not fit
-    /// returns [`StoreError::CapacityExceeded`] and writes nothing.
+    /// returns [`StoreError::CapacityExceeded`] and writes nothing. While the store is
+    /// failing, [`StoreError::Unavailable`] (after a reopen attempt, if one is due).
     ///
     /// Blocking: call it from a blocking thread in async code.
     pub fn put(&self, batch_id: &[u8; 32], bytes: &[u8]) -> Result<PutOutcome> {
@@ -129,7 +208,15 @@ impl BatchStore {
             .write_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let mut tx = self.db.begin_write()?;
+        self.recover_locked()?;
+        let db = self.handle()?;
+        let result = self.put_in(&db, batch_id, bytes);
+        drop(db);
+        self.watch(result)
+    }
+
+    fn put_in(&self, db: &Database, batch_id: &[u8; 32], bytes: &[u8]) -> Result<PutOutcome> {
+        let mut tx = db.begin_write()?;
         tx.set_durability(Durability::Immediate)?;
         let used = {
             let mut batches = tx.open_table(BATCHES)?;
@@ -140,7 +227,7 @@ impl BatchStore {
             }
             let used = self.used_bytes.load(Ordering::Acquire);
             let needed = bytes.len() as u64;
-            let free = self.capacity_bytes.saturating_sub(used);
+            let free = self.options.capacity_bytes.saturating_sub(used);
             if needed > free {
                 drop(batches);
                 tx.abort()?;
@@ -159,17 +246,29 @@ impl BatchStore {
 
     /// The bytes stored under `batch_id`, if any. Blocking.
     pub fn get(&self, batch_id: &[u8; 32]) -> Result<Option<Vec<u8>>> {
-        let tx = self.db.begin_read()?;
-        let batches = tx.open_table(BATCHES)?;
-        let value = batches.get(batch_id)?;
-        Ok(value.map(|g| g.value().to_vec()))
+        let db = self.handle()?;
+        let read = || -> Result<Option<Vec<u8>>> {
+            let tx = db.begin_read()?;
+            let batches = tx.open_table(BATCHES)?;
+            let value = batches.get(batch_id)?;
+            Ok(value.map(|g| g.value().to_vec()))
+        };
+        let result = read();
+        drop(db);
+        self.watch(result)
     }
 
     /// Whether `batch_id` is held. Blocking.
     pub fn contains(&self, batch_id: &[u8; 32]) -> Result<bool> {
-        let tx = self.db.begin_read()?;
-        let batches = tx.open_table(BATCHES)?;
-        Ok(batches.get(batch_id)?.is_some())
+        let db = self.handle()?;
+        let read = || -> Result<bool> {
+            let tx = db.begin_read()?;
+            let batches = tx.open_table(BATCHES)?;
+            Ok(batches.get(batch_id)?.is_some())
+        };
+        let result = read();
+        drop(db);
+        self.watch(result)
     }
 
     /// Total bytes of the values held.
@@ -178,13 +277,264 @@ impl BatchStore {
     }
 
     pub fn capacity_bytes(&self) -> u64 {
-        self.capacity_bytes
+        self.options.capacity_bytes
+    }
+
+    /// The most the store can hold now: its capacity, or less when its disk has less free
+    /// space than the capacity leaves (what the health report tells the city, so it stops
+    /// choosing a node whose disk is nearly full).
+    pub fn effective_capacity_bytes(&self) -> u64 {
+        let capacity = self.options.capacity_bytes;
+        match disk_free_bytes(&self.path) {
+            Some(free) => capacity.min(self.used_bytes().saturating_add(free)),
+            None => capacity,
+        }
     }
 
     /// Number of batches held.
     pub fn batch_count(&self) -> u64 {
         self.batch_count.load(Ordering::Acquire)
     }
+
+    /// Why the store is failing, if it is: what `/readyz` and the health report say.
+    pub fn failure(&self) -> Option<String> {
+        if !self.failing.load(Ordering::Acquire) {
+            return None;
+        }
+        let fault = self.fault.lock().unwrap_or_else(PoisonError::into_inner);
+        fault.as_ref().map(|f| {
+            let mut why = format!(
+                "{}; failing for {:.1} s",
+                f.reason,
+                f.since.elapsed().as_secs_f64()
+            );
+            if let Some(last) = &f.last_attempt {
+                why.push_str(&format!(
+                    "; {} reopen attempts failed, the last: {last}",
+                    f.attempts
+                ));
+            }
+            why
+        })
+    }
+
+    /// Reopens a failing store if its next attempt is due; `Ok` when the store is open
+    /// (again, or all along). Blocking: it may repair and fsync the database.
+    pub fn recover_if_due(&self) -> Result<()> {
+        let _guard = self
+            .write_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.recover_locked()
+    }
+
+    /// The open handle, or why there is none.
+    fn handle(&self) -> Result<Arc<Database>> {
+        let db = self.db.read().unwrap_or_else(PoisonError::into_inner);
+        match &*db {
+            Some(db) => Ok(db.clone()),
+            None => Err(self.unavailable()),
+        }
+    }
+
+    fn unavailable(&self) -> StoreError {
+        let fault = self.fault.lock().unwrap_or_else(PoisonError::into_inner);
+        match &*fault {
+            Some(f) => StoreError::Unavailable {
+                reason: f.reason.clone(),
+                since_ms: f.since.elapsed().as_millis(),
+            },
+            None => StoreError::Unavailable {
+                reason: "the store is being reopened".into(),
+                since_ms: 0,
+            },
+        }
+    }
+
+    /// Passes `result` on; a database error first puts the store in its failing state.
+    fn watch<T>(&self, result: Result<T>) -> Result<T> {
+        if let Err(e) = &result
+            && e.is_fault()
+        {
+            self.fail(e.to_string());
+        }
+        result
+    }
+
+    /// Drops the database handle (redb will not write through it again) and schedules a
+    /// reopen.
+    fn fail(&self, reason: String) {
+        let mut fault = self.fault.lock().unwrap_or_else(PoisonError::into_inner);
+        if fault.is_none() {
+            let now = Instant::now();
+            let recovered = *self
+                .recovered
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let attempts = match recovered {
+                Some((at, attempts)) if at.elapsed() < self.options.retry_max => attempts,
+                _ => 0,
+            };
+            let wait = self.backoff(attempts);
+            tracing::error!(
+                path = %self.path.display(),
+                error = %reason,
+                retry_in = ?wait,
+                "the batch store failed; it reports not ready and will be reopened"
+            );
+            *fault = Some(Fault {
+                reason,
+                since: now,
+                attempts,
+                last_attempt: None,
+                next_try: now + wait,
+            });
+            self.failing.store(true, Ordering::Release);
+            metrics::gauge!(crate::metrics::STORE_FAILING).set(1.0);
+        }
+        drop(fault);
+        // Readers holding a clone finish with it; the database closes after the last one.
+        self.db
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+    }
+
+    /// With the write lock held: nothing to do if the store is open; otherwise reopen it
+    /// if an attempt is due, or say why not.
+    fn recover_locked(&self) -> Result<()> {
+        if !self.failing.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let due = {
+            let fault = self.fault.lock().unwrap_or_else(PoisonError::into_inner);
+            fault.as_ref().is_none_or(|f| f.next_try <= Instant::now())
+        };
+        if !due {
+            return Err(self.unavailable());
+        }
+        let reopened = match disk_free_bytes(&self.path) {
+            Some(free) if free < self.options.min_free_bytes => Err(format!(
+                "waiting for free disk space: {free} bytes free, {} needed",
+                self.options.min_free_bytes
+            )),
+            _ => open_db(&self.path, self.options.cache_bytes).map_err(|e| e.to_string()),
+        };
+        match reopened {
+            Ok((db, used, count)) => {
+                self.used_bytes.store(used, Ordering::Release);
+                self.batch_count.store(count, Ordering::Release);
+                *self.db.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(db));
+                let fault = self
+                    .fault
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take();
+                self.failing.store(false, Ordering::Release);
+                metrics::gauge!(crate::metrics::STORE_FAILING).set(0.0);
+                *self
+                    .recovered
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) =
+                    fault.as_ref().map(|f| (Instant::now(), f.attempts + 1));
+                if let Some(f) = fault {
+                    tracing::warn!(
+                        path = %self.path.display(),
+                        failed_for = ?f.since.elapsed(),
+                        attempts = f.attempts + 1,
+                        batches = count,
+                        "the batch store is open again"
+                    );
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let mut fault = self.fault.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Some(f) = fault.as_mut() {
+                    f.attempts += 1;
+                    f.last_attempt = Some(e.clone());
+                    let wait = self.backoff(f.attempts);
+                    f.next_try = Instant::now() + wait;
+                    tracing::warn!(
+                        path = %self.path.display(),
+                        error = %e,
+                        attempts = f.attempts,
+                        retry_in = ?wait,
+                        "reopening the batch store failed"
+                    );
+                }
+                drop(fault);
+                Err(self.unavailable())
+            }
+        }
+    }
+}
+
+impl BatchStore {
+    /// The wait before reopen attempt `attempts + 1`: `retry_initial`, doubled per attempt
+    /// already made, at most `retry_max`.
+    fn backoff(&self, attempts: u32) -> Duration {
+        self.options
+            .retry_initial
+            .saturating_mul(2u32.saturating_pow(attempts.min(16)))
+            .min(self.options.retry_max)
+    }
+}
+
+/// Free bytes (for an unprivileged user) on the file system holding `path`.
+fn disk_free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = path.parent()?;
+    let c_path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs reads a NUL-terminated path we own and writes one struct we own.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    #[allow(clippy::useless_conversion)] // fsblkcnt_t and c_ulong are not u64 everywhere
+    Some(u64::from(st.f_bavail).saturating_mul(u64::from(st.f_frsize)))
+}
+
+/// Opens (or creates) the database, makes sure both tables exist, reads the counters, and
+/// commits one durable write, so that an open that succeeds is a disk that takes writes.
+fn open_db(path: &Path, cache_bytes: usize) -> Result<(Database, u64, u64)> {
+    let db = Builder::new()
+        .set_cache_size(cache_bytes)
+        .create(path)
+        .map_err(|source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+    let mut tx = db.begin_write()?;
+    tx.set_durability(Durability::Immediate)?;
+    let (used, count) = {
+        let batches = tx.open_table(BATCHES)?;
+        let mut meta = tx.open_table(META)?;
+        let used = meta.get(USED_BYTES_KEY)?.map_or(0, |g| g.value());
+        meta.insert(OPENED_KEY, crate::messages::now_ms())?;
+        (used, batches.len()?)
+    };
+    tx.commit()?;
+    Ok((db, used, count))
+}
+
+/// Reopens `store` in the background while it is failing, so it recovers even when no
+/// write comes to try (the city stops sending to a node that says it is not ready). Ends
+/// when the store is dropped.
+pub fn spawn_recovery(store: &Arc<BatchStore>) -> tokio::task::JoinHandle<()> {
+    let weak: Weak<BatchStore> = Arc::downgrade(store);
+    let every = store.options.retry_initial.min(Duration::from_millis(100));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(store) = weak.upgrade() else { return };
+            if store.failing.load(Ordering::Acquire) {
+                let _ = tokio::task::spawn_blocking(move || store.recover_if_due()).await;
+            }
+        }
+    })
 }
 
 #[cfg(test)]

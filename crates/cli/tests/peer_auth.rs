@@ -230,6 +230,7 @@ fn rogue_light(id: &'static str, lie: Lie) -> (String, actix_web::dev::ServerHan
                         capacity_bytes: 1 << 30,
                         batches: 0,
                         inflight: 0,
+                        store_error: None,
                     })
                 }),
             )

@@ -319,6 +319,7 @@ impl Federation {
             supervisor: Default::default(),
             repair: Default::default(),
             auth: Default::default(),
+            limits: Default::default(),
         }
     }
 

@@ -55,6 +55,14 @@ impl Failover {
             .get(index)
             .expect("index is within the chain")
             .tier();
+        args.chain.health().record(
+            index,
+            result
+                .outcome
+                .as_ref()
+                .map(|_| ())
+                .map_err(ToString::to_string),
+        );
         let reason = match result.outcome {
             Ok(stored) => return Self::complete(args, job, index, stored),
             Err(reason) => reason,

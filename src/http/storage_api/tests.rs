@@ -166,6 +166,7 @@ async fn put_returns_a_valid_ack_and_retries_are_idempotent() {
             capacity_bytes: 1 << 20,
             batches: 1,
             inflight: 0,
+            store_error: None,
         }
     );
     assert_eq!(

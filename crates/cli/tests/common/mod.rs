@@ -124,3 +124,41 @@ pub async fn holds(fed: &Federation, node: &str, batch_id: &str) -> bool {
 pub async fn spawn_node(dir: &Path, config: &str, ready: bool) -> ChildNode {
     testkit::spawn_node(&binary(), dir, config, ready).await
 }
+
+/// The id of the city that lone test nodes serve ([`test_city_key`]).
+pub const TEST_CITY: &str = "city-tokyo";
+
+/// A fixed key for the city of tests that start storage nodes by hand.
+pub fn test_city_key() -> SigningKey {
+    SigningKey::from_seed([42; 32]).unwrap()
+}
+
+/// Writes [`test_city_key`] where a city whose data dir is `data_dir` reads its node key,
+/// so storage nodes listing [`serves_test_city`] serve it.
+pub fn give_test_city_key(data_dir: &Path) {
+    std::fs::create_dir_all(data_dir).unwrap();
+    test_city_key().save(&data_dir.join("node.key")).unwrap();
+}
+
+/// The `[[auth.peers]]` entry (TOML, to be appended last) of a storage node serving the
+/// test city.
+pub fn serves_test_city() -> String {
+    use base64::Engine;
+    format!(
+        "\n[[auth.peers]]\nid = \"{TEST_CITY}\"\nrole = \"city\"\npublic_key = \"{}\"\n",
+        base64::engine::general_purpose::STANDARD.encode(test_city_key().public_key())
+    )
+}
+
+/// A storage client signing as the test city.
+pub fn test_city_client() -> citychain::storage::peer::PeerClient {
+    citychain::storage::peer::PeerClient::new(citychain::messages::auth::RequestSigner::new(
+        TEST_CITY,
+        std::sync::Arc::new(test_city_key()),
+    ))
+}
+
+/// How a test addresses a storage node it started: its id and URL.
+pub fn storage_peer<'a>(id: &'a str, url: &'a str) -> citychain::storage::peer::Peer<'a> {
+    citychain::storage::peer::Peer { id, url }
+}
