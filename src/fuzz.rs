@@ -13,7 +13,8 @@ use std::io::Write;
 use crate::crypto;
 use crate::messages::{self, Batch, HoldChallenge, HoldProof, PohAck, SignedTx};
 use crate::storage::city_store::{BatchRecord, TxRecord};
-use crate::storage::immutable_log::{ImmutableLog, LOG_FILE};
+use crate::storage::immutable_log::heads::HeadsFile;
+use crate::storage::immutable_log::{ImmutableLog, LOG_FILE, Record};
 
 /// A batch body as a storage node receives it (`PUT /internal/v1/batches/{id}`).
 pub fn batch(data: &[u8]) {
@@ -88,9 +89,17 @@ pub fn city_record(data: &[u8]) {
 }
 
 /// An immutable log file as found on disk: verifying and opening it answer (open may cut a
-/// torn tail or refuse damage), and a log that opens can be appended to and verified.
+/// torn tail or refuse damage); the same bytes as one record's body, and as the signed
+/// heads file kept beside the log, are refused or accepted without a panic.
 pub fn log_file(data: &[u8]) {
+    if let Ok(record) = Record::decode(data) {
+        assert!(record.payload.len() <= data.len());
+    }
     let dir = scratch_dir();
+    let heads = HeadsFile::path_in(&dir);
+    std::fs::write(&heads, data).expect("writing the scratch heads file");
+    let _ = HeadsFile::load(&heads);
+    let _ = std::fs::remove_file(&heads);
     std::fs::File::create(dir.join(LOG_FILE))
         .and_then(|mut f| f.write_all(data))
         .expect("writing the scratch log");
