@@ -8,7 +8,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, Message};
 use tokio::sync::mpsc;
 
 use crate::crypto::SigningKey;
-use crate::messages::{FlagKind, SignedTx, Tx};
+use crate::crypto::vault::VaultKey;
+use crate::messages::{FlagKind, Sealer, SignedTx, Tx};
 
 pub struct Recorder<M>(PhantomData<fn() -> M>);
 
@@ -61,4 +62,10 @@ pub fn signed_tx(key: &SigningKey, nonce: u64, kind: FlagKind, amount: u64) -> S
     };
     let req = SignedTx::sign(tx, key).expect("signing works");
     SignedTx::from_request_bytes(&serde_json::to_vec(&req).unwrap()).expect("a valid request")
+}
+
+/// A sealer for a fresh key holder in "asia" (tests that open what it seals make their own
+/// [`VaultKey`]).
+pub fn sealer() -> Sealer {
+    Sealer::new("asia", VaultKey::generate().unwrap().public().clone())
 }

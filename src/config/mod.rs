@@ -11,8 +11,10 @@ use serde::{Deserialize, Serialize};
 
 mod sections;
 mod validate;
+mod vault;
 
 pub use sections::*;
+pub use vault::{VaultConfig, VaultKeyEntry};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,6 +34,9 @@ pub struct Config {
     pub supervisor: SupervisorConfig,
     #[serde(default)]
     pub repair: RepairConfig,
+    /// Required for a city node; see [`VaultConfig`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vault: Option<VaultConfig>,
 }
 
 /// Every problem found in a config file.
@@ -41,8 +46,9 @@ pub struct ConfigErrors {
     pub problems: Vec<String>,
 }
 
-const SECTIONS: [&str; 8] = [
+const SECTIONS: [&str; 9] = [
     "repair",
+    "vault",
     "node",
     "intake",
     "batcher",
@@ -113,6 +119,7 @@ impl Config {
             storage: section(&table, "storage", &mut problems),
             supervisor: section(&table, "supervisor", &mut problems),
             repair: section(&table, "repair", &mut problems),
+            vault: section(&table, "vault", &mut problems),
         });
         if let Some(c) = &config {
             problems.extend(c.validate());

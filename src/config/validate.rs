@@ -138,6 +138,7 @@ impl Config {
         if self.supervisor.max_inflight_batches == 0 {
             p.push("[supervisor] max_inflight_batches must be at least 1".into());
         }
+        p.extend(self.vault_problems());
         p
     }
 }

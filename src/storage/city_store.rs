@@ -16,7 +16,8 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use serde::{Deserialize, Serialize};
 
 use super::group_commit::{GroupCommit, GroupError, Options};
-use crate::messages::{BatchHeader, BatchId, FlagKind, PohAck, Tier, TxId, WireError};
+use super::vault::CAPSULES;
+use crate::messages::{BatchHeader, BatchId, Capsule, FlagKind, PohAck, Tier, TxId, WireError};
 
 pub const FILE_NAME: &str = "city.redb";
 
@@ -93,6 +94,8 @@ struct WriteReq {
     batch_id: BatchId,
     batch: BatchRecord,
     txs: Vec<(TxId, TxRecord)>,
+    /// The encoded capsule, for the key vault.
+    capsule: Vec<u8>,
 }
 
 /// Dropping it lets the writer finish what it holds and releases the database, so it can be
@@ -114,6 +117,7 @@ impl CityStore {
             tx.open_table(BY_SEQ)?;
             tx.open_table(META)?;
             tx.open_table(BELOW_LIGHT)?;
+            tx.open_table(CAPSULES)?;
             tx.commit()?;
         }
         let options = Options {
@@ -135,8 +139,14 @@ impl CityStore {
         Ok(Self { db, writer })
     }
 
-    /// Makes a stored batch and its transactions durable in the index; returns once fsynced.
-    pub async fn record(&self, batch: BatchRecord, txs: Vec<(TxId, TxRecord)>) -> Result<()> {
+    /// Makes a stored batch and its transactions durable in the index, and its capsule in
+    /// the key vault, in one transaction; returns once fsynced.
+    pub async fn record(
+        &self,
+        batch: BatchRecord,
+        txs: Vec<(TxId, TxRecord)>,
+        capsule: &Capsule,
+    ) -> Result<()> {
         let batch_id = batch.header.id();
         match self
             .writer
@@ -144,6 +154,7 @@ impl CityStore {
                 batch_id,
                 batch,
                 txs,
+                capsule: capsule.to_bytes(),
             })
             .await
         {
@@ -156,6 +167,16 @@ impl CityStore {
     pub fn get_tx(&self, id: &TxId) -> Result<Option<TxRecord>> {
         let tx = self.db.begin_read()?;
         let table = tx.open_table(TXS)?;
+        table
+            .get(id)?
+            .map(|v| crate::messages::decode(v.value()).map_err(CityStoreError::from))
+            .transpose()
+    }
+
+    /// The batch's capsule from the key vault.
+    pub fn capsule(&self, id: &BatchId) -> Result<Option<Capsule>> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(CAPSULES)?;
         table
             .get(id)?
             .map(|v| crate::messages::decode(v.value()).map_err(CityStoreError::from))
@@ -292,7 +313,9 @@ fn write_group(db: &Database, group: &[WriteReq]) -> Result<()> {
         let mut batches = tx.open_table(BATCHES)?;
         let mut by_seq = tx.open_table(BY_SEQ)?;
         let mut below = tx.open_table(BELOW_LIGHT)?;
+        let mut capsules = tx.open_table(CAPSULES)?;
         for req in group {
+            capsules.insert(&req.batch_id, req.capsule.as_slice())?;
             if req.batch.tier != Tier::Light {
                 below.insert(&req.batch_id, ())?;
             }
@@ -312,7 +335,21 @@ fn write_group(db: &Database, group: &[WriteReq]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::vault::WrappedKey;
     use crate::messages::Batch;
+
+    /// A stand-in capsule for batch `id` (the vault stores it as it is).
+    fn capsule(id: BatchId) -> Capsule {
+        Capsule {
+            batch_id: id,
+            key_id: "00112233aabbccdd".into(),
+            wrapped: WrappedKey {
+                kem_ciphertext: vec![id[0]; 8],
+                nonce: [1; 12],
+                sealed_key: vec![2; 48],
+            },
+        }
+    }
 
     fn record(seq: u64) -> (BatchRecord, Vec<(TxId, TxRecord)>) {
         let header = Batch::build("tokyo", seq, vec![], FlagKind::FreshTx, &[], seq).header;
@@ -350,14 +387,23 @@ mod tests {
             let writes: Vec<_> = (0..50u64)
                 .map(|s| {
                     let (b, t) = record(s);
-                    store.record(b, t)
+                    let c = capsule(b.header.id());
+                    let store = &store;
+                    async move { store.record(b, t, &c).await }
                 })
                 .collect();
             for r in futures::future::join_all(writes).await {
                 r.unwrap();
             }
         }
+        // The vault reads back from a closed store, and the open store serves it too.
+        let id7 = record(7).0.header.id();
+        let reader = crate::storage::vault::VaultReader::open(dir.path()).unwrap();
+        assert_eq!(reader.capsule(&id7).unwrap(), Some(capsule(id7)));
+        assert_eq!(reader.capsule(&[9; 32]).unwrap(), None);
+        drop(reader);
         let store = CityStore::open(dir.path()).unwrap();
+        assert_eq!(store.capsule(&id7).unwrap(), Some(capsule(id7)));
         let (next, recent) = store.resume_point(2).unwrap();
         assert_eq!(next, SEQ_BLOCK, "resumes past every reserved number");
         assert_eq!(
@@ -374,7 +420,7 @@ mod tests {
         let (mut b, t) = record(60);
         b.tier = Tier::Log;
         let id = b.header.id();
-        store.record(b, t).await.unwrap();
+        store.record(b, t, &capsule(id)).await.unwrap();
         let below = store.batches_below_light(10).unwrap();
         assert_eq!(below.len(), 1);
         assert_eq!(below[0].header.id(), id);

@@ -10,6 +10,7 @@
 //! - [`store`]: the server side: a storage node's redb store with its capacity limit.
 //! - [`mongo`]: one MongoDB deployment per continent, between full nodes and the log.
 //! - [`immutable_log`]: the append-only, hash-chained, fsynced last resort.
+//! - [`vault`]: the key vault: every batch's capsule, kept apart from its sealed bytes.
 
 pub mod chain;
 pub mod city_store;
@@ -23,3 +24,4 @@ pub mod peer;
 pub mod peer_tier;
 pub mod store;
 pub mod tier;
+pub mod vault;

@@ -85,6 +85,11 @@ enum Command {
         #[command(subcommand)]
         command: LogCommand,
     },
+    /// Key holder tools: keys for sealed batches, and opening them.
+    Vault {
+        #[command(subcommand)]
+        command: crate::vault::VaultCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -169,7 +174,7 @@ impl TxArgs {
 
 /// Failure kinds that map to exit codes.
 #[derive(Debug, thiserror::Error)]
-enum Failed {
+pub(crate) enum Failed {
     /// A check or request failed (exit 1); the message was already printed.
     #[error("{0}")]
     Check(String),
@@ -307,6 +312,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             Err(e) => Err(anyhow::Error::new(e).context(format!("reading {}", dir.display()))),
         },
         Command::Up { dir } => up(dir).await,
+        Command::Vault { command } => crate::vault::run(command),
     }
 }
 

@@ -355,6 +355,7 @@ mod tests {
                         acks: 0,
                     },
                 )],
+                &crate::testkit::sealer().seal(&batch).unwrap().1,
             )
             .await
             .unwrap();

@@ -15,14 +15,16 @@
 //! resumes exactly where repair stood.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::city::mailbox::Mailbox;
 use crate::city::msgs::{PrioritizerMsg, RepairMsg};
 use crate::config::Config;
-use crate::messages::{Batch, Placement, SealedBatch, StoreJob, Tier, Urgency, decode, now_ms};
+use crate::crypto;
+use crate::messages::{Placement, SealedEnvelope, Tier, now_ms};
 use crate::storage::chain::TierChain;
 use crate::storage::city_store::{BatchRecord, CityStore};
 use crate::storage::immutable_log::ImmutableLog;
@@ -30,7 +32,6 @@ use crate::storage::mongo::MongoTier;
 use crate::storage::nodes::NodeDirectory;
 use crate::storage::peer::PeerClient;
 use crate::storage::peer_tier::PeerTier;
-use crate::storage::tier::StorageTier;
 
 /// Mailbox capacity: only timer ticks and round reports, one round at a time.
 pub const MAILBOX_CAPACITY: usize = 64;
@@ -92,8 +93,12 @@ impl RepairContext {
         answer.await.ok()
     }
 
-    /// The batch's bytes from wherever it is held now.
-    async fn fetch(&self, rec: &BatchRecord) -> Option<Vec<u8>> {
+    /// The batch's sealed bytes from wherever it is held now.
+    async fn fetch(&self, rec: &BatchRecord) -> Option<Bytes> {
+        self.fetch_vec(rec).await.map(Bytes::from)
+    }
+
+    async fn fetch_vec(&self, rec: &BatchRecord) -> Option<Vec<u8>> {
         let id = rec.header.id();
         match rec.tier {
             Tier::Light | Tier::Full => {
@@ -122,44 +127,46 @@ impl RepairContext {
     }
 
     /// Writes `bytes` of `rec` to `need` more light (or full) nodes, away from `exclude`.
+    /// The bytes are sealed and move as they are, never opened: they must be the sealed
+    /// batch the record names and, when holders acked it, exactly the bytes they acked.
     async fn write_to(
         &self,
         tier: Tier,
         rec: &BatchRecord,
-        bytes: &[u8],
+        bytes: &Bytes,
         exclude: Vec<String>,
         need: usize,
     ) -> Option<crate::storage::tier::Stored> {
-        let batch: Batch = decode(bytes).ok()?;
-        if batch.id() != rec.header.id() || batch.check_integrity().is_err() {
-            tracing::error!(batch = %hex::encode(rec.header.id()), "a held copy does not match its id; not repairing from it");
+        let id = rec.header.id();
+        let sound = match SealedEnvelope::from_bytes(bytes) {
+            Ok(envelope) if envelope.id() != id => Err("a different batch".to_string()),
+            Ok(_) => match rec.acks.first() {
+                Some(ack) if ack.held_hash != crypto::hash(bytes) => {
+                    Err("not the bytes its holders acked".to_string())
+                }
+                _ => Ok(()),
+            },
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(why) = sound {
+            tracing::error!(batch = %hex::encode(id), %why, "a held copy is not this batch as sealed; not repairing from it");
             return None;
         }
-        let mut placement = self.place(rec, exclude).await?;
-        let (chosen, deadline) = match tier {
-            Tier::Light => {
-                placement.full.clear();
-                (placement.light.len(), self.light_deadline)
-            }
-            _ => {
-                placement.light.clear();
-                (placement.full.len(), self.full_deadline)
-            }
+        let placement = self.place(rec, exclude).await?;
+        let (targets, deadline) = match tier {
+            Tier::Light => (placement.light, self.light_deadline),
+            _ => (placement.full, self.full_deadline),
         };
-        if chosen < need {
+        if targets.len() < need {
             return None;
         }
-        let job = StoreJob {
-            sealed: SealedBatch::new(batch, rec.tx_ids.clone(), Urgency::Deferred, Instant::now()),
-            placement,
-        };
         let peers = PeerTier {
             tier,
             client: self.client.clone(),
             min_acks: need,
             deadline,
         };
-        let result = peers.store(&job).await;
+        let result = peers.write(id, bytes, &targets).await;
         if !result.observations.is_empty() {
             let _ = self
                 .prioritizer
@@ -290,6 +297,7 @@ impl RepairContext {
             .await
             .ok()
             .flatten()
+            .map(Bytes::from)
         else {
             return false;
         };
