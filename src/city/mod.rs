@@ -105,7 +105,9 @@ pub async fn start(
     let node_policy = node_policy::policy_from_config(&config.prioritizer);
     // Validation guarantees a city's [vault] has a current key that decodes.
     let sealer = config
-        .sealer()
+        .vault
+        .as_ref()
+        .and_then(|v| v.sealer(&config.node.continent))
         .ok_or_else(|| anyhow::anyhow!("[vault] has no usable current key to seal batches for"))?;
     let b = &boxes;
 

@@ -18,7 +18,6 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Config, Role};
 use crate::crypto::vault::VaultPublicKey;
 use crate::messages::Sealer;
 
@@ -81,8 +80,14 @@ impl VaultConfig {
         VaultPublicKey::from_base64(&entry.public_key).ok()
     }
 
+    /// What a city in `continent` seals its batches with: the current key. `None` when it
+    /// does not decode (which validation reports).
+    pub fn sealer(&self, continent: &str) -> Option<Sealer> {
+        Some(Sealer::new(continent, self.current_key()?))
+    }
+
     /// Every problem with the keyring.
-    fn problems(&self) -> Vec<String> {
+    pub(super) fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
         let mut ids = BTreeSet::new();
         for (n, entry) in self.keys.iter().enumerate() {
@@ -111,27 +116,6 @@ impl VaultConfig {
             p.push("[vault] mongo_collection must not be empty".into());
         }
         p
-    }
-}
-
-impl Config {
-    /// `[vault]` checks: a city seals every batch, so it needs a keyring with a current key.
-    pub(super) fn vault_problems(&self) -> Vec<String> {
-        match &self.vault {
-            Some(vault) => vault.problems(),
-            None if self.node.role == Role::City => vec![
-                "[vault] is required for a city node: every batch is sealed for the continent's key holder (create a key with `citychain vault keygen`)".into(),
-            ],
-            None => Vec::new(),
-        }
-    }
-
-    /// What a city seals its batches with: the continent and the current holder key.
-    /// `None` when `[vault]` is missing or its current key does not decode (which
-    /// validation reports).
-    pub fn sealer(&self) -> Option<Sealer> {
-        let key = self.vault.as_ref()?.current_key()?;
-        Some(Sealer::new(self.node.continent.clone(), key))
     }
 }
 
@@ -166,7 +150,8 @@ chain = ["log"]
             a.public().to_base64()
         );
         let config = Config::parse(&good).unwrap();
-        assert_eq!(config.sealer().unwrap().key_id(), a.id());
+        let vault = config.vault.as_ref().unwrap();
+        assert_eq!(vault.sealer("asia").unwrap().key_id(), a.id());
         assert_eq!(Config::parse(&config.to_toml()).unwrap(), config);
 
         // A current id not in the ring, an id that is not the key's, a broken key.

@@ -436,4 +436,64 @@ mod tests {
             Err(SealError::Malformed(_))
         ));
     }
+
+    /// Not a check but a measurement: what sealing costs per batch at the default batch
+    /// size, beside what encoding the plain batch costs. Run it in release:
+    /// `cargo test --release -p citychain --lib sealing_cost -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn sealing_cost_at_the_default_batch_size() {
+        use std::time::{Duration, Instant};
+        let n = crate::config::BatcherConfig::default().max_batch_txs;
+        let key = SigningKey::from_seed([3; 32]).unwrap();
+        let txs: Vec<SignedTx> = (0..n as u64)
+            .map(|nonce| crate::testkit::signed_tx(&key, nonce, FlagKind::FreshTx, 10))
+            .collect();
+        let plain = Batch::build("tokyo", 0, vec![], FlagKind::FreshTx, &txs, 7);
+        let holder = VaultKey::generate().unwrap();
+        let sealer = Sealer::new("asia", holder.public().clone());
+        let rounds = 200;
+        let time = |f: &mut dyn FnMut()| {
+            f();
+            let mut samples: Vec<Duration> = (0..rounds)
+                .map(|_| {
+                    let t = Instant::now();
+                    f();
+                    t.elapsed()
+                })
+                .collect();
+            samples.sort();
+            let mean = samples.iter().sum::<Duration>() / rounds;
+            (samples[rounds as usize / 2], mean)
+        };
+        let plain_bytes = encode(&plain).len();
+        let (encode_p50, encode_mean) = time(&mut || {
+            std::hint::black_box(encode(&plain));
+        });
+        let (seal_p50, seal_mean) = time(&mut || {
+            let (e, c) = sealer.seal(&plain).unwrap();
+            std::hint::black_box((e.to_bytes(), c));
+        });
+        let (envelope, capsule) = sealer.seal(&plain).unwrap();
+        let sealed_bytes = envelope.to_bytes().len();
+        let keys = [holder];
+        let (open_p50, open_mean) = time(&mut || {
+            std::hint::black_box(open(&envelope, &capsule, &keys).unwrap());
+        });
+        println!(
+            "batch of {n} transactions, {plain_bytes} bytes plain, {sealed_bytes} sealed, capsule {} bytes",
+            capsule.to_bytes().len()
+        );
+        for (what, p50, mean) in [
+            ("encode plain (before)", encode_p50, encode_mean),
+            ("seal + encode (now)", seal_p50, seal_mean),
+            ("open (holder)", open_p50, open_mean),
+        ] {
+            println!(
+                "{what:<22} p50 {:>8.1} µs  mean {:>8.1} µs",
+                p50.as_secs_f64() * 1e6,
+                mean.as_secs_f64() * 1e6
+            );
+        }
+    }
 }

@@ -16,7 +16,6 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use serde::{Deserialize, Serialize};
 
 use super::group_commit::{GroupCommit, GroupError, Options};
-use super::vault::CAPSULES;
 use crate::messages::{BatchHeader, BatchId, Capsule, FlagKind, PohAck, Tier, TxId, WireError};
 
 pub const FILE_NAME: &str = "city.redb";
@@ -37,6 +36,9 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// scanning every batch.
 const BELOW_LIGHT: TableDefinition<&[u8; 32], ()> = TableDefinition::new("below_light");
 const SEQ_RESERVED: &str = "seq_reserved";
+/// The key vault (see `storage::vault`): batch id → the encoded capsule.
+pub(super) const CAPSULES: TableDefinition<&[u8; 32], &[u8]> =
+    TableDefinition::new("vault_capsules");
 
 #[derive(Debug, thiserror::Error)]
 pub enum CityStoreError {

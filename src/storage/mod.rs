@@ -10,6 +10,7 @@
 //! - [`store`]: the server side: a storage node's redb store with its capacity limit.
 //! - [`mongo`]: one MongoDB deployment per continent, between full nodes and the log.
 //! - [`immutable_log`]: the append-only, hash-chained, fsynced last resort.
+//! - [`offline`]: reading a stopped node's redb file without changing it.
 //! - [`vault`]: the key vault: every batch's capsule, kept apart from its sealed bytes.
 
 pub mod chain;
@@ -20,6 +21,7 @@ pub mod log_tier;
 pub mod mongo;
 pub mod mongo_tier;
 pub mod nodes;
+pub mod offline;
 pub mod peer;
 pub mod peer_tier;
 pub mod store;

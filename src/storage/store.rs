@@ -121,7 +121,7 @@ impl BatchStore {
     /// `citychain vault open`; the node must be stopped, as the file admits one process).
     pub fn read_all(dir: &Path) -> Result<Vec<([u8; 32], Vec<u8>)>> {
         let path = dir.join(FILE_NAME);
-        let db = redb::ReadOnlyDatabase::open(&path)
+        let db = super::offline::OfflineDb::open(&path)
             .map_err(|source| StoreError::Open { path, source })?;
         let tx = db.begin_read()?;
         let batches = tx.open_table(BATCHES)?;

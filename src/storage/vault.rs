@@ -14,25 +14,20 @@
 
 use std::path::Path;
 
-use redb::{ReadOnlyDatabase, ReadableDatabase, TableDefinition};
-
-use super::city_store::{CityStoreError, FILE_NAME};
+use super::city_store::{CAPSULES, CityStoreError, FILE_NAME};
+use super::offline::OfflineDb;
 use crate::messages::{BatchId, Capsule};
-
-/// Batch id → the encoded capsule.
-pub(super) const CAPSULES: TableDefinition<&[u8; 32], &[u8]> =
-    TableDefinition::new("vault_capsules");
 
 /// The vault of a city store that no process has open.
 pub struct VaultReader {
-    db: ReadOnlyDatabase,
+    db: OfflineDb,
 }
 
 impl VaultReader {
-    /// Opens `DIR/city.redb` read-only.
+    /// Opens `DIR/city.redb` for reading, never writing it.
     pub fn open(city_data_dir: &Path) -> Result<Self, CityStoreError> {
         Ok(Self {
-            db: ReadOnlyDatabase::open(city_data_dir.join(FILE_NAME))?,
+            db: OfflineDb::open(&city_data_dir.join(FILE_NAME))?,
         })
     }
 

@@ -368,6 +368,10 @@ async fn up(dir: PathBuf) -> anyhow::Result<()> {
         dir.display(),
         dir.display()
     );
+    println!(
+        "key holder's key (opens the sealed batches): {}",
+        Federation::vault_key_path(&dir, &fed.spec.continent).display()
+    );
     println!("\ntry it:");
     println!(
         "  cargo run --release -- send --node {city} --key {} --to bob --amount 1250 --city {}",

@@ -10,7 +10,8 @@ use std::time::Duration;
 use base64::Engine;
 use citychain::config::Role;
 use citychain::crypto::SigningKey;
-use citychain::messages::TxRequest;
+use citychain::messages::{SealedEnvelope, TxRequest, parse_hex32};
+use citychain::storage::peer::PeerClient;
 use citychain_harness::federation::Federation;
 use common::*;
 use serde_json::{Value, json};
@@ -192,4 +193,207 @@ async fn no_storage_node_nor_the_log_holds_a_transaction_in_clear() {
         "the storage nodes' stores are searched"
     );
     assert_nowhere(&files, &needles);
+
+    // The key holder reads every batch back: from each light node's store and from the
+    // log, with the holder's key and the city's key vault.
+    let holder_key = Federation::vault_key_path(dir.path(), "asia");
+    let city_dir = fed.node("city-tokyo").config.node.data_dir.clone();
+    let mut opened = std::collections::BTreeSet::new();
+    for id in &lights {
+        let store = fed.node(id).config.node.data_dir.clone();
+        for batch in vault_open(&[&holder_key], &city_dir, "--store", &store) {
+            for tx in batch["txs"].as_array().unwrap() {
+                assert_eq!(tx["tx"]["receiver"], format!("{marker}-to"), "{tx}");
+                opened.insert(tx["tx_id"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    let log_dir = fed.node("city-tokyo").config.log_dir();
+    let from_log = vault_open(&[&holder_key], &city_dir, "--log", &log_dir);
+    assert!(!from_log.is_empty(), "batches written to the log open too");
+    for req in &sent {
+        assert!(opened.contains(&tx_id(req)), "{} opens", tx_id(req));
+    }
+
+    // Any other key opens nothing.
+    let stranger = dir.path().join("stranger.key");
+    let (code, _, _) = run(&["vault", "keygen", "--out", path(&stranger)]);
+    assert_eq!(code, Some(0));
+    let (code, out, err) = run(&[
+        "vault",
+        "open",
+        "--key",
+        path(&stranger),
+        "--vault",
+        path(&city_dir),
+        "--log",
+        path(&log_dir),
+    ]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(out.is_empty(), "nothing opened: {out}");
+    assert!(err.contains("not among the keys given"), "{err}");
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Runs the binary; (exit code, stdout, stderr).
+fn run(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(binary())
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `citychain vault open` with `keys` on the batches of `source` (`--store` or `--log`
+/// and its dir); every batch must open. The opened batches, one JSON object each.
+fn vault_open(keys: &[&Path], vault: &Path, source: &str, dir: &Path) -> Vec<Value> {
+    let mut args = vec!["vault", "open", "--vault", path(vault), source, path(dir)];
+    for k in keys {
+        args.extend(["--key", path(k)]);
+    }
+    let (code, out, err) = run(&args);
+    assert_eq!(code, Some(0), "vault open {args:?}: {err}");
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The key id a light or full node's copy of `batch_id` is sealed for, read from its
+/// clear header over the storage API.
+async fn sealed_key_id(fed: &Federation, holder: &str, batch_id: &str) -> String {
+    let id = parse_hex32(batch_id).unwrap();
+    let bytes = PeerClient::new()
+        .get_batch(&fed.node(holder).url, &id, Duration::from_secs(10))
+        .await
+        .unwrap()
+        .expect("the holder has the batch");
+    let envelope = SealedEnvelope::from_bytes(&bytes).unwrap();
+    assert_eq!(envelope.id(), id);
+    envelope.header.key_id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_key_rotation_new_batches_use_the_new_key_and_old_ones_stay_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut fed = federation(dir.path()).await;
+    let city = fed.city_url();
+    let client = client();
+    let key = SigningKey::generate().unwrap();
+    let first_key = Federation::vault_key_path(dir.path(), "asia");
+    let first_id = citychain::crypto::vault::VaultKey::load(&first_key)
+        .unwrap()
+        .id()
+        .to_string();
+
+    let before = signed(&key, 1);
+    let (status, old) = post(&client, &city, &before).await;
+    assert_eq!(
+        (status, old["tier"].as_str()),
+        (200, Some("light")),
+        "{old}"
+    );
+    let old_holder = a_holder(&client, &city, &before).await;
+    assert_eq!(
+        sealed_key_id(&fed, &old_holder, old["batch_id"].as_str().unwrap()).await,
+        first_id
+    );
+
+    // Rotate through the CLI on the running federation's city config, then restart the
+    // city on it.
+    let city_config = fed.node("city-tokyo").config_path.clone();
+    let second_key = dir.path().join("vault").join("asia-2.key");
+    let (code, out, err) = run(&[
+        "vault",
+        "rotate",
+        "--config",
+        path(&city_config),
+        "--out",
+        path(&second_key),
+    ]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let second_id = citychain::crypto::vault::VaultKey::load(&second_key)
+        .unwrap()
+        .id()
+        .to_string();
+    assert!(out.contains(&second_id) && out.contains(&first_id), "{out}");
+    let (code, out, _) = run(&["config", "check", path(&city_config)]);
+    assert_eq!(code, Some(0), "{out}");
+    fed.reload_config("city-tokyo").unwrap();
+    let vault = fed.node("city-tokyo").config.vault.clone().unwrap();
+    assert_eq!(vault.current, second_id);
+    assert_eq!(vault.keys.len(), 2, "the old key stays in the keyring");
+    fed.kill("city-tokyo").unwrap();
+    fed.restart("city-tokyo").await.unwrap();
+
+    let after = signed(&key, 2);
+    let (status, new) = post(&client, &city, &after).await;
+    assert_eq!(
+        (status, new["tier"].as_str()),
+        (200, Some("light")),
+        "{new}"
+    );
+    let new_holder = a_holder(&client, &city, &after).await;
+    assert_eq!(
+        sealed_key_id(&fed, &new_holder, new["batch_id"].as_str().unwrap()).await,
+        second_id
+    );
+    // Both still read back through the city.
+    for req in [&before, &after] {
+        let (status, body) = get(&client, &format!("{city}/v1/tx/{}", tx_id(req))).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["tx"]["nonce"], req.tx.nonce);
+    }
+    fed.shutdown().await.unwrap();
+
+    // The holder, with both keys, opens both batches; with only the new key, not the old.
+    let city_dir = fed.node("city-tokyo").config.node.data_dir.clone();
+    let keys_dir = dir.path().join("vault");
+    for (holder, batch, req) in [(&old_holder, &old, &before), (&new_holder, &new, &after)] {
+        let store = fed.node(holder).config.node.data_dir.clone();
+        let id = batch["batch_id"].as_str().unwrap();
+        let (code, out, err) = run(&[
+            "vault",
+            "open",
+            "--key",
+            path(&keys_dir),
+            "--vault",
+            path(&city_dir),
+            "--store",
+            path(&store),
+            "--id",
+            id,
+        ]);
+        assert_eq!(code, Some(0), "{err}");
+        let opened: Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(opened["batch_id"], id);
+        assert_eq!(opened["txs"][0]["tx_id"], tx_id(req));
+    }
+    let store = fed.node(&old_holder).config.node.data_dir.clone();
+    let (code, _, err) = run(&[
+        "vault",
+        "open",
+        "--key",
+        path(&second_key),
+        "--vault",
+        path(&city_dir),
+        "--store",
+        path(&store),
+        "--id",
+        old["batch_id"].as_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains(&first_id), "names the key it needs: {err}");
+}
+
+/// One light node holding the batch of `req`.
+async fn a_holder(client: &reqwest::Client, city: &str, req: &TxRequest) -> String {
+    let (_, body) = get(client, &format!("{city}/v1/tx/{}", tx_id(req))).await;
+    body["holders"][0].as_str().unwrap().to_string()
 }

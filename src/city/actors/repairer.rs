@@ -11,6 +11,10 @@
 //!    proof of hold. What a lost or lying holder held is re-replicated to other light
 //!    nodes from a holder that still has it, and the batch's holders are updated.
 //!
+//! Batches move as the sealed bytes the tiers hold, never opened (repair has no key):
+//! a copy is used only if it is the sealed batch its record names and, when holders acked
+//! it, exactly the bytes they acked.
+//!
 //! Every move is recorded in the city store (fsynced) before it is reported, so a restart
 //! resumes exactly where repair stood.
 
