@@ -11,13 +11,30 @@
 use std::io::Write;
 
 use crate::crypto;
-use crate::messages::{self, Batch, HoldChallenge, HoldProof, PohAck, SignedTx};
+use crate::messages::{
+    self, Batch, Capsule, HoldChallenge, HoldProof, PohAck, SealedEnvelope, SignedTx,
+};
 use crate::storage::city_store::{BatchRecord, TxRecord};
 use crate::storage::immutable_log::heads::HeadsFile;
 use crate::storage::immutable_log::{ImmutableLog, LOG_FILE, Record};
 
-/// A batch body as a storage node receives it (`PUT /internal/v1/batches/{id}`).
+/// A batch body as a storage node receives it (`PUT /internal/v1/batches/{id}`): a sealed
+/// envelope; and the plain batch and the capsule a city reads back from its tiers and vault.
 pub fn batch(data: &[u8]) {
+    if let Ok(envelope) = SealedEnvelope::from_bytes(data) {
+        let again = SealedEnvelope::from_bytes(&envelope.to_bytes()).expect("re-encoding decodes");
+        assert_eq!(
+            again.id(),
+            envelope.id(),
+            "an envelope survives re-encoding"
+        );
+    }
+    if let Ok(capsule) = messages::decode::<Capsule>(data) {
+        assert_eq!(
+            messages::decode::<Capsule>(&messages::encode(&capsule)).ok(),
+            Some(capsule)
+        );
+    }
     let Ok(batch) = messages::decode::<Batch>(data) else {
         return;
     };

@@ -8,7 +8,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, Message};
 use tokio::sync::mpsc;
 
 use crate::crypto::SigningKey;
-use crate::messages::{FlagKind, SignedTx, Tx};
+use crate::crypto::vault::VaultKey;
+use crate::messages::{FlagKind, Sealer, SignedTx, Tx};
 
 pub struct Recorder<M>(PhantomData<fn() -> M>);
 
@@ -78,4 +79,24 @@ pub fn peer_client() -> crate::storage::peer::PeerClient {
         TEST_CITY_ID,
         test_city_key(),
     ))
+}
+
+/// A sealer for a fresh key holder in "asia" (tests that open what it seals make their own
+/// [`VaultKey`]).
+pub fn sealer() -> Sealer {
+    Sealer::new("asia", VaultKey::generate().unwrap().public().clone())
+}
+
+/// A stand-in capsule for batch `id`, for tests that only store it (the vault keeps it as
+/// it is).
+pub fn stand_in_capsule(id: crate::messages::BatchId) -> crate::messages::Capsule {
+    crate::messages::Capsule {
+        batch_id: id,
+        key_id: "00112233aabbccdd".into(),
+        wrapped: crate::crypto::vault::WrappedKey {
+            kem_ciphertext: vec![id[0]; 8],
+            nonce: [1; 12],
+            sealed_key: vec![2; 48],
+        },
+    }
 }

@@ -108,6 +108,12 @@ pub async fn start(
     let storage_ready = readiness::TierReadiness::new(&config, chain.clone(), nodes.clone());
     let flag_policy = flag_policy::policy_from_config(&config.flagger);
     let node_policy = node_policy::policy_from_config(&config.prioritizer);
+    // Validation guarantees a city's [vault] has a current key that decodes.
+    let sealer = config
+        .vault
+        .as_ref()
+        .and_then(|v| v.sealer(&config.node.continent))
+        .ok_or_else(|| anyhow::anyhow!("[vault] has no usable current key to seal batches for"))?;
     let b = &boxes;
 
     // The child table, in start order: each actor with what it waits for and whom it feeds.
@@ -212,6 +218,7 @@ pub async fn start(
                 flagger: b.flagger.clone(),
                 failover: b.failover.clone(),
                 store: store.clone(),
+                sealer: sealer.clone(),
             }
         },
     ));

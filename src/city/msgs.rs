@@ -14,8 +14,8 @@ use tokio::sync::oneshot;
 use super::mailbox::ActorMsg;
 use crate::config::ActorName;
 use crate::messages::{
-    BatchId, FlagKind, NodeObservation, Placement, SealedBatch, SignedTx, StoreJob, StoreOutcome,
-    Tier, TxId,
+    BatchId, FlagKind, NodeObservation, Placement, SealError, SealedBatch, SignedTx, StoreJob,
+    StoreOutcome, Tier, TxId,
 };
 use crate::storage::city_store::CityStoreError;
 use crate::storage::peer::HealthReport;
@@ -83,6 +83,9 @@ pub enum Unavailable {
     /// Batch sequence numbers could not be reserved on disk.
     #[error("city store: {0}")]
     Reservation(Arc<CityStoreError>),
+    /// The batch could not be sealed for the key holder, so it may not leave the city.
+    #[error("sealing the batch: {0}")]
+    Seal(Arc<SealError>),
     /// It waited longer than this (its actor failed, or storage is stuck).
     #[error("not durable within {0:?}")]
     Stale(Duration),
@@ -174,6 +177,9 @@ pub enum WriterMsg {
 }
 
 /// To the Failover actor, which walks the tier chain and completes every batch.
+// `TierDone` is nearly every message this mailbox carries, so boxing it would add an
+// allocation per batch and save nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum FailoverMsg {
     /// Tier `index` of the chain finished with `job`.
     TierDone {

@@ -12,9 +12,11 @@ use serde::{Deserialize, Serialize};
 mod limits;
 mod sections;
 mod validate;
+mod vault;
 
 pub use limits::*;
 pub use sections::*;
+pub use vault::{VaultConfig, VaultKeyEntry};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,6 +39,9 @@ pub struct Config {
     #[serde(default)]
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
+    /// Required for a city node; see [`VaultConfig`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vault: Option<VaultConfig>,
 }
 
 /// Every problem found in a config file.
@@ -46,10 +51,11 @@ pub struct ConfigErrors {
     pub problems: Vec<String>,
 }
 
-const SECTIONS: [&str; 10] = [
+const SECTIONS: [&str; 11] = [
     "repair",
     "auth",
     "limits",
+    "vault",
     "node",
     "intake",
     "batcher",
@@ -122,6 +128,7 @@ impl Config {
             repair: section(&table, "repair", &mut problems),
             auth: section(&table, "auth", &mut problems),
             limits: section(&table, "limits", &mut problems),
+            vault: section(&table, "vault", &mut problems),
         });
         if let Some(c) = &config {
             problems.extend(c.validate());

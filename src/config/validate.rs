@@ -157,6 +157,13 @@ impl Config {
         if self.supervisor.max_inflight_batches == 0 {
             p.push("[supervisor] max_inflight_batches must be at least 1".into());
         }
+        match &self.vault {
+            Some(vault) => p.extend(vault.problems()),
+            None if n.role == Role::City => p.push(
+                "[vault] is required for a city node: every batch is sealed for the continent's key holder (create a key with `citychain vault keygen`)".into(),
+            ),
+            None => {}
+        }
         p.extend(self.limits.problems(self.largest_request_body()));
         p
     }

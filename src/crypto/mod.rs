@@ -3,10 +3,14 @@
 //! Every signature in citychain is domain-separated: the signed bytes start with an ASCII
 //! tag and a zero byte (`citychain/tx/v1\0…`, `citychain/poh/v1\0…`), so a signature made
 //! for one purpose can never be replayed as another.
+//!
+//! [`vault`] holds the envelope-encryption primitives: per-batch AES-256-GCM data keys,
+//! wrapped with ML-KEM-768 (FIPS 203) for a key holder.
 
 mod keys;
 mod merkle;
 mod primitives;
+pub mod vault;
 
 pub use keys::{KeyFile, SigningKey, address_of, verify};
 pub use merkle::merkle_root;

@@ -12,9 +12,11 @@
 //! request ([`AuthenticatedPeer`], see [`crate::http::peer_auth`]): anyone else gets 401 and
 //! changes nothing, before any body is read.
 //!
-//! A node signs an ack only for a batch that decodes, is the canonical encoding of itself,
-//! carries the id it is stored under, passes its integrity check, and is fsynced to disk:
-//! the ack is the city's proof of durability, so nothing short of that earns one.
+//! A node signs an ack only for a sealed batch that decodes, is the canonical encoding of
+//! itself, is well formed, carries the id it is stored under (its clear header hashes to
+//! it), and is fsynced to disk: the ack is the city's proof of durability, so nothing
+//! short of that earns one. The body is ciphertext the node has no key for; it checks the
+//! envelope, never the transactions.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,7 +30,7 @@ use crate::http::common::{BodyError, BoundedBody, read_limited_body};
 use crate::http::peer_auth::{AuthenticatedPeer, PeerAuth};
 use crate::http::{ApiError, ApiResult};
 use crate::messages::storage::{BATCHES_PATH, HEALTH_PATH, HealthReport, OCTET_STREAM, POH_SUFFIX};
-use crate::messages::{self, Batch, BatchId, HoldChallenge, HoldProof, PohAck};
+use crate::messages::{self, BatchId, HoldChallenge, HoldProof, PohAck, SealedEnvelope};
 use crate::storage::store::{BatchStore, PutOutcome, StoreError};
 
 /// What the storage routes share; register it as `web::Data<StorageState>`.
@@ -171,22 +173,18 @@ async fn accept_batch(
     // Decoding, hashing a batch of up to megabytes, the fsync and the ML-DSA signature are
     // all blocking work: keep them off the HTTP workers.
     web::block(move || {
-        let batch: Batch = messages::decode(&body).map_err(invalid_batch)?;
-        if batch.id() != id {
+        // A batch arrives sealed: the node checks what it can without the key (it decodes,
+        // is the canonical encoding of itself, so one id always means the same bytes and an
+        // ack for a retry is true of the bytes held, is well formed, and its clear header
+        // hashes to the id it was sent as). The body is ciphertext it cannot read.
+        let envelope = SealedEnvelope::from_bytes(&body).map_err(invalid_batch)?;
+        if envelope.id() != id {
             return Err(invalid_batch(format!(
                 "its id is {}, not the {} it was sent as",
-                messages::hex32(&batch.id()),
+                messages::hex32(&envelope.id()),
                 messages::hex32(&id)
             )));
         }
-        // Only the canonical encoding is stored, so one id always means the same bytes and
-        // an ack for a retry is true of the bytes held (decoding alone ignores trailing bytes).
-        if messages::encode(&batch) != *body {
-            return Err(invalid_batch(
-                "the body is not the batch's canonical encoding",
-            ));
-        }
-        batch.check_integrity().map_err(invalid_batch)?;
         let outcome = store.put(&id, &body).map_err(|e| match e {
             StoreError::CapacityExceeded { .. } => {
                 ApiError::new(507, "capacity_exceeded", e.to_string())

@@ -1,6 +1,9 @@
 //! Typed messages that cross actors or nodes: transactions, batches, proof-of-hold acks and
 //! store outcomes.
 //!
+//! A batch leaves the city only sealed ([`sealed`]): its header in clear, its body
+//! encrypted under a data key that is wrapped for the continent's key holder.
+//!
 //! Everything that crosses the network or reaches disk is encoded with postcard inside a
 //! versioned envelope ([`encode`], [`decode`]) that carries a format version, so a node can refuse bytes it does not
 //! understand instead of misreading them.
@@ -11,6 +14,7 @@ mod batch;
 pub mod names;
 mod outcome;
 mod pipeline;
+pub mod sealed;
 pub mod storage;
 pub mod strict_json;
 mod tx;
@@ -20,6 +24,7 @@ pub use ack::{ACK_VALIDITY_MS, AckError, CHALLENGE_CHUNKS, HoldChallenge, HoldPr
 pub use batch::{Batch, BatchHeader, BatchId, StoredTx};
 pub use outcome::{StoreOutcome, Tier};
 pub use pipeline::{Flag, NodeObservation, Placement, SealedBatch, StoreJob, Target, Urgency};
+pub use sealed::{Capsule, ClearHeader, SealError, SealedEnvelope, Sealer};
 pub use tx::{
     FlagKind, MAX_SAFE_AMOUNT, NonceKey, ParsedTx, Pop, SignedTx, Tx, TxId, TxRequest,
     TxValidationError, signed_bytes, tx_id_hex,

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use super::sealed::{Capsule, SealError, Sealer};
 use super::{Batch, BatchId, FlagKind, TxId};
 
 /// How urgently a transaction must be written (the Flagger's decision).
@@ -32,12 +33,17 @@ pub struct Flag {
     pub urgency: Urgency,
 }
 
-/// A closed batch on its way to storage.
+/// A closed batch on its way to storage, sealed for the continent's key holder.
 #[derive(Debug, Clone)]
 pub struct SealedBatch {
     pub id: BatchId,
+    /// The batch in the clear, for the city's own index. It never leaves the city.
     pub batch: Arc<Batch>,
-    /// The batch's wire encoding: exactly the bytes every tier stores and every ack hashes.
+    /// The batch's data key wrapped for the key holder, for the key vault. It never
+    /// travels with the bytes.
+    pub capsule: Arc<Capsule>,
+    /// The sealed envelope's encoding: exactly the bytes every tier stores and every ack
+    /// hashes.
     pub bytes: Bytes,
     pub tx_ids: Arc<Vec<TxId>>,
     pub urgency: Urgency,
@@ -46,16 +52,24 @@ pub struct SealedBatch {
 }
 
 impl SealedBatch {
-    pub fn new(batch: Batch, tx_ids: Vec<TxId>, urgency: Urgency, first_arrival: Instant) -> Self {
-        let bytes = Bytes::from(super::encode(&batch));
-        Self {
+    /// Seals `batch` with `sealer`: a fresh data key, its capsule, the envelope's bytes.
+    pub fn new(
+        batch: Batch,
+        tx_ids: Vec<TxId>,
+        urgency: Urgency,
+        first_arrival: Instant,
+        sealer: &Sealer,
+    ) -> Result<Self, SealError> {
+        let (envelope, capsule) = sealer.seal(&batch)?;
+        Ok(Self {
             id: batch.id(),
             batch: Arc::new(batch),
-            bytes,
+            capsule: Arc::new(capsule),
+            bytes: Bytes::from(envelope.to_bytes()),
             tx_ids: Arc::new(tx_ids),
             urgency,
             first_arrival,
-        }
+        })
     }
 
     pub fn flag(&self) -> FlagKind {

@@ -61,7 +61,14 @@ impl TierChain {
     ) -> Result<Self, BadNodeKey> {
         let s = &config.storage;
         let nodes = Arc::new(NodeDirectory::from_config(&s.nodes)?);
-        let mongo = MongoTier::new(&s.mongo, &config.node.continent).map(Arc::new);
+        let vault_collection = config
+            .vault
+            .as_ref()
+            .map_or(super::mongo::DEFAULT_VAULT_COLLECTION, |v| {
+                v.mongo_collection.as_str()
+            });
+        let mongo = MongoTier::new(&s.mongo, &config.node.continent)
+            .map(|m| Arc::new(m.with_vault_collection(vault_collection)));
         let tiers: Vec<Arc<dyn StorageTier>> = config
             .supervisor
             .chain

@@ -18,7 +18,9 @@ use redb::{
 use serde::{Deserialize, Serialize};
 
 use super::group_commit::{GroupCommit, GroupError, Options};
-use crate::messages::{BatchHeader, BatchId, FlagKind, NonceKey, PohAck, Tier, TxId, WireError};
+use crate::messages::{
+    BatchHeader, BatchId, Capsule, FlagKind, NonceKey, PohAck, Tier, TxId, WireError,
+};
 
 pub const FILE_NAME: &str = "city.redb";
 
@@ -45,6 +47,9 @@ const LOST: TableDefinition<&[u8; 32], u64> = TableDefinition::new("lost_from_lo
 /// record, in the same database transaction.
 const NONCES: TableDefinition<&[u8; 28], &[u8; 32]> = TableDefinition::new("nonces");
 const SEQ_RESERVED: &str = "seq_reserved";
+/// The key vault (see `storage::vault`): batch id → the encoded capsule.
+pub(super) const CAPSULES: TableDefinition<&[u8; 32], &[u8]> =
+    TableDefinition::new("vault_capsules");
 
 #[derive(Debug, thiserror::Error)]
 pub enum CityStoreError {
@@ -121,6 +126,8 @@ struct WriteReq {
     txs: Vec<(TxId, TxRecord)>,
     /// The `(sender, nonce)` pair of each transaction that has one.
     nonces: Vec<(NonceKey, TxId)>,
+    /// The encoded capsule, for the key vault.
+    capsule: Vec<u8>,
 }
 
 /// Dropping it lets the writer finish what it holds and releases the database, so it can be
@@ -160,6 +167,7 @@ impl CityStore {
             tx.open_table(BELOW_LIGHT)?;
             tx.open_table(LOST)?;
             tx.open_table(NONCES)?;
+            tx.open_table(CAPSULES)?;
             tx.commit()?;
         }
         let options = Options {
@@ -204,8 +212,14 @@ impl CityStore {
 
     /// Makes a stored batch and its transactions durable in the index, with the
     /// `(sender, nonce)` pair of each (a pair already recorded for another transaction
-    /// keeps its first owner); returns once fsynced.
-    pub async fn record(&self, batch: BatchRecord, txs: Vec<(TxId, TxRecord)>) -> Result<()> {
+    /// keeps its first owner), and its capsule in the key vault, in one transaction;
+    /// returns once fsynced.
+    pub async fn record(
+        &self,
+        batch: BatchRecord,
+        txs: Vec<(TxId, TxRecord)>,
+        capsule: &Capsule,
+    ) -> Result<()> {
         let batch_id = batch.header.id();
         let nonces = txs
             .iter()
@@ -218,6 +232,7 @@ impl CityStore {
                 batch,
                 txs,
                 nonces,
+                capsule: capsule.to_bytes(),
             })
             .await
         {
@@ -252,6 +267,16 @@ impl CityStore {
             Some(owner) => Lookup::NonceUsedBy(*owner.value()),
             None => Lookup::Unknown,
         })
+    }
+
+    /// The batch's capsule from the key vault.
+    pub fn capsule(&self, id: &BatchId) -> Result<Option<Capsule>> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(CAPSULES)?;
+        table
+            .get(id)?
+            .map(|v| crate::messages::decode(v.value()).map_err(CityStoreError::from))
+            .transpose()
     }
 
     pub fn get_batch(&self, id: &BatchId) -> Result<Option<BatchRecord>> {
@@ -454,7 +479,9 @@ fn write_group(db: &Database, group: &[WriteReq]) -> Result<()> {
         let mut by_seq = tx.open_table(BY_SEQ)?;
         let mut below = tx.open_table(BELOW_LIGHT)?;
         let mut nonces = tx.open_table(NONCES)?;
+        let mut capsules = tx.open_table(CAPSULES)?;
         for req in group {
+            capsules.insert(&req.batch_id, req.capsule.as_slice())?;
             if req.batch.tier != Tier::Light {
                 below.insert(&req.batch_id, ())?;
             }
@@ -494,6 +521,8 @@ mod tests {
     use super::*;
     use crate::messages::Batch;
 
+    use crate::testkit::stand_in_capsule as capsule;
+
     fn record(seq: u64) -> (BatchRecord, Vec<(TxId, TxRecord)>) {
         let header = Batch::build("tokyo", seq, vec![], FlagKind::FreshTx, &[], seq).header;
         let batch_id = header.id();
@@ -532,14 +561,23 @@ mod tests {
             let writes: Vec<_> = (0..50u64)
                 .map(|s| {
                     let (b, t) = record(s);
-                    store.record(b, t)
+                    let c = capsule(b.header.id());
+                    let store = &store;
+                    async move { store.record(b, t, &c).await }
                 })
                 .collect();
             for r in futures::future::join_all(writes).await {
                 r.unwrap();
             }
         }
+        // The vault reads back from a closed store, and the open store serves it too.
+        let id7 = record(7).0.header.id();
+        let reader = crate::storage::vault::VaultReader::open(dir.path()).unwrap();
+        assert_eq!(reader.capsule(&id7).unwrap(), Some(capsule(id7)));
+        assert_eq!(reader.capsule(&[9; 32]).unwrap(), None);
+        drop(reader);
         let store = CityStore::open(dir.path()).unwrap();
+        assert_eq!(store.capsule(&id7).unwrap(), Some(capsule(id7)));
         let (next, recent) = store.resume_point(2).unwrap();
         assert_eq!(next, SEQ_BLOCK, "resumes past every reserved number");
         assert_eq!(
@@ -556,7 +594,7 @@ mod tests {
         let (mut b, t) = record(60);
         b.tier = Tier::Log;
         let id = b.header.id();
-        store.record(b, t).await.unwrap();
+        store.record(b, t, &capsule(id)).await.unwrap();
         let below = store.batches_below_light(10).unwrap();
         assert_eq!(below.len(), 1);
         assert_eq!(below[0].header.id(), id);

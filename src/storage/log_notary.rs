@@ -502,7 +502,8 @@ mod tests {
         let store = CityStore::open(dir.path()).unwrap();
         for seq in 0..3 {
             let (b, t) = log_batch_record(seq);
-            store.record(b, t).await.unwrap();
+            let capsule = crate::testkit::stand_in_capsule(b.header.id());
+            store.record(b, t, &capsule).await.unwrap();
         }
         assert!(
             crate::storage::log_audit::audit(&store, &log)

@@ -14,6 +14,9 @@
 //!   Merkle tree and signed heads.
 //! - [`log_notary`]: signs the log's tree heads and holds the log against them at start.
 //! - [`log_audit`]: at start, finds batches acknowledged on the log that it lost.
+//! - [`immutable_log`]: the append-only, hash-chained, fsynced last resort.
+//! - [`offline`]: reading a stopped node's redb file without changing it.
+//! - [`vault`]: the key vault: every batch's capsule, kept apart from its sealed bytes.
 
 pub mod chain;
 pub mod city_store;
@@ -25,8 +28,10 @@ pub mod log_tier;
 pub mod mongo;
 pub mod mongo_tier;
 pub mod nodes;
+pub mod offline;
 pub mod peer;
 pub mod peer_tier;
 pub mod store;
 pub mod tier;
 pub mod tier_health;
+pub mod vault;

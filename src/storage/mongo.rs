@@ -13,11 +13,16 @@
 //! on to the log. The driver's client is created on first use, not at node start, so a
 //! node whose MongoDB is down still starts.
 //!
-//! Each month's collection gets its indexes the first time this process writes to it: one
-//! on `tx_ids` (status and repair look a transaction up) and a TTL index on `created_at`
-//! that drops documents after [`TTL`]. They are built in the background so the month's
-//! first write is not slowed; a failure is logged and retried on a later write, and never
-//! fails the write itself.
+//! Documents hold the sealed batch (see `messages::sealed`) and only its clear routing
+//! fields (city, sequence, key id, transaction count, times), never transaction ids. The
+//! batch's capsule goes first to the `[vault] mongo_collection` collection (`vault` by
+//! default) of the same deployment, keyed by batch id and never expiring, so every batch
+//! this deployment holds can be opened by the continent's key holder from it alone.
+//!
+//! Each month's collection gets its TTL index on `created_at` (documents are dropped after
+//! [`TTL`]) the first time this process writes to it. It is built in the background so
+//! the month's first write is not slowed; a failure is logged and retried on a later
+//! write, and never fails the write itself.
 
 use std::collections::HashSet;
 use std::fmt::Display;
@@ -36,12 +41,14 @@ use tokio::sync::OnceCell;
 
 use crate::config::MongoConfig;
 use crate::crypto;
-use crate::messages::{Batch, SealedBatch, WireError, hex32};
+use crate::messages::{Capsule, SealError, SealedBatch, SealedEnvelope, hex32};
 
 /// Prefix of the monthly collections of batches not yet repaired to a higher tier.
 pub const UNFINISHED_PREFIX: &str = "unfinished_";
 /// How long a document is kept after its batch was created (the TTL index).
 pub const TTL: Duration = Duration::from_secs(180 * 24 * 60 * 60);
+/// The collection of capsules unless `[vault] mongo_collection` names another.
+pub const DEFAULT_VAULT_COLLECTION: &str = "vault";
 /// The application name the driver reports to the server (visible in its logs).
 const APP_NAME: &str = "citychain";
 /// MongoDB's duplicate-key error: two concurrent upserts of one id, one of which lost.
@@ -74,8 +81,8 @@ pub enum MongoError {
     HashMismatch,
     #[error("stored bytes are a different batch")]
     OtherBatch,
-    #[error("stored bytes are not a batch: {0}")]
-    NotABatch(#[source] WireError),
+    #[error("stored bytes are not a sealed batch: {0}")]
+    NotABatch(#[source] SealError),
 }
 
 /// The MongoDB deployment of one continent. It serves as a storage tier (see
@@ -89,6 +96,8 @@ pub struct MongoTier {
     deadline: Duration,
     connect_timeout: Duration,
     server_selection_timeout: Duration,
+    /// The collection capsules are written to.
+    vault_collection: String,
     /// Created on first use; stays empty after a failed attempt, so the next one retries.
     client: OnceCell<Client>,
     /// Collections whose indexes are built or being built by this process.
@@ -107,9 +116,38 @@ impl MongoTier {
             deadline: cfg.deadline,
             connect_timeout: cfg.connect_timeout,
             server_selection_timeout: cfg.server_selection_timeout,
+            vault_collection: DEFAULT_VAULT_COLLECTION.into(),
             client: OnceCell::new(),
             prepared: Arc::default(),
         })
+    }
+
+    /// Writes capsules to `collection` instead of [`DEFAULT_VAULT_COLLECTION`].
+    pub fn with_vault_collection(mut self, collection: &str) -> Self {
+        self.vault_collection = collection.to_owned();
+        self
+    }
+
+    /// The capsule of batch `batch_id` from this deployment's vault collection, for a key
+    /// holder opening what MongoDB holds. Bounded by the tier's deadline.
+    pub async fn get_capsule(&self, batch_id: &[u8; 32]) -> Result<Option<Capsule>, MongoError> {
+        let read = async {
+            let coll = self.collection(&self.vault_collection).await?;
+            let found = coll.find_one(doc! { "_id": hex32(batch_id) }).await?;
+            found
+                .map(|d| {
+                    let bytes = d
+                        .get_binary_generic("capsule")
+                        .map_err(MongoError::NoBytes)?;
+                    match Capsule::from_bytes(bytes) {
+                        Ok(c) if c.batch_id == *batch_id => Ok(c),
+                        Ok(_) => Err(MongoError::OtherBatch),
+                        Err(e) => Err(MongoError::NotABatch(e)),
+                    }
+                })
+                .transpose()
+        };
+        self.bounded(read).await
     }
 
     /// The continent whose deployment this is.
@@ -142,10 +180,14 @@ impl MongoTier {
         self.bounded(read).await
     }
 
-    /// Writes a batch, once: a retried write neither duplicates nor rewrites it. The whole
-    /// attempt is bounded by the tier's deadline.
+    /// Writes a batch, once, after its capsule: a retried write neither duplicates nor
+    /// rewrites either. The whole attempt is bounded by the tier's deadline.
     pub async fn put_batch(&self, sealed: &SealedBatch) -> Result<(), MongoError> {
-        self.bounded(self.upsert(sealed)).await
+        self.bounded(async {
+            self.upsert_capsule(sealed).await?;
+            self.upsert(sealed).await
+        })
+        .await
     }
 
     /// Runs `op` within the deadline.
@@ -191,6 +233,23 @@ impl MongoTier {
             .await?
             .database(&self.database)
             .collection_with_options(name, options))
+    }
+
+    async fn upsert_capsule(&self, sealed: &SealedBatch) -> Result<(), MongoError> {
+        let coll = self.collection(&self.vault_collection).await?;
+        let fields = capsule_fields(sealed, DateTime::now());
+        let written = coll
+            .update_one(
+                doc! { "_id": hex32(&sealed.id) },
+                doc! { "$setOnInsert": fields },
+            )
+            .upsert(true)
+            .await;
+        match written {
+            Ok(_) => Ok(()),
+            Err(e) if is_duplicate_key(&e) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn upsert(&self, sealed: &SealedBatch) -> Result<(), MongoError> {
@@ -281,14 +340,16 @@ fn year_month(ms: u64) -> (u64, u64) {
     (year, month)
 }
 
-/// The document's fields other than `_id`, as first written.
+/// The document's fields other than `_id`, as first written: the sealed bytes and only
+/// clear routing fields.
 fn insert_fields(sealed: &SealedBatch, stored_at: DateTime) -> Result<Document, MongoError> {
     let header = &sealed.batch.header;
     let seq = i64::try_from(header.seq).map_err(|_| MongoError::SeqOutOfRange(header.seq))?;
     Ok(doc! {
         "city_id": &header.city_id,
         "seq": seq,
-        "tx_ids": sealed.tx_ids.iter().map(hex32).collect::<Vec<_>>(),
+        "tx_count": i64::from(header.tx_count),
+        "key_id": &sealed.capsule.key_id,
         "bytes": Binary { subtype: BinarySubtype::Generic, bytes: sealed.bytes.to_vec() },
         "blake3": hex32(&crypto::hash(&sealed.bytes)),
         "created_at": DateTime::from_millis(i64::try_from(header.created_at_ms).unwrap_or(i64::MAX)),
@@ -296,8 +357,18 @@ fn insert_fields(sealed: &SealedBatch, stored_at: DateTime) -> Result<Document, 
     })
 }
 
-/// The `bytes` of a stored document, refused unless they hash to its `blake3` and decode
-/// to the batch `batch_id`.
+/// The vault document of a batch's capsule, other than `_id` (the batch id).
+fn capsule_fields(sealed: &SealedBatch, stored_at: DateTime) -> Document {
+    doc! {
+        "key_id": &sealed.capsule.key_id,
+        "capsule": Binary { subtype: BinarySubtype::Generic, bytes: sealed.capsule.to_bytes() },
+        "created_at": DateTime::from_millis(i64::try_from(sealed.batch.header.created_at_ms).unwrap_or(i64::MAX)),
+        "stored_at": stored_at,
+    }
+}
+
+/// The `bytes` of a stored document, refused unless they hash to its `blake3` and are a
+/// sealed batch `batch_id`.
 fn checked_bytes(doc: &Document, batch_id: &[u8; 32]) -> Result<Vec<u8>, MongoError> {
     let bytes = doc
         .get_binary_generic("bytes")
@@ -306,17 +377,17 @@ fn checked_bytes(doc: &Document, batch_id: &[u8; 32]) -> Result<Vec<u8>, MongoEr
     if hex32(&crypto::hash(bytes)) != blake3.to_ascii_lowercase() {
         return Err(MongoError::HashMismatch);
     }
-    match crate::messages::decode::<Batch>(bytes) {
-        Ok(batch) if batch.id() == *batch_id => Ok(bytes.clone()),
+    match SealedEnvelope::from_bytes(bytes) {
+        Ok(envelope) if envelope.id() == *batch_id => Ok(bytes.clone()),
         Ok(_) => Err(MongoError::OtherBatch),
         Err(e) => Err(MongoError::NotABatch(e)),
     }
 }
 
-/// A `tx_ids` index for lookups by transaction and a TTL index on `created_at`.
+/// A TTL index on `created_at`. (No index by transaction: transaction ids are not stored
+/// in clear; the city's own status index finds a transaction's batch.)
 fn index_models() -> Vec<IndexModel> {
     vec![
-        IndexModel::builder().keys(doc! { "tx_ids": 1 }).build(),
         IndexModel::builder()
             .keys(doc! { "created_at": 1 })
             .options(IndexOptions::builder().expire_after(TTL).build())

@@ -2,13 +2,14 @@
 
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 
 use super::peer::{Peer, PeerClient};
 use super::tier::{NodeFailure, StorageTier, Stored, TierError, TierResult};
 use crate::crypto;
-use crate::messages::{NodeObservation, StoreJob, Target, Tier, now_ms};
+use crate::messages::{BatchId, NodeObservation, StoreJob, Target, Tier, now_ms};
 
 /// Light or full nodes: the batch goes to every chosen node in parallel and the tier holds
 /// once `min_acks` valid proof-of-hold acks are back, before `deadline`.
@@ -30,6 +31,15 @@ impl StorageTier for PeerTier {
             Tier::Light => &job.placement.light,
             _ => &job.placement.full,
         };
+        self.write(job.sealed.id, &job.sealed.bytes, targets).await
+    }
+}
+
+impl PeerTier {
+    /// Writes the sealed `bytes` of batch `batch_id` to `targets` in parallel until
+    /// `min_acks` valid acks over exactly these bytes are back, or the deadline passes.
+    /// Repair moves sealed bytes between tiers through this, without ever opening them.
+    pub async fn write(&self, batch_id: BatchId, bytes: &Bytes, targets: &[Target]) -> TierResult {
         if targets.len() < self.min_acks {
             return TierResult {
                 outcome: Err(TierError::TooFewNodes {
@@ -41,12 +51,11 @@ impl StorageTier for PeerTier {
             };
         }
         let started = Instant::now();
-        let expected_hash = crypto::hash(&job.sealed.bytes);
-        let batch_id = job.sealed.id;
+        let expected_hash = crypto::hash(bytes);
         let mut pending: FuturesUnordered<_> = targets
             .iter()
             .map(|t| {
-                let bytes = job.sealed.bytes.clone();
+                let bytes = bytes.clone();
                 async move {
                     let sent = Instant::now();
                     let answer = self

@@ -195,6 +195,22 @@ impl BatchStore {
         })
     }
 
+    /// Every batch held in the store at `dir`, read-only (for a key holder's audit with
+    /// `citychain vault open`; the node must be stopped, as the file admits one process).
+    pub fn read_all(dir: &Path) -> Result<Vec<([u8; 32], Vec<u8>)>> {
+        let path = dir.join(FILE_NAME);
+        let db = super::offline::OfflineDb::open(&path)
+            .map_err(|source| StoreError::Open { path, source })?;
+        let tx = db.begin_read()?;
+        let batches = tx.open_table(BATCHES)?;
+        let mut out = Vec::new();
+        for entry in batches.iter()? {
+            let (id, bytes) = entry?;
+            out.push((*id.value(), bytes.value().to_vec()));
+        }
+        Ok(out)
+    }
+
     /// Stores `bytes` under `batch_id`, durably (fsynced) before returning. The same id
     /// again returns [`PutOutcome::AlreadyHeld`] without writing. A put that does not fit
     /// returns [`StoreError::CapacityExceeded`] and writes nothing. While the store is

@@ -86,6 +86,11 @@ enum Command {
         #[command(subcommand)]
         command: LogCommand,
     },
+    /// Key holder tools: keys for sealed batches, and opening them.
+    Vault {
+        #[command(subcommand)]
+        command: crate::vault::VaultCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -357,6 +362,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             }
         },
         Command::Up { dir } => up(dir).await,
+        Command::Vault { command } => crate::vault::run(command),
     }
 }
 
@@ -413,6 +419,10 @@ async fn up(dir: PathBuf) -> anyhow::Result<()> {
         "\nmanifest: {}/federation.json   logs: {}/logs/",
         dir.display(),
         dir.display()
+    );
+    println!(
+        "key holder's key (opens the sealed batches): {}",
+        Federation::vault_key_path(&dir, &fed.spec.continent).display()
     );
     println!("\ntry it:");
     println!(

@@ -1,8 +1,10 @@
 //! The `citychain` binary: one binary for every node role of the City Chain federation,
-//! and the tools around it (API.md). The command line is in [`cli`].
+//! and the tools around it (API.md). The command line is in [`cli`]; the key holder's
+//! `vault` commands in [`vault`].
 
 mod cli;
 mod log_cmd;
+mod vault;
 
 fn main() -> std::process::ExitCode {
     cli::main()

@@ -2,7 +2,9 @@
 //! tests drive.
 //!
 //! [`Federation::launch`] plans every node (free loopback ports, a data dir, a key for each
-//! storage node, a config file written under `DIR/configs/`), starts each as its own
+//! storage node, the continent key holder's vault key in `DIR/vault/CONTINENT.key` with
+//! its public key in the city's `[vault]`, a config file written under `DIR/configs/`),
+//! starts each as its own
 //! `citychain node --config FILE` process with its output in `DIR/logs/`, writes
 //! `DIR/federation.json` (API.md) and waits until every node answers `/readyz`. Any node
 //! can then be stopped, killed or started again by id, by this code or by an operator with
@@ -17,8 +19,9 @@ use anyhow::{Context, bail};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-use citychain::config::{Config, NodeConfig, PeerKeyEntry, Role, StorageNodeEntry};
+use citychain::config::{Config, NodeConfig, PeerKeyEntry, Role, StorageNodeEntry, VaultConfig};
 use citychain::crypto::SigningKey;
+use citychain::crypto::vault::VaultKey;
 use citychain::messages::auth::RequestSigner;
 use citychain::node::{LISTEN_ADDR_FILE, load_or_create_key};
 use citychain::storage::peer::PeerClient;
@@ -222,6 +225,32 @@ impl Federation {
         Ok(())
     }
 
+    /// Where the continent key holder's key of a federation in `dir` is: the one key that
+    /// opens its sealed batches (`citychain vault open`). Kept across runs in the same dir.
+    pub fn vault_key_path(dir: &Path, continent: &str) -> PathBuf {
+        dir.join("vault").join(format!("{continent}.key"))
+    }
+
+    /// The key holder's key of `continent`, created on first use.
+    fn holder_key(dir: &Path, continent: &str) -> anyhow::Result<VaultKey> {
+        let path = Self::vault_key_path(dir, continent);
+        if path.exists() {
+            return Ok(VaultKey::load(&path)?);
+        }
+        let key = VaultKey::generate()?;
+        key.save(&path)?;
+        Ok(key)
+    }
+
+    /// Re-reads node `id`'s config file (changed by an operator, e.g. `citychain vault
+    /// rotate`), so that a restart runs on what the file says.
+    pub fn reload_config(&mut self, id: &str) -> anyhow::Result<()> {
+        let node = self.node_mut(id);
+        node.config = Config::load(&node.config_path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", node.config_path.display()))?;
+        Ok(())
+    }
+
     /// Creates keys and configs for every node (listening on port 0); starts nothing.
     pub fn plan(spec: FederationSpec) -> anyhow::Result<Self> {
         let dir = &spec.dir;
@@ -229,6 +258,8 @@ impl Federation {
             std::fs::create_dir_all(dir.join(sub))
                 .with_context(|| format!("creating {}", dir.join(sub).display()))?;
         }
+        // The city needs only the holder's public key to seal; the key itself stays here.
+        let vault = VaultConfig::with_key(Self::holder_key(dir, &spec.continent)?.public());
         let mut roles: Vec<(String, Role)> = Vec::new();
         roles.extend((1..=spec.lights).map(|i| (format!("light-{i}"), Role::Light)));
         roles.extend((1..=spec.fulls).map(|i| (format!("full-{i}"), Role::Full)));
@@ -259,6 +290,9 @@ impl Federation {
             };
             if role.is_storage() {
                 config.auth.peers = vec![city_peer.clone()];
+            }
+            if role == Role::City {
+                config.vault = Some(vault.clone());
             }
             (spec.tweak)(&mut config);
             if role.is_storage() {
@@ -320,6 +354,7 @@ impl Federation {
             repair: Default::default(),
             auth: Default::default(),
             limits: Default::default(),
+            vault: None,
         }
     }
 

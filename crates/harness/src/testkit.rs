@@ -81,12 +81,22 @@ pub async fn metrics(client: &reqwest::Client, base: &str) -> reqwest::Result<St
         .await
 }
 
-/// The `[node]` section of a lone city node keeping its data in `dir/data` (the place
-/// [`spawn_node`] looks for its address).
+/// The `[node]` and `[vault]` sections of a lone city node keeping its data in `dir/data`
+/// (the place [`spawn_node`] looks for its address) and sealing for a key holder whose
+/// key is `dir/vault.key` (created on first use).
 pub fn city_node_section(dir: &Path) -> String {
+    let path = dir.join("vault.key");
+    let holder = if path.exists() {
+        citychain::crypto::vault::VaultKey::load(&path)
+    } else {
+        citychain::crypto::vault::VaultKey::generate().and_then(|k| k.save(&path).map(|()| k))
+    }
+    .expect("a vault key for the test city");
     format!(
-        "[node]\nid = \"city-tokyo\"\nrole = \"city\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\ncity = \"tokyo\"\ncontinent = \"asia\"\n",
-        dir.join("data").display()
+        "[node]\nid = \"city-tokyo\"\nrole = \"city\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\ncity = \"tokyo\"\ncontinent = \"asia\"\n\n[vault]\ncurrent = \"{id}\"\n[[vault.keys]]\nid = \"{id}\"\npublic_key = \"{public}\"\n",
+        dir.join("data").display(),
+        id = holder.id(),
+        public = holder.public().to_base64(),
     )
 }
 

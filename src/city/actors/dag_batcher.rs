@@ -18,7 +18,7 @@ use crate::city::flag_policy::FlagPolicy;
 use crate::city::mailbox::{Mailbox, SendError};
 use crate::city::msgs::{BatcherMsg, FailoverMsg, FlaggerMsg, SubmitError, Unavailable};
 use crate::config::BatcherConfig;
-use crate::messages::{Batch, BatchId, FlagKind, SealedBatch, SignedTx, Urgency, now_ms};
+use crate::messages::{Batch, BatchId, FlagKind, SealedBatch, Sealer, SignedTx, Urgency, now_ms};
 use crate::storage::city_store::{CityStore, SEQ_BLOCK};
 
 /// Mailbox capacity (transactions).
@@ -38,6 +38,8 @@ pub struct BatcherArgs {
     /// Where sequence numbers are reserved before use, and where every start resumes the
     /// DAG from: past every reserved number, on the most recent durable batches.
     pub store: Arc<CityStore>,
+    /// Seals every batch for the continent's key holder before it goes anywhere.
+    pub sealer: Sealer,
 }
 
 pub struct BatcherState {
@@ -195,7 +197,25 @@ impl DagBatcher {
         );
         let tx_ids: Vec<_> = txs.iter().map(|t| t.id).collect();
         metrics::histogram!(crate::metrics::BATCH_SIZE).record(tx_ids.len() as f64);
-        let sealed = SealedBatch::new(batch, tx_ids, state.open_urgency, first_arrival);
+        let sealed = match SealedBatch::new(
+            batch,
+            tx_ids,
+            state.open_urgency,
+            first_arrival,
+            &state.args.sealer,
+        ) {
+            Ok(sealed) => sealed,
+            Err(e) => {
+                // Only the crypto library failing gets here; nothing leaves unsealed.
+                tracing::error!(error = %e, "sealing a batch failed; its transactions are refused");
+                let _ = state.args.failover.cast(FailoverMsg::Undeliverable {
+                    tx_ids: Arc::new(txs.iter().map(|t| t.id).collect()),
+                    reason: SubmitError::StorageUnavailable(Unavailable::Seal(Arc::new(e))),
+                    holds_credit: false,
+                });
+                return;
+            }
+        };
         state.seq += 1;
         state.recent.push_back(sealed.id);
         while state.recent.len() > state.args.config.max_parents {
@@ -324,6 +344,7 @@ mod tests {
                     flagger: Mailbox::new(flagger, Depth::new("test_flagger"), 64),
                     failover: Mailbox::new(failover, Depth::new("test_failover"), 64),
                     store: Arc::new(CityStore::open(dir.path()).unwrap()),
+                    sealer: crate::testkit::sealer(),
                 },
             )
             .await

@@ -131,7 +131,7 @@ impl Failover {
         tokio::spawn(async move {
             let sealed = &job.sealed;
             let (batch, txs) = records(sealed, &outcome);
-            let msg = match store.record(batch, txs).await {
+            let msg = match store.record(batch, txs, &sealed.capsule).await {
                 Ok(()) => IntakeMsg::Stored {
                     tx_ids: sealed.tx_ids.clone(),
                     outcome,
@@ -326,7 +326,14 @@ mod tests {
             0,
         );
         StoreJob {
-            sealed: SealedBatch::new(batch, vec![tx.id], Urgency::Normal, Instant::now()),
+            sealed: SealedBatch::new(
+                batch,
+                vec![tx.id],
+                Urgency::Normal,
+                Instant::now(),
+                &crate::testkit::sealer(),
+            )
+            .unwrap(),
             placement: Placement::default(),
         }
     }
@@ -343,6 +350,7 @@ mod tests {
         let mut h = start(vec![Arc::new(Empty)], true).await;
         let job = job();
         let (batch_id, tx_id) = (job.sealed.id, job.sealed.tx_ids[0]);
+        let capsule = job.sealed.capsule.clone();
         let mut failed = Empty.store(&job).await;
         failed.observations.push(NodeObservation {
             node_id: "light-1".into(),
@@ -375,6 +383,11 @@ mod tests {
             .unwrap()
             .expect("recorded before the answer");
         assert_eq!((rec.tier, rec.batch_id), (Tier::Log, batch_id));
+        assert_eq!(
+            h.store.capsule(&batch_id).unwrap().as_ref(),
+            Some(capsule.as_ref()),
+            "the capsule is in the vault before the answer"
+        );
     }
 
     #[tokio::test]

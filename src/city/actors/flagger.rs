@@ -143,7 +143,14 @@ mod tests {
         let key = SigningKey::from_seed([4; 32]).unwrap();
         let tx = signed_tx(&key, nonce, kind, 1);
         let batch = Batch::build("tokyo", nonce, vec![], kind, std::slice::from_ref(&tx), 0);
-        SealedBatch::new(batch, vec![tx.id], urgency, std::time::Instant::now())
+        SealedBatch::new(
+            batch,
+            vec![tx.id],
+            urgency,
+            std::time::Instant::now(),
+            &crate::testkit::sealer(),
+        )
+        .unwrap()
     }
 
     #[tokio::test]

@@ -378,6 +378,7 @@ mod tests {
                         lost: false,
                     },
                 )],
+                &crate::testkit::sealer().seal(&batch).unwrap().1,
             )
             .await
             .unwrap();
@@ -476,6 +477,7 @@ mod tests {
                         lost: false,
                     },
                 )],
+                &crate::testkit::sealer().seal(&batch).unwrap().1,
             )
             .await
             .unwrap();

@@ -20,6 +20,10 @@
 //!    batch's status follows; a batch found nowhere is reported lost with its transaction
 //!    ids, once per process, and searched for again later.
 //!
+//! Batches move as the sealed bytes the tiers hold, never opened (repair has no key):
+//! a copy is used only if it is the sealed batch its record names and, when holders acked
+//! it, exactly the bytes they acked.
+//!
 //! Every move is recorded in the city store (fsynced) before it is reported, so a restart
 //! resumes exactly where repair stood.
 
@@ -27,15 +31,15 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::city::mailbox::Mailbox;
 use crate::city::msgs::{PrioritizerMsg, RepairMsg};
 use crate::config::Config;
-use crate::crypto::Hash32;
+use crate::crypto::{self, Hash32};
 use crate::messages::{
-    Batch, BatchId, HoldChallenge, Placement, PohAck, SealedBatch, StoreJob, Tier, Urgency, decode,
-    hex32, now_ms,
+    BatchId, HoldChallenge, Placement, PohAck, SealedEnvelope, Tier, hex32, now_ms,
 };
 use crate::storage::chain::TierChain;
 use crate::storage::city_store::{BatchRecord, CityStore};
@@ -44,7 +48,6 @@ use crate::storage::mongo::MongoTier;
 use crate::storage::nodes::{KnownNode, NodeDirectory};
 use crate::storage::peer::PeerClient;
 use crate::storage::peer_tier::PeerTier;
-use crate::storage::tier::StorageTier;
 
 /// Mailbox capacity: only timer ticks and round reports, one round at a time.
 pub const MAILBOX_CAPACITY: usize = 64;
@@ -121,8 +124,12 @@ impl RepairContext {
         answer.await.ok()
     }
 
-    /// The batch's bytes from wherever it is held now.
-    async fn fetch(&self, rec: &BatchRecord) -> Option<Vec<u8>> {
+    /// The batch's sealed bytes from wherever it is held now.
+    async fn fetch(&self, rec: &BatchRecord) -> Option<Bytes> {
+        self.fetch_vec(rec).await.map(Bytes::from)
+    }
+
+    async fn fetch_vec(&self, rec: &BatchRecord) -> Option<Vec<u8>> {
         let id = rec.header.id();
         match rec.tier {
             Tier::Light | Tier::Full => {
@@ -151,44 +158,46 @@ impl RepairContext {
     }
 
     /// Writes `bytes` of `rec` to `need` more light (or full) nodes, away from `exclude`.
+    /// The bytes are sealed and move as they are, never opened: they must be the sealed
+    /// batch the record names and, when holders acked it, exactly the bytes they acked.
     async fn write_to(
         &self,
         tier: Tier,
         rec: &BatchRecord,
-        bytes: &[u8],
+        bytes: &Bytes,
         exclude: Vec<String>,
         need: usize,
     ) -> Option<crate::storage::tier::Stored> {
-        let batch: Batch = decode(bytes).ok()?;
-        if batch.id() != rec.header.id() || batch.check_integrity().is_err() {
-            tracing::error!(batch = %hex::encode(rec.header.id()), "a held copy does not match its id; not repairing from it");
+        let id = rec.header.id();
+        let sound = match SealedEnvelope::from_bytes(bytes) {
+            Ok(envelope) if envelope.id() != id => Err("a different batch".to_string()),
+            Ok(_) => match rec.acks.first() {
+                Some(ack) if ack.held_hash != crypto::hash(bytes) => {
+                    Err("not the bytes its holders acked".to_string())
+                }
+                _ => Ok(()),
+            },
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(why) = sound {
+            tracing::error!(batch = %hex::encode(id), %why, "a held copy is not this batch as sealed; not repairing from it");
             return None;
         }
-        let mut placement = self.place(rec, exclude).await?;
-        let (chosen, deadline) = match tier {
-            Tier::Light => {
-                placement.full.clear();
-                (placement.light.len(), self.light_deadline)
-            }
-            _ => {
-                placement.light.clear();
-                (placement.full.len(), self.full_deadline)
-            }
+        let placement = self.place(rec, exclude).await?;
+        let (targets, deadline) = match tier {
+            Tier::Light => (placement.light, self.light_deadline),
+            _ => (placement.full, self.full_deadline),
         };
-        if chosen < need {
+        if targets.len() < need {
             return None;
         }
-        let job = StoreJob {
-            sealed: SealedBatch::new(batch, rec.tx_ids.clone(), Urgency::Deferred, Instant::now()),
-            placement,
-        };
         let peers = PeerTier {
             tier,
             client: self.client.clone(),
             min_acks: need,
             deadline,
         };
-        let result = peers.store(&job).await;
+        let result = peers.write(id, bytes, &targets).await;
         if !result.observations.is_empty() {
             let _ = self
                 .prioritizer
@@ -201,9 +210,8 @@ impl RepairContext {
     /// node, or MongoDB. Returns the bytes and where they came from.
     async fn find_elsewhere(&self, rec: &BatchRecord) -> Option<(Vec<u8>, String)> {
         let id = rec.header.id();
-        let sound = |bytes: &[u8]| {
-            decode::<Batch>(bytes).is_ok_and(|b| b.id() == id && b.check_integrity().is_ok())
-        };
+        // A copy is sound if it is the sealed batch of this id (repair never opens it).
+        let sound = |bytes: &[u8]| SealedEnvelope::from_bytes(bytes).is_ok_and(|e| e.id() == id);
         for node in self.nodes.iter() {
             if let Ok(Some(bytes)) = self
                 .client
@@ -248,7 +256,7 @@ impl RepairContext {
                 }
                 searched.insert(id, Instant::now());
             }
-            let Some((bytes, source)) = self.find_elsewhere(&rec).await else {
+            let Some((found, source)) = self.find_elsewhere(&rec).await else {
                 let first = self
                     .reported
                     .lock()
@@ -265,6 +273,7 @@ impl RepairContext {
                 }
                 continue;
             };
+            let bytes = Bytes::from(found);
             let home = match self
                 .write_to(Tier::Light, &rec, &bytes, Vec::new(), self.min_light_acks)
                 .await
@@ -277,7 +286,7 @@ impl RepairContext {
             };
             let (tier, holders, acks) = match home {
                 Some((tier, stored)) => (tier, stored.holders, stored.acks),
-                None => match self.log.append(RecordKind::Batch, bytes).await {
+                None => match self.log.append(RecordKind::Batch, bytes.to_vec()).await {
                     Ok(_) => (Tier::Log, vec![self.holder.clone()], Vec::new()),
                     Err(e) => {
                         tracing::error!(batch = %hex32(&id), error = %e, "a lost batch was found but no tier takes it yet");
@@ -418,6 +427,7 @@ impl RepairContext {
             .await
             .ok()
             .flatten()
+            .map(Bytes::from)
         else {
             return false;
         };

@@ -7,7 +7,7 @@ use super::*;
 use crate::config::{AuthConfig, PeerKeyEntry};
 use crate::crypto;
 use crate::messages::auth::RequestSigner;
-use crate::messages::{FlagKind, SignedTx};
+use crate::messages::{Batch, FlagKind, SignedTx};
 use crate::storage::peer::{Peer, PeerClient, PeerError};
 
 const T: Duration = Duration::from_secs(10);
@@ -112,7 +112,7 @@ fn signed(key: &SigningKey, nonce: u64) -> SignedTx {
     crate::testkit::signed_tx(key, nonce, FlagKind::FreshTx, 5)
 }
 
-/// A valid batch of `n` transactions and its encoding.
+/// A valid batch of `n` transactions and its sealed encoding (what a city sends).
 fn batch(seq: u64, n: u64) -> (Batch, Vec<u8>) {
     let key = SigningKey::generate().unwrap();
     let txs: Vec<_> = (0..n).map(|i| signed(&key, i + 1)).collect();
@@ -124,8 +124,8 @@ fn batch(seq: u64, n: u64) -> (Batch, Vec<u8>) {
         &txs,
         messages::now_ms(),
     );
-    let bytes = messages::encode(&b);
-    (b, bytes)
+    let (envelope, _capsule) = crate::testkit::sealer().seal(&b).unwrap();
+    (b, envelope.to_bytes())
 }
 
 fn rendered_metrics() -> String {
@@ -207,18 +207,26 @@ async fn wrong_or_tampered_batches_are_refused_and_not_stored() {
             .put_batch(node.peer(), &other.id(), bytes.clone(), T)
             .await,
     ];
-    // A transaction's signature changed: the header no longer matches the body.
-    let mut tampered = b.clone();
-    tampered.body[0].signature[0] ^= 1;
+    // The batch in plain form: a storage node never takes readable transactions.
     refused.push(
         client
-            .put_batch(node.peer(), &b.id(), messages::encode(&tampered), T)
+            .put_batch(node.peer(), &b.id(), messages::encode(&b), T)
             .await,
     );
-    // The last byte flipped on the wire.
-    let mut flipped = bytes.clone();
-    *flipped.last_mut().unwrap() ^= 0x01;
-    refused.push(client.put_batch(node.peer(), &b.id(), flipped, T).await);
+    // A clear header field changed: the header no longer hashes to the id.
+    let mut envelope = SealedEnvelope::from_bytes(&bytes).unwrap();
+    envelope.header.batch.seq += 1;
+    refused.push(
+        client
+            .put_batch(node.peer(), &b.id(), envelope.to_bytes(), T)
+            .await,
+    );
+    // Cut short on the wire.
+    refused.push(
+        client
+            .put_batch(node.peer(), &b.id(), bytes[..bytes.len() - 1].to_vec(), T)
+            .await,
+    );
     // Trailing bytes after a valid encoding.
     let mut padded = bytes.clone();
     padded.extend_from_slice(b"junk");

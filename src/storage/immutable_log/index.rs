@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 
-use crate::messages::{BatchHeader, BatchId};
+use crate::messages::{BatchId, ClearHeader};
 
 /// One batch record's body in the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,11 +20,11 @@ pub(super) struct Located {
 /// last record; both hold the same bytes.
 pub(super) type BatchIndex = HashMap<BatchId, Located>;
 
-/// The id of the batch a batch record's payload encodes, or `None` if it is not a batch.
-/// Only the header is decoded: the id is the hash of the header, and whoever reads the
-/// batch back checks the whole of it before using it.
+/// The id of the batch a batch record's payload (a sealed batch) holds, or `None` if it is
+/// not one. Only the clear header at its front is decoded: the id is the hash of the
+/// header, and whoever reads the batch back checks the whole of it before using it.
 pub(super) fn batch_id(payload: &[u8]) -> Option<BatchId> {
-    crate::messages::decode::<BatchHeader>(payload)
+    crate::messages::decode::<ClearHeader>(payload)
         .ok()
         .map(|header| header.id())
 }

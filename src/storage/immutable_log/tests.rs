@@ -478,7 +478,7 @@ async fn a_second_writer_is_refused() {
     ImmutableLog::open(dir.path()).unwrap();
 }
 
-/// The encoding of a real (empty) batch, as the log tier appends it.
+/// The sealed encoding of a real (empty) batch, as the log tier appends it.
 fn batch_bytes(seq: u64) -> (crate::messages::BatchId, Vec<u8>) {
     let batch = crate::messages::Batch::build(
         "tokyo",
@@ -488,7 +488,8 @@ fn batch_bytes(seq: u64) -> (crate::messages::BatchId, Vec<u8>) {
         &[],
         1_700_000_000_000 + seq,
     );
-    (batch.id(), crate::messages::encode(&batch))
+    let (envelope, _) = crate::testkit::sealer().seal(&batch).unwrap();
+    (batch.id(), envelope.to_bytes())
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@ use std::time::Instant;
 
 use super::*;
 use crate::crypto::SigningKey;
-use crate::messages::{FlagKind, Placement, SealedBatch, StoreJob, Tier, Urgency, now_ms};
+use crate::messages::{Batch, FlagKind, Placement, SealedBatch, StoreJob, Tier, Urgency, now_ms};
 use crate::storage::chain::TierChain;
 use crate::storage::immutable_log::{ImmutableLog, RecordKind};
 use crate::storage::log_tier::LogTier;
@@ -33,7 +33,14 @@ fn job(created_at_ms: u64) -> StoreJob {
     let tx_ids = txs.iter().map(|t| t.id).collect();
     let batch = Batch::build("tokyo", 3, vec![], FlagKind::FreshTx, &txs, created_at_ms);
     StoreJob {
-        sealed: SealedBatch::new(batch, tx_ids, Urgency::Normal, Instant::now()),
+        sealed: SealedBatch::new(
+            batch,
+            tx_ids,
+            Urgency::Normal,
+            Instant::now(),
+            &crate::testkit::sealer(),
+        )
+        .unwrap(),
         placement: Placement::default(),
     }
 }
@@ -125,21 +132,29 @@ fn env_override_wins_over_the_file() {
 }
 
 #[test]
-fn the_document_holds_the_exact_bytes_and_their_ids() {
+fn the_document_holds_the_exact_sealed_bytes_and_no_transaction_id() {
     let job = job(1_704_067_200_000);
     let sealed = &job.sealed;
     let stored_at = DateTime::from_millis(1_704_067_200_123);
     let doc = insert_fields(sealed, stored_at).unwrap();
     assert_eq!(doc.get_str("city_id").unwrap(), "tokyo");
     assert_eq!(doc.get_i64("seq").unwrap(), 3);
-    let tx_ids: Vec<&str> = doc
-        .get_array("tx_ids")
-        .unwrap()
-        .iter()
-        .map(|b| b.as_str().unwrap())
-        .collect();
-    let want: Vec<String> = sealed.tx_ids.iter().map(hex32).collect();
-    assert_eq!(tx_ids, want);
+    assert_eq!(doc.get_i64("tx_count").unwrap(), 2);
+    assert_eq!(doc.get_str("key_id").unwrap(), sealed.capsule.key_id);
+    // No transaction id, in any form, anywhere in the document.
+    let raw = mongodb::bson::to_vec(&doc).unwrap();
+    for id in sealed.tx_ids.iter() {
+        for needle in [id.to_vec(), hex32(id).into_bytes()] {
+            assert!(!raw.windows(needle.len()).any(|w| w == needle.as_slice()));
+        }
+    }
+    // The capsule goes to the vault collection, beside no bytes.
+    let vault = capsule_fields(sealed, stored_at);
+    assert_eq!(
+        Capsule::from_bytes(vault.get_binary_generic("capsule").unwrap()).unwrap(),
+        *sealed.capsule
+    );
+    assert!(!vault.contains_key("bytes"));
     assert_eq!(
         doc.get_binary_generic("bytes").unwrap(),
         &sealed.bytes.to_vec()

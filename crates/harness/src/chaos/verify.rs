@@ -1,11 +1,16 @@
 //! Verification: every promise must be stored per the city, and its batch must hold it
 //! where the status says — fetched from a holder for the light and full tiers, found among
 //! the city's immutable-log records for the log tier.
+//!
+//! Batches are sealed, so what is held is read without the key holder's key: the held
+//! copy's clear header must hash to the batch id and carry the Merkle root of the
+//! transaction ids the city lists for the batch, which must include the promise.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
-use citychain::messages::{self, Batch, parse_hex32};
+use citychain::crypto::merkle_root;
+use citychain::messages::{BatchHeader, SealedEnvelope, TxId, parse_hex32};
 use citychain::storage::immutable_log::{ImmutableLog, RecordKind};
 use citychain::storage::peer::{Peer, PeerClient};
 use futures::StreamExt;
@@ -118,7 +123,7 @@ pub(super) async fn verify_promises(
         }
     }
     let needs_log = by_batch.keys().any(|(tier, _)| tier == "log");
-    let log_batches: Result<HashMap<String, HashSet<String>>, String> = if needs_log {
+    let log_batches: Result<HashMap<String, BatchHeader>, String> = if needs_log {
         let dir = log_dir.to_path_buf();
         match tokio::task::spawn_blocking(move || log_batches(&dir)).await {
             Ok(r) => r,
@@ -142,25 +147,32 @@ pub(super) async fn verify_promises(
         }
     };
     for ((tier, batch_id), members) in by_batch {
-        let held: Result<HashSet<String>, Why> = match tier.as_str() {
-            "light" | "full" => {
+        let listed = match tier.as_str() {
+            "mongo" => Ok(Vec::new()),
+            _ => batch_tx_ids(&client, city_url, &batch_id).await,
+        };
+        let held: Result<HashSet<String>, Why> = match (tier.as_str(), listed) {
+            (_, Err(why)) => Err(why),
+            ("light" | "full", Ok(listed)) => {
                 let holders = &statuses[&members[0].tx_id].holders;
-                let (found, misses) = fetch_from_holders(fed, &peers, &batch_id, holders).await;
+                let (found, misses) =
+                    fetch_from_holders(fed, &peers, &batch_id, holders, &listed).await;
                 out.holder_misses += misses;
                 found.map_err(|e| ("batch_unavailable", e))
             }
-            "log" => match &log_batches {
-                Ok(map) => map.get(&batch_id).cloned().ok_or_else(|| {
-                    (
+            ("log", Ok(listed)) => match &log_batches {
+                Ok(map) => match map.get(&batch_id) {
+                    Some(header) => committed(header, &listed).map_err(|e| ("not_in_log", e)),
+                    None => Err((
                         "not_in_log",
                         format!("batch {batch_id} is not among the city's log records"),
-                    )
-                }),
+                    )),
+                },
                 Err(e) => Err(("log_unreadable", e.clone())),
             },
             // The mongo tier is checked by the status alone (no database client here).
-            "mongo" => Ok(members.iter().map(|p| p.tx_id.clone()).collect()),
-            other => Err(("unknown_tier", format!("unknown tier {other:?}"))),
+            ("mongo", Ok(_)) => Ok(members.iter().map(|p| p.tx_id.clone()).collect()),
+            (other, Ok(_)) => Err(("unknown_tier", format!("unknown tier {other:?}"))),
         };
         for p in members {
             match &held {
@@ -218,13 +230,49 @@ pub(super) async fn tx_status(
     })
 }
 
-/// The tx ids of batch `batch_id` from the first listed holder that serves a sound copy,
-/// and how many holders did not.
+/// The tx ids the city lists for batch `batch_id` (`GET /v1/batches/{id}`).
+async fn batch_tx_ids(
+    client: &reqwest::Client,
+    city_url: &str,
+    batch_id: &str,
+) -> Result<Vec<TxId>, Why> {
+    let resp = client
+        .get(format!("{city_url}/v1/batches/{batch_id}"))
+        .send()
+        .await
+        .map_err(|e| ("city_unreachable", format!("GET batch failed: {e}")))?;
+    let code = resp.status().as_u16();
+    let body: serde_json::Value = resp
+        .json()
+        .await
+        .map_err(|e| ("city_bad_answer", format!("{code}, not JSON: {e}")))?;
+    body["tx_ids"]
+        .as_array()
+        .and_then(|ids| {
+            ids.iter()
+                .map(|id| id.as_str().and_then(parse_hex32))
+                .collect::<Option<Vec<_>>>()
+        })
+        .ok_or_else(|| ("city_bad_answer", format!("{code}: no tx_ids in {body}")))
+}
+
+/// The tx ids (hex) a held header commits to: `listed`, when their Merkle root is the
+/// header's.
+fn committed(header: &BatchHeader, listed: &[TxId]) -> Result<HashSet<String>, String> {
+    if merkle_root(listed) != header.merkle_root {
+        return Err("its header does not commit to the transactions the city lists".into());
+    }
+    Ok(listed.iter().map(hex::encode).collect())
+}
+
+/// The tx ids of batch `batch_id` from the first listed holder that serves a sound sealed
+/// copy committing to `listed`, and how many holders did not.
 pub(super) async fn fetch_from_holders(
     fed: &Federation,
     peers: &PeerClient,
     batch_id: &str,
     holders: &[String],
+    listed: &[TxId],
 ) -> (Result<HashSet<String>, String>, u64) {
     let Some(id) = parse_hex32(batch_id) else {
         return (Err(format!("batch id {batch_id:?} is not 64 hex")), 0);
@@ -251,16 +299,15 @@ pub(super) async fn fetch_from_holders(
             )
             .await;
         let problem = match answer {
-            Ok(Some(bytes)) => match messages::decode::<Batch>(&bytes) {
-                Ok(batch) => match batch.check_integrity() {
-                    Ok(()) if batch.id() == id => {
-                        let ids = batch.tx_ids().iter().map(hex::encode).collect();
-                        return (Ok(ids), misses);
+            Ok(Some(bytes)) => match SealedEnvelope::from_bytes(&bytes) {
+                Ok(envelope) if envelope.id() == id => {
+                    match committed(&envelope.header.batch, listed) {
+                        Ok(ids) => return (Ok(ids), misses),
+                        Err(e) => format!("serves a damaged batch: {e}"),
                     }
-                    Ok(()) => "serves a different batch".to_string(),
-                    Err(e) => format!("serves a damaged batch: {e}"),
-                },
-                Err(e) => format!("serves bytes that do not decode: {e}"),
+                }
+                Ok(_) => "serves a different batch".to_string(),
+                Err(e) => format!("serves bytes that are not a sealed batch: {e}"),
             },
             Ok(None) => "does not have it (404)".to_string(),
             Err(e) => e.to_string(),
@@ -274,21 +321,15 @@ pub(super) async fn fetch_from_holders(
     )
 }
 
-/// Batch id → tx ids of every batch record in the log at `dir`.
-pub(super) fn log_batches(
-    dir: &std::path::Path,
-) -> Result<HashMap<String, HashSet<String>>, String> {
+/// Batch id → clear header of every batch record in the log at `dir`.
+pub(super) fn log_batches(dir: &std::path::Path) -> Result<HashMap<String, BatchHeader>, String> {
     let records = ImmutableLog::read_all(dir)
         .map_err(|e| format!("reading the log at {}: {e}", dir.display()))?;
     let mut out = HashMap::new();
     for record in records.iter().filter(|r| r.kind == RecordKind::Batch) {
-        let batch: Batch = messages::decode(&record.payload)
-            .map_err(|e| format!("log record {} is not a batch: {e}", record.seq))?;
-        batch
-            .check_integrity()
-            .map_err(|e| format!("log record {} holds a damaged batch: {e}", record.seq))?;
-        let ids = batch.tx_ids().iter().map(hex::encode).collect();
-        out.insert(hex::encode(batch.id()), ids);
+        let envelope = SealedEnvelope::from_bytes(&record.payload)
+            .map_err(|e| format!("log record {} is not a sealed batch: {e}", record.seq))?;
+        out.insert(hex::encode(envelope.id()), envelope.header.batch);
     }
     Ok(out)
 }
