@@ -143,9 +143,11 @@ fn open(
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WrappedKey {
     /// The ML-KEM-768 ciphertext the holder decapsulates.
+    #[serde(with = "serde_bytes")]
     pub kem_ciphertext: Vec<u8>,
     pub nonce: [u8; NONCE_LEN],
     /// The data key sealed under the wrapping key, tag appended.
+    #[serde(with = "serde_bytes")]
     pub sealed_key: Vec<u8>,
 }
 

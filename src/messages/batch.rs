@@ -31,7 +31,10 @@ pub struct BatchHeader {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredTx {
     pub canonical: String,
+    /// (`serde_bytes`: encoded as a plain `Vec<u8>` is, only faster.)
+    #[serde(with = "serde_bytes")]
     pub public_key: Vec<u8>,
+    #[serde(with = "serde_bytes")]
     pub signature: Vec<u8>,
 }
 
