@@ -131,8 +131,11 @@ impl CityHandle {
         check_request(&parsed)?;
         let tx = parsed.verify()?;
         // Known before the clock is looked at: a re-submission is answered however long
-        // ago the transaction was stored.
-        if let Some(rec) = self.index.store.get_tx(&tx.id)? {
+        // ago the transaction was stored. One whose batch the log lost is not stored any
+        // more: it goes through as new.
+        if let Some(rec) = self.index.store.get_tx(&tx.id)?
+            && !rec.lost
+        {
             return Ok(Admitted::Known(Receipt {
                 tx_id: tx.id,
                 tier: rec.tier,
