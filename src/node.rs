@@ -105,6 +105,20 @@ impl RunningNode {
     }
 }
 
+/// Caps glibc's malloc at two arenas. By default glibc gives threads that allocate under
+/// contention arenas of their own (up to eight per core) and keeps what they free, so a
+/// burst served across the HTTP workers and the blocking pool leaves the resident memory
+/// high long after it; two arenas keep it near what is in use (a city after a burst of
+/// 15,000 transactions: 139 MiB at the peak instead of 192, 142 MiB ten seconds later
+/// instead of 204). Call it before any thread starts; other C libraries are left alone.
+pub fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a parameter of the allocator, before other threads exist.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 /// Loads the node key, or creates it on first start.
 pub fn load_or_create_key(path: &Path) -> anyhow::Result<SigningKey> {
     if path.exists() {
@@ -227,6 +241,7 @@ async fn start_city(
             .default_service(web::to(common::not_found))
     });
     let server = limit_server!(server, limits, workers())
+        .worker_max_blocking_threads(workers())
         .disable_signals()
         .shutdown_timeout(config.intake.request_timeout.as_secs() + 2)
         .listen(listener)?

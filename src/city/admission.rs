@@ -1,6 +1,6 @@
 //! Admission: the checks a city makes of a verified transaction before the Intake sees it.
 //!
-//! They run on the HTTP worker threads, in parallel, after the signature check
+//! They run on the HTTP workers' blocking pools, in parallel, after the signature check
 //! ([`SignedTx::from_request_bytes`]), so the Intake actor — a sequential point — does only
 //! de-duplication and bookkeeping.
 

@@ -107,8 +107,9 @@ impl CityHandle {
         Ok(InFlight(self.in_flight.clone()))
     }
 
-    /// Parses, verifies and checks a `POST /v1/tx` body. Runs on the caller's thread, so
-    /// signature checks spread over every HTTP worker.
+    /// Parses, verifies and checks a `POST /v1/tx` body. Blocking (an ML-DSA-65 check):
+    /// the HTTP layer runs it on its blocking pool, so checks spread over threads and the
+    /// event loops stay free.
     pub fn admit(&self, body: &[u8]) -> Result<SignedTx, AdmitError> {
         if self.intake.depth() >= self.intake.capacity() {
             return Err(AdmitError::QueueFull);

@@ -150,7 +150,13 @@ async fn submit(
         .map_err(rejected)?;
     // Held until the answer is sent: a place among the transactions the city admits at once.
     let _place = state.city.enter().map_err(|e| rejected(overloaded(&e)))?;
-    let tx = state.city.admit(&body).map_err(|e| {
+    // Parsing and the ML-DSA-65 check run on the blocking pool (a few threads per worker),
+    // so the workers' event loops stay free to read requests and refuse them at once.
+    let city = state.city.clone();
+    let admitted = web::block(move || city.admit(&body))
+        .await
+        .map_err(|e| rejected(ApiError::new(500, "internal", e.to_string())))?;
+    let tx = admitted.map_err(|e| {
         rejected(match e {
             AdmitError::QueueFull => ApiError::overloaded(e.to_string()),
             AdmitError::Invalid(e) => e.into(),

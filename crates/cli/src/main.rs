@@ -4,5 +4,6 @@
 mod cli;
 
 fn main() -> std::process::ExitCode {
+    citychain::node::limit_malloc_arenas();
     cli::main()
 }
