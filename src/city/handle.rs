@@ -121,8 +121,8 @@ impl CityHandle {
     }
 
     /// Parses, verifies and checks a `POST /v1/tx` body, in the order of
-    /// [`admission`](super::admission). Runs on the caller's thread, so signature checks
-    /// spread over every HTTP worker.
+    /// [`admission`](super::admission). Blocking (an ML-DSA-65 check): the HTTP layer runs
+    /// it on its blocking pool, so checks spread over threads and the event loops stay free.
     pub fn admit(&self, body: &[u8]) -> Result<Admitted, AdmitError> {
         if self.intake.depth() >= self.intake.capacity() {
             return Err(AdmitError::QueueFull);

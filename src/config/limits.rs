@@ -61,8 +61,8 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             max_connections: 4096,
-            max_connections_per_peer: 256,
-            listen_backlog: 1024,
+            max_connections_per_peer: 1024,
+            listen_backlog: 4096,
             request_head_timeout: Duration::from_secs(5),
             keep_alive: Duration::from_secs(5),
             body_idle_timeout: Duration::from_secs(5),

@@ -5,5 +5,6 @@ mod cli;
 mod log_cmd;
 
 fn main() -> std::process::ExitCode {
+    citychain::node::limit_malloc_arenas();
     cli::main()
 }
