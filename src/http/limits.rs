@@ -15,7 +15,7 @@
 //!   `body_budget_per_peer_bytes`. A body is granted its declared length before a byte of
 //!   it is buffered (a chunked body, each chunk as it arrives); a body the budget cannot
 //!   grant is refused at once with 503 `overloaded`. The grant lives as long as the body
-//!   ([`BoundedBody`]), through its decoding and storing.
+//!   ([`BoundedBody`](super::common::BoundedBody)), through its decoding and storing.
 //!
 //! So a node's memory for request bodies is at most `body_budget_bytes` plus actix-web's
 //! own buffers (a few tens of KiB per connection, times `max_connections`).
