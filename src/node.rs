@@ -166,7 +166,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<RunningNode> {
         .with_context(|| format!("setting the listen backlog of {addr}"))?;
     tracing::info!(
         max_connections = config.limits.max_connections,
-        per_peer = config.limits.max_connections_per_peer,
+        per_peer = config.limits.connections_per_peer(),
         body_budget_bytes = config.limits.body_budget_bytes,
         open_files,
         "limits in force"
