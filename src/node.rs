@@ -119,6 +119,20 @@ impl RunningNode {
     }
 }
 
+/// Caps glibc's malloc at two arenas. By default glibc gives threads that allocate under
+/// contention arenas of their own (up to eight per core) and keeps what they free, so a
+/// burst served across the HTTP workers and the blocking pool leaves the resident memory
+/// high long after it; two arenas keep it near what is in use (a city after a burst of
+/// 15,000 transactions: 139 MiB at the peak instead of 192, 142 MiB ten seconds later
+/// instead of 204). Call it before any thread starts; other C libraries are left alone.
+pub fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a parameter of the allocator, before other threads exist.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 /// Loads the node key, or creates it on first start.
 pub fn load_or_create_key(path: &Path) -> anyhow::Result<SigningKey> {
     if path.exists() {
@@ -152,7 +166,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<RunningNode> {
         .with_context(|| format!("setting the listen backlog of {addr}"))?;
     tracing::info!(
         max_connections = config.limits.max_connections,
-        per_peer = config.limits.max_connections_per_peer,
+        per_peer = config.limits.connections_per_peer(),
         body_budget_bytes = config.limits.body_budget_bytes,
         open_files,
         "limits in force"
@@ -250,6 +264,8 @@ async fn start_city(
         workers: workers(),
         shutdown_timeout_secs: config.intake.request_timeout.as_secs() + 2,
         limits: Limits::new(config.limits.clone()),
+        // Signature checks run there: as many threads as cores, no more.
+        blocking_threads: Some(workers()),
     };
     let server = serve(listener, options, move |app| {
         app.app_data(city.clone())
@@ -326,6 +342,7 @@ fn start_storage(
         workers: 2,
         shutdown_timeout_secs: 5,
         limits: Limits::new(config.limits.clone()),
+        blocking_threads: None,
     };
     let server = serve(listener, options, move |app| {
         app.app_data(state.clone())
@@ -353,6 +370,7 @@ fn start_aggregator(
         workers: 1,
         shutdown_timeout_secs: 2,
         limits: Limits::new(config.limits.clone()),
+        blocking_threads: None,
     };
     let server = serve(listener, options, move |app| {
         app.app_data(readiness.clone())

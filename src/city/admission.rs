@@ -1,6 +1,6 @@
 //! Admission: the checks a city makes of a transaction before the Intake sees it.
 //!
-//! They run on the HTTP worker threads, in parallel, so the Intake actor — a sequential
+//! They run on the HTTP workers' blocking pools, in parallel, so the Intake actor — a sequential
 //! point — does only de-duplication and bookkeeping. In order:
 //!
 //! 1. [`check_request`], on the parsed request before its signature is checked: only

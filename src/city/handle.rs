@@ -121,8 +121,8 @@ impl CityHandle {
     }
 
     /// Parses, verifies and checks a `POST /v1/tx` body, in the order of
-    /// [`admission`](super::admission). Runs on the caller's thread, so signature checks
-    /// spread over every HTTP worker.
+    /// [`admission`](super::admission). Blocking (an ML-DSA-65 check): the HTTP layer runs
+    /// it on its blocking pool, so checks spread over threads and the event loops stay free.
     pub fn admit(&self, body: &[u8]) -> Result<Admitted, AdmitError> {
         if self.intake.depth() >= self.intake.capacity() {
             return Err(AdmitError::QueueFull);
@@ -131,8 +131,11 @@ impl CityHandle {
         check_request(&parsed)?;
         let tx = parsed.verify()?;
         // Known before the clock is looked at: a re-submission is answered however long
-        // ago the transaction was stored.
-        if let Some(rec) = self.index.store.get_tx(&tx.id)? {
+        // ago the transaction was stored. One whose batch the log lost is not stored any
+        // more: it goes through as new.
+        if let Some(rec) = self.index.store.get_tx(&tx.id)?
+            && !rec.lost
+        {
             return Ok(Admitted::Known(Receipt {
                 tx_id: tx.id,
                 tier: rec.tier,

@@ -13,7 +13,7 @@
 //! - [`actors`]: one actor per file.
 //! - [`supervisor`]: the FailoverSupervisor and its pure restart policy.
 //! - [`flag_policy`], [`node_policy`]: the pluggable decisions, chosen by name in config.
-//! - [`admission`]: checks on verified transactions, run on the HTTP worker threads.
+//! - [`admission`]: checks on verified transactions, run on the HTTP blocking pool.
 //! - [`status`]: the status index `GET /v1/tx` reads.
 //! - [`readiness`]: whether some storage tier works (`/readyz`).
 //! - [`handle`]: the narrow [`CityHandle`] the HTTP layer uses.

@@ -16,8 +16,8 @@ pub struct LimitsConfig {
     /// process's open-file limit (`ulimit -n`): a node lowers it at start to leave
     /// [`RESERVED_FILES`] descriptors for its own files and outgoing connections.
     pub max_connections: usize,
-    /// Connections one peer (source IP address) may hold at once; a connection past it is
-    /// answered 503 `overloaded` and closed.
+    /// Connections one peer (source IP address) may hold at once (never more than
+    /// `max_connections`); a connection past it is answered 503 `overloaded` and closed.
     pub max_connections_per_peer: usize,
     /// Connections the kernel queues before the node accepts them (`listen(2)` backlog,
     /// capped by `net.core.somaxconn`).
@@ -40,7 +40,8 @@ pub struct LimitsConfig {
     /// its declared `Content-Length` before it is read (a chunked body, its chunks as they
     /// arrive); past the budget, 503 `overloaded` at once.
     pub body_budget_bytes: usize,
-    /// The share of `body_budget_bytes` one peer (source IP address) may hold at once.
+    /// The share of `body_budget_bytes` one peer (source IP address) may hold at once
+    /// (never more than the whole).
     pub body_budget_per_peer_bytes: usize,
     /// Page cache of the node's redb store (`city.redb` on a city, `batches.redb` on a
     /// storage node), in bytes.
@@ -61,8 +62,8 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             max_connections: 4096,
-            max_connections_per_peer: 256,
-            listen_backlog: 1024,
+            max_connections_per_peer: 1024,
+            listen_backlog: 4096,
             request_head_timeout: Duration::from_secs(5),
             keep_alive: Duration::from_secs(5),
             body_idle_timeout: Duration::from_secs(5),
@@ -77,6 +78,16 @@ impl Default for LimitsConfig {
 }
 
 impl LimitsConfig {
+    /// Connections one peer may hold at once, in effect.
+    pub fn connections_per_peer(&self) -> usize {
+        self.max_connections_per_peer.min(self.max_connections)
+    }
+
+    /// Bytes of bodies one peer may hold at once, in effect.
+    pub fn body_budget_per_peer(&self) -> usize {
+        self.body_budget_per_peer_bytes.min(self.body_budget_bytes)
+    }
+
     /// Every problem of the section; `largest_body` is the largest request body the node's
     /// role accepts (a body budget smaller than that could never grant it).
     pub fn problems(&self, largest_body: usize) -> Vec<String> {
@@ -84,13 +95,8 @@ impl LimitsConfig {
         if self.max_connections < 16 {
             p.push("[limits] max_connections must be at least 16".into());
         }
-        if self.max_connections_per_peer == 0
-            || self.max_connections_per_peer > self.max_connections
-        {
-            p.push(format!(
-                "[limits] max_connections_per_peer ({}) must be between 1 and max_connections ({})",
-                self.max_connections_per_peer, self.max_connections
-            ));
+        if self.max_connections_per_peer == 0 {
+            p.push("[limits] max_connections_per_peer must be at least 1".into());
         }
         if self.listen_backlog == 0 {
             p.push("[limits] listen_backlog must be at least 1".into());
@@ -113,16 +119,10 @@ impl LimitsConfig {
         if self.store_retry_initial > self.store_retry_max {
             p.push("[limits] store_retry_initial must not exceed store_retry_max".into());
         }
-        if self.body_budget_per_peer_bytes > self.body_budget_bytes {
+        if self.body_budget_per_peer() < largest_body {
             p.push(format!(
-                "[limits] body_budget_per_peer_bytes ({}) must not exceed body_budget_bytes ({})",
-                self.body_budget_per_peer_bytes, self.body_budget_bytes
-            ));
-        }
-        if self.body_budget_per_peer_bytes < largest_body {
-            p.push(format!(
-                "[limits] body_budget_per_peer_bytes ({}) must hold the largest body this node accepts ({largest_body})",
-                self.body_budget_per_peer_bytes
+                "[limits] body_budget_per_peer_bytes and body_budget_bytes ({} in effect) must hold the largest body this node accepts ({largest_body})",
+                self.body_budget_per_peer()
             ));
         }
         if self.store_cache_bytes < 1024 * 1024 {

@@ -154,7 +154,13 @@ async fn submit(
         .map_err(rejected)?;
     // Held until the answer is sent: a place among the transactions the city admits at once.
     let _place = state.city.enter().map_err(|e| rejected(overloaded(&e)))?;
-    let tx = match state.city.admit(&body) {
+    // Parsing and the ML-DSA-65 check run on the blocking pool (a few threads per worker),
+    // so the workers' event loops stay free to read requests and refuse them at once.
+    let city = state.city.clone();
+    let admitted = web::block(move || city.admit(&body))
+        .await
+        .map_err(|e| rejected(ApiError::new(500, "internal", e.to_string())))?;
+    let tx = match admitted {
         Ok(Admitted::New(tx)) => tx,
         Ok(Admitted::Known(receipt)) => {
             return Ok(HttpResponse::Ok().json(ReceiptReply::from(&receipt)));

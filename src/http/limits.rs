@@ -15,7 +15,7 @@
 //!   `body_budget_per_peer_bytes`. A body is granted its declared length before a byte of
 //!   it is buffered (a chunked body, each chunk as it arrives); a body the budget cannot
 //!   grant is refused at once with 503 `overloaded`. The grant lives as long as the body
-//!   ([`BoundedBody`]), through its decoding and storing.
+//!   ([`BoundedBody`](super::common::BoundedBody)), through its decoding and storing.
 //!
 //! So a node's memory for request bodies is at most `body_budget_bytes` plus actix-web's
 //! own buffers (a few tens of KiB per connection, times `max_connections`).
@@ -53,9 +53,9 @@ impl Limits {
         Self {
             budget: Arc::new(BodyBudget::new(
                 config.body_budget_bytes,
-                config.body_budget_per_peer_bytes,
+                config.body_budget_per_peer(),
             )),
-            peers: Arc::new(PeerTable::new(config.max_connections_per_peer)),
+            peers: Arc::new(PeerTable::new(config.connections_per_peer())),
             config,
         }
     }
@@ -124,7 +124,6 @@ pub fn fit_open_files(config: &mut LimitsConfig) -> u64 {
             "[limits] max_connections does not fit the open-file limit (ulimit -n) with room for the node's own files and outgoing connections; lowered"
         );
         config.max_connections = fits as usize;
-        config.max_connections_per_peer = config.max_connections_per_peer.min(fits as usize);
     }
     lim.rlim_cur
 }
@@ -229,7 +228,7 @@ pub async fn guard_connection(
     if req.conn_data::<PeerSlot>().is_some_and(|s| s.over) {
         metrics::counter!(crate::metrics::HTTP_REFUSED, "reason" => "peer_connections")
             .increment(1);
-        let limit = Limits::of(req.request()).config.max_connections_per_peer;
+        let limit = Limits::of(req.request()).config.connections_per_peer();
         let answer = ApiError::overloaded(format!(
             "this address holds {limit} connections already, the most one peer may; retry shortly"
         ))

@@ -55,6 +55,9 @@ pub struct ServerOptions {
     pub shutdown_timeout_secs: u64,
     /// Connections, timeouts and the body budget (`[limits]`, see [`super::limits`]).
     pub limits: Limits,
+    /// Threads of each worker's blocking pool (`web::block`); actix-server's default when
+    /// `None`.
+    pub blocking_threads: Option<usize>,
 }
 
 /// Starts serving `listener` with the routes `configure` adds (and its `app_data`), the
@@ -66,7 +69,11 @@ where
 {
     let addr = listener.local_addr()?;
     let limits = web::Data::new(options.limits);
-    let builder = Server::build()
+    let mut builder = Server::build();
+    if let Some(threads) = options.blocking_threads {
+        builder = builder.worker_max_blocking_threads(threads);
+    }
+    let builder = builder
         .workers(options.workers)
         .max_concurrent_connections(limits.connections_per_worker(options.workers))
         .disable_signals()

@@ -227,8 +227,7 @@ impl BatchStore {
         self.recover_locked()?;
         let db = self.handle()?;
         let result = self.put_in(&db, batch_id, bytes);
-        drop(db);
-        self.watch(result)
+        self.watch(result, db)
     }
 
     fn put_in(&self, db: &Database, batch_id: &[u8; 32], bytes: &[u8]) -> Result<PutOutcome> {
@@ -270,8 +269,7 @@ impl BatchStore {
             Ok(value.map(|g| g.value().to_vec()))
         };
         let result = read();
-        drop(db);
-        self.watch(result)
+        self.watch(result, db)
     }
 
     /// Whether `batch_id` is held. Blocking.
@@ -283,8 +281,7 @@ impl BatchStore {
             Ok(batches.get(batch_id)?.is_some())
         };
         let result = read();
-        drop(db);
-        self.watch(result)
+        self.watch(result, db)
     }
 
     /// Total bytes of the values held.
@@ -367,53 +364,56 @@ impl BatchStore {
         }
     }
 
-    /// Passes `result` on; a database error first puts the store in its failing state.
-    fn watch<T>(&self, result: Result<T>) -> Result<T> {
+    /// Passes on `result`, which `db` gave; a database error first puts the store in its
+    /// failing state.
+    fn watch<T>(&self, result: Result<T>, db: Arc<Database>) -> Result<T> {
         if let Err(e) = &result
             && e.is_fault()
         {
-            self.fail(e.to_string());
+            self.fail(e.to_string(), &db);
         }
         result
     }
 
-    /// Drops the database handle (redb will not write through it again) and schedules a
-    /// reopen.
-    fn fail(&self, reason: String) {
-        let mut fault = self.fault.lock().unwrap_or_else(PoisonError::into_inner);
-        if fault.is_none() {
-            let now = Instant::now();
-            let recovered = *self
-                .recovered
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            let attempts = match recovered {
-                Some((at, attempts)) if at.elapsed() < self.options.retry_max => attempts,
-                _ => 0,
-            };
-            let wait = self.backoff(attempts);
-            tracing::error!(
-                path = %self.path.display(),
-                error = %reason,
-                retry_in = ?wait,
-                "the batch store failed; it reports not ready and will be reopened"
-            );
-            *fault = Some(Fault {
-                reason,
-                since: now,
-                attempts,
-                last_attempt: None,
-                next_try: now + wait,
-            });
-            self.failing.store(true, Ordering::Release);
-            metrics::gauge!(crate::metrics::STORE_FAILING).set(1.0);
+    /// Drops the database handle `failed` (redb will not write through it again) and
+    /// schedules a reopen. An error from a handle the store no longer holds (it has been
+    /// reopened since) changes nothing.
+    fn fail(&self, reason: String, failed: &Arc<Database>) {
+        let mut db = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        if !db
+            .as_ref()
+            .is_some_and(|current| Arc::ptr_eq(current, failed))
+        {
+            return;
         }
-        drop(fault);
         // Readers holding a clone finish with it; the database closes after the last one.
-        self.db
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        db.take();
+        let mut fault = self.fault.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        let recovered = *self
+            .recovered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let attempts = match recovered {
+            Some((at, attempts)) if at.elapsed() < self.options.retry_max => attempts,
+            _ => 0,
+        };
+        let wait = self.backoff(attempts);
+        tracing::error!(
+            path = %self.path.display(),
+            error = %reason,
+            retry_in = ?wait,
+            "the batch store failed; it reports not ready and will be reopened"
+        );
+        *fault = Some(Fault {
+            reason,
+            since: now,
+            attempts,
+            last_attempt: None,
+            next_try: now + wait,
+        });
+        self.failing.store(true, Ordering::Release);
+        metrics::gauge!(crate::metrics::STORE_FAILING).set(1.0);
     }
 
     /// With the write lock held: nothing to do if the store is open; otherwise reopen it
@@ -440,13 +440,18 @@ impl BatchStore {
             Ok((db, used, count)) => {
                 self.used_bytes.store(used, Ordering::Release);
                 self.batch_count.store(count, Ordering::Release);
-                *self.db.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(db));
+                // The handle, the fault and the flag change together, under the handle's
+                // lock, as in `fail`: a reader failing on the new handle at once finds the
+                // store open and fails it anew.
+                let mut slot = self.db.write().unwrap_or_else(PoisonError::into_inner);
                 let fault = self
                     .fault
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .take();
+                *slot = Some(Arc::new(db));
                 self.failing.store(false, Ordering::Release);
+                drop(slot);
                 metrics::gauge!(crate::metrics::STORE_FAILING).set(0.0);
                 *self
                     .recovered

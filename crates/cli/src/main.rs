@@ -7,5 +7,6 @@ mod log_cmd;
 mod vault;
 
 fn main() -> std::process::ExitCode {
+    citychain::node::limit_malloc_arenas();
     cli::main()
 }

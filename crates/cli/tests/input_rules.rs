@@ -302,7 +302,8 @@ fn read_answer(s: &mut TcpStream, buf: &mut Vec<u8>) -> RawAnswer {
 }
 
 /// Every protocol-level refusal of the node at `url` has its status and a JSON error;
-/// `body_path` is the request line of a route that reads a body.
+/// `body_path` is the request line of a route that reads a body, with any header lines it
+/// needs to get that far (no trailing line break).
 fn protocol_errors_have_json_bodies(url: &str, body_path: &str) {
     let addr = url.trim_start_matches("http://");
     let check = |what: &str, answer: RawAnswer, status: u16, expected_code: &str| {
@@ -406,16 +407,29 @@ async fn protocol_errors_on_a_city_have_json_bodies() {
 async fn protocol_errors_on_a_storage_node_have_json_bodies() {
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
-        "[node]\nid = \"light-1\"\nrole = \"light\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\ncontinent = \"asia\"\n",
-        dir.path().join("data").display()
+        "[node]\nid = \"light-1\"\nrole = \"light\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\ncontinent = \"asia\"\n{}",
+        dir.path().join("data").display(),
+        serves_test_city()
     );
     let node = spawn_node(dir.path(), &config, true).await;
     let url = node.url.clone();
-    let put = format!(
-        "PUT {}/{} HTTP/1.1",
+    // Signed as the city the node serves, so the body limit is what answers.
+    let path = format!(
+        "{}/{}",
         citychain::messages::storage::BATCHES_PATH,
         "ab".repeat(32)
     );
+    let signer = citychain::messages::auth::RequestSigner::new(
+        TEST_CITY,
+        std::sync::Arc::new(test_city_key()),
+    );
+    let auth: String = signer
+        .headers("PUT", &path, "light-1", b"{")
+        .unwrap()
+        .iter()
+        .map(|(k, v)| format!("\r\n{k}: {v}"))
+        .collect();
+    let put = format!("PUT {path} HTTP/1.1{auth}");
     tokio::task::spawn_blocking(move || protocol_errors_have_json_bodies(&url, &put))
         .await
         .unwrap();

@@ -31,7 +31,7 @@ const WAIT_FOR_CLOSE: Duration = Duration::from_secs(20);
 /// default body idle timeout (5 s), the answer, and a second of lingering.
 const CLOSED_WITHIN: Duration = Duration::from_secs(10);
 /// A light node's resident memory while 500 stalled 2 MB bodies are held against it.
-const LIGHT_RSS_BOUND_MIB: f64 = 160.0;
+const LIGHT_RSS_BOUND_MIB: f64 = 200.0;
 /// A city's resident memory while 500 stalled bodies are held against it.
 const CITY_STALL_RSS_BOUND_MIB: f64 = 200.0;
 /// A city's resident memory during a flood of 2,000 transactions.

@@ -381,9 +381,12 @@ async fn a_batch_cut_from_the_log_is_repaired_from_a_full_node_that_holds_it() {
         .unwrap()
         .port();
     let full_config = format!(
-        "[node]\nid = \"full-1\"\nrole = \"full\"\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\ncontinent = \"asia\"\n",
-        full_dir.join("data").display()
+        "[node]\nid = \"full-1\"\nrole = \"full\"\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\ncontinent = \"asia\"\n{}",
+        full_dir.join("data").display(),
+        serves_test_city()
     );
+    // The city signs with the key the full node serves.
+    give_test_city_key(&city_dir.join("data"));
     let config = city_config(
         &city_dir,
         &format!(
@@ -415,14 +418,15 @@ async fn a_batch_cut_from_the_log_is_repaired_from_a_full_node_that_holds_it() {
     let (cut, bytes) = cut_last_record(&city_dir.join("data/log"));
     let cut_id = hex32(&cut.id());
     let full = Proc::start(&full_dir, &full_config, "full.log").await;
-    let resp = c
-        .put(format!("{}/internal/v1/batches/{cut_id}", full.url))
-        .header("content-type", "application/octet-stream")
-        .body(bytes)
-        .send()
+    test_city_client()
+        .put_batch(
+            storage_peer("full-1", &full.url),
+            &cut.id(),
+            bytes,
+            Duration::from_secs(10),
+        )
         .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 200);
+        .expect("the full node takes the copy");
 
     let city = Proc::start(&city_dir, &config, "city-2.log").await;
     let (req, _) = txs.iter().find(|(_, b)| *b == cut_id).unwrap();

@@ -22,11 +22,30 @@ fn payload(i: usize) -> Vec<u8> {
 
 /// A city's data dir: `data/log/immutable.log` with [`RECORDS`] records, a head signed
 /// after every append, and the node key beside the heads.
+/// Opens the log, waiting out a lock held for a moment by a child process this test binary
+/// is forking for another test (a forked child shares the parent's open files, and with
+/// them the log's lock, until it execs).
+fn open_log(dir: &Path) -> ImmutableLog {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match ImmutableLog::open(dir) {
+            Ok(log) => return log,
+            Err(e)
+                if std::time::Instant::now() < deadline
+                    && e.to_string().contains("already open") =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => panic!("opening the log in {}: {e}", dir.display()),
+        }
+    }
+}
+
 async fn city_data(root: &Path) -> PathBuf {
     let data = root.join("data");
     let key = SigningKey::generate().unwrap();
     key.save(&data.join("node.key")).unwrap();
-    let log = Arc::new(ImmutableLog::open(&data.join("log")).unwrap());
+    let log = Arc::new(open_log(&data.join("log")));
     let (notary, _) = LogNotary::open(&data, log.clone(), key).unwrap();
     for i in 0..RECORDS {
         log.append(RecordKind::Batch, payload(i)).await.unwrap();
@@ -167,7 +186,7 @@ async fn a_record_changed_with_the_chain_rebuilt_is_caught_by_the_signed_roots()
     // records 4.. onto them: every hash and link is right.
     std::fs::write(&file, &good[..f[4].start]).unwrap();
     {
-        let log = ImmutableLog::open(&log_dir).unwrap();
+        let log = open_log(&log_dir);
         for i in 4..RECORDS {
             log.append(RecordKind::Batch, format!("forged {i}").into_bytes())
                 .await
@@ -186,7 +205,7 @@ async fn records_past_the_latest_head_or_a_missing_or_foreign_head_fail() {
 
     // A record chained on by hand after the last head: not vouched for.
     {
-        let log = ImmutableLog::open(&log_dir).unwrap();
+        let log = open_log(&log_dir);
         log.append(RecordKind::Batch, b"by hand".to_vec())
             .await
             .unwrap();
@@ -234,7 +253,7 @@ async fn measure_verify_and_heads_on_a_large_log() {
     let data = root.path().join("data");
     let key = SigningKey::generate().unwrap();
     key.save(&data.join("node.key")).unwrap();
-    let log = Arc::new(ImmutableLog::open(&data.join("log")).unwrap());
+    let log = Arc::new(open_log(&data.join("log")));
     let (notary, _) = LogNotary::open(&data, log.clone(), key).unwrap();
     let started = Instant::now();
     let mut pending = Vec::new();
