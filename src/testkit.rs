@@ -87,6 +87,21 @@ pub fn sealer() -> Sealer {
     Sealer::new("asia", VaultKey::generate().unwrap().public().clone())
 }
 
+/// An empty batch `seq` of the city "tokyo" and its sealed encoding, as the log tier and
+/// the storage nodes hold it.
+pub fn sealed_empty_batch(seq: u64) -> (crate::messages::Batch, Vec<u8>) {
+    let batch = crate::messages::Batch::build(
+        "tokyo",
+        seq,
+        vec![],
+        FlagKind::FreshTx,
+        &[],
+        1_700_000_000_000 + seq,
+    );
+    let (envelope, _) = sealer().seal(&batch).unwrap();
+    (batch, envelope.to_bytes())
+}
+
 /// A stand-in capsule for batch `id`, for tests that only store it (the vault keeps it as
 /// it is).
 pub fn stand_in_capsule(id: crate::messages::BatchId) -> crate::messages::Capsule {

@@ -264,18 +264,9 @@ mod tests {
         SigningKey::from_seed([7; 32]).unwrap()
     }
 
-    /// The encoding of a real (empty) batch `seq` and its id.
+    /// A real (empty) batch `seq` and its sealed encoding.
     fn batch(seq: u64) -> (Batch, Vec<u8>) {
-        let batch = Batch::build(
-            "tokyo",
-            seq,
-            vec![],
-            FlagKind::FreshTx,
-            &[],
-            1_700_000_000_000 + seq,
-        );
-        let bytes = crate::messages::encode(&batch);
-        (batch, bytes)
+        crate::testkit::sealed_empty_batch(seq)
     }
 
     /// A data dir with a log of `n` batch records and a notary over it.

@@ -18,28 +18,9 @@ use std::time::Duration;
 use attack::Tmpfs;
 use base64::Engine;
 use citychain::crypto::SigningKey;
-use citychain::messages::{self, Batch, BatchId, FlagKind, SignedTx};
+
 use citychain::storage::peer::PeerError;
 use common::*;
-
-/// A valid batch of `txs` transactions, encoded as a city sends it.
-fn batch(key: &SigningKey, seq: u64, txs: u64) -> (BatchId, Vec<u8>) {
-    let signed: Vec<SignedTx> = (0..txs)
-        .map(|n| {
-            let body = draft(seq * 10_000 + n, 1 + n).sign_body(key).unwrap();
-            SignedTx::from_request_bytes(&body).unwrap()
-        })
-        .collect();
-    let batch = Batch::build(
-        "tokyo",
-        seq,
-        vec![],
-        FlagKind::FreshTx,
-        &signed,
-        messages::now_ms(),
-    );
-    (batch.id(), messages::encode(&batch))
-}
 
 fn mount_or_skip(path: &std::path::Path, size: &str) -> Option<Tmpfs> {
     match Tmpfs::mount(path, size) {
@@ -73,7 +54,7 @@ async fn a_storage_node_recovers_from_a_full_disk_and_keeps_what_it_acknowledged
     let t = Duration::from_secs(10);
     let key = SigningKey::generate().unwrap();
 
-    let (first, first_bytes) = batch(&key, 1, 2);
+    let (first, first_bytes) = sealed_batch(&key, 1, 2);
     peers
         .put_batch(light, &first, first_bytes.clone(), t)
         .await
@@ -81,7 +62,7 @@ async fn a_storage_node_recovers_from_a_full_disk_and_keeps_what_it_acknowledged
 
     // The disk fills up: a batch that needs new pages cannot be written.
     let filler = disk.fill();
-    let (big, big_bytes) = batch(&key, 2, 200);
+    let (big, big_bytes) = sealed_batch(&key, 2, 200);
     match peers.put_batch(light, &big, big_bytes.clone(), t).await {
         Err(PeerError::Refused { status: 503, .. }) => {}
         other => panic!("a write to a full disk answers 503, got {other:?}"),
@@ -114,7 +95,7 @@ async fn a_storage_node_recovers_from_a_full_disk_and_keeps_what_it_acknowledged
         },
     )
     .await;
-    let (small, small_bytes) = batch(&key, 3, 1);
+    let (small, small_bytes) = sealed_batch(&key, 3, 1);
     assert!(
         peers
             .put_batch(light, &small, small_bytes.clone(), t)

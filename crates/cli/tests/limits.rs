@@ -19,7 +19,7 @@ use attack::{RawConn, RssWatch, Stalled, addr_of, peer, rss_mib, stall};
 use base64::Engine;
 use citychain::crypto::SigningKey;
 use citychain::messages::auth::RequestSigner;
-use citychain::messages::{self, Batch, BatchId, FlagKind, SignedTx};
+
 use common::*;
 use futures::StreamExt;
 
@@ -51,25 +51,6 @@ fn log_city_config(dir: &std::path::Path) -> String {
         "{}\n[supervisor]\nchain = [\"log\"]\n",
         city_node_section(dir)
     )
-}
-
-/// A valid batch of `txs` transactions, encoded as a city sends it.
-fn batch(key: &SigningKey, seq: u64, txs: u64) -> (BatchId, Vec<u8>) {
-    let signed: Vec<SignedTx> = (0..txs)
-        .map(|n| {
-            let body = draft(seq * 10_000 + n, 1 + n).sign_body(key).unwrap();
-            SignedTx::from_request_bytes(&body).unwrap()
-        })
-        .collect();
-    let batch = Batch::build(
-        "tokyo",
-        seq,
-        vec![],
-        FlagKind::FreshTx,
-        &signed,
-        messages::now_ms(),
-    );
-    (batch.id(), messages::encode(&batch))
 }
 
 /// Runs `attackers` to completion while an honest client keeps working; `honest` is called
@@ -131,7 +112,7 @@ async fn stalled_bodies_on_a_light_node_are_cut_off_and_its_memory_stays_bounded
     let to = addr_of(&node.url);
     let key = SigningKey::generate().unwrap();
     let peers = test_city_client();
-    let honest_batches: Vec<_> = (1..=60).map(|seq| batch(&key, seq, 2)).collect();
+    let honest_batches: Vec<_> = (1..=60).map(|seq| sealed_batch(&key, seq, 2)).collect();
     let put = |n: u64| {
         let (peers, url) = (peers.clone(), node.url.clone());
         let (id, bytes) = honest_batches[(n as usize - 1) % honest_batches.len()].clone();

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use citychain::crypto::SigningKey;
-use citychain::messages::{Batch, decode, hex32};
+use citychain::messages::{BatchId, SealedEnvelope, hex32};
 use citychain::storage::immutable_log::{ImmutableLog, LOG_FILE};
 use common::*;
 use serde_json::Value;
@@ -115,12 +115,12 @@ async fn wait_signed(url: &str, n: u64) -> Value {
     .await
 }
 
-/// Cuts the last record from the log in `log_dir`; returns the batch it held and its
-/// encoding.
-fn cut_last_record(log_dir: &Path) -> (Batch, Vec<u8>) {
+/// Cuts the last record from the log in `log_dir`; returns the id of the batch it held and
+/// its sealed encoding.
+fn cut_last_record(log_dir: &Path) -> (BatchId, Vec<u8>) {
     let records = ImmutableLog::read_all(log_dir).unwrap();
     let last = records.last().unwrap();
-    let batch: Batch = decode(&last.payload).unwrap();
+    let batch = SealedEnvelope::from_bytes(&last.payload).unwrap().id();
     let file = log_dir.join(LOG_FILE);
     let bytes = std::fs::read(&file).unwrap();
     // The frame: a 4-byte length, then the body whose length it gives.
@@ -275,7 +275,7 @@ async fn a_city_whose_log_lost_its_last_record_stops_claiming_it_and_reports_it(
     // The attack: the last record cut away. The chain alone still verifies.
     let n = ImmutableLog::read_all(&log_dir).unwrap().len();
     let (cut, _) = cut_last_record(&log_dir);
-    let cut_id = hex32(&cut.id());
+    let cut_id = hex32(&cut);
     assert!(ImmutableLog::verify(&log_dir).is_ok());
     let (code, out) = verify(&log_dir);
     assert_eq!(code, Some(1), "{out}");
@@ -416,12 +416,12 @@ async fn a_batch_cut_from_the_log_is_repaired_from_a_full_node_that_holds_it() {
     // The last record is cut; a copy of its batch is on the full node (a write that
     // reached it, a restored backup).
     let (cut, bytes) = cut_last_record(&city_dir.join("data/log"));
-    let cut_id = hex32(&cut.id());
+    let cut_id = hex32(&cut);
     let full = Proc::start(&full_dir, &full_config, "full.log").await;
     test_city_client()
         .put_batch(
             storage_peer("full-1", &full.url),
-            &cut.id(),
+            &cut,
             bytes,
             Duration::from_secs(10),
         )

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use citychain::crypto::SigningKey;
 use citychain::messages::auth::RequestSigner;
-use citychain::messages::{self, Batch, FlagKind, HoldChallenge};
+use citychain::messages::{self, HoldChallenge};
 use citychain::storage::peer::{Peer, PeerClient, PeerError};
 use common::*;
 use serde_json::Value;
@@ -55,20 +55,9 @@ async fn strangers_cannot_write_read_or_get_proofs_from_storage_nodes() {
     };
     let before = holdings(&client, &node.url).await;
 
-    // A junk batch that would pass every content check: well formed, its own id.
+    // A junk batch that would pass every content check: sealed, well formed, its own id.
     let junk_key = SigningKey::generate().unwrap();
-    let junk = Batch::build(
-        "tokyo",
-        0,
-        vec![],
-        FlagKind::FreshTx,
-        &[citychain::messages::SignedTx::from_request_bytes(
-            &serde_json::to_vec(&signed(&junk_key, 1)).unwrap(),
-        )
-        .unwrap()],
-        messages::now_ms(),
-    );
-    let junk_bytes = messages::encode(&junk);
+    let (junk_id, junk_bytes) = sealed_batch(&junk_key, 0, 1);
 
     // 1. No credentials at all, on every route.
     let url = format!("{}/internal/v1/batches", node.url);
@@ -77,7 +66,7 @@ async fn strangers_cannot_write_read_or_get_proofs_from_storage_nodes() {
         (
             "write",
             client
-                .put(format!("{url}/{}", messages::hex32(&junk.id())))
+                .put(format!("{url}/{}", messages::hex32(&junk_id)))
                 .body(junk_bytes.clone()),
         ),
         ("read", client.get(format!("{url}/{batch_hex}"))),
@@ -113,7 +102,7 @@ async fn strangers_cannot_write_read_or_get_proofs_from_storage_nodes() {
         ("stranger", &stranger, "unknown_peer"),
         ("impostor", &impostor, "bad_signature"),
     ] {
-        let r = c.put_batch(peer, &junk.id(), junk_bytes.clone(), T).await;
+        let r = c.put_batch(peer, &junk_id, junk_bytes.clone(), T).await;
         assert_eq!(refusal(r), (401, code.into()), "{who} write");
         let r = c.get_batch(peer, &batch_id, T).await;
         assert_eq!(refusal(r), (401, code.into()), "{who} read");
@@ -125,7 +114,7 @@ async fn strangers_cannot_write_read_or_get_proofs_from_storage_nodes() {
     assert_eq!(holdings(&client, &node.url).await, before);
     let city_client = fed.storage_client().unwrap();
     assert_eq!(
-        city_client.get_batch(peer, &junk.id(), T).await.unwrap(),
+        city_client.get_batch(peer, &junk_id, T).await.unwrap(),
         None
     );
     // The city itself still reads its batch and gets proofs that verify.

@@ -478,18 +478,10 @@ async fn a_second_writer_is_refused() {
     ImmutableLog::open(dir.path()).unwrap();
 }
 
-/// The sealed encoding of a real (empty) batch, as the log tier appends it.
+/// A real (empty) batch's id and its sealed encoding, as the log tier appends it.
 fn batch_bytes(seq: u64) -> (crate::messages::BatchId, Vec<u8>) {
-    let batch = crate::messages::Batch::build(
-        "tokyo",
-        seq,
-        vec![],
-        crate::messages::FlagKind::FreshTx,
-        &[],
-        1_700_000_000_000 + seq,
-    );
-    let (envelope, _) = crate::testkit::sealer().seal(&batch).unwrap();
-    (batch.id(), envelope.to_bytes())
+    let (batch, bytes) = crate::testkit::sealed_empty_batch(seq);
+    (batch.id(), bytes)
 }
 
 #[tokio::test]

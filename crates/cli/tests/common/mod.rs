@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use citychain::crypto::SigningKey;
-use citychain::messages::TxRequest;
+use citychain::crypto::vault::VaultKey;
+use citychain::messages::{Batch, BatchId, FlagKind, Sealer, SignedTx, TxRequest, now_ms};
 use citychain_harness::client::{TxClient, TxDraft};
 use citychain_harness::federation::Federation;
 use citychain_harness::testkit;
@@ -37,6 +38,23 @@ pub fn draft(nonce: u64, amount: u64) -> TxDraft {
 
 pub fn signed(key: &SigningKey, nonce: u64) -> TxRequest {
     draft(nonce, 1000 + nonce).sign(key).unwrap()
+}
+
+/// A real batch of `txs` transactions signed by `key`, sealed for a fresh key holder in
+/// asia: what a city sends a storage node.
+pub fn sealed_batch(key: &SigningKey, seq: u64, txs: u64) -> (BatchId, Vec<u8>) {
+    let signed: Vec<SignedTx> = (0..txs)
+        .map(|n| {
+            let body = draft(seq * 10_000 + n, 1 + n).sign_body(key).unwrap();
+            SignedTx::from_request_bytes(&body).unwrap()
+        })
+        .collect();
+    let batch = Batch::build("tokyo", seq, vec![], FlagKind::FreshTx, &signed, now_ms());
+    let holder = VaultKey::generate().unwrap();
+    let (envelope, _capsule) = Sealer::new("asia", holder.public().clone())
+        .seal(&batch)
+        .unwrap();
+    (batch.id(), envelope.to_bytes())
 }
 
 /// The tx id of a request, computed as the node does.
