@@ -136,14 +136,7 @@ impl CityHandle {
         if let Some(rec) = self.index.store.get_tx(&tx.id)?
             && !rec.lost
         {
-            return Ok(Admitted::Known(Receipt {
-                tx_id: tx.id,
-                tier: rec.tier,
-                batch_id: rec.batch_id,
-                acks: rec.acks as usize,
-                flag: rec.flag,
-                duplicate: true,
-            }));
+            return Ok(Admitted::Known(Receipt::of_stored(tx.id, &rec)));
         }
         check_policy(&tx, &self.limits, now_ms())?;
         Ok(Admitted::New(tx))

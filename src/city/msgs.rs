@@ -17,7 +17,7 @@ use crate::messages::{
     BatchId, FlagKind, NodeObservation, Placement, SealError, SealedBatch, SignedTx, StoreJob,
     StoreOutcome, Tier, TxId,
 };
-use crate::storage::city_store::CityStoreError;
+use crate::storage::city_store::{CityStoreError, TxRecord};
 use crate::storage::peer::HealthReport;
 use crate::storage::tier::{TierError, TierResult};
 
@@ -30,6 +30,20 @@ pub struct Receipt {
     pub acks: usize,
     pub flag: FlagKind,
     pub duplicate: bool,
+}
+
+impl Receipt {
+    /// The answer to a transaction already stored as `rec`: a duplicate, where it is.
+    pub fn of_stored(tx_id: TxId, rec: &TxRecord) -> Self {
+        Self {
+            tx_id,
+            tier: rec.tier,
+            batch_id: rec.batch_id,
+            acks: rec.acks as usize,
+            flag: rec.flag,
+            duplicate: true,
+        }
+    }
 }
 
 /// Why a transaction was not made durable. Nothing was acknowledged; the client may retry.

@@ -237,38 +237,14 @@ impl MongoTier {
 
     async fn upsert_capsule(&self, sealed: &SealedBatch) -> Result<(), MongoError> {
         let coll = self.collection(&self.vault_collection).await?;
-        let fields = capsule_fields(sealed, DateTime::now());
-        let written = coll
-            .update_one(
-                doc! { "_id": hex32(&sealed.id) },
-                doc! { "$setOnInsert": fields },
-            )
-            .upsert(true)
-            .await;
-        match written {
-            Ok(_) => Ok(()),
-            Err(e) if is_duplicate_key(&e) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        insert_once(&coll, sealed, capsule_fields(sealed, DateTime::now())).await
     }
 
     async fn upsert(&self, sealed: &SealedBatch) -> Result<(), MongoError> {
         let name = collection_for(sealed.batch.header.created_at_ms);
         let fields = insert_fields(sealed, DateTime::now())?;
         let coll = self.collection(&name).await?;
-        let written = coll
-            .update_one(
-                doc! { "_id": hex32(&sealed.id) },
-                doc! { "$setOnInsert": fields },
-            )
-            .upsert(true)
-            .await;
-        match written {
-            Ok(_) => {}
-            // A concurrent upsert of the same batch inserted it first: it is stored.
-            Err(e) if is_duplicate_key(&e) => {}
-            Err(e) => return Err(e.into()),
-        }
+        insert_once(&coll, sealed, fields).await?;
         self.prepare(coll, name);
         Ok(())
     }
@@ -393,6 +369,27 @@ fn index_models() -> Vec<IndexModel> {
             .options(IndexOptions::builder().expire_after(TTL).build())
             .build(),
     ]
+}
+
+/// Writes `fields` as the document of `sealed`'s batch unless it is there already: a
+/// repeated write, or a concurrent one that inserted it first, finds it stored.
+async fn insert_once(
+    coll: &Collection<Document>,
+    sealed: &SealedBatch,
+    fields: Document,
+) -> Result<(), MongoError> {
+    let written = coll
+        .update_one(
+            doc! { "_id": hex32(&sealed.id) },
+            doc! { "$setOnInsert": fields },
+        )
+        .upsert(true)
+        .await;
+    match written {
+        Ok(_) => Ok(()),
+        Err(e) if is_duplicate_key(&e) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn is_duplicate_key(e: &DriverError) -> bool {

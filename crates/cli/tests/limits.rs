@@ -86,6 +86,35 @@ where
     (results, during)
 }
 
+/// What a stalled-body attack must end in: every connection closed within
+/// `CLOSED_WITHIN` of its client stopping, answered 408 or 503 if at all, the node's peak
+/// RSS (`rss` = before, peak, after, in MiB) under `bound_mib`, and honest work tried
+/// (`during`) while every attacker held on.
+fn judge_stall(what: &str, results: &[Stalled], rss: [f64; 3], bound_mib: f64, during: usize) {
+    let [before, peak, after] = rss;
+    let slowest = summarize(what, results);
+    println!(
+        "{what}: RSS {before:.1} MiB before, {peak:.1} MiB peak, {after:.1} MiB after; {during} honest requests while every attacker held on"
+    );
+    let open = results.iter().filter(|r| r.closed_after.is_none()).count();
+    assert_eq!(open, 0, "{open} stalled connections were never closed");
+    assert!(
+        slowest <= CLOSED_WITHIN,
+        "a stalled connection stayed open {slowest:?} after its client stopped"
+    );
+    assert!(
+        results
+            .iter()
+            .all(|r| matches!(r.status, Some(408) | Some(503) | None)),
+        "stalled bodies get 408 or 503: {results:?}"
+    );
+    assert!(
+        peak < bound_mib,
+        "{what}: the node grew to {peak:.1} MiB (bound {bound_mib} MiB)"
+    );
+    assert!(during > 0, "no honest request was tried during the attack");
+}
+
 fn summarize(what: &str, results: &[Stalled]) -> Duration {
     let mut statuses = std::collections::BTreeMap::<String, usize>::new();
     for r in results {
@@ -163,28 +192,13 @@ async fn stalled_bodies_on_a_light_node_are_cut_off_and_its_memory_stays_bounded
     let peak = watch.stop().await;
     put(59).await;
     let after = rss_mib(pid);
-    let slowest = summarize("light node, stalled 2 MB bodies", &results);
-    println!(
-        "light node RSS: {before:.1} MiB before, {peak:.1} MiB peak, {after:.1} MiB after; {during} honest writes while every attacker held on"
+    judge_stall(
+        "light node, stalled 2 MB bodies",
+        &results,
+        [before, peak, after],
+        LIGHT_RSS_BOUND_MIB,
+        during,
     );
-
-    let open = results.iter().filter(|r| r.closed_after.is_none()).count();
-    assert_eq!(open, 0, "{open} stalled connections were never closed");
-    assert!(
-        slowest <= CLOSED_WITHIN,
-        "a stalled connection stayed open {slowest:?} after its client stopped"
-    );
-    assert!(
-        results
-            .iter()
-            .all(|r| matches!(r.status, Some(408) | Some(503) | None)),
-        "stalled bodies get 408 or 503: {results:?}"
-    );
-    assert!(
-        peak < LIGHT_RSS_BOUND_MIB,
-        "the light node grew to {peak:.1} MiB (bound {LIGHT_RSS_BOUND_MIB} MiB)"
-    );
-    assert!(during > 0, "no honest write was tried during the attack");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,30 +252,12 @@ async fn stalled_bodies_on_a_city_are_cut_off_and_honest_transactions_pass() {
     let peak = watch.stop().await;
     post_one(10_000).await;
     let after = rss_mib(pid);
-    let slowest = summarize("city, stalled bodies", &results);
-    println!(
-        "city RSS: {before:.1} MiB before, {peak:.1} MiB peak, {after:.1} MiB after; {during} honest transactions while every attacker held on"
-    );
-
-    let open = results.iter().filter(|r| r.closed_after.is_none()).count();
-    assert_eq!(open, 0, "{open} stalled connections were never closed");
-    assert!(
-        slowest <= CLOSED_WITHIN,
-        "a stalled connection stayed open {slowest:?} after its client stopped"
-    );
-    assert!(
-        results
-            .iter()
-            .all(|r| matches!(r.status, Some(408) | Some(503) | None)),
-        "stalled bodies get 408 or 503: {results:?}"
-    );
-    assert!(
-        peak < CITY_STALL_RSS_BOUND_MIB,
-        "the city grew to {peak:.1} MiB (bound {CITY_STALL_RSS_BOUND_MIB} MiB)"
-    );
-    assert!(
-        during > 0,
-        "no honest transaction was tried during the attack"
+    judge_stall(
+        "city, stalled bodies",
+        &results,
+        [before, peak, after],
+        CITY_STALL_RSS_BOUND_MIB,
+        during,
     );
 }
 

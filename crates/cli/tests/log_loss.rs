@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use citychain::crypto::SigningKey;
-use citychain::messages::{BatchId, SealedEnvelope, hex32};
+use citychain::messages::{BatchId, SealedEnvelope, TxRequest, hex32};
 use citychain::storage::immutable_log::{ImmutableLog, LOG_FILE};
 use common::*;
 use serde_json::Value;
@@ -135,6 +135,24 @@ fn cut_last_record(log_dir: &Path) -> (BatchId, Vec<u8>) {
     (batch, last.payload.clone())
 }
 
+/// Submits `n` transactions from a fresh key to a city whose only tier is its log; each is
+/// stored there. Returns each request with its batch id.
+async fn store_on_the_log(c: &reqwest::Client, city: &str, n: u64) -> Vec<(TxRequest, String)> {
+    let key = SigningKey::generate().unwrap();
+    let mut txs = Vec::new();
+    for nonce in 0..n {
+        let req = signed(&key, nonce);
+        let (status, body) = post(c, city, &req).await;
+        assert_eq!(
+            (status, body["tier"].as_str()),
+            (200, Some("log")),
+            "{body}"
+        );
+        txs.push((req, body["batch_id"].as_str().unwrap().to_string()));
+    }
+    txs
+}
+
 fn city_config(dir: &Path, extra: &str) -> String {
     format!(
         "{}\n[repair]\ninterval = \"100ms\"\n\n{extra}",
@@ -148,18 +166,7 @@ async fn a_city_whose_log_lost_its_last_record_stops_claiming_it_and_reports_it(
     let config = city_config(dir.path(), "[supervisor]\nchain = [\"log\"]\n");
     let city = Proc::start(dir.path(), &config, "city-1.log").await;
     let c = client();
-    let key = SigningKey::generate().unwrap();
-    let mut txs = Vec::new();
-    for nonce in 0..3 {
-        let req = signed(&key, nonce);
-        let (status, body) = post(&c, &city.url, &req).await;
-        assert_eq!(
-            (status, body["tier"].as_str()),
-            (200, Some("log")),
-            "{body}"
-        );
-        txs.push((req, body["batch_id"].as_str().unwrap().to_string()));
-    }
+    let txs = store_on_the_log(&c, &city.url, 3).await;
     let records = ImmutableLog::read_all(&dir.path().join("data/log"))
         .map(|r| r.len())
         .unwrap_or(0);
@@ -398,18 +405,7 @@ async fn a_batch_cut_from_the_log_is_repaired_from_a_full_node_that_holds_it() {
     // The full node is down: batches land on the log.
     let city = Proc::start(&city_dir, &config, "city-1.log").await;
     let c = client();
-    let key = SigningKey::generate().unwrap();
-    let mut txs = Vec::new();
-    for nonce in 0..2 {
-        let req = signed(&key, nonce);
-        let (status, body) = post(&c, &city.url, &req).await;
-        assert_eq!(
-            (status, body["tier"].as_str()),
-            (200, Some("log")),
-            "{body}"
-        );
-        txs.push((req, body["batch_id"].as_str().unwrap().to_string()));
-    }
+    let txs = store_on_the_log(&c, &city.url, 2).await;
     wait_signed(&city.url, 2).await;
     city.stop().await;
 

@@ -82,14 +82,7 @@ impl Intake {
         match index.store.lookup(&tx.id, &nonce) {
             // A transaction whose batch was lost from the log is stored anew.
             Ok(Lookup::Stored(rec)) if !rec.lost => {
-                let _ = reply.send(Ok(Receipt {
-                    tx_id: tx.id,
-                    tier: rec.tier,
-                    batch_id: rec.batch_id,
-                    acks: rec.acks as usize,
-                    flag: rec.flag,
-                    duplicate: true,
-                }));
+                let _ = reply.send(Ok(Receipt::of_stored(tx.id, &rec)));
                 return;
             }
             Ok(Lookup::NonceUsedBy(owner)) if owner != tx.id => {
