@@ -424,18 +424,8 @@ impl Federation {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        #[cfg(target_os = "linux")]
-        {
-            use std::os::unix::process::CommandExt;
-            // SAFETY: prctl is async-signal-safe; it only asks the kernel to send SIGTERM
-            // to this child when its parent dies, so nodes never outlive `up` or a test.
-            unsafe {
-                cmd.pre_exec(|| {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                    Ok(())
-                });
-            }
-        }
+        // Nodes never outlive `up` or a test.
+        crate::die_with_parent(&mut cmd, libc::SIGTERM);
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {} for node {id}", binary.display()))?;
