@@ -19,6 +19,11 @@
 //! default) of the same deployment, keyed by batch id and never expiring, so every batch
 //! this deployment holds can be opened by the continent's key holder from it alone.
 //!
+//! Once the city's Repairer has moved a batch up to full or light nodes, the document
+//! moves to the month's `finished_YYYYMM` collection ([`MongoTier::finish`]): copied
+//! first, then removed from `unfinished_`, so an interrupted move leaves it in both, never
+//! in neither. Reads look in both.
+//!
 //! Each month's collection gets its TTL index on `created_at` (documents are dropped after
 //! [`TTL`]) the first time this process writes to it. It is built in the background so
 //! the month's first write is not slowed; a failure is logged and retried on a later
@@ -45,6 +50,8 @@ use crate::messages::{Capsule, SealError, SealedBatch, SealedEnvelope, hex32};
 
 /// Prefix of the monthly collections of batches not yet repaired to a higher tier.
 pub const UNFINISHED_PREFIX: &str = "unfinished_";
+/// Prefix of the monthly collections of batches a higher tier holds again.
+pub const FINISHED_PREFIX: &str = "finished_";
 /// How long a document is kept after its batch was created (the TTL index).
 pub const TTL: Duration = Duration::from_secs(180 * 24 * 60 * 60);
 /// The collection of capsules unless `[vault] mongo_collection` names another.
@@ -170,12 +177,21 @@ impl MongoTier {
         created_at_ms: u64,
     ) -> Result<Option<Vec<u8>>, MongoError> {
         let read = async {
-            let coll = self.collection(&collection_for(created_at_ms)).await?;
-            let found = coll
-                .find_one(doc! { "_id": hex32(batch_id) })
-                .projection(doc! { "bytes": 1, "blake3": 1 })
-                .await?;
-            found.map(|d| checked_bytes(&d, batch_id)).transpose()
+            for name in [
+                collection_for(created_at_ms),
+                finished_collection_for(created_at_ms),
+            ] {
+                let found = self
+                    .collection(&name)
+                    .await?
+                    .find_one(doc! { "_id": hex32(batch_id) })
+                    .projection(doc! { "bytes": 1, "blake3": 1 })
+                    .await?;
+                if let Some(d) = found {
+                    return checked_bytes(&d, batch_id).map(Some);
+                }
+            }
+            Ok(None)
         };
         self.bounded(read).await
     }
@@ -186,6 +202,34 @@ impl MongoTier {
         self.bounded(async {
             self.upsert_capsule(sealed).await?;
             self.upsert(sealed).await
+        })
+        .await
+    }
+
+    /// Moves batch `batch_id` (created at `created_at_ms`) from its month's `unfinished_`
+    /// collection to `finished_`, once a higher tier holds it again: the document is
+    /// copied (once) before it is removed, so a move cut short leaves it in both and a
+    /// later call finishes it. False if `unfinished_` does not hold it (already moved, or
+    /// never here). Bounded by the tier's deadline.
+    pub async fn finish(
+        &self,
+        batch_id: &[u8; 32],
+        created_at_ms: u64,
+    ) -> Result<bool, MongoError> {
+        self.bounded(async {
+            let id = hex32(batch_id);
+            let from = self.collection(&collection_for(created_at_ms)).await?;
+            let Some(mut fields) = from.find_one(doc! { "_id": &id }).await? else {
+                return Ok(false);
+            };
+            fields.remove("_id");
+            fields.insert("finished_at", DateTime::now());
+            let name = finished_collection_for(created_at_ms);
+            let to = self.collection(&name).await?;
+            insert_once(&to, &id, fields).await?;
+            self.prepare(to, name);
+            from.delete_one(doc! { "_id": &id }).await?;
+            Ok(true)
         })
         .await
     }
@@ -237,14 +281,19 @@ impl MongoTier {
 
     async fn upsert_capsule(&self, sealed: &SealedBatch) -> Result<(), MongoError> {
         let coll = self.collection(&self.vault_collection).await?;
-        insert_once(&coll, sealed, capsule_fields(sealed, DateTime::now())).await
+        insert_once(
+            &coll,
+            &hex32(&sealed.id),
+            capsule_fields(sealed, DateTime::now()),
+        )
+        .await
     }
 
     async fn upsert(&self, sealed: &SealedBatch) -> Result<(), MongoError> {
         let name = collection_for(sealed.batch.header.created_at_ms);
         let fields = insert_fields(sealed, DateTime::now())?;
         let coll = self.collection(&name).await?;
-        insert_once(&coll, sealed, fields).await?;
+        insert_once(&coll, &hex32(&sealed.id), fields).await?;
         self.prepare(coll, name);
         Ok(())
     }
@@ -298,6 +347,13 @@ impl MongoTier {
 pub fn collection_for(created_at_ms: u64) -> String {
     let (year, month) = year_month(created_at_ms);
     format!("{UNFINISHED_PREFIX}{year:04}{month:02}")
+}
+
+/// The collection of a batch created at `created_at_ms` once a higher tier holds it again:
+/// `finished_YYYYMM`.
+pub fn finished_collection_for(created_at_ms: u64) -> String {
+    let (year, month) = year_month(created_at_ms);
+    format!("{FINISHED_PREFIX}{year:04}{month:02}")
 }
 
 /// The UTC year and month (1–12) of a Unix time in milliseconds. Howard Hinnant's
@@ -371,18 +427,15 @@ fn index_models() -> Vec<IndexModel> {
     ]
 }
 
-/// Writes `fields` as the document of `sealed`'s batch unless it is there already: a
+/// Writes `fields` as document `id` (a hex batch id) unless it is there already: a
 /// repeated write, or a concurrent one that inserted it first, finds it stored.
 async fn insert_once(
     coll: &Collection<Document>,
-    sealed: &SealedBatch,
+    id: &str,
     fields: Document,
 ) -> Result<(), MongoError> {
     let written = coll
-        .update_one(
-            doc! { "_id": hex32(&sealed.id) },
-            doc! { "$setOnInsert": fields },
-        )
+        .update_one(doc! { "_id": id }, doc! { "$setOnInsert": fields })
         .upsert(true)
         .await;
     match written {

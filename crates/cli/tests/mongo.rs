@@ -24,7 +24,7 @@ use citychain::messages::{
     Batch, FlagKind, Placement, SealedBatch, SealedEnvelope, Sealer, SignedTx, StoreJob, Urgency,
     hex32, now_ms,
 };
-use citychain::storage::mongo::{MongoTier, TTL, collection_for};
+use citychain::storage::mongo::{MongoTier, TTL, collection_for, finished_collection_for};
 use citychain::storage::tier::StorageTier;
 use citychain_harness::client::TxDraft;
 use citychain_harness::mongo_stand_in::MongoServer;
@@ -284,6 +284,41 @@ async fn each_batch_lands_in_its_months_collection_with_its_fields() {
     .await;
 }
 
+#[tokio::test]
+async fn a_finished_batch_moves_to_its_finished_collection_and_still_reads_back() {
+    with_database(|tier, client, database| async move {
+        let job = job(0, now_ms());
+        store_ok(&tier, &job).await;
+        let db = client.database(&database);
+        let filter = doc! { "_id": hex32(&job.sealed.id) };
+        let (unfinished, finished) = (
+            db.collection::<Document>(&collection_for(created_at(&job))),
+            db.collection::<Document>(&finished_collection_for(created_at(&job))),
+        );
+        let before = unfinished.find_one(filter.clone()).await.unwrap().unwrap();
+
+        assert!(tier.finish(&job.sealed.id, created_at(&job)).await.unwrap());
+        assert_eq!(unfinished.count_documents(filter.clone()).await.unwrap(), 0);
+        let after = finished.find_one(filter.clone()).await.unwrap().unwrap();
+        for field in ["bytes", "blake3", "city_id", "created_at", "stored_at"] {
+            assert_eq!(after.get(field), before.get(field), "{field} kept");
+        }
+        assert!(after.get_datetime("finished_at").is_ok());
+        let back = tier.get_batch(&job.sealed.id, created_at(&job)).await;
+        assert_eq!(back.unwrap(), Some(job.sealed.bytes.to_vec()));
+
+        // Again: nothing left to move, and still one copy.
+        assert!(!tier.finish(&job.sealed.id, created_at(&job)).await.unwrap());
+        assert_eq!(finished.count_documents(filter).await.unwrap(), 1);
+        // A move cut short after its copy (the batch in both) completes on the next call.
+        store_ok(&tier, &job).await;
+        assert!(tier.finish(&job.sealed.id, created_at(&job)).await.unwrap());
+        assert_eq!(unfinished.count_documents(doc! {}).await.unwrap(), 0);
+        assert_eq!(finished.count_documents(doc! {}).await.unwrap(), 1);
+    })
+    .await;
+}
+
 /// Runs everywhere, no MongoDB needed: a city whose MongoDB is unreachable still answers
 /// within the 500 ms budget, from the immutable log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -417,5 +452,27 @@ asia = "{}"
     .await;
     assert_eq!(repaired["holders"][0], "full-1", "{repaired}");
     assert_eq!(repaired["batch_id"], batch_id.as_str(), "{repaired}");
+    // Repaired up, the batch is filed under the month's finished collection.
+    common::wait_for(
+        "the batch filed as finished in MongoDB",
+        Duration::from_secs(10),
+        || async {
+            let mut at = Vec::new();
+            for name in db.list_collection_names().await.ok()? {
+                if db
+                    .collection::<Document>(&name)
+                    .count_documents(filter.clone())
+                    .await
+                    .ok()?
+                    > 0
+                {
+                    at.push(name);
+                }
+            }
+            at.sort();
+            (at.len() == 2 && at[0].starts_with("finished_") && at[1] == "vault").then_some(())
+        },
+    )
+    .await;
     let _ = db.drop().await;
 }

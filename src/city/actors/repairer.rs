@@ -313,6 +313,21 @@ impl RepairContext {
         recovered
     }
 
+    /// Files a batch repaired up from MongoDB under the month's `finished_` collection. A
+    /// failure only leaves it under `unfinished_` (where its TTL still ends it), so it is
+    /// logged, not retried.
+    async fn finish_in_mongo(&self, rec: &BatchRecord) {
+        let Some(mongo) = &self.mongo else {
+            return;
+        };
+        if let Err(e) = mongo
+            .finish(&rec.header.id(), rec.header.created_at_ms)
+            .await
+        {
+            tracing::warn!(batch = %hex32(&rec.header.id()), error = %e, "could not move the batch to MongoDB's finished collection");
+        }
+    }
+
     /// One round: recover batches lost from the log, move batches up, then check a window
     /// of light holdings from `cursor`. Returns what it did and where the next window
     /// starts.
@@ -369,6 +384,9 @@ impl RepairContext {
                     report.moved_up += 1;
                     metrics::counter!(crate::metrics::REPAIRS, "kind" => "upward", "from" => rec.tier.as_str()).increment(1);
                     tracing::info!(batch = %hex::encode(id), from = %rec.tier, %to, "batch repaired up");
+                    if rec.tier == Tier::Mongo {
+                        self.finish_in_mongo(&rec).await;
+                    }
                 }
                 Err(e) => tracing::error!(error = %e, "recording a repair"),
             }
