@@ -21,6 +21,9 @@ use crate::messages::{ParsedTx, SignedTx, TxValidationError};
 #[derive(Debug, Clone)]
 pub struct IntakeLimits {
     pub city: String,
+    /// The city's continent: a transaction that names a continent must name this one (its
+    /// batches are sealed for, and stored in MongoDB of, this continent).
+    pub continent: String,
     pub max_clock_skew: Duration,
     pub max_payload_bytes: usize,
 }
@@ -65,6 +68,14 @@ pub fn check_policy(
         return Err(TxValidationError::WrongCity {
             got: tx.tx.city_id.clone(),
             expected: limits.city.clone(),
+        });
+    }
+    if let Some(continent) = &tx.tx.continent
+        && *continent != limits.continent
+    {
+        return Err(TxValidationError::WrongContinent {
+            got: continent.clone(),
+            expected: limits.continent.clone(),
         });
     }
     Ok(())
@@ -112,11 +123,12 @@ mod tests {
     }
 
     #[test]
-    fn policy_checks_skew_payload_and_city() {
+    fn policy_checks_skew_payload_city_and_continent() {
         let key = SigningKey::from_seed([7; 32]).unwrap();
         let tx = signed_tx(&key, 1, FlagKind::FreshTx, 10);
         let limits = IntakeLimits {
             city: "tokyo".into(),
+            continent: "asia".into(),
             max_clock_skew: Duration::from_secs(60),
             max_payload_bytes: 10,
         };
@@ -134,6 +146,13 @@ mod tests {
             check_policy(&tx, &osaka, now).unwrap_err().code(),
             "wrong_city"
         );
+        // No continent named: the city's. Its own: fine. Another: refused.
+        let mut named = tx.clone();
+        named.tx.continent = Some("asia".into());
+        assert_eq!(check_policy(&named, &limits, now), Ok(()));
+        named.tx.continent = Some("europe".into());
+        let err = check_policy(&named, &limits, now).unwrap_err();
+        assert_eq!((err.status(), err.code()), (400, "wrong_continent"));
         let mut big = tx.clone();
         big.tx.payload = Some(
             serde_json::json!({"memo": "a long memo"})

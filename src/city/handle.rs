@@ -91,6 +91,7 @@ impl CityHandle {
         Self {
             limits: IntakeLimits {
                 city: config.node.city.clone().unwrap_or_default(),
+                continent: config.node.continent.clone(),
                 max_clock_skew: config.intake.max_clock_skew,
                 max_payload_bytes: config.intake.max_payload_bytes,
             },

@@ -176,6 +176,8 @@ pub enum TxValidationError {
     BadSignature,
     #[error("transaction is for city {got}, this node serves {expected}")]
     WrongCity { got: String, expected: String },
+    #[error("transaction names continent {got}, this city is in {expected}")]
+    WrongContinent { got: String, expected: String },
 }
 
 impl TxValidationError {
@@ -198,6 +200,7 @@ impl TxValidationError {
             Self::InvalidPublicKey => "invalid_public_key",
             Self::BadSignature => "bad_signature",
             Self::WrongCity { .. } => "wrong_city",
+            Self::WrongContinent { .. } => "wrong_continent",
         }
     }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use citychain::config::Role;
 use citychain::crypto::SigningKey;
+use citychain_harness::client::TxDraft;
 use citychain_harness::federation::{Federation, FederationSpec, ManifestEntry};
 use common::*;
 use futures::StreamExt;
@@ -349,6 +350,20 @@ async fn bad_input_gets_its_status_and_code_and_changes_nothing() {
             .unwrap(),
             400,
             "timestamp_skew",
+        ),
+        (
+            "another city",
+            "application/json",
+            serde_json::to_vec(&TxDraft::new("bob", 5, "osaka", 9).sign(&key).unwrap()).unwrap(),
+            400,
+            "wrong_city",
+        ),
+        (
+            "another continent",
+            "application/json",
+            serde_json::to_vec(&draft(10, 5).continent("europe").sign(&key).unwrap()).unwrap(),
+            400,
+            "wrong_continent",
         ),
         (
             "oversized body",
