@@ -15,7 +15,7 @@ use std::io::{Cursor, Read};
 use serde::{Deserialize, Serialize};
 
 use super::batch::BatchId;
-use super::piece::PieceRef;
+use super::piece::{Expected, PieceRef};
 use crate::crypto::{self, Hash32, SigningKey};
 
 /// Domain-separation tag of proof-of-hold signatures over whole batches.
@@ -204,6 +204,37 @@ impl PohAck {
             self.piece.as_ref(),
         );
         crypto::verify(holder_key, &msg, &self.signature).map_err(|_| AckError::BadSignature)
+    }
+}
+
+impl Expected {
+    /// From piece acks of batch `batch_id`; `None` if there is none, or if they disagree
+    /// about the coding or the sealed whole (acks the city verified never do).
+    pub fn from_acks<'a>(
+        batch_id: BatchId,
+        acks: impl IntoIterator<Item = &'a PohAck>,
+    ) -> Option<Self> {
+        let mut out: Option<Self> = None;
+        for ack in acks {
+            let r = ack.piece?;
+            if ack.batch_id != batch_id {
+                return None;
+            }
+            let e = out.get_or_insert_with(|| Self {
+                batch_id,
+                coding: r.coding,
+                sealed_len: r.sealed_len,
+                sealed_hash: r.sealed_hash,
+                hashes: std::collections::BTreeMap::new(),
+            });
+            if (e.coding, e.sealed_len, e.sealed_hash) != (r.coding, r.sealed_len, r.sealed_hash) {
+                return None;
+            }
+            if *e.hashes.entry(r.index).or_insert(ack.held_hash) != ack.held_hash {
+                return None;
+            }
+        }
+        out
     }
 }
 

@@ -27,7 +27,6 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::ack::PohAck;
 use super::batch::BatchId;
 use super::wire::{WireError, decode, encode};
 use crate::crypto::{self, Hash32};
@@ -268,7 +267,8 @@ impl Piece {
 }
 
 /// What the acks of a batch's holders promise: the coding, the sealed whole, and the hash
-/// of each piece acked. Pieces read back are held to it, and so is the rebuilt whole.
+/// of each piece acked (`Expected::from_acks`, beside the acks). Pieces read back are held
+/// to it, and so is the rebuilt whole.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Expected {
     pub batch_id: BatchId,
@@ -280,35 +280,6 @@ pub struct Expected {
 }
 
 impl Expected {
-    /// From piece acks of batch `batch_id`; `None` if there is none, or if they disagree
-    /// about the coding or the sealed whole (acks the city verified never do).
-    pub fn from_acks<'a>(
-        batch_id: BatchId,
-        acks: impl IntoIterator<Item = &'a PohAck>,
-    ) -> Option<Self> {
-        let mut out: Option<Self> = None;
-        for ack in acks {
-            let r = ack.piece?;
-            if ack.batch_id != batch_id {
-                return None;
-            }
-            let e = out.get_or_insert_with(|| Self {
-                batch_id,
-                coding: r.coding,
-                sealed_len: r.sealed_len,
-                sealed_hash: r.sealed_hash,
-                hashes: BTreeMap::new(),
-            });
-            if (e.coding, e.sealed_len, e.sealed_hash) != (r.coding, r.sealed_len, r.sealed_hash) {
-                return None;
-            }
-            if *e.hashes.entry(r.index).or_insert(ack.held_hash) != ack.held_hash {
-                return None;
-            }
-        }
-        out
-    }
-
     /// The reference piece `index` must carry.
     pub fn piece_ref(&self, index: u8) -> PieceRef {
         PieceRef {

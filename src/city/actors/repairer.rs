@@ -486,6 +486,14 @@ impl RepairContext {
             );
             return false;
         }
+        let exclude: Vec<String> = alive.iter().map(|a| a.holder_id.clone()).collect();
+        let Some(placement) = self.place(rec, exclude).await else {
+            return false;
+        };
+        if placement.light.is_empty() {
+            tracing::debug!(batch = %hex32(&id), ?missing, "no light node free to place missing pieces on yet");
+            return false;
+        }
         let bytes = match read_pieces(
             &self.client,
             &self.nodes,
@@ -515,19 +523,11 @@ impl RepairContext {
             tracing::error!(batch = %hex32(&id), "regenerated pieces differ from the acked ones; not placing them");
             return false;
         }
-        let exclude: Vec<String> = alive.iter().map(|a| a.holder_id.clone()).collect();
-        let Some(placement) = self.place(rec, exclude).await else {
-            return false;
-        };
         let assigned: Vec<_> = placement
             .light
             .into_iter()
             .zip(pieces.into_iter().filter(|p| missing.contains(&p.index())))
             .collect();
-        if assigned.is_empty() {
-            tracing::debug!(batch = %hex32(&id), ?missing, "no light node free to place missing pieces on yet");
-            return false;
-        }
         let result = self.light().write_pieces(id, assigned, 1).await;
         if !result.observations.is_empty() {
             let _ = self

@@ -2,6 +2,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::crypto::SigningKey;
+use crate::messages::PohAck;
 
 const BATCH: BatchId = [7; 32];
 
