@@ -340,7 +340,7 @@ fn erasure_cost_at_the_default_batch_size() {
         .seal(&plain)
         .unwrap();
     let sealed = envelope.to_bytes();
-    let id = plain.id();
+    let id = BATCH;
     let rounds = 200;
     let time = |f: &mut dyn FnMut()| {
         f();
