@@ -159,6 +159,7 @@ pub async fn start(
             let directory = chain.nodes().clone();
             move || PrioritizerArgs {
                 config: cfg.prioritizer.clone(),
+                light_fanout: cfg.storage.erasure.pieces(),
                 continent: cfg.node.continent.clone(),
                 nodes: directory.clone(),
                 policy: node_policy.clone(),

@@ -115,9 +115,9 @@ pub trait NodePolicy: Send + Sync {
     fn name(&self) -> &'static str;
     fn score(&self, node: &NodeStats, ctx: &SelectContext) -> Score;
 
-    /// Up nodes with room only, best first. Checkpoints go to every such light node; other
-    /// batches to `light_fanout` of them.
-    fn select_nodes(&self, flag: FlagKind, ctx: &SelectContext, nodes: &[NodeStats]) -> Placement {
+    /// Up nodes with room only, best first: `light_fanout` light nodes (one per piece of
+    /// the batch, whatever its flag: a piece goes to one node) and every full node.
+    fn select_nodes(&self, _flag: FlagKind, ctx: &SelectContext, nodes: &[NodeStats]) -> Placement {
         let mut ranked: Vec<(f64, usize, &NodeStats)> = nodes
             .iter()
             .enumerate()
@@ -134,11 +134,7 @@ pub trait NodePolicy: Send + Sync {
                 ra.cmp(&rb)
             })
         });
-        let fanout = if flag == FlagKind::Checkpoint {
-            usize::MAX
-        } else {
-            ctx.light_fanout
-        };
+        let fanout = ctx.light_fanout;
         Placement {
             light: ranked
                 .iter()
@@ -360,7 +356,7 @@ mod tests {
     }
 
     #[test]
-    fn ties_rotate_and_checkpoints_go_everywhere() {
+    fn ties_rotate_and_every_flag_gets_one_node_per_piece() {
         let p = policy();
         let nodes: Vec<_> = (0..4)
             .map(|i| node(&format!("l{i}"), Role::Light, "asia"))
@@ -374,6 +370,8 @@ mod tests {
             .collect();
         assert_eq!(firsts.len(), 4, "equal nodes take turns being first");
         let all = p.select_nodes(FlagKind::Checkpoint, &ctx(0), &nodes);
-        assert_eq!(all.light.len(), 4);
+        assert_eq!(all.light.len(), 2, "one light node per piece");
+        let ids: std::collections::BTreeSet<_> = all.light.iter().map(|t| &t.node_id).collect();
+        assert_eq!(ids.len(), 2, "each piece on a different node");
     }
 }

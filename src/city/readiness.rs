@@ -33,7 +33,7 @@ impl TierReadiness {
             configured: config.supervisor.chain.clone(),
             chain,
             nodes,
-            min_light_acks: config.storage.min_light_acks,
+            min_light_acks: config.storage.min_light_acks(),
             min_full_acks: config.storage.min_full_acks,
         }
     }

@@ -197,8 +197,6 @@ impl Default for FlaggerConfig {
 pub struct PrioritizerConfig {
     /// Node policy: `"weighted"` (the factors in `[prioritizer.weights]`).
     pub policy: NodePolicyName,
-    /// Light nodes each batch is sent to.
-    pub light_fanout: usize,
     #[serde(with = "humantime_serde")]
     pub probe_interval: Duration,
     #[serde(with = "humantime_serde")]
@@ -238,7 +236,6 @@ impl Default for PrioritizerConfig {
     fn default() -> Self {
         Self {
             policy: NodePolicyName::Weighted,
-            light_fanout: 4,
             probe_interval: Duration::from_millis(500),
             probe_timeout: Duration::from_millis(300),
             down_after_failures: 2,
@@ -252,8 +249,9 @@ impl Default for PrioritizerConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
-    /// Valid proof-of-hold acks needed from light nodes.
-    pub min_light_acks: usize,
+    /// How the light tier cuts each batch into pieces, and how many acked pieces a write
+    /// needs.
+    pub erasure: ErasureConfig,
     /// Valid acks needed from full nodes when the light tier failed.
     pub min_full_acks: usize,
     #[serde(with = "humantime_serde")]
@@ -320,10 +318,49 @@ impl MongoConfig {
     }
 }
 
+/// `[storage.erasure]`: the light tier's erasure coding. Each batch's sealed bytes are cut
+/// into `data_pieces` (k) pieces plus `parity_pieces` (m), each to a different light node;
+/// any k rebuild the batch. A write holds once k + `survive_losses` pieces are acked, so
+/// an acknowledged batch survives the loss of that many holders at once; the Repairer
+/// places the pieces still missing and regenerates lost ones, up to all k + m.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ErasureConfig {
+    /// k: pieces of data; each light holder keeps about a k-th of a batch.
+    pub data_pieces: u8,
+    /// m: parity pieces; a batch with every piece placed survives the loss of m holders.
+    pub parity_pieces: u8,
+    /// Holders an acknowledged batch must survive losing (0 to m): the light tier needs
+    /// k + this many acked pieces.
+    pub survive_losses: u8,
+}
+
+impl Default for ErasureConfig {
+    fn default() -> Self {
+        Self {
+            data_pieces: 4,
+            parity_pieces: 2,
+            survive_losses: 1,
+        }
+    }
+}
+
+impl ErasureConfig {
+    /// The coding, if `data_pieces` and `parity_pieces` make one (validation says why not).
+    pub fn coding(&self) -> Option<crate::messages::Coding> {
+        crate::messages::Coding::new(self.data_pieces, self.parity_pieces).ok()
+    }
+
+    /// k + m: the light nodes each batch goes to, one piece each.
+    pub fn pieces(&self) -> usize {
+        usize::from(self.data_pieces) + usize::from(self.parity_pieces)
+    }
+}
+
 impl Default for StorageConfig {
     fn default() -> Self {
         Self {
-            min_light_acks: 3,
+            erasure: ErasureConfig::default(),
             min_full_acks: 1,
             light_deadline: Duration::from_millis(100),
             full_deadline: Duration::from_millis(250),
@@ -339,6 +376,11 @@ pub const DEFAULT_LIGHT_CAPACITY: u64 = 256 * 1024 * 1024;
 pub const DEFAULT_FULL_CAPACITY: u64 = 16 * 1024 * 1024 * 1024;
 
 impl StorageConfig {
+    /// Acked pieces a light write needs: k + `survive_losses`.
+    pub fn min_light_acks(&self) -> usize {
+        usize::from(self.erasure.data_pieces) + usize::from(self.erasure.survive_losses)
+    }
+
     pub fn capacity_for(&self, role: Role) -> u64 {
         match (self.capacity_bytes, role) {
             (0, Role::Light) => DEFAULT_LIGHT_CAPACITY,

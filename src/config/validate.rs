@@ -77,13 +77,22 @@ impl Config {
             p.push("[prioritizer] down_after_failures must be at least 1".into());
         }
         let s = &self.storage;
-        if s.min_light_acks == 0 || s.min_full_acks == 0 {
-            p.push("[storage] min_light_acks and min_full_acks must be at least 1".into());
+        if s.min_full_acks == 0 {
+            p.push("[storage] min_full_acks must be at least 1".into());
         }
-        if pr.light_fanout < s.min_light_acks {
+        let e = &s.erasure;
+        if e.coding().is_none() {
             p.push(format!(
-                "[prioritizer] light_fanout ({}) must be at least [storage] min_light_acks ({})",
-                pr.light_fanout, s.min_light_acks
+                "[storage.erasure] data_pieces ({}) and parity_pieces ({}) must each be at least 1, and at most {} together",
+                e.data_pieces,
+                e.parity_pieces,
+                crate::messages::piece::MAX_PIECES
+            ));
+        }
+        if e.survive_losses > e.parity_pieces {
+            p.push(format!(
+                "[storage.erasure] survive_losses ({}) cannot exceed parity_pieces ({}): with more holders lost, fewer than data_pieces remain",
+                e.survive_losses, e.parity_pieces
             ));
         }
         let mut ids = BTreeSet::new();
@@ -110,10 +119,10 @@ impl Config {
         if n.role == Role::City {
             let lights = s.nodes.iter().filter(|e| e.role == Role::Light).count();
             let fulls = s.nodes.iter().filter(|e| e.role == Role::Full).count();
-            if self.supervisor.chain.contains(&Tier::Light) && lights < s.min_light_acks {
+            if self.supervisor.chain.contains(&Tier::Light) && lights < s.min_light_acks() {
                 p.push(format!(
-                    "[storage] the light tier needs {} acks but only {lights} light nodes are listed",
-                    s.min_light_acks
+                    "[storage] the light tier needs {} acked pieces (data_pieces + survive_losses), each from its own light node, but only {lights} light nodes are listed",
+                    s.min_light_acks()
                 ));
             }
             if self.supervisor.chain.contains(&Tier::Full) && fulls < s.min_full_acks {

@@ -97,6 +97,19 @@ pub struct AckReply {
     pub time_ms: u64,
     /// Base64 of the holder's ML-DSA-65 signature.
     pub signature: String,
+    /// For a light node's ack: the piece it holds (`held_hash` is then the piece's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub piece: Option<PieceReply>,
+}
+
+/// Which piece of the batch a light holder acked, as its ack binds it.
+#[derive(Debug, Serialize)]
+pub struct PieceReply {
+    pub index: u8,
+    pub data_pieces: u8,
+    pub parity_pieces: u8,
+    pub sealed_len: u64,
+    pub sealed_hash: String,
 }
 
 impl From<&PohAck> for AckReply {
@@ -106,6 +119,13 @@ impl From<&PohAck> for AckReply {
             held_hash: hex32(&a.held_hash),
             time_ms: a.time_ms,
             signature: B64.encode(&a.signature),
+            piece: a.piece.map(|p| PieceReply {
+                index: p.index,
+                data_pieces: p.coding.data_pieces,
+                parity_pieces: p.coding.parity_pieces,
+                sealed_len: p.sealed_len,
+                sealed_hash: hex32(&p.sealed_hash),
+            }),
         }
     }
 }

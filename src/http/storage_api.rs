@@ -6,6 +6,11 @@
 //! - `GET /internal/v1/batches/{id}`: the stored bytes, or a JSON 404.
 //! - `POST /internal/v1/batches/{id}/poh`: answer a possession challenge (a postcard
 //!   [`HoldChallenge`]) with a [`HoldProof`], or a JSON 404.
+//! - `PUT /internal/v1/batches/{id}/pieces/{index}`: check and store one erasure-coded
+//!   piece (a postcard [`Piece`]), answer a proof-of-hold ack bound to that piece.
+//! - `GET /internal/v1/batches/{id}/pieces/{index}`: the stored piece, or a JSON 404.
+//! - `POST /internal/v1/batches/{id}/pieces/{index}/poh`: a possession proof of that piece's
+//!   data, or a JSON 404.
 //! - `GET /internal/v1/health`: a [`HealthReport`] (JSON), what the city's probes read.
 //!
 //! Every route but health serves only the nodes on this node's allow-list, by signed
@@ -16,7 +21,11 @@
 //! itself, is well formed, carries the id it is stored under (its clear header hashes to
 //! it), and is fsynced to disk: the ack is the city's proof of durability, so nothing
 //! short of that earns one. The body is ciphertext the node has no key for; it checks the
-//! envelope, never the transactions.
+//! envelope, never the transactions. A piece earns an ack only if it is self-consistent
+//! ([`Piece::from_bytes`]: canonical, a coding we decode, an index within it, the shard
+//! length its coding implies, data that hashes to the hash it names), is filed under the
+//! batch id and index it names, and is fsynced; the ack binds the piece's index, coding
+//! and sealed whole beside its hash.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,8 +38,10 @@ use crate::crypto::SigningKey;
 use crate::http::common::{BodyError, BoundedBody, read_limited_body};
 use crate::http::peer_auth::{AuthenticatedPeer, PeerAuth};
 use crate::http::{ApiError, ApiResult};
-use crate::messages::storage::{BATCHES_PATH, HEALTH_PATH, HealthReport, OCTET_STREAM, POH_SUFFIX};
-use crate::messages::{self, BatchId, HoldChallenge, HoldProof, PohAck, SealedEnvelope};
+use crate::messages::storage::{
+    BATCHES_PATH, HEALTH_PATH, HealthReport, OCTET_STREAM, PIECES_SEGMENT, POH_SUFFIX,
+};
+use crate::messages::{self, BatchId, HoldChallenge, HoldProof, Piece, PohAck, SealedEnvelope};
 use crate::storage::store::{BatchStore, PutOutcome, StoreError};
 
 /// What the storage routes share; register it as `web::Data<StorageState>`.
@@ -76,6 +87,17 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::resource(format!("{BATCHES_PATH}/{{id}}{POH_SUFFIX}"))
             .route(web::post().to(prove_hold)),
     )
+    .service(
+        web::resource(format!("{BATCHES_PATH}/{{id}}{PIECES_SEGMENT}/{{index}}"))
+            .route(web::put().to(put_piece))
+            .route(web::get().to(get_piece)),
+    )
+    .service(
+        web::resource(format!(
+            "{BATCHES_PATH}/{{id}}{PIECES_SEGMENT}/{{index}}{POH_SUFFIX}"
+        ))
+        .route(web::post().to(prove_piece)),
+    )
     .service(web::resource(HEALTH_PATH).route(web::get().to(health)));
 }
 
@@ -97,6 +119,30 @@ impl Drop for InflightGuard<'_> {
 
 fn parse_id(s: &str) -> ApiResult<BatchId> {
     super::common::parse_id(s, "batch_id")
+}
+
+/// A piece index: a decimal number below 256.
+fn parse_index(s: &str) -> ApiResult<u8> {
+    s.parse::<u8>().map_err(|_| {
+        ApiError::bad_request(
+            "invalid_index",
+            format!("piece index {s:?} is not a number from 0 to 255"),
+        )
+    })
+}
+
+fn invalid_piece(why: impl std::fmt::Display) -> ApiError {
+    ApiError::bad_request("invalid_piece", format!("refused piece: {why}"))
+}
+
+fn not_held(id: &BatchId, index: Option<u8>) -> ApiError {
+    ApiError::not_found(match index {
+        None => format!("batch {} is not held here", messages::hex32(id)),
+        Some(i) => format!(
+            "piece {i} of batch {} is not held here",
+            messages::hex32(id)
+        ),
+    })
 }
 
 fn invalid_batch(why: impl std::fmt::Display) -> ApiError {
@@ -130,6 +176,29 @@ async fn put_batch(
 ) -> ApiResult<HttpResponse> {
     let _inflight = InflightGuard::enter(&state.inflight);
     let result = accept_batch(&state, &peer, &path, &req, payload).await;
+    answer_put(&state, "batch", &path, result)
+}
+
+async fn put_piece(
+    peer: AuthenticatedPeer,
+    state: web::Data<StorageState>,
+    path: web::Path<(String, String)>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> ApiResult<HttpResponse> {
+    let _inflight = InflightGuard::enter(&state.inflight);
+    let (id, index) = path.into_inner();
+    let result = accept_piece(&state, &peer, &id, &index, &req, payload).await;
+    answer_put(&state, "piece", &format!("{id}/{index}"), result)
+}
+
+/// Counts and logs a write of a batch or piece, and answers it with the ack.
+fn answer_put(
+    state: &StorageState,
+    what: &'static str,
+    name: &str,
+    result: ApiResult<(PutOutcome, Vec<u8>)>,
+) -> ApiResult<HttpResponse> {
     let outcome = match &result {
         Ok((PutOutcome::Stored, _)) => "stored",
         Ok((PutOutcome::AlreadyHeld, _)) => "duplicate",
@@ -140,19 +209,88 @@ async fn put_batch(
     metrics::counter!(crate::metrics::STORE_REQUESTS, "outcome" => outcome).increment(1);
     metrics::gauge!(crate::metrics::STORE_USED_BYTES).set(state.store.used_bytes() as f64);
     match &result {
-        Ok(_) => tracing::debug!(batch = %path, outcome, "batch accepted"),
+        Ok(_) => tracing::debug!(%what, %name, outcome, "accepted"),
         Err(e) if e.status.as_u16() == 503 => {
             // Logged once, when the store started failing.
-            tracing::debug!(batch = %path, error = %e, "batch refused: the store is failing");
+            tracing::debug!(%what, %name, error = %e, "refused: the store is failing");
         }
         Err(e) if e.status.is_server_error() && e.status.as_u16() != 507 => {
             // The node cannot store what it is offered: its disk or database needs an operator.
-            tracing::error!(batch = %path, error = %e, "storing a batch failed");
+            tracing::error!(%what, %name, error = %e, "storing failed");
         }
-        Err(e) => tracing::debug!(batch = %path, error = %e, "batch refused"),
+        Err(e) => tracing::debug!(%what, %name, error = %e, "refused"),
     }
     let (_, ack) = result?;
     Ok(HttpResponse::Ok().content_type(OCTET_STREAM).body(ack))
+}
+
+fn store_refusal(what: &str, e: StoreError) -> ApiError {
+    match e {
+        StoreError::CapacityExceeded { .. } => {
+            ApiError::new(507, "capacity_exceeded", e.to_string())
+        }
+        _ => store_failing(what, e),
+    }
+}
+
+/// Checks and stores one piece; returns what the store did and the encoded ack.
+async fn accept_piece(
+    state: &StorageState,
+    peer: &AuthenticatedPeer,
+    raw_id: &str,
+    raw_index: &str,
+    req: &HttpRequest,
+    payload: web::Payload,
+) -> ApiResult<(PutOutcome, Vec<u8>)> {
+    let id = parse_id(raw_id)?;
+    let index = parse_index(raw_index)?;
+    let body = read_body(req, payload, state.max_batch_bytes).await?;
+    peer.check_body(&body)?;
+
+    let store = state.store.clone();
+    let key = state.key.clone();
+    let node_id = state.node_id.clone();
+    web::block(move || {
+        let piece = Piece::from_bytes(&body).map_err(invalid_piece)?;
+        let header = &piece.header;
+        if header.batch_id != id || header.piece.index != index {
+            return Err(invalid_piece(format!(
+                "it is piece {} of batch {}, not the piece {index} of {} it was sent as",
+                header.piece.index,
+                messages::hex32(&header.batch_id),
+                messages::hex32(&id)
+            )));
+        }
+        let outcome = store
+            .put_piece(&id, index, &body)
+            .map_err(|e| store_refusal("storing the piece", e))?;
+        // On a retry the piece held is the one first stored under this key; ack what is
+        // held, which a canonical, self-hashing piece of the same id and index can differ
+        // from only if the city sent two different pieces under one name.
+        let held = match outcome {
+            PutOutcome::Stored => piece,
+            PutOutcome::AlreadyHeld => store
+                .get_piece(&id, index)
+                .map_err(|e| store_failing("reading the piece back", e))?
+                .as_deref()
+                .map(Piece::from_bytes)
+                .transpose()
+                .map_err(|e| internal("a held piece does not decode", e))?
+                .ok_or_else(|| internal("reading the piece back", "gone"))?,
+        };
+        let ack = PohAck::sign_piece(
+            &key,
+            &node_id,
+            id,
+            held.header.piece,
+            held.header.hash,
+            messages::now_ms(),
+        )
+        .map_err(|e| internal("signing the ack", e))?;
+        Ok((outcome, messages::encode(&ack)))
+    })
+    .await
+    .map_err(|e| internal("storage worker", e))?
 }
 
 /// Checks and stores one batch; returns what the store did and the encoded ack.
@@ -185,12 +323,9 @@ async fn accept_batch(
                 messages::hex32(&id)
             )));
         }
-        let outcome = store.put(&id, &body).map_err(|e| match e {
-            StoreError::CapacityExceeded { .. } => {
-                ApiError::new(507, "capacity_exceeded", e.to_string())
-            }
-            _ => store_failing("storing the batch", e),
-        })?;
+        let outcome = store
+            .put(&id, &body)
+            .map_err(|e| store_refusal("storing the batch", e))?;
         let ack = PohAck::sign(&key, &node_id, id, &body, messages::now_ms())
             .map_err(|e| internal("signing the ack", e))?;
         Ok((outcome, messages::encode(&ack)))
@@ -228,10 +363,29 @@ async fn get_batch(
         Some(bytes) => Ok(HttpResponse::Ok()
             .insert_header((CONTENT_TYPE, OCTET_STREAM))
             .body(bytes)),
-        None => Err(ApiError::not_found(format!(
-            "batch {} is not held here",
-            messages::hex32(&id)
-        ))),
+        None => Err(not_held(&id, None)),
+    }
+}
+
+async fn get_piece(
+    peer: AuthenticatedPeer,
+    state: web::Data<StorageState>,
+    path: web::Path<(String, String)>,
+) -> ApiResult<HttpResponse> {
+    peer.check_body(&[])?;
+    let (id, index) = path.into_inner();
+    let id = parse_id(&id)?;
+    let index = parse_index(&index)?;
+    let store = state.store.clone();
+    let held = web::block(move || store.get_piece(&id, index))
+        .await
+        .map_err(|e| internal("storage worker", e))?
+        .map_err(|e| store_failing("reading the piece", e))?;
+    match held {
+        Some(bytes) => Ok(HttpResponse::Ok()
+            .insert_header((CONTENT_TYPE, OCTET_STREAM))
+            .body(bytes)),
+        None => Err(not_held(&id, Some(index))),
     }
 }
 
@@ -251,12 +405,7 @@ async fn prove_hold(
     payload: web::Payload,
 ) -> ApiResult<HttpResponse> {
     let id = parse_id(&path)?;
-    let body = read_body(&req, payload, MAX_CHALLENGE_BYTES).await?;
-    peer.check_body(&body)?;
-    let challenge: HoldChallenge = messages::decode(&body).map_err(|e| {
-        ApiError::bad_request("invalid_challenge", format!("refused challenge: {e}"))
-    })?;
-    auth.allow_challenge(&peer)?;
+    let challenge = read_challenge(&peer, &auth, &req, payload).await?;
     let st = state.clone();
     let proof = web::block(move || -> ApiResult<Option<HoldProof>> {
         match st
@@ -279,15 +428,78 @@ async fn prove_hold(
     })
     .await
     .map_err(|e| internal("storage worker", e))??;
+    answer_proof(proof, &id, None)
+}
+
+/// A possession challenge's body, read, checked and decoded, within the peer's rate.
+async fn read_challenge(
+    peer: &AuthenticatedPeer,
+    auth: &PeerAuth,
+    req: &HttpRequest,
+    payload: web::Payload,
+) -> ApiResult<HoldChallenge> {
+    let body = read_body(req, payload, MAX_CHALLENGE_BYTES).await?;
+    peer.check_body(&body)?;
+    let challenge: HoldChallenge = messages::decode(&body).map_err(|e| {
+        ApiError::bad_request("invalid_challenge", format!("refused challenge: {e}"))
+    })?;
+    auth.allow_challenge(peer)?;
+    Ok(challenge)
+}
+
+fn answer_proof(
+    proof: Option<HoldProof>,
+    id: &BatchId,
+    index: Option<u8>,
+) -> ApiResult<HttpResponse> {
     match proof {
         Some(proof) => Ok(HttpResponse::Ok()
             .insert_header((CONTENT_TYPE, OCTET_STREAM))
             .body(messages::encode(&proof))),
-        None => Err(ApiError::not_found(format!(
-            "batch {} is not held here",
-            messages::hex32(&id)
-        ))),
+        None => Err(not_held(id, index)),
     }
+}
+
+/// `REPAIR_REQ` for one piece: a fresh ack bound to the piece held and the chunks of its
+/// data the challenge picked, or 404. Rate-limited with the batch challenges.
+async fn prove_piece(
+    peer: AuthenticatedPeer,
+    auth: web::Data<PeerAuth>,
+    state: web::Data<StorageState>,
+    path: web::Path<(String, String)>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> ApiResult<HttpResponse> {
+    let (id, index) = path.into_inner();
+    let id = parse_id(&id)?;
+    let index = parse_index(&index)?;
+    let challenge = read_challenge(&peer, &auth, &req, payload).await?;
+    let st = state.clone();
+    let proof = web::block(move || -> ApiResult<Option<HoldProof>> {
+        let Some(bytes) = st
+            .store
+            .get_piece(&id, index)
+            .map_err(|e| store_failing("proving a hold", e))?
+        else {
+            return Ok(None);
+        };
+        let piece =
+            Piece::from_bytes(&bytes).map_err(|e| internal("a held piece does not decode", e))?;
+        HoldProof::prove_piece(
+            &st.key,
+            &st.node_id,
+            id,
+            piece.header.piece,
+            &piece.data,
+            &challenge,
+            messages::now_ms(),
+        )
+        .map(Some)
+        .map_err(|e| internal("proving a hold", e))
+    })
+    .await
+    .map_err(|e| internal("storage worker", e))??;
+    answer_proof(proof, &id, Some(index))
 }
 
 /// The health report; 503 (with the same report, saying why) while the store is failing,

@@ -15,10 +15,14 @@ use std::io::{Cursor, Read};
 use serde::{Deserialize, Serialize};
 
 use super::batch::BatchId;
+use super::piece::{Expected, PieceRef};
 use crate::crypto::{self, Hash32, SigningKey};
 
-/// Domain-separation tag of proof-of-hold signatures.
+/// Domain-separation tag of proof-of-hold signatures over whole batches.
 pub const POH_TAG: &str = "citychain/poh/v1";
+/// Domain-separation tag of proof-of-hold signatures over one piece of a batch: an ack for
+/// a piece can never be read as an ack for a whole batch, nor the other way round.
+pub const POH_PIECE_TAG: &str = "citychain/poh-piece/v1";
 
 /// How long an ack is accepted after it was made (upstream: one minute).
 pub const ACK_VALIDITY_MS: u64 = 60_000;
@@ -30,11 +34,15 @@ const CLOCK_TOLERANCE_MS: u64 = 5_000;
 pub struct PohAck {
     pub holder_id: String,
     pub batch_id: BatchId,
-    /// BLAKE3 of the exact bytes the holder stored.
+    /// BLAKE3 of the exact bytes the holder stored: the sealed batch, or for a piece, the
+    /// piece's data.
     pub held_hash: Hash32,
     pub time_ms: u64,
     /// ML-DSA-65 signature by the holder's node key.
     pub signature: Vec<u8>,
+    /// For a light node's ack: which piece of which coding of which sealed bytes it holds
+    /// (signed with the rest under [`POH_PIECE_TAG`]). `None` for a whole batch.
+    pub piece: Option<PieceRef>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -51,6 +59,10 @@ pub enum AckError {
     Stale { age_ms: i64 },
     #[error("the possession proof does not show the challenged bytes")]
     NoPossession,
+    #[error(
+        "ack is for another piece, coding or sealed whole (or for a whole batch where a piece was asked, or the reverse)"
+    )]
+    WrongPiece,
 }
 
 impl PohAck {
@@ -59,10 +71,20 @@ impl PohAck {
         batch_id: &BatchId,
         held_hash: &Hash32,
         time_ms: u64,
+        piece: Option<&PieceRef>,
     ) -> Vec<u8> {
-        let fields = postcard::to_stdvec(&(holder_id, batch_id, held_hash, time_ms))
-            .expect("ack fields encode");
-        crypto::tagged(POH_TAG, &fields)
+        match piece {
+            None => {
+                let fields = postcard::to_stdvec(&(holder_id, batch_id, held_hash, time_ms))
+                    .expect("ack fields encode");
+                crypto::tagged(POH_TAG, &fields)
+            }
+            Some(piece) => {
+                let fields = postcard::to_stdvec(&(holder_id, batch_id, held_hash, time_ms, piece))
+                    .expect("ack fields encode");
+                crypto::tagged(POH_PIECE_TAG, &fields)
+            }
+        }
     }
 
     /// Signs an ack for `held` (the bytes stored) as `holder_id`.
@@ -73,9 +95,36 @@ impl PohAck {
         held: &[u8],
         time_ms: u64,
     ) -> crypto::Result<Self> {
-        let held_hash = crypto::hash(held);
+        Self::sign_hash(key, holder_id, batch_id, crypto::hash(held), time_ms, None)
+    }
+
+    /// Signs an ack for piece `piece` of batch `batch_id`, whose data hashes to
+    /// `held_hash`, as `holder_id`.
+    pub fn sign_piece(
+        key: &SigningKey,
+        holder_id: &str,
+        batch_id: BatchId,
+        piece: PieceRef,
+        held_hash: Hash32,
+        time_ms: u64,
+    ) -> crypto::Result<Self> {
+        Self::sign_hash(key, holder_id, batch_id, held_hash, time_ms, Some(piece))
+    }
+
+    fn sign_hash(
+        key: &SigningKey,
+        holder_id: &str,
+        batch_id: BatchId,
+        held_hash: Hash32,
+        time_ms: u64,
+        piece: Option<PieceRef>,
+    ) -> crypto::Result<Self> {
         let signature = key.sign(&Self::signed_bytes(
-            holder_id, &batch_id, &held_hash, time_ms,
+            holder_id,
+            &batch_id,
+            &held_hash,
+            time_ms,
+            piece.as_ref(),
         ))?;
         Ok(Self {
             holder_id: holder_id.to_owned(),
@@ -83,11 +132,12 @@ impl PohAck {
             held_hash,
             time_ms,
             signature,
+            piece,
         })
     }
 
-    /// Accepts the ack only if it is from `holder_id`, for `batch_id`, over bytes hashing to
-    /// `expected_hash`, recent, and signed by `holder_key`.
+    /// Accepts the ack only if it is a whole-batch ack from `holder_id`, for `batch_id`,
+    /// over bytes hashing to `expected_hash`, recent, and signed by `holder_key`.
     pub fn verify(
         &self,
         holder_id: &str,
@@ -96,8 +146,45 @@ impl PohAck {
         expected_hash: &Hash32,
         now_ms: u64,
     ) -> Result<(), AckError> {
+        self.verify_as(holder_id, holder_key, batch_id, None, expected_hash, now_ms)
+    }
+
+    /// Accepts the ack only if it is from `holder_id`, for exactly piece `piece` of
+    /// `batch_id`, over piece data hashing to `expected_hash`, recent, and signed by
+    /// `holder_key`.
+    pub fn verify_piece(
+        &self,
+        holder_id: &str,
+        holder_key: &[u8],
+        batch_id: &BatchId,
+        piece: &PieceRef,
+        expected_hash: &Hash32,
+        now_ms: u64,
+    ) -> Result<(), AckError> {
+        self.verify_as(
+            holder_id,
+            holder_key,
+            batch_id,
+            Some(piece),
+            expected_hash,
+            now_ms,
+        )
+    }
+
+    fn verify_as(
+        &self,
+        holder_id: &str,
+        holder_key: &[u8],
+        batch_id: &BatchId,
+        piece: Option<&PieceRef>,
+        expected_hash: &Hash32,
+        now_ms: u64,
+    ) -> Result<(), AckError> {
         if &self.batch_id != batch_id {
             return Err(AckError::WrongBatch);
+        }
+        if self.piece.as_ref() != piece {
+            return Err(AckError::WrongPiece);
         }
         if self.holder_id != holder_id {
             return Err(AckError::WrongHolder);
@@ -114,8 +201,40 @@ impl PohAck {
             &self.batch_id,
             &self.held_hash,
             self.time_ms,
+            self.piece.as_ref(),
         );
         crypto::verify(holder_key, &msg, &self.signature).map_err(|_| AckError::BadSignature)
+    }
+}
+
+impl Expected {
+    /// From piece acks of batch `batch_id`; `None` if there is none, or if they disagree
+    /// about the coding or the sealed whole (acks the city verified never do).
+    pub fn from_acks<'a>(
+        batch_id: BatchId,
+        acks: impl IntoIterator<Item = &'a PohAck>,
+    ) -> Option<Self> {
+        let mut out: Option<Self> = None;
+        for ack in acks {
+            let r = ack.piece?;
+            if ack.batch_id != batch_id {
+                return None;
+            }
+            let e = out.get_or_insert_with(|| Self {
+                batch_id,
+                coding: r.coding,
+                sealed_len: r.sealed_len,
+                sealed_hash: r.sealed_hash,
+                hashes: std::collections::BTreeMap::new(),
+            });
+            if (e.coding, e.sealed_len, e.sealed_hash) != (r.coding, r.sealed_len, r.sealed_hash) {
+                return None;
+            }
+            if *e.hashes.entry(r.index).or_insert(ack.held_hash) != ack.held_hash {
+                return None;
+            }
+        }
+        out
     }
 }
 
@@ -179,6 +298,25 @@ impl HoldProof {
         time_ms: u64,
     ) -> crypto::Result<Self> {
         let ack = PohAck::sign(key, holder_id, batch_id, held, time_ms)?;
+        Ok(Self::with_ack(ack, held, challenge))
+    }
+
+    /// Answers `challenge` for piece `piece` of batch `batch_id`, whose data is `held`, as
+    /// `holder_id`: the ack binds the piece, the slices are of its data.
+    pub fn prove_piece(
+        key: &SigningKey,
+        holder_id: &str,
+        batch_id: BatchId,
+        piece: PieceRef,
+        held: &[u8],
+        challenge: &HoldChallenge,
+        time_ms: u64,
+    ) -> crypto::Result<Self> {
+        let ack = PohAck::sign_piece(key, holder_id, batch_id, piece, crypto::hash(held), time_ms)?;
+        Ok(Self::with_ack(ack, held, challenge))
+    }
+
+    fn with_ack(ack: PohAck, held: &[u8], challenge: &HoldChallenge) -> Self {
         let len = held.len() as u64;
         let (outboard, _) = bao::encode::outboard(held);
         let slices = challenge
@@ -197,7 +335,7 @@ impl HoldProof {
                 slice
             })
             .collect();
-        Ok(Self { ack, len, slices })
+        Self { ack, len, slices }
     }
 
     /// Accepts the proof only if its ack verifies (see [`PohAck::verify`]) and every chunk
@@ -213,6 +351,39 @@ impl HoldProof {
     ) -> Result<(), AckError> {
         self.ack
             .verify(holder_id, holder_key, batch_id, expected_hash, now_ms)?;
+        self.verify_slices(expected_hash, challenge)
+    }
+
+    /// [`HoldProof::verify`] for piece `piece` of `batch_id`, whose data was acked as
+    /// hashing to `expected_hash`: the ack must bind that piece (see
+    /// [`PohAck::verify_piece`]) and the chunks tie to the piece's hash.
+    #[allow(clippy::too_many_arguments)]
+    pub fn verify_piece(
+        &self,
+        holder_id: &str,
+        holder_key: &[u8],
+        batch_id: &BatchId,
+        piece: &PieceRef,
+        expected_hash: &Hash32,
+        challenge: &HoldChallenge,
+        now_ms: u64,
+    ) -> Result<(), AckError> {
+        self.ack.verify_piece(
+            holder_id,
+            holder_key,
+            batch_id,
+            piece,
+            expected_hash,
+            now_ms,
+        )?;
+        self.verify_slices(expected_hash, challenge)
+    }
+
+    fn verify_slices(
+        &self,
+        expected_hash: &Hash32,
+        challenge: &HoldChallenge,
+    ) -> Result<(), AckError> {
         let offsets = challenge.chunk_offsets(self.len);
         if self.slices.len() != offsets.len() {
             return Err(AckError::NoPossession);
@@ -393,6 +564,100 @@ mod tests {
         few.slices.pop();
         assert_eq!(
             few.verify("light-1", key.public_key(), &batch, &h, &challenge, 5_100),
+            Err(AckError::NoPossession)
+        );
+    }
+
+    #[test]
+    fn a_piece_ack_binds_its_piece_and_is_never_a_whole_batch_ack() {
+        use crate::messages::piece::Coding;
+        let key = SigningKey::generate().unwrap();
+        let batch = [5u8; 32];
+        let sealed = held(10_000);
+        let pieces = Coding::new(4, 2).unwrap().encode(batch, &sealed).unwrap();
+        let p = &pieces[4];
+        let r = p.header.piece;
+        let ack = PohAck::sign_piece(&key, "light-1", batch, r, p.header.hash, 1_000).unwrap();
+        let pk = key.public_key();
+        assert_eq!(
+            ack.verify_piece("light-1", pk, &batch, &r, &p.header.hash, 1_100),
+            Ok(())
+        );
+        // Not as an ack of the whole batch, whatever hash is offered.
+        assert_eq!(
+            ack.verify("light-1", pk, &batch, &p.header.hash, 1_100),
+            Err(AckError::WrongPiece)
+        );
+        // Not for another index, coding or sealed whole.
+        for other in [
+            PieceRef { index: 3, ..r },
+            PieceRef {
+                sealed_len: r.sealed_len + 1,
+                ..r
+            },
+            PieceRef {
+                sealed_hash: [0; 32],
+                ..r
+            },
+            PieceRef {
+                coding: Coding::new(3, 3).unwrap(),
+                ..r
+            },
+        ] {
+            assert_eq!(
+                ack.verify_piece("light-1", pk, &batch, &other, &p.header.hash, 1_100),
+                Err(AckError::WrongPiece)
+            );
+        }
+        // A piece ref changed after signing does not verify.
+        let mut moved = ack.clone();
+        moved.piece = Some(PieceRef { index: 0, ..r });
+        assert_eq!(
+            moved.verify_piece(
+                "light-1",
+                pk,
+                &batch,
+                &PieceRef { index: 0, ..r },
+                &p.header.hash,
+                1_100
+            ),
+            Err(AckError::BadSignature)
+        );
+        // And a whole-batch ack is not a piece ack.
+        let whole = PohAck::sign(&key, "light-1", batch, &sealed, 1_000).unwrap();
+        assert_eq!(
+            whole.verify_piece("light-1", pk, &batch, &r, &crypto::hash(&sealed), 1_100),
+            Err(AckError::WrongPiece)
+        );
+
+        // Possession proofs go per piece, over the piece's data.
+        let challenge = HoldChallenge::fresh().unwrap();
+        let proof =
+            HoldProof::prove_piece(&key, "light-1", batch, r, &p.data, &challenge, 1_000).unwrap();
+        assert_eq!(
+            proof.verify_piece("light-1", pk, &batch, &r, &p.header.hash, &challenge, 1_100),
+            Ok(())
+        );
+        let other = pieces[5].header.hash;
+        assert_eq!(
+            proof.verify_piece("light-1", pk, &batch, &r, &other, &challenge, 1_100),
+            Err(AckError::WrongHash)
+        );
+        let forged = HoldProof {
+            ack: proof.ack.clone(),
+            ..HoldProof::prove_piece(
+                &key,
+                "light-1",
+                batch,
+                r,
+                &pieces[5].data,
+                &challenge,
+                1_000,
+            )
+            .unwrap()
+        };
+        assert_eq!(
+            forged.verify_piece("light-1", pk, &batch, &r, &p.header.hash, &challenge, 1_100),
             Err(AckError::NoPossession)
         );
     }

@@ -13,6 +13,7 @@ pub mod auth;
 mod batch;
 pub mod names;
 mod outcome;
+pub mod piece;
 mod pipeline;
 pub mod sealed;
 pub mod storage;
@@ -23,6 +24,7 @@ mod wire;
 pub use ack::{ACK_VALIDITY_MS, AckError, CHALLENGE_CHUNKS, HoldChallenge, HoldProof, PohAck};
 pub use batch::{Batch, BatchHeader, BatchId, StoredTx};
 pub use outcome::{StoreOutcome, Tier};
+pub use piece::{Coding, Expected, Piece, PieceError, PieceHeader, PieceRef};
 pub use pipeline::{Flag, NodeObservation, Placement, SealedBatch, StoreJob, Target, Urgency};
 pub use sealed::{Capsule, ClearHeader, SealError, SealedEnvelope, Sealer};
 pub use tx::{

@@ -5,6 +5,11 @@
 //! - `PUT {BATCHES_PATH}/{id}`: store a batch, answer a proof-of-hold ack.
 //! - `GET {BATCHES_PATH}/{id}`: the stored bytes.
 //! - `POST {BATCHES_PATH}/{id}{POH_SUFFIX}`: a fresh proof-of-hold ack (`REPAIR_REQ`).
+//! - `PUT {BATCHES_PATH}/{id}{PIECES_SEGMENT}/{index}`: store one erasure-coded piece of a
+//!   batch (an encoded [`crate::messages::Piece`]), answer a proof-of-hold ack for it.
+//! - `GET {BATCHES_PATH}/{id}{PIECES_SEGMENT}/{index}`: the stored piece.
+//! - `POST {BATCHES_PATH}/{id}{PIECES_SEGMENT}/{index}{POH_SUFFIX}`: a fresh proof of hold
+//!   of that piece.
 //! - `GET {HEALTH_PATH}`: a [`HealthReport`] (JSON).
 
 use serde::{Deserialize, Serialize};
@@ -15,6 +20,8 @@ use crate::config::Role;
 pub const BATCHES_PATH: &str = "/internal/v1/batches";
 /// Appended to a batch's path to ask for a fresh proof of hold.
 pub const POH_SUFFIX: &str = "/poh";
+/// Between a batch's path and a piece index: `{BATCHES_PATH}/{id}{PIECES_SEGMENT}/{index}`.
+pub const PIECES_SEGMENT: &str = "/pieces";
 /// A storage node's health report.
 pub const HEALTH_PATH: &str = "/internal/v1/health";
 /// Content type of batch bodies and of acks (postcard).
@@ -31,7 +38,7 @@ pub struct HealthReport {
     /// Bytes the node will hold at most: its configured capacity, or less when its disk
     /// has less free space than that leaves.
     pub capacity_bytes: u64,
-    /// Batches held.
+    /// Batches and pieces held.
     pub batches: u64,
     /// Write requests being served right now.
     pub inflight: u64,

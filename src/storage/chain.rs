@@ -13,7 +13,7 @@ use super::log_tier::LogTier;
 use super::mongo::MongoTier;
 use super::nodes::{BadNodeKey, NodeDirectory};
 use super::peer::PeerClient;
-use super::peer_tier::PeerTier;
+use super::peer_tier::{PeerTier, PieceTier};
 use super::tier::StorageTier;
 use super::tier_health::TierHealth;
 use crate::config::Config;
@@ -75,10 +75,10 @@ impl TierChain {
             .iter()
             .filter_map(|tier| -> Option<Arc<dyn StorageTier>> {
                 Some(match tier {
-                    Tier::Light => Arc::new(PeerTier {
-                        tier: Tier::Light,
+                    Tier::Light => Arc::new(PieceTier {
                         client: client.clone(),
-                        min_acks: s.min_light_acks,
+                        coding: s.erasure.coding().expect("validated: a coding"),
+                        min_acks: s.min_light_acks(),
                         deadline: s.light_deadline,
                     }),
                     Tier::Full => Arc::new(PeerTier {

@@ -15,7 +15,9 @@ use serde::Deserialize;
 
 use crate::messages::auth::RequestSigner;
 pub use crate::messages::storage::HealthReport;
-use crate::messages::storage::{BATCHES_PATH, HEALTH_PATH, OCTET_STREAM, POH_SUFFIX};
+use crate::messages::storage::{
+    BATCHES_PATH, HEALTH_PATH, OCTET_STREAM, PIECES_SEGMENT, POH_SUFFIX,
+};
 use crate::messages::{self, HoldChallenge, HoldProof, PohAck};
 
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +88,10 @@ fn batch_path(batch_id: &[u8; 32]) -> String {
     format!("{BATCHES_PATH}/{}", messages::hex32(batch_id))
 }
 
+fn piece_path(batch_id: &[u8; 32], index: u8) -> String {
+    format!("{}{PIECES_SEGMENT}/{index}", batch_path(batch_id))
+}
+
 /// A storage node as the client addresses it: its id (what requests are signed for) and
 /// its base URL.
 #[derive(Debug, Clone, Copy)]
@@ -145,15 +151,34 @@ impl PeerClient {
         bytes: impl Into<bytes::Bytes>,
         timeout: Duration,
     ) -> Result<PohAck> {
-        let bytes: bytes::Bytes = bytes.into();
+        self.put(peer, &batch_path(batch_id), bytes.into(), timeout)
+            .await
+    }
+
+    /// Writes the encoded piece `bytes` as piece `index` of batch `batch_id` to `peer`
+    /// (`PUT /internal/v1/batches/{hex id}/pieces/{index}`), the whole exchange bounded by
+    /// `timeout`. Returns the node's proof-of-hold ack for the piece, unverified.
+    pub async fn put_piece(
+        &self,
+        peer: Peer<'_>,
+        batch_id: &[u8; 32],
+        index: u8,
+        bytes: impl Into<bytes::Bytes>,
+        timeout: Duration,
+    ) -> Result<PohAck> {
+        self.put(peer, &piece_path(batch_id, index), bytes.into(), timeout)
+            .await
+    }
+
+    async fn put(
+        &self,
+        peer: Peer<'_>,
+        path: &str,
+        bytes: bytes::Bytes,
+        timeout: Duration,
+    ) -> Result<PohAck> {
         let resp = self
-            .signed(
-                reqwest::Method::PUT,
-                peer,
-                &batch_path(batch_id),
-                &bytes,
-                timeout,
-            )?
+            .signed(reqwest::Method::PUT, peer, path, &bytes, timeout)?
             .header(reqwest::header::CONTENT_TYPE, OCTET_STREAM)
             .body(bytes)
             .send()
@@ -170,14 +195,24 @@ impl PeerClient {
         batch_id: &[u8; 32],
         timeout: Duration,
     ) -> Result<Option<Vec<u8>>> {
+        self.get(peer, &batch_path(batch_id), timeout).await
+    }
+
+    /// Reads piece `index` of batch `batch_id` back from `peer` (the encoded piece, not
+    /// checked); `None` if it does not hold it (404).
+    pub async fn get_piece(
+        &self,
+        peer: Peer<'_>,
+        batch_id: &[u8; 32],
+        index: u8,
+        timeout: Duration,
+    ) -> Result<Option<Vec<u8>>> {
+        self.get(peer, &piece_path(batch_id, index), timeout).await
+    }
+
+    async fn get(&self, peer: Peer<'_>, path: &str, timeout: Duration) -> Result<Option<Vec<u8>>> {
         let resp = self
-            .signed(
-                reqwest::Method::GET,
-                peer,
-                &batch_path(batch_id),
-                &[],
-                timeout,
-            )?
+            .signed(reqwest::Method::GET, peer, path, &[], timeout)?
             .send()
             .await
             .map_err(unreachable)?;
@@ -198,10 +233,35 @@ impl PeerClient {
         challenge: &HoldChallenge,
         timeout: Duration,
     ) -> Result<Option<HoldProof>> {
-        let body = messages::encode(challenge);
         let path = format!("{}{POH_SUFFIX}", batch_path(batch_id));
+        self.challenge_at(peer, &path, challenge, timeout).await
+    }
+
+    /// `REPAIR_REQ` for one piece: challenges `peer` to prove it still holds piece `index`
+    /// of `batch_id` (`POST /internal/v1/batches/{id}/pieces/{index}/poh`). `None` when it
+    /// holds no such piece. The proof is returned unverified.
+    pub async fn challenge_piece(
+        &self,
+        peer: Peer<'_>,
+        batch_id: &[u8; 32],
+        index: u8,
+        challenge: &HoldChallenge,
+        timeout: Duration,
+    ) -> Result<Option<HoldProof>> {
+        let path = format!("{}{POH_SUFFIX}", piece_path(batch_id, index));
+        self.challenge_at(peer, &path, challenge, timeout).await
+    }
+
+    async fn challenge_at(
+        &self,
+        peer: Peer<'_>,
+        path: &str,
+        challenge: &HoldChallenge,
+        timeout: Duration,
+    ) -> Result<Option<HoldProof>> {
+        let body = messages::encode(challenge);
         let resp = self
-            .signed(reqwest::Method::POST, peer, &path, &body, timeout)?
+            .signed(reqwest::Method::POST, peer, path, &body, timeout)?
             .header(reqwest::header::CONTENT_TYPE, OCTET_STREAM)
             .body(body)
             .send()

@@ -32,6 +32,8 @@ use redb::{
 
 /// Batch id → the exact bytes received.
 const BATCHES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("batches");
+/// Erasure-coded pieces (light nodes): [`piece_key`] → the encoded piece received.
+const PIECES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("pieces");
 /// Bookkeeping kept in step with `BATCHES`.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Key in `META`: total length of the values in `BATCHES`.
@@ -42,6 +44,15 @@ const OPENED_KEY: &str = "opened_at_ms";
 
 /// The file inside the node's data directory.
 pub const FILE_NAME: &str = "batches.redb";
+
+/// Where piece `index` of batch `batch_id` is kept: a hash of both, so pieces share the
+/// batches' key type and a batch id never names a piece.
+pub fn piece_key(batch_id: &[u8; 32], index: u8) -> [u8; 32] {
+    let mut input = Vec::with_capacity(33);
+    input.extend_from_slice(batch_id);
+    input.push(index);
+    crate::crypto::hash(&crate::crypto::tagged("citychain/piece-key/v1", &input))
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -211,6 +222,27 @@ impl BatchStore {
         Ok(out)
     }
 
+    /// Every piece held in the store at `dir` (encoded as received), read-only, like
+    /// [`BatchStore::read_all`].
+    pub fn read_all_pieces(dir: &Path) -> Result<Vec<Vec<u8>>> {
+        let path = dir.join(FILE_NAME);
+        let db = super::offline::OfflineDb::open(&path)
+            .map_err(|source| StoreError::Open { path, source })?;
+        let tx = db.begin_read()?;
+        let pieces = match tx.open_table(PIECES) {
+            Ok(t) => t,
+            // A store written before pieces existed has none.
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        for entry in pieces.iter()? {
+            let (_, bytes) = entry?;
+            out.push(bytes.value().to_vec());
+        }
+        Ok(out)
+    }
+
     /// Stores `bytes` under `batch_id`, durably (fsynced) before returning. The same id
     /// again returns [`PutOutcome::AlreadyHeld`] without writing. A put that does not fit
     /// returns [`StoreError::CapacityExceeded`] and writes nothing. While the store is
@@ -218,6 +250,27 @@ impl BatchStore {
     ///
     /// Blocking: call it from a blocking thread in async code.
     pub fn put(&self, batch_id: &[u8; 32], bytes: &[u8]) -> Result<PutOutcome> {
+        self.put_into(BATCHES, batch_id, bytes)
+    }
+
+    /// Stores the encoded piece `bytes` as piece `index` of batch `batch_id`, as
+    /// [`BatchStore::put`] stores a batch (fsynced, idempotent, within the capacity, which
+    /// batches and pieces share).
+    pub fn put_piece(&self, batch_id: &[u8; 32], index: u8, bytes: &[u8]) -> Result<PutOutcome> {
+        self.put_into(PIECES, &piece_key(batch_id, index), bytes)
+    }
+
+    /// The encoded piece `index` of batch `batch_id`, if held. Blocking.
+    pub fn get_piece(&self, batch_id: &[u8; 32], index: u8) -> Result<Option<Vec<u8>>> {
+        self.get_from(PIECES, &piece_key(batch_id, index))
+    }
+
+    fn put_into(
+        &self,
+        table: TableDefinition<'static, &'static [u8; 32], &'static [u8]>,
+        key: &[u8; 32],
+        bytes: &[u8],
+    ) -> Result<PutOutcome> {
         // A panic under this lock can only come from redb itself, before our counters are
         // touched, so a poisoned lock still guards consistent state.
         let _guard = self
@@ -226,15 +279,21 @@ impl BatchStore {
             .unwrap_or_else(PoisonError::into_inner);
         self.recover_locked()?;
         let db = self.handle()?;
-        let result = self.put_in(&db, batch_id, bytes);
+        let result = self.put_in(&db, table, key, bytes);
         self.watch(result, db)
     }
 
-    fn put_in(&self, db: &Database, batch_id: &[u8; 32], bytes: &[u8]) -> Result<PutOutcome> {
+    fn put_in(
+        &self,
+        db: &Database,
+        table: TableDefinition<'static, &'static [u8; 32], &'static [u8]>,
+        batch_id: &[u8; 32],
+        bytes: &[u8],
+    ) -> Result<PutOutcome> {
         let mut tx = db.begin_write()?;
         tx.set_durability(Durability::Immediate)?;
         let used = {
-            let mut batches = tx.open_table(BATCHES)?;
+            let mut batches = tx.open_table(table)?;
             if batches.get(batch_id)?.is_some() {
                 drop(batches);
                 tx.abort()?;
@@ -261,10 +320,18 @@ impl BatchStore {
 
     /// The bytes stored under `batch_id`, if any. Blocking.
     pub fn get(&self, batch_id: &[u8; 32]) -> Result<Option<Vec<u8>>> {
+        self.get_from(BATCHES, batch_id)
+    }
+
+    fn get_from(
+        &self,
+        table: TableDefinition<'static, &'static [u8; 32], &'static [u8]>,
+        batch_id: &[u8; 32],
+    ) -> Result<Option<Vec<u8>>> {
         let db = self.handle()?;
         let read = || -> Result<Option<Vec<u8>>> {
             let tx = db.begin_read()?;
-            let batches = tx.open_table(BATCHES)?;
+            let batches = tx.open_table(table)?;
             let value = batches.get(batch_id)?;
             Ok(value.map(|g| g.value().to_vec()))
         };
@@ -304,7 +371,7 @@ impl BatchStore {
         }
     }
 
-    /// Number of batches held.
+    /// Number of batches and pieces held.
     pub fn batch_count(&self) -> u64 {
         self.batch_count.load(Ordering::Acquire)
     }
@@ -530,10 +597,11 @@ fn open_db(path: &Path, cache_bytes: usize) -> Result<(Database, u64, u64)> {
     tx.set_durability(Durability::Immediate)?;
     let (used, count) = {
         let batches = tx.open_table(BATCHES)?;
+        let pieces = tx.open_table(PIECES)?;
         let mut meta = tx.open_table(META)?;
         let used = meta.get(USED_BYTES_KEY)?.map_or(0, |g| g.value());
         meta.insert(OPENED_KEY, crate::messages::now_ms())?;
-        (used, batches.len()?)
+        (used, batches.len()? + pieces.len()?)
     };
     tx.commit()?;
     Ok((db, used, count))
@@ -680,6 +748,48 @@ mod tests {
             .filter(|i| store.contains(&id(*i as u8)).unwrap())
             .count();
         assert_eq!(held, 3);
+    }
+
+    #[test]
+    fn pieces_are_kept_apart_from_batches_under_the_same_capacity() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = BatchStore::open(dir.path(), 20).unwrap();
+            assert_eq!(store.put(&id(1), b"batch").unwrap(), PutOutcome::Stored);
+            assert_eq!(store.get_piece(&id(1), 0).unwrap(), None);
+            assert_eq!(
+                store.put_piece(&id(1), 0, b"piece0").unwrap(),
+                PutOutcome::Stored
+            );
+            assert_eq!(
+                store.put_piece(&id(1), 1, b"piece1").unwrap(),
+                PutOutcome::Stored
+            );
+            assert_eq!(
+                store.put_piece(&id(1), 1, b"other").unwrap(),
+                PutOutcome::AlreadyHeld
+            );
+            assert_eq!(
+                store.get_piece(&id(1), 1).unwrap().as_deref(),
+                Some(&b"piece1"[..])
+            );
+            assert_eq!(store.get(&id(1)).unwrap().as_deref(), Some(&b"batch"[..]));
+            assert_eq!((store.used_bytes(), store.batch_count()), (17, 3));
+            assert!(matches!(
+                store.put_piece(&id(2), 0, b"1234"),
+                Err(StoreError::CapacityExceeded { needed: 4, free: 3 })
+            ));
+        }
+        assert_eq!(
+            BatchStore::read_all_pieces(dir.path()).unwrap().len(),
+            2,
+            "an offline reader finds the pieces"
+        );
+        assert_eq!(BatchStore::read_all(dir.path()).unwrap().len(), 1);
+        let store = BatchStore::open(dir.path(), 20).unwrap();
+        assert_eq!((store.used_bytes(), store.batch_count()), (17, 3));
+        assert_ne!(piece_key(&id(1), 0), piece_key(&id(1), 1));
+        assert_ne!(piece_key(&id(1), 0), id(1));
     }
 
     #[test]

@@ -55,6 +55,9 @@ pub enum TierError {
     },
     #[error("immutable log: {0}")]
     Log(#[source] Box<LogError>),
+    /// The batch could not be cut into pieces (the light tier).
+    #[error("cutting the batch into pieces: {0}")]
+    Pieces(#[source] crate::messages::PieceError),
 }
 
 /// Why one storage node did not count towards a quorum.

@@ -9,7 +9,8 @@ use clap::{Args, Subcommand};
 
 use citychain::config::{Config, VaultConfig};
 use citychain::crypto::vault::VaultKey;
-use citychain::messages::{self, BatchId, SealedEnvelope};
+use citychain::messages::piece::rebuild_found;
+use citychain::messages::{self, BatchId, Piece, SealedEnvelope};
 use citychain::storage::immutable_log::{ImmutableLog, RecordKind};
 use citychain::storage::store::BatchStore;
 use citychain::storage::vault::VaultReader;
@@ -52,9 +53,10 @@ pub struct OpenArgs {
     /// Sealed batches from: one file of sealed bytes,
     #[arg(long, group = "source")]
     batch: Option<PathBuf>,
-    /// or a light or full node's data directory,
+    /// or a light or full node's data directory; repeat it to rebuild light batches
+    /// from the pieces of several light nodes (any k of a batch's pieces do),
     #[arg(long, group = "source")]
-    store: Option<PathBuf>,
+    store: Vec<PathBuf>,
     /// or an immutable log directory.
     #[arg(long, group = "source")]
     log: Option<PathBuf>,
@@ -209,15 +211,46 @@ fn load_keys(paths: &[PathBuf]) -> anyhow::Result<Vec<VaultKey>> {
 }
 
 /// The sealed batches named by the source arguments: (id, bytes).
-fn sealed_batches(args: &OpenArgs) -> anyhow::Result<Vec<(BatchId, Vec<u8>)>> {
+/// What the named sources held: sealed batches (id, bytes), and the batches of which only
+/// pieces were found and too few to rebuild them (id, why).
+type Found = (Vec<(BatchId, Vec<u8>)>, Vec<(BatchId, String)>);
+
+fn sealed_batches(args: &OpenArgs) -> anyhow::Result<Found> {
+    let mut unbuilt = Vec::new();
     let mut all = if let Some(file) = &args.batch {
         let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
         let envelope = SealedEnvelope::from_bytes(&bytes)
             .with_context(|| format!("{} is not a sealed batch", file.display()))?;
         vec![(envelope.id(), bytes)]
-    } else if let Some(dir) = &args.store {
-        BatchStore::read_all(dir)
-            .with_context(|| format!("reading the store in {}", dir.display()))?
+    } else if !args.store.is_empty() {
+        let mut whole: std::collections::BTreeMap<BatchId, Vec<u8>> = Default::default();
+        let mut pieces = Vec::new();
+        for dir in &args.store {
+            whole.extend(
+                BatchStore::read_all(dir)
+                    .with_context(|| format!("reading the store in {}", dir.display()))?,
+            );
+            for bytes in BatchStore::read_all_pieces(dir)
+                .with_context(|| format!("reading the pieces in {}", dir.display()))?
+            {
+                match Piece::from_bytes(&bytes) {
+                    Ok(piece) => pieces.push(piece),
+                    Err(e) => eprintln!("{}: a piece that does not decode: {e}", dir.display()),
+                }
+            }
+        }
+        for (id, rebuilt) in rebuild_found(pieces) {
+            if whole.contains_key(&id) {
+                continue;
+            }
+            match rebuilt {
+                Ok(bytes) => {
+                    whole.insert(id, bytes);
+                }
+                Err(e) => unbuilt.push((id, e.to_string())),
+            }
+        }
+        whole.into_iter().collect()
     } else if let Some(dir) = &args.log {
         let records = ImmutableLog::read_all(dir)
             .with_context(|| format!("reading the log in {}", dir.display()))?;
@@ -235,19 +268,26 @@ fn sealed_batches(args: &OpenArgs) -> anyhow::Result<Vec<(BatchId, Vec<u8>)>> {
     if let Some(id) = &args.id {
         let id = messages::parse_hex32(id).context("--id must be 64 hex characters")?;
         all.retain(|(held, _)| *held == id);
-        if all.is_empty() {
+        unbuilt.retain(|(held, _)| *held == id);
+        if all.is_empty() && unbuilt.is_empty() {
             bail!("batch {} is not there", messages::hex32(&id));
         }
     }
-    Ok(all)
+    Ok((all, unbuilt))
 }
 
 fn open(args: &OpenArgs) -> anyhow::Result<()> {
     let keys = load_keys(&args.keys)?;
-    let batches = sealed_batches(args)?;
+    let (batches, unbuilt) = sealed_batches(args)?;
     let vault = VaultReader::open(&args.vault)
         .with_context(|| format!("opening the key vault in {}", args.vault.display()))?;
-    let mut failed = 0;
+    let mut failed = unbuilt.len();
+    for (id, why) in &unbuilt {
+        eprintln!(
+            "batch {}: cannot be rebuilt from the pieces found: {why}",
+            messages::hex32(id)
+        );
+    }
     for (id, bytes) in &batches {
         match open_one(&vault, &keys, id, bytes) {
             Ok(line) => println!("{line}"),
@@ -260,7 +300,7 @@ fn open(args: &OpenArgs) -> anyhow::Result<()> {
     if failed > 0 {
         return Err(Failed::Check(format!(
             "{failed} of {} batches did not open",
-            batches.len()
+            batches.len() + unbuilt.len()
         ))
         .into());
     }

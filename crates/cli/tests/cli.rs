@@ -50,7 +50,7 @@ max_batch_txs = 0
 max_delay = "later"
 
 [storage]
-min_light_acks = 3
+min_full_acks = 1
 colour = "blue"
 "#,
     )

@@ -59,7 +59,10 @@ async fn a_thousand_signed_transactions_are_stored_on_light_nodes_and_readable()
         assert_eq!(body["tx_id"].as_str(), Some(id.as_str()));
         assert_eq!(body["duplicate"], false);
         assert_eq!(body["flag"], "fresh_tx");
-        assert!(body["acks"].as_u64().unwrap() >= 3, "{body}");
+        assert!(
+            body["acks"].as_u64().unwrap() >= 5,
+            "k + 1 pieces acked: {body}"
+        );
         batches.insert(body["batch_id"].as_str().unwrap().to_string());
     }
     assert!(batches.len() < 1000, "transactions share batches");
@@ -74,8 +77,9 @@ async fn a_thousand_signed_transactions_are_stored_on_light_nodes_and_readable()
         assert_eq!(body["tx"]["receiver"], "bob");
     }
 
-    // A batch links into the DAG, its acks name its holders, and every holder really
-    // has it on disk (asked over the storage node's own API).
+    // A batch links into the DAG, its acks name its holders and the piece each holds,
+    // every holder really has its piece on disk (asked over the storage node's own API),
+    // and the pieces rebuild the sealed batch.
     let some_batch = batches.iter().next().unwrap();
     let (status, batch) = get(&client, &format!("{city}/v1/batches/{some_batch}")).await;
     assert_eq!(status, 200);
@@ -87,9 +91,23 @@ async fn a_thousand_signed_transactions_are_stored_on_light_nodes_and_readable()
         .map(|h| h.as_str().unwrap().to_string())
         .collect();
     assert_eq!(batch["acks"].as_array().unwrap().len(), holders.len());
-    for h in &holders {
-        assert!(holds(&fed, h, some_batch).await, "holder {h} has the batch");
+    let distinct: std::collections::BTreeSet<&String> = holders.iter().collect();
+    assert_eq!(distinct.len(), holders.len(), "one piece per holder");
+    for ack in batch["acks"].as_array().unwrap() {
+        let h = ack["holder_id"].as_str().unwrap();
+        let index = ack["piece"]["index"].as_u64().unwrap() as u8;
+        assert!(
+            holds_piece(&fed, h, some_batch, index).await,
+            "holder {h} has piece {index}"
+        );
+        assert!(
+            !holds(&fed, h, some_batch).await,
+            "no light node holds it whole"
+        );
     }
+    let sealed = rebuild_light(&fed, &batch, &[]).await;
+    let envelope = citychain::messages::SealedEnvelope::from_bytes(&sealed).unwrap();
+    assert_eq!(hex::encode(envelope.id()), *some_batch);
     let seqs: Vec<u64> = {
         let mut v = Vec::new();
         for b in &batches {
@@ -533,7 +551,8 @@ async fn a_killed_city_resumes_its_index_and_dag_from_disk() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_held_on_lower_tiers_are_repaired_up_and_lost_holdings_re_replicated() {
     let dir = tempfile::tempdir().unwrap();
-    let mut fed = federation(dir.path()).await;
+    // One light node more than a batch has pieces, so a lost holder's piece has a home.
+    let mut fed = federation_with_lights(dir.path(), 7).await;
     let city = fed.city_url();
     let client = client();
     let key = SigningKey::generate().unwrap();
@@ -596,7 +615,7 @@ async fn batches_held_on_lower_tiers_are_repaired_up_and_lost_holdings_re_replic
         )
         .await;
         let holders = body["holders"].as_array().unwrap();
-        assert!(holders.len() >= 3, "{body}");
+        assert!(holders.len() >= 5, "at least k + 1 pieces: {body}");
         assert!(
             holders
                 .iter()
@@ -605,7 +624,8 @@ async fn batches_held_on_lower_tiers_are_repaired_up_and_lost_holdings_re_replic
         );
     }
 
-    // A light holder is lost for good: what it held is re-replicated elsewhere.
+    // A light holder is lost for good: its piece is regenerated from the others and
+    // placed elsewhere.
     let (_, body) = get(&client, &format!("{city}/v1/tx/{}", tx_id(&on_full))).await;
     let victim = body["holders"][0].as_str().unwrap().to_string();
     fed.kill(&victim).unwrap();
@@ -620,15 +640,21 @@ async fn batches_held_on_lower_tiers_are_repaired_up_and_lost_holdings_re_replic
                 .iter()
                 .filter_map(|h| h.as_str())
                 .collect();
-            (!holders.contains(&victim.as_str()) && holders.len() >= 3).then_some(b.clone())
+            (!holders.contains(&victim.as_str()) && holders.len() == 6).then_some(b.clone())
         },
     )
     .await;
     assert_eq!(body["tier"], "light");
-    // And the new holders really have it.
+    // And the holders really have their pieces, which rebuild the batch.
     let batch_id = body["batch_id"].as_str().unwrap();
-    for h in body["holders"].as_array().unwrap() {
-        assert!(holds(&fed, h.as_str().unwrap(), batch_id).await, "{h}");
+    let batch = batch_of(&client, &city, &body).await;
+    for ack in batch["acks"].as_array().unwrap() {
+        let (h, index) = (
+            ack["holder_id"].as_str().unwrap(),
+            ack["piece"]["index"].as_u64().unwrap() as u8,
+        );
+        assert!(holds_piece(&fed, h, batch_id, index).await, "{h} #{index}");
     }
+    rebuild_light(&fed, &batch, &[]).await;
     fed.shutdown().await.unwrap();
 }

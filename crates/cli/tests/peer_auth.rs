@@ -47,7 +47,11 @@ async fn strangers_cannot_write_read_or_get_proofs_from_storage_nodes() {
     assert_eq!(stored["tier"], "light", "{stored}");
     let batch_hex = stored["batch_id"].as_str().unwrap().to_string();
     let batch_id = messages::parse_hex32(&batch_hex).unwrap();
-    let holder = stored_holder(&client, &city, &stored).await;
+    // One holder and the piece of the batch it holds, as the city recorded them.
+    let (_, batch) = get(&client, &format!("{city}/v1/batches/{batch_hex}")).await;
+    let (pieces, expected) =
+        citychain_harness::testkit::light_expectation(&batch).expect("a light batch");
+    let (holder, index) = pieces[0].clone();
     let node = fed.node(&holder);
     let peer = Peer {
         id: &node.id,
@@ -55,25 +59,49 @@ async fn strangers_cannot_write_read_or_get_proofs_from_storage_nodes() {
     };
     let before = holdings(&client, &node.url).await;
 
-    // A junk batch that would pass every content check: sealed, well formed, its own id.
+    // A junk piece that would pass every content check: self-consistent, of a sealed,
+    // well formed batch under its own id.
     let junk_key = SigningKey::generate().unwrap();
     let (junk_id, junk_bytes) = sealed_batch(&junk_key, 0, 1);
+    let junk = citychain::messages::Coding::new(4, 2)
+        .unwrap()
+        .encode(junk_id, &junk_bytes)
+        .unwrap()
+        .remove(0)
+        .to_bytes();
 
-    // 1. No credentials at all, on every route.
+    // 1. No credentials at all, on every route, whole batches and pieces.
     let url = format!("{}/internal/v1/batches", node.url);
     let challenge = HoldChallenge::fresh().unwrap();
+    let junk_hex = messages::hex32(&junk_id);
     for (what, req) in [
         (
             "write",
             client
-                .put(format!("{url}/{}", messages::hex32(&junk_id)))
+                .put(format!("{url}/{junk_hex}"))
                 .body(junk_bytes.clone()),
         ),
+        (
+            "piece write",
+            client
+                .put(format!("{url}/{junk_hex}/pieces/0"))
+                .body(junk.clone()),
+        ),
         ("read", client.get(format!("{url}/{batch_hex}"))),
+        (
+            "piece read",
+            client.get(format!("{url}/{batch_hex}/pieces/{index}")),
+        ),
         (
             "proof",
             client
                 .post(format!("{url}/{batch_hex}/poh"))
+                .body(messages::encode(&challenge)),
+        ),
+        (
+            "piece proof",
+            client
+                .post(format!("{url}/{batch_hex}/pieces/{index}/poh"))
                 .body(messages::encode(&challenge)),
         ),
     ] {
@@ -104,9 +132,13 @@ async fn strangers_cannot_write_read_or_get_proofs_from_storage_nodes() {
     ] {
         let r = c.put_batch(peer, &junk_id, junk_bytes.clone(), T).await;
         assert_eq!(refusal(r), (401, code.into()), "{who} write");
-        let r = c.get_batch(peer, &batch_id, T).await;
+        let r = c.put_piece(peer, &junk_id, 0, junk.clone(), T).await;
+        assert_eq!(refusal(r), (401, code.into()), "{who} piece write");
+        let r = c.get_piece(peer, &batch_id, index, T).await;
         assert_eq!(refusal(r), (401, code.into()), "{who} read");
-        let r = c.challenge(peer, &batch_id, &challenge, T).await;
+        let r = c
+            .challenge_piece(peer, &batch_id, index, &challenge, T)
+            .await;
         assert_eq!(refusal(r), (401, code.into()), "{who} proof");
     }
 
@@ -117,33 +149,31 @@ async fn strangers_cannot_write_read_or_get_proofs_from_storage_nodes() {
         city_client.get_batch(peer, &junk_id, T).await.unwrap(),
         None
     );
-    // The city itself still reads its batch and gets proofs that verify.
+    assert_eq!(
+        city_client.get_piece(peer, &junk_id, 0, T).await.unwrap(),
+        None
+    );
+    // The city itself still reads its piece and gets proofs of it that verify.
     let held = city_client
-        .get_batch(peer, &batch_id, T)
+        .get_piece(peer, &batch_id, index, T)
         .await
         .unwrap()
-        .expect("the city reads its batch");
+        .expect("the city reads its piece");
+    let held = citychain::messages::Piece::from_bytes(&held).unwrap();
+    assert_eq!(expected.refuse(index, &held), None, "the piece acked");
     let proof = city_client
-        .challenge(peer, &batch_id, &challenge, T)
+        .challenge_piece(peer, &batch_id, index, &challenge, T)
         .await
         .unwrap()
         .expect("the holder proves it");
-    let (_, batch) = get(&client, &format!("{city}/v1/batches/{batch_hex}")).await;
-    assert!(
-        batch["holders"]
-            .as_array()
-            .unwrap()
-            .contains(&Value::from(holder.clone()))
-    );
     let node_key = SigningKey::load(&node.config.node.key_path()).unwrap();
-    let node_key = node_key.public_key();
-    let held_hash = citychain::crypto::hash(&held);
     proof
-        .verify(
+        .verify_piece(
             &holder,
-            node_key,
+            node_key.public_key(),
             &batch_id,
-            &held_hash,
+            &expected.piece_ref(index),
+            &expected.hashes[&index],
             &challenge,
             messages::now_ms(),
         )
@@ -166,13 +196,6 @@ async fn strangers_cannot_write_read_or_get_proofs_from_storage_nodes() {
     fed.shutdown().await.unwrap();
 }
 
-/// One holder of the stored transaction's batch.
-async fn stored_holder(client: &reqwest::Client, city: &str, stored: &Value) -> String {
-    let id = stored["tx_id"].as_str().unwrap();
-    let (_, tx) = get(client, &format!("{city}/v1/tx/{id}")).await;
-    tx["holders"][0].as_str().expect("a holder").to_string()
-}
-
 /// How a rogue light node lies in its acks.
 #[derive(Clone, Copy, Debug)]
 enum Lie {
@@ -184,10 +207,15 @@ enum Lie {
     WrongHash,
     /// Signs, with its real key, an ack two minutes old.
     Stale,
+    /// Signs, with its real key, an ack for another piece of the same batch.
+    OtherPiece,
+    /// Signs, with its real key, an ack for the whole batch instead of its piece.
+    Whole,
 }
 
 /// A light node served by the test: stores nothing, answers health probes, and answers
-/// every write with an ack that lies as `lie` says. Returns its `[[storage.nodes]]` entry.
+/// every piece written with an ack that lies as `lie` says. Returns its `[[storage.nodes]]`
+/// entry.
 fn rogue_light(id: &'static str, lie: Lie) -> (String, actix_web::dev::ServerHandle) {
     use actix_web::{App, HttpResponse, HttpServer, web};
     use base64::Engine;
@@ -197,8 +225,16 @@ fn rogue_light(id: &'static str, lie: Lie) -> (String, actix_web::dev::ServerHan
     let real = Arc::new(SigningKey::generate().unwrap());
     let other = Arc::new(SigningKey::generate().unwrap());
     // A genuine ack of this node, for a batch written before the test looks.
-    let earlier =
-        Arc::new(PohAck::sign(&real, id, [0xaa; 32], b"earlier", messages::now_ms()).unwrap());
+    let earlier = {
+        let pieces = citychain::messages::Coding::new(1, 5)
+            .unwrap()
+            .encode([0xaa; 32], b"earlier")
+            .unwrap();
+        let p = &pieces[0].header;
+        Arc::new(
+            PohAck::sign_piece(&real, id, [0xaa; 32], p.piece, p.hash, messages::now_ms()).unwrap(),
+        )
+    };
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let entry = format!(
@@ -224,21 +260,32 @@ fn rogue_light(id: &'static str, lie: Lie) -> (String, actix_web::dev::ServerHan
                 }),
             )
             .route(
-                "/internal/v1/batches/{id}",
-                web::put().to(move |path: web::Path<String>, body: web::Bytes| {
+                "/internal/v1/batches/{id}/pieces/{index}",
+                web::put().to(move |path: web::Path<(String, u8)>, body: web::Bytes| {
                     let (real, other, earlier) = (real.clone(), other.clone(), earlier.clone());
                     async move {
-                        let batch = messages::parse_hex32(&path).unwrap();
+                        let batch = messages::parse_hex32(&path.0).unwrap();
+                        let piece = citychain::messages::Piece::from_bytes(&body).unwrap();
+                        let (r, h) = (piece.header.piece, piece.header.hash);
                         let now = messages::now_ms();
+                        let sign = |key: &SigningKey, r, h, t| {
+                            PohAck::sign_piece(key, id, batch, r, h, t).unwrap()
+                        };
                         let ack = match lie {
-                            Lie::OtherKey => PohAck::sign(&other, id, batch, &body, now).unwrap(),
+                            Lie::OtherKey => sign(&other, r, h, now),
                             Lie::WrongHash => {
-                                PohAck::sign(&real, id, batch, b"not it", now).unwrap()
+                                sign(&real, r, citychain::crypto::hash(b"not it"), now)
                             }
-                            Lie::Stale => {
-                                PohAck::sign(&real, id, batch, &body, now - 120_000).unwrap()
-                            }
+                            Lie::Stale => sign(&real, r, h, now - 120_000),
                             Lie::Replay => (*earlier).clone(),
+                            Lie::OtherPiece => {
+                                let other_index = citychain::messages::PieceRef {
+                                    index: (r.index + 1) % 6,
+                                    ..r
+                                };
+                                sign(&real, other_index, h, now)
+                            }
+                            Lie::Whole => PohAck::sign(&real, id, batch, &body, now).unwrap(),
                         };
                         HttpResponse::Ok()
                             .content_type("application/octet-stream")
@@ -270,14 +317,17 @@ async fn forged_replayed_and_stale_acks_are_rejected_by_a_real_city() {
         ("rogue-replay", Lie::Replay),
         ("rogue-wrong-hash", Lie::WrongHash),
         ("rogue-stale", Lie::Stale),
+        ("rogue-other-piece", Lie::OtherPiece),
+        ("rogue-whole", Lie::Whole),
     ] {
         let (entry, server) = rogue_light(id, lie);
         entries.push_str(&entry);
         servers.push(server);
     }
-    // One ack would be enough: any lie that passed would show as tier "light".
+    // One acked piece would be enough (one data piece, five parity pieces, one per rogue):
+    // any lie that passed would show as tier "light".
     let config = format!(
-        "{}\n[storage]\nmin_light_acks = 1\n[prioritizer]\nlight_fanout = 4\n[supervisor]\nchain = [\"light\", \"log\"]\n\n{entries}",
+        "{}\n[storage.erasure]\ndata_pieces = 1\nparity_pieces = 5\nsurvive_losses = 0\n[supervisor]\nchain = [\"light\", \"log\"]\n\n{entries}",
         city_node_section(dir.path())
     );
     let city = spawn_node(dir.path(), &config, true).await;
@@ -290,6 +340,8 @@ async fn forged_replayed_and_stale_acks_are_rejected_by_a_real_city() {
             "rogue-replay".into(),
             "rogue-wrong-hash".into(),
             "rogue-stale".into(),
+            "rogue-other-piece".into(),
+            "rogue-whole".into(),
         ],
         true,
     )
@@ -301,7 +353,13 @@ async fn forged_replayed_and_stale_acks_are_rejected_by_a_real_city() {
         assert_eq!(body["tier"], "log", "a lying ack was counted: {body}");
     }
     let m = metrics(&client, &city.url).await;
-    for reason in ["bad_signature", "wrong_batch", "wrong_hash", "stale"] {
+    for reason in [
+        "bad_signature",
+        "wrong_batch",
+        "wrong_hash",
+        "stale",
+        "wrong_piece",
+    ] {
         let line = format!("citychain_acks_rejected_total{{reason=\"{reason}\"}}");
         assert!(m.contains(&line), "{line} missing");
     }

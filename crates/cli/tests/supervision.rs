@@ -239,7 +239,7 @@ fn hung_peers(n: usize) -> (Vec<std::net::TcpListener>, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_waiting_on_a_failed_intake_get_503_and_lose_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let (_hung, entries) = hung_peers(3);
+    let (_hung, entries) = hung_peers(6);
     // The light tier hangs for 3 s before the batch falls through to the log, so
     // requests are in flight when the Intake panics.
     let node = city(

@@ -100,6 +100,84 @@ pub fn city_node_section(dir: &Path) -> String {
     )
 }
 
+/// What a city's `GET /v1/batches/{id}` answer says its light holders acked: each holder
+/// with the index of its piece, and what the pieces and the rebuilt whole must be. `None`
+/// when the answer holds no piece acks (not a light batch) or they disagree.
+pub fn light_expectation(
+    batch: &serde_json::Value,
+) -> Option<(Vec<(String, u8)>, citychain::messages::Expected)> {
+    use citychain::messages::{Coding, Expected, parse_hex32};
+    let batch_id = parse_hex32(batch["batch_id"].as_str()?)?;
+    let mut holders = Vec::new();
+    let mut expected: Option<Expected> = None;
+    for ack in batch["acks"].as_array()? {
+        let p = &ack["piece"];
+        let index = u8::try_from(p["index"].as_u64()?).ok()?;
+        let coding = Coding {
+            data_pieces: u8::try_from(p["data_pieces"].as_u64()?).ok()?,
+            parity_pieces: u8::try_from(p["parity_pieces"].as_u64()?).ok()?,
+        };
+        let sealed_len = p["sealed_len"].as_u64()?;
+        let sealed_hash = parse_hex32(p["sealed_hash"].as_str()?)?;
+        let e = expected.get_or_insert_with(|| Expected {
+            batch_id,
+            coding,
+            sealed_len,
+            sealed_hash,
+            hashes: Default::default(),
+        });
+        if (e.coding, e.sealed_len, e.sealed_hash) != (coding, sealed_len, sealed_hash) {
+            return None;
+        }
+        e.hashes
+            .insert(index, parse_hex32(ack["held_hash"].as_str()?)?);
+        holders.push((ack["holder_id"].as_str()?.to_string(), index));
+    }
+    Some((holders, expected?))
+}
+
+/// Rebuilds the sealed bytes of the light batch `batch` (a city's `GET /v1/batches/{id}`
+/// answer) from the pieces its holders serve, asking none in `skip`: every piece held to
+/// the hash its holder acked, the whole to the sealed hash. Why not, if it cannot.
+pub async fn rebuild_light(
+    fed: &Federation,
+    peers: &citychain::storage::peer::PeerClient,
+    batch: &serde_json::Value,
+    skip: &[&str],
+) -> Result<Vec<u8>, String> {
+    let (holders, expected) =
+        light_expectation(batch).ok_or_else(|| format!("no piece acks in {batch}"))?;
+    let mut found = Vec::new();
+    let mut why = Vec::new();
+    for (holder, index) in holders {
+        if skip.contains(&holder.as_str()) {
+            continue;
+        }
+        let Some(node) = fed.nodes.iter().find(|n| n.id == holder) else {
+            why.push(format!("{holder}: not a node of this federation"));
+            continue;
+        };
+        let peer = citychain::storage::peer::Peer {
+            id: &node.id,
+            url: &node.url,
+        };
+        match peers
+            .get_piece(peer, &expected.batch_id, index, Duration::from_secs(5))
+            .await
+        {
+            Ok(Some(bytes)) => match citychain::messages::Piece::from_bytes(&bytes) {
+                Ok(piece) => found.push((index, piece)),
+                Err(e) => why.push(format!("{holder}: piece {index}: {e}")),
+            },
+            Ok(None) => why.push(format!("{holder}: does not have piece {index} (404)")),
+            Err(e) => why.push(format!("{holder}: {e}")),
+        }
+    }
+    expected
+        .rebuild(found)
+        .map_err(|e| format!("{e}; {}", why.join("; ")))
+}
+
 /// A node started from a config as a child process; killed when dropped.
 pub struct ChildNode {
     pub child: Child,

@@ -27,6 +27,8 @@ pub struct Prioritizer;
 
 pub struct PrioritizerArgs {
     pub config: PrioritizerConfig,
+    /// Light nodes each batch goes to: one per piece (`[storage.erasure]`, k + m).
+    pub light_fanout: usize,
     pub continent: String,
     pub nodes: Arc<NodeDirectory>,
     pub policy: Arc<dyn NodePolicy>,
@@ -47,7 +49,7 @@ impl PrioritizerState {
     fn context(&self) -> SelectContext {
         SelectContext {
             continent: self.args.continent.clone(),
-            light_fanout: self.args.config.light_fanout,
+            light_fanout: self.args.light_fanout,
             rotation: self.rotation,
         }
     }

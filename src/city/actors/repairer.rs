@@ -3,15 +3,21 @@
 //! A lower tier is a fallback, not a home. Every `[repair] interval` the Repairer runs one
 //! round, in a task of its own so the actor never waits on the network:
 //! 1. **Upward**: batches the status index holds on full nodes, MongoDB or the immutable
-//!    log are read back from there and written to light nodes (placed by the
-//!    Prioritizer, acks verified as for any write), or, while light nodes are still away,
-//!    from MongoDB or the log to full nodes; their status follows.
-//! 2. **Holdings**: for a window of light batches it sends each holder a `REPAIR_REQ`
-//!    (`POST /internal/v1/batches/{id}/poh`), a possession challenge with a fresh nonce,
-//!    and verifies the `REPAIR_ACK`: a fresh signed proof of hold plus the chunks of the
-//!    bytes the nonce picked, tied to the hash recorded at write time. What a lost or lying
-//!    holder held is re-replicated to other light nodes from a holder that still has it,
-//!    and the batch's holders are updated.
+//!    log are read back from there and written to light nodes as erasure-coded pieces
+//!    (placed by the Prioritizer, one piece per node, each ack verified to bind its
+//!    piece, as for any write), or, while light nodes are still away, from MongoDB or the
+//!    log to full nodes; their status follows.
+//! 2. **Holdings**: for a window of light batches it sends each holder a `REPAIR_REQ` for
+//!    the piece it holds (`POST /internal/v1/batches/{id}/pieces/{index}/poh`), a
+//!    possession challenge with a fresh nonce, and verifies the `REPAIR_ACK`: a fresh
+//!    signed proof of hold of that piece plus the chunks of its data the nonce picked,
+//!    tied to the piece hash recorded at write time. A piece whose holder is lost or lied,
+//!    or that was never placed (its write missed the quorum's grace, or too few nodes were
+//!    up), is regenerated: k sound pieces are read back from the other holders, the sealed
+//!    bytes rebuilt and checked against the sealed hash the acks bind, cut again (the
+//!    same pieces, bit for bit), and the missing ones placed on light nodes holding no
+//!    piece of the batch; the batch's holders are updated. A holder whose challenge was
+//!    refused for its rate (429) proves nothing either way and is left as it is.
 //!
 //! 0. **Lost from the log** (first): batches the start audit found missing from the
 //!    immutable log (`storage::log_audit`) are searched for on every configured light and
@@ -39,15 +45,16 @@ use crate::city::msgs::{PrioritizerMsg, RepairMsg};
 use crate::config::Config;
 use crate::crypto::{self, Hash32};
 use crate::messages::{
-    BatchId, HoldChallenge, Placement, PohAck, SealedEnvelope, Tier, hex32, now_ms,
+    BatchId, Coding, Expected, HoldChallenge, Piece, Placement, PohAck, SealedEnvelope, Tier,
+    hex32, now_ms,
 };
 use crate::storage::chain::TierChain;
 use crate::storage::city_store::{BatchRecord, CityStore};
 use crate::storage::immutable_log::{ImmutableLog, RecordKind};
 use crate::storage::mongo::MongoTier;
 use crate::storage::nodes::{KnownNode, NodeDirectory};
-use crate::storage::peer::PeerClient;
-use crate::storage::peer_tier::PeerTier;
+use crate::storage::peer::{PeerClient, PeerError};
+use crate::storage::peer_tier::{PeerTier, PieceTier, read_pieces};
 
 /// Mailbox capacity: only timer ticks and round reports, one round at a time.
 pub const MAILBOX_CAPACITY: usize = 64;
@@ -74,6 +81,9 @@ pub struct RepairContext {
     pub mongo: Option<Arc<MongoTier>>,
     /// The configured light and full nodes, shared with the Prioritizer.
     pub nodes: Arc<NodeDirectory>,
+    /// How light batches are cut (`[storage.erasure]`).
+    pub coding: Coding,
+    /// Acked pieces a light write needs: k + the losses it must survive.
     pub min_light_acks: usize,
     pub min_full_acks: usize,
     pub light_deadline: Duration,
@@ -101,7 +111,12 @@ impl RepairContext {
             log: chain.log().clone(),
             mongo: chain.mongo().cloned(),
             nodes: chain.nodes().clone(),
-            min_light_acks: config.storage.min_light_acks,
+            coding: config
+                .storage
+                .erasure
+                .coding()
+                .expect("validated: a coding"),
+            min_light_acks: config.storage.min_light_acks(),
             min_full_acks: config.storage.min_full_acks,
             light_deadline: config.storage.light_deadline,
             full_deadline: config.storage.full_deadline,
@@ -132,7 +147,19 @@ impl RepairContext {
     async fn fetch_vec(&self, rec: &BatchRecord) -> Option<Vec<u8>> {
         let id = rec.header.id();
         match rec.tier {
-            Tier::Light | Tier::Full => {
+            Tier::Light => read_pieces(
+                &self.client,
+                &self.nodes,
+                id,
+                &rec.acks,
+                self.light_deadline * 4,
+            )
+            .await
+            .inspect_err(
+                |e| tracing::debug!(batch = %hex32(&id), error = %e, "rebuilding a light batch"),
+            )
+            .ok(),
+            Tier::Full => {
                 for holder in &rec.holders {
                     let Some(node) = self.nodes.get(holder) else {
                         continue;
@@ -157,9 +184,20 @@ impl RepairContext {
         }
     }
 
-    /// Writes `bytes` of `rec` to `need` more light (or full) nodes, away from `exclude`.
-    /// The bytes are sealed and move as they are, never opened: they must be the sealed
-    /// batch the record names and, when holders acked it, exactly the bytes they acked.
+    /// The light tier's writer, for placing pieces.
+    fn light(&self) -> PieceTier {
+        PieceTier {
+            client: self.client.clone(),
+            coding: self.coding,
+            min_acks: self.min_light_acks,
+            deadline: self.light_deadline,
+        }
+    }
+
+    /// Writes `bytes` of `rec` to light nodes as pieces (all k + m, at least `need` acked)
+    /// or to `need` more full nodes, away from `exclude`. The bytes are sealed and move
+    /// as they are, never opened: they must be the sealed batch the record names and,
+    /// when holders acked it, exactly the bytes they acked.
     async fn write_to(
         &self,
         tier: Tier,
@@ -171,8 +209,8 @@ impl RepairContext {
         let id = rec.header.id();
         let sound = match SealedEnvelope::from_bytes(bytes) {
             Ok(envelope) if envelope.id() != id => Err("a different batch".to_string()),
-            Ok(_) => match rec.acks.first() {
-                Some(ack) if ack.held_hash != crypto::hash(bytes) => {
+            Ok(_) => match acked_sealed_hash(&rec.acks) {
+                Some(hash) if hash != crypto::hash(bytes) => {
                     Err("not the bytes its holders acked".to_string())
                 }
                 _ => Ok(()),
@@ -184,20 +222,31 @@ impl RepairContext {
             return None;
         }
         let placement = self.place(rec, exclude).await?;
-        let (targets, deadline) = match tier {
-            Tier::Light => (placement.light, self.light_deadline),
-            _ => (placement.full, self.full_deadline),
+        let result = match tier {
+            Tier::Light => {
+                let targets = placement.light;
+                if targets.len() < need {
+                    return None;
+                }
+                let light = self.light();
+                let pieces = cut(self.coding, id, bytes.clone()).await?;
+                let assigned = targets.into_iter().zip(pieces).collect();
+                light.write_pieces(id, assigned, need).await
+            }
+            _ => {
+                let targets = placement.full;
+                if targets.len() < need {
+                    return None;
+                }
+                let peers = PeerTier {
+                    tier,
+                    client: self.client.clone(),
+                    min_acks: need,
+                    deadline: self.full_deadline,
+                };
+                peers.write(id, bytes, &targets).await
+            }
         };
-        if targets.len() < need {
-            return None;
-        }
-        let peers = PeerTier {
-            tier,
-            client: self.client.clone(),
-            min_acks: need,
-            deadline,
-        };
-        let result = peers.write(id, bytes, &targets).await;
         if !result.observations.is_empty() {
             let _ = self
                 .prioritizer
@@ -408,104 +457,202 @@ impl RepairContext {
         (report, next_cursor)
     }
 
-    /// REPAIR_REQ to every holder: each must prove it still holds the bytes (a possession
-    /// challenge, see [`HoldChallenge`]); re-replicates what the others held. True if it did.
+    /// REPAIR_REQ to every holder for the piece it holds: each must prove it still holds
+    /// it (a possession challenge, see [`HoldChallenge`]). Pieces lost, refused or never
+    /// placed are regenerated from k others and placed on other light nodes. True if any
+    /// was.
     async fn check_holders(&self, rec: &BatchRecord) -> bool {
         let id = rec.header.id();
-        let Some(expected) = rec.acks.first().map(|a| a.held_hash) else {
+        let Some(expected) = Expected::from_acks(id, &rec.acks) else {
+            tracing::error!(batch = %hex32(&id), "a light batch's record holds no consistent piece acks; its holdings cannot be checked");
             return false;
         };
-        let mut alive = Vec::new();
-        let mut acks = Vec::new();
-        for holder in &rec.holders {
-            let Some(node) = self.nodes.get(holder) else {
+        let mut alive: Vec<PohAck> = Vec::new();
+        let mut lost = Vec::new();
+        for ack in &rec.acks {
+            let Some(index) = ack.piece.map(|p| p.index) else {
                 continue;
             };
-            if let Some(ack) = self.challenge(node, &id, &expected).await {
-                alive.push(holder.clone());
-                acks.push(ack);
+            let Some(node) = self.nodes.get(&ack.holder_id) else {
+                lost.push(format!("{}#{index}", ack.holder_id));
+                continue;
+            };
+            match self.challenge(node, &expected, index, &ack.held_hash).await {
+                Held::Proved(fresh) => alive.push(fresh),
+                // A rate-limited challenge proves nothing either way: keep the holder.
+                Held::Unknown => alive.push(ack.clone()),
+                Held::Lost => lost.push(format!("{}#{index}", ack.holder_id)),
             }
         }
-        let lost: Vec<String> = rec
-            .holders
+        let held: std::collections::BTreeSet<u8> = alive
             .iter()
-            .filter(|h| !alive.contains(h))
-            .cloned()
+            .filter_map(|a| a.piece.map(|p| p.index))
             .collect();
-        if lost.is_empty() {
+        let missing: Vec<u8> = (0..expected.coding.pieces() as u8)
+            .filter(|i| !held.contains(i))
+            .collect();
+        if missing.is_empty() {
             return false;
         }
-        let Some(source) = alive.first().and_then(|source| self.nodes.get(source)) else {
-            tracing::error!(batch = %hex::encode(id), "no light holder still proves it holds this batch");
+        if held.len() < expected.coding.needed() {
+            tracing::error!(
+                batch = %hex32(&id),
+                held = held.len(),
+                needed = expected.coding.needed(),
+                ?lost,
+                "too few light holders still prove their pieces to rebuild this batch"
+            );
+            return false;
+        }
+        let exclude: Vec<String> = alive.iter().map(|a| a.holder_id.clone()).collect();
+        let Some(placement) = self.place(rec, exclude).await else {
             return false;
         };
-        let Some(bytes) = self
-            .client
-            .get_batch(source.peer(), &id, self.light_deadline * 4)
-            .await
-            .ok()
-            .flatten()
-            .map(Bytes::from)
-        else {
+        if placement.light.is_empty() {
+            tracing::debug!(batch = %hex32(&id), ?missing, "no light node free to place missing pieces on yet");
+            return false;
+        }
+        let bytes = match read_pieces(
+            &self.client,
+            &self.nodes,
+            id,
+            &alive,
+            self.light_deadline * 4,
+        )
+        .await
+        {
+            Ok(bytes) => Bytes::from(bytes),
+            Err(e) => {
+                tracing::warn!(batch = %hex32(&id), error = %e, "cannot rebuild a light batch to regenerate its missing pieces yet");
+                return false;
+            }
+        };
+        let Some(pieces) = cut(expected.coding, id, bytes).await else {
             return false;
         };
-        let exclude: Vec<String> = rec.holders.clone();
-        let Some(stored) = self
-            .write_to(Tier::Light, rec, &bytes, exclude, lost.len())
-            .await
-        else {
-            tracing::warn!(batch = %hex::encode(id), lost = ?lost, "no light nodes to re-replicate to yet");
+        // The same bytes cut the same way give the same pieces: one that differs from
+        // what its holder acked would mean the coding changed under us.
+        if pieces.iter().any(|p| {
+            expected
+                .hashes
+                .get(&p.index())
+                .is_some_and(|h| *h != p.header.hash)
+        }) {
+            tracing::error!(batch = %hex32(&id), "regenerated pieces differ from the acked ones; not placing them");
+            return false;
+        }
+        let assigned: Vec<_> = placement
+            .light
+            .into_iter()
+            .zip(pieces.into_iter().filter(|p| missing.contains(&p.index())))
+            .collect();
+        let result = self.light().write_pieces(id, assigned, 1).await;
+        if !result.observations.is_empty() {
+            let _ = self
+                .prioritizer
+                .cast(PrioritizerMsg::Observe(result.observations));
+        }
+        let Ok(stored) = result.outcome else {
+            tracing::warn!(batch = %hex32(&id), ?missing, "placing regenerated pieces failed; trying again next round");
             return false;
         };
-        alive.extend(stored.holders);
-        acks.extend(stored.acks);
-        match self.store.relocate(&id, Tier::Light, alive, acks) {
+        let placed: Vec<u8> = stored
+            .acks
+            .iter()
+            .filter_map(|a| a.piece.map(|p| p.index))
+            .collect();
+        alive.extend(stored.acks);
+        let holders = alive.iter().map(|a| a.holder_id.clone()).collect();
+        match self.store.relocate(&id, Tier::Light, holders, alive) {
             Ok(()) => {
                 metrics::counter!(crate::metrics::REPAIRS, "kind" => "rereplicate", "from" => "light").increment(1);
-                tracing::info!(batch = %hex::encode(id), ?lost, "re-replicated what lost holders held");
+                tracing::info!(batch = %hex32(&id), ?lost, ?placed, "regenerated and placed missing pieces");
                 true
             }
             Err(e) => {
-                tracing::error!(error = %e, "recording a re-replication");
+                tracing::error!(error = %e, "recording regenerated pieces");
                 false
             }
         }
     }
 }
 
+/// What a possession challenge showed of one holder's piece.
+enum Held {
+    /// It holds it: its fresh ack.
+    Proved(PohAck),
+    /// It does not (404), it answered with a proof that fails, or it did not answer.
+    Lost,
+    /// It refused for its rate: nothing is known.
+    Unknown,
+}
+
+/// The sealed hash the acks of a record bind: a piece ack's sealed whole, or a whole
+/// batch's held hash.
+fn acked_sealed_hash(acks: &[PohAck]) -> Option<Hash32> {
+    acks.first()
+        .map(|a| a.piece.map_or(a.held_hash, |p| p.sealed_hash))
+}
+
+/// Cuts sealed `bytes` into their pieces, off the async workers.
+async fn cut(coding: Coding, id: BatchId, bytes: Bytes) -> Option<Vec<Piece>> {
+    match tokio::task::spawn_blocking(move || coding.encode(id, &bytes)).await {
+        Ok(Ok(pieces)) => Some(pieces),
+        Ok(Err(e)) => {
+            tracing::error!(batch = %hex32(&id), error = %e, "cutting a batch into pieces");
+            None
+        }
+        Err(e) => {
+            tracing::error!(batch = %hex32(&id), error = %e, "the encoder panicked");
+            None
+        }
+    }
+}
+
 impl RepairContext {
-    /// Challenges `node` to prove it holds the bytes of batch `id` (recorded as hashing to
-    /// `expected`); its fresh ack if the proof holds. A node that answers with a wrong proof
-    /// is reported: that is a node claiming what it does not hold.
-    async fn challenge(&self, node: &KnownNode, id: &BatchId, expected: &Hash32) -> Option<PohAck> {
-        let challenge = HoldChallenge::fresh().ok()?;
+    /// Challenges `node` to prove it holds piece `index` of the batch `expected` describes,
+    /// recorded as hashing to `piece_hash`. A node that answers with a wrong proof is
+    /// reported: that is a node claiming what it does not hold.
+    async fn challenge(
+        &self,
+        node: &KnownNode,
+        expected: &Expected,
+        index: u8,
+        piece_hash: &Hash32,
+    ) -> Held {
+        let id = expected.batch_id;
+        let Ok(challenge) = HoldChallenge::fresh() else {
+            return Held::Unknown;
+        };
         let answer = self
             .client
-            .challenge(node.peer(), id, &challenge, self.light_deadline * 4)
+            .challenge_piece(node.peer(), &id, index, &challenge, self.light_deadline * 4)
             .await;
-        let (outcome, ack) = match answer {
-            Ok(Some(proof)) => match proof.verify(
+        let (outcome, held) = match answer {
+            Ok(Some(proof)) => match proof.verify_piece(
                 &node.entry.id,
                 &node.public_key,
-                id,
-                expected,
+                &id,
+                &expected.piece_ref(index),
+                piece_hash,
                 &challenge,
                 now_ms(),
             ) {
-                Ok(()) => ("proved", Some(proof.ack)),
+                Ok(()) => ("proved", Held::Proved(proof.ack)),
                 Err(e) => {
-                    tracing::warn!(node = %node.entry.id, batch = %hex::encode(id), error = %e, "a holder failed its possession challenge");
-                    ("refused", None)
+                    tracing::warn!(node = %node.entry.id, batch = %hex::encode(id), piece = index, error = %e, "a holder failed its possession challenge");
+                    ("refused", Held::Lost)
                 }
             },
-            Ok(None) => ("missing", None),
+            Ok(None) => ("missing", Held::Lost),
+            Err(PeerError::Refused { status: 429, .. }) => ("rate_limited", Held::Unknown),
             Err(e) => {
                 tracing::debug!(node = %node.entry.id, error = %e, "possession challenge not answered");
-                ("unreachable", None)
+                ("unreachable", Held::Lost)
             }
         };
         metrics::counter!(crate::metrics::HOLD_CHALLENGES, "outcome" => outcome).increment(1);
-        ack
+        held
     }
 }
 

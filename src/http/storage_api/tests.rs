@@ -7,7 +7,7 @@ use super::*;
 use crate::config::{AuthConfig, PeerKeyEntry};
 use crate::crypto;
 use crate::messages::auth::RequestSigner;
-use crate::messages::{Batch, FlagKind, SignedTx};
+use crate::messages::{Batch, FlagKind, PieceRef, SignedTx};
 use crate::storage::peer::{Peer, PeerClient, PeerError};
 
 const T: Duration = Duration::from_secs(10);
@@ -570,5 +570,302 @@ async fn possession_challenges_prove_the_bytes_and_are_rate_limited() {
             other => panic!("expected 404, got {other:?}"),
         }
     }
+    node.server.stop(true).await;
+}
+
+/// The pieces of a sealed batch of `n` transactions, cut 4 + 2.
+fn pieces(seq: u64, n: u64) -> (BatchId, Vec<u8>, Vec<Piece>) {
+    let (b, bytes) = batch(seq, n);
+    let pieces = crate::messages::Coding::new(4, 2)
+        .unwrap()
+        .encode(b.id(), &bytes)
+        .unwrap();
+    (b.id(), bytes, pieces)
+}
+
+#[actix_web::test]
+async fn a_piece_is_stored_acked_for_that_piece_read_back_and_proved() {
+    let node = Node::start(1 << 20, 1 << 20);
+    let client = crate::testkit::peer_client();
+    let (id, sealed, pieces) = pieces(0, 4);
+    let p = &pieces[5];
+    let r = p.header.piece;
+    assert_eq!(
+        client.get_piece(node.peer(), &id, 5, T).await.unwrap(),
+        None
+    );
+    let ack = client
+        .put_piece(node.peer(), &id, 5, p.to_bytes(), T)
+        .await
+        .unwrap();
+    let pk = node.state.key.public_key();
+    ack.verify_piece(
+        "light-test",
+        pk,
+        &id,
+        &r,
+        &p.header.hash,
+        messages::now_ms(),
+    )
+    .expect("the ack binds that piece");
+    assert_eq!(ack.piece, Some(r));
+    assert_eq!(r.sealed_hash, crypto::hash(&sealed));
+    // Idempotent: the retry acks the same piece again and stores nothing more.
+    let used = node.state.store.used_bytes();
+    let again = client
+        .put_piece(node.peer(), &id, 5, p.to_bytes(), T)
+        .await
+        .unwrap();
+    again
+        .verify_piece(
+            "light-test",
+            pk,
+            &id,
+            &r,
+            &p.header.hash,
+            messages::now_ms(),
+        )
+        .unwrap();
+    assert_eq!(node.state.store.used_bytes(), used);
+    // Read back byte for byte; other indices and the whole batch are not held.
+    assert_eq!(
+        client.get_piece(node.peer(), &id, 5, T).await.unwrap(),
+        Some(p.to_bytes())
+    );
+    assert_eq!(
+        client.get_piece(node.peer(), &id, 4, T).await.unwrap(),
+        None
+    );
+    assert_eq!(client.get_batch(node.peer(), &id, T).await.unwrap(), None);
+    // A possession challenge of that piece proves its data, bound to that piece.
+    let challenge = HoldChallenge::fresh().unwrap();
+    let proof = client
+        .challenge_piece(node.peer(), &id, 5, &challenge, T)
+        .await
+        .unwrap()
+        .expect("held");
+    proof
+        .verify_piece(
+            "light-test",
+            pk,
+            &id,
+            &r,
+            &p.header.hash,
+            &challenge,
+            messages::now_ms(),
+        )
+        .expect("the proof verifies for the piece");
+    assert_eq!(
+        proof.verify_piece(
+            "light-test",
+            pk,
+            &id,
+            &PieceRef { index: 4, ..r },
+            &p.header.hash,
+            &challenge,
+            messages::now_ms()
+        ),
+        Err(crate::messages::AckError::WrongPiece)
+    );
+    // A piece not held: 404 for the challenge.
+    let none = client
+        .challenge_piece(node.peer(), &id, 0, &HoldChallenge::fresh().unwrap(), T)
+        .await
+        .unwrap();
+    assert!(none.is_none());
+    node.server.stop(true).await;
+}
+
+#[actix_web::test]
+async fn malformed_or_misfiled_pieces_are_refused_with_a_clear_4xx() {
+    let node = Node::start(1 << 20, 64 * 1024);
+    let client = crate::testkit::peer_client();
+    let (id, _, pieces) = pieces(0, 3);
+    let p = &pieces[1];
+    let mut refused = Vec::new();
+    // Filed under another index, or another batch.
+    refused.push((
+        "another index",
+        client.put_piece(node.peer(), &id, 2, p.to_bytes(), T).await,
+    ));
+    refused.push((
+        "another batch",
+        client
+            .put_piece(node.peer(), &[9; 32], 1, p.to_bytes(), T)
+            .await,
+    ));
+    // Data that does not hash to the hash it names.
+    let mut bad = p.clone();
+    bad.data[0] ^= 1;
+    refused.push((
+        "wrong hash",
+        client
+            .put_piece(node.peer(), &id, 1, bad.to_bytes(), T)
+            .await,
+    ));
+    // A shard of the wrong length for its coding and sealed length.
+    let mut short = p.clone();
+    short.data.truncate(10);
+    short.header.hash = crypto::hash(&short.data);
+    refused.push((
+        "wrong length",
+        client
+            .put_piece(node.peer(), &id, 1, short.to_bytes(), T)
+            .await,
+    ));
+    // A coding nobody can decode, and an index outside its coding.
+    let mut coding = p.clone();
+    coding.header.piece.coding.parity_pieces = 0;
+    refused.push((
+        "no parity",
+        client
+            .put_piece(node.peer(), &id, 1, coding.to_bytes(), T)
+            .await,
+    ));
+    let mut outside = pieces[0].clone();
+    outside.header.piece.index = 6;
+    refused.push((
+        "index outside the coding",
+        client
+            .put_piece(node.peer(), &id, 6, outside.to_bytes(), T)
+            .await,
+    ));
+    // Not canonical, not a piece at all, a whole sealed batch.
+    let mut trailing = p.to_bytes();
+    trailing.push(0);
+    refused.push((
+        "trailing bytes",
+        client.put_piece(node.peer(), &id, 1, trailing, T).await,
+    ));
+    refused.push((
+        "garbage",
+        client
+            .put_piece(node.peer(), &id, 1, b"garbage".to_vec(), T)
+            .await,
+    ));
+    let (_, sealed) = batch(0, 1);
+    refused.push((
+        "a whole batch",
+        client.put_piece(node.peer(), &id, 1, sealed, T).await,
+    ));
+    for (what, r) in refused {
+        assert_eq!(refusal(r), (400, "invalid_piece".to_string()), "{what}");
+    }
+    // An index that is no number, or past 255, in the path.
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let signer = RequestSigner::new(
+        crate::testkit::TEST_CITY_ID,
+        crate::testkit::test_city_key(),
+    );
+    for index in ["x", "256", "-1"] {
+        let path = format!(
+            "/internal/v1/batches/{}/pieces/{index}",
+            messages::hex32(&id)
+        );
+        let body = p.to_bytes();
+        let mut req = http.put(format!("{}{path}", node.url)).body(body.clone());
+        for (k, v) in signer.headers("PUT", &path, "light-test", &body).unwrap() {
+            req = req.header(k, v);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 400, "index {index}");
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "invalid_index", "{body}");
+    }
+    // Larger than the node accepts: 413 before anything is decoded.
+    let big = vec![0u8; 64 * 1024 + 1];
+    assert_eq!(
+        refusal(client.put_piece(node.peer(), &id, 1, big, T).await),
+        (413, "payload_too_large".to_string())
+    );
+    node.assert_empty();
+    node.server.stop(true).await;
+}
+
+#[actix_web::test]
+async fn strangers_cannot_write_read_or_challenge_pieces() {
+    let node = Node::start(1 << 20, 1 << 20);
+    let (id, _, pieces) = pieces(0, 2);
+    let p = &pieces[0];
+    let stranger = PeerClient::new(RequestSigner::new(
+        "city-elsewhere",
+        Arc::new(SigningKey::generate().unwrap()),
+    ));
+    let impostor = PeerClient::new(RequestSigner::new(
+        crate::testkit::TEST_CITY_ID,
+        Arc::new(SigningKey::generate().unwrap()),
+    ));
+    let challenge = HoldChallenge::fresh().unwrap();
+    for (who, client, code) in [
+        ("stranger", &stranger, "unknown_peer"),
+        ("impostor", &impostor, "bad_signature"),
+    ] {
+        let r = client.put_piece(node.peer(), &id, 0, p.to_bytes(), T).await;
+        assert_eq!(refusal(r), (401, code.to_string()), "{who} put");
+        let r = client.get_piece(node.peer(), &id, 0, T).await;
+        assert_eq!(refusal(r), (401, code.to_string()), "{who} get");
+        let r = client
+            .challenge_piece(node.peer(), &id, 0, &challenge, T)
+            .await;
+        assert_eq!(refusal(r), (401, code.to_string()), "{who} challenge");
+    }
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let url = format!(
+        "{}/internal/v1/batches/{}/pieces/0",
+        node.url,
+        messages::hex32(&id)
+    );
+    for req in [
+        http.put(&url).body(p.to_bytes()),
+        http.get(&url),
+        http.post(format!("{url}/poh"))
+            .body(messages::encode(&challenge)),
+    ] {
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 401);
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "unauthenticated", "{body}");
+    }
+    node.assert_empty();
+    // Stored by the city, still not readable or provable by a stranger.
+    let client = crate::testkit::peer_client();
+    client
+        .put_piece(node.peer(), &id, 0, p.to_bytes(), T)
+        .await
+        .unwrap();
+    assert_eq!(
+        refusal(stranger.get_piece(node.peer(), &id, 0, T).await).0,
+        401
+    );
+    assert_eq!(
+        refusal(
+            stranger
+                .challenge_piece(node.peer(), &id, 0, &challenge, T)
+                .await
+        )
+        .0,
+        401
+    );
+    node.server.stop(true).await;
+}
+
+#[actix_web::test]
+async fn pieces_count_against_the_capacity() {
+    let (id, _, pieces) = pieces(0, 3);
+    let one = pieces[0].to_bytes().len() as u64;
+    let node = Node::start(one + one / 2, 1 << 20);
+    let client = crate::testkit::peer_client();
+    client
+        .put_piece(node.peer(), &id, 0, pieces[0].to_bytes(), T)
+        .await
+        .unwrap();
+    let r = client
+        .put_piece(node.peer(), &id, 1, pieces[1].to_bytes(), T)
+        .await;
+    assert_eq!(refusal(r), (507, "capacity_exceeded".to_string()));
+    assert_eq!(
+        client.get_piece(node.peer(), &id, 1, T).await.unwrap(),
+        None
+    );
     node.server.stop(true).await;
 }

@@ -27,6 +27,17 @@ pub async fn federation(dir: &Path) -> Federation {
         .expect("the federation starts")
 }
 
+/// A federation as [`federation`], with `lights` light nodes.
+pub async fn federation_with_lights(dir: &Path, lights: usize) -> Federation {
+    let spec = citychain_harness::federation::FederationSpec {
+        lights,
+        ..testkit::watchful_spec(dir.to_path_buf(), binary())
+    };
+    Federation::launch(spec)
+        .await
+        .expect("the federation starts")
+}
+
 pub fn client() -> reqwest::Client {
     testkit::http_client(Duration::from_secs(20))
 }
@@ -134,6 +145,40 @@ pub async fn holds(fed: &Federation, node: &str, batch_id: &str) -> bool {
         .await
         .expect("the storage node answers")
         .is_some()
+}
+
+/// Whether light node `node` serves piece `index` of batch `batch_id` (hex) to its city.
+pub async fn holds_piece(fed: &Federation, node: &str, batch_id: &str, index: u8) -> bool {
+    let n = fed.node(node);
+    let id = citychain::messages::parse_hex32(batch_id).expect("a hex batch id");
+    let peer = citychain::storage::peer::Peer {
+        id: &n.id,
+        url: &n.url,
+    };
+    fed.storage_client()
+        .expect("the city's key is readable")
+        .get_piece(peer, &id, index, Duration::from_secs(10))
+        .await
+        .expect("the storage node answers")
+        .is_some()
+}
+
+/// The city's `GET /v1/batches/{id}` answer for the batch of `tx` (a `GET /v1/tx` or
+/// `POST /v1/tx` answer).
+pub async fn batch_of(client: &reqwest::Client, city: &str, tx: &Value) -> Value {
+    let id = tx["batch_id"].as_str().expect("a batch id");
+    let (status, batch) = get(client, &format!("{city}/v1/batches/{id}")).await;
+    assert_eq!(status, 200, "{batch}");
+    batch
+}
+
+/// The sealed bytes of light batch `batch` (the city's answer for it), rebuilt from the
+/// pieces of its holders not in `skip`; fails the test if they cannot be.
+pub async fn rebuild_light(fed: &Federation, batch: &Value, skip: &[&str]) -> Vec<u8> {
+    let peers = fed.storage_client().expect("the city's key is readable");
+    testkit::rebuild_light(fed, &peers, batch, skip)
+        .await
+        .unwrap_or_else(|e| panic!("the batch rebuilds from its light holders: {e}"))
 }
 
 /// Writes `config` (TOML) to `dir/node.toml`, runs `citychain node` on it with its log in

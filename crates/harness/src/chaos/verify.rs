@@ -148,19 +148,24 @@ pub(super) async fn verify_promises(
     };
     for ((tier, batch_id), members) in by_batch {
         let listed = match tier.as_str() {
-            "mongo" => Ok(Vec::new()),
+            "mongo" => Ok((Vec::new(), serde_json::Value::Null)),
             _ => batch_tx_ids(&client, city_url, &batch_id).await,
         };
         let held: Result<HashSet<String>, Why> = match (tier.as_str(), listed) {
             (_, Err(why)) => Err(why),
-            ("light" | "full", Ok(listed)) => {
+            ("light", Ok((listed, batch))) => {
+                let (found, misses) = rebuild_from_pieces(fed, &peers, &batch, &listed).await;
+                out.holder_misses += misses;
+                found.map_err(|e| ("batch_unavailable", e))
+            }
+            ("full", Ok((listed, _))) => {
                 let holders = &statuses[&members[0].tx_id].holders;
                 let (found, misses) =
                     fetch_from_holders(fed, &peers, &batch_id, holders, &listed).await;
                 out.holder_misses += misses;
                 found.map_err(|e| ("batch_unavailable", e))
             }
-            ("log", Ok(listed)) => match &log_batches {
+            ("log", Ok((listed, _))) => match &log_batches {
                 Ok(map) => match map.get(&batch_id) {
                     Some(header) => committed(header, &listed).map_err(|e| ("not_in_log", e)),
                     None => Err((
@@ -230,12 +235,13 @@ pub(super) async fn tx_status(
     })
 }
 
-/// The tx ids the city lists for batch `batch_id` (`GET /v1/batches/{id}`).
+/// The tx ids the city lists for batch `batch_id`, and its whole answer
+/// (`GET /v1/batches/{id}`).
 async fn batch_tx_ids(
     client: &reqwest::Client,
     city_url: &str,
     batch_id: &str,
-) -> Result<Vec<TxId>, Why> {
+) -> Result<(Vec<TxId>, serde_json::Value), Why> {
     let resp = client
         .get(format!("{city_url}/v1/batches/{batch_id}"))
         .send()
@@ -254,6 +260,36 @@ async fn batch_tx_ids(
                 .collect::<Option<Vec<_>>>()
         })
         .ok_or_else(|| ("city_bad_answer", format!("{code}: no tx_ids in {body}")))
+        .map(|ids| (ids, body))
+}
+
+/// The tx ids of the light batch `batch` (the city's answer for it), rebuilt from the
+/// pieces its holders serve, when it is the sealed batch committing to `listed`; and how
+/// many holders did not serve a sound piece.
+async fn rebuild_from_pieces(
+    fed: &Federation,
+    peers: &PeerClient,
+    batch: &serde_json::Value,
+    listed: &[TxId],
+) -> (Result<HashSet<String>, String>, u64) {
+    let holders = batch["acks"].as_array().map_or(0, Vec::len) as u64;
+    let bytes = match crate::testkit::rebuild_light(fed, peers, batch, &[]).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            return (
+                Err(format!("cannot rebuild it from its pieces: {e}")),
+                holders,
+            );
+        }
+    };
+    let id = batch["batch_id"].as_str().and_then(parse_hex32);
+    let found = match SealedEnvelope::from_bytes(&bytes) {
+        Ok(envelope) if Some(envelope.id()) == id => committed(&envelope.header.batch, listed)
+            .map_err(|e| format!("rebuilt a damaged batch: {e}")),
+        Ok(_) => Err("rebuilt a different batch".to_string()),
+        Err(e) => Err(format!("rebuilt bytes that are not a sealed batch: {e}")),
+    };
+    (found, 0)
 }
 
 /// The tx ids (hex) a held header commits to: `listed`, when their Merkle root is the
