@@ -132,6 +132,46 @@ pub fn city_record(data: &[u8]) {
     }
 }
 
+/// A submission as a continent or the global node receives it, and what they keep on their
+/// logs: decoded, re-encoded alike, and checked (signatures, certificates) without a panic.
+pub fn federation(data: &[u8]) {
+    use crate::messages::federation::{
+        CitySubmission, ContinentRecord, ContinentSubmission, SignedCheckpoint,
+    };
+    let key = test_key();
+    if let Ok(sub) = messages::decode::<CitySubmission>(data) {
+        assert_eq!(
+            messages::decode::<CitySubmission>(&messages::encode(&sub)).ok(),
+            Some(sub.clone())
+        );
+        for b in &sub.batches {
+            let _ = b.verify_signature(key.public_key());
+            let _ = b.certificate.check(
+                &b.id(),
+                |_| Some((messages::Tier::Light, key.public_key())),
+                |_| 1,
+            );
+        }
+    }
+    if let Ok(sub) = messages::decode::<ContinentSubmission>(data) {
+        assert_eq!(
+            messages::decode::<ContinentSubmission>(&messages::encode(&sub)).ok(),
+            Some(sub.clone())
+        );
+        for b in &sub.batches {
+            let _ = b.verify_signature(key.public_key());
+            let _ = crate::federation::verify::entries_root(&b.batch.entries);
+        }
+    }
+    if let Ok(rec) = messages::decode::<ContinentRecord>(data) {
+        let _ = rec.batch.id();
+    }
+    if let Ok(cp) = messages::decode::<SignedCheckpoint>(data) {
+        let _ = cp.verify(key.public_key());
+        let _ = cp.hash();
+    }
+}
+
 /// An immutable log file as found on disk: verifying and opening it answer (open may cut a
 /// torn tail or refuse damage); the same bytes as one record's body, and as the signed
 /// heads file kept beside the log, are refused or accepted without a panic.
@@ -364,6 +404,37 @@ mod tests {
             let offsets = challenge.chunk_offsets(held.len() as u64);
             prop_assert!(offsets.iter().all(|&o| o < held.len() as u64));
             prop_assert_eq!(*offsets.last().unwrap(), (held.len() as u64 - 1) / 1024 * 1024);
+        }
+    }
+
+    fn valid_submission() -> &'static Vec<u8> {
+        static S: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+        S.get_or_init(|| {
+            use crate::messages::federation::{Certificate, CertifiedBatch, CitySubmission};
+            let (b, bytes) = valid_batch();
+            let ack = PohAck::sign(test_key(), "light-1", b.id(), bytes, 1).unwrap();
+            let cert = Certificate {
+                tier: messages::Tier::Light,
+                holders: vec!["light-1".into()],
+                acks: vec![ack],
+            };
+            let batch = CertifiedBatch::sign(test_key(), b.header.clone(), cert).unwrap();
+            messages::encode(&CitySubmission {
+                batches: vec![batch],
+            })
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+        #[test]
+        fn federation_decoders_never_panic(
+            bytes in prop::collection::vec(any::<u8>(), 0..2048),
+            d in damage(),
+        ) {
+            federation(&bytes);
+            federation(&apply(valid_submission().clone(), &d));
         }
     }
 

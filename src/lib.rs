@@ -11,7 +11,10 @@
 //! - [`city`]: the city wing: the actor pipeline Intake → DagBatcher → Flagger →
 //!   Prioritizer → StorageWriter → Failover (+ Repairer) under the FailoverSupervisor, its
 //!   messages, policies, admission checks and the `CityHandle` the HTTP layer uses.
-//! - [`storage`]: the tiers: light/full peer client and server store, immutable log.
+//! - [`federation`]: the continent and global roles as actor sets: merging city batches,
+//!   collecting continent batches, signed checkpoints and their inclusion proofs.
+//! - [`storage`]: the tiers: light/full peer client and server store, immutable log; the
+//!   continent's and global node's ledgers; the outboxes of the links up.
 //! - [`http`]: HTTP routes of every role, JSON errors, `/metrics`.
 //! - [`node`]: role wiring: which actors and routes a role starts, and clean shutdown.
 //! - [`metrics`]: metric names and the Prometheus recorder.
@@ -19,6 +22,7 @@
 pub mod city;
 pub mod config;
 pub mod crypto;
+pub mod federation;
 #[cfg(any(test, fuzzing))]
 pub mod fuzz;
 pub mod http;

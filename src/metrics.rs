@@ -69,6 +69,24 @@ pub const TX_IN_FLIGHT: &str = "citychain_tx_in_flight";
 /// Gauge (storage nodes): 1 while the store fails (an I/O error) and is being reopened.
 pub const STORE_FAILING: &str = "citychain_store_failing";
 
+/// Counter: items the node above acknowledged (a city's batches, a continent's batches).
+pub const UPLINK_FORWARDED: &str = "citychain_uplink_forwarded_total";
+/// Counter, label `reason` (`unreachable`, `unauthenticated`, `refused`, `unavailable`,
+/// `malformed`, `local`): forwarding attempts that failed.
+pub const UPLINK_FAILURES: &str = "citychain_uplink_failures_total";
+/// Gauge: items in the outbox, not acknowledged by the node above yet.
+pub const UPLINK_WAITING: &str = "citychain_uplink_waiting";
+/// Counter (continent), label `outcome` (`merged`, `duplicate`, `refused`): city batches
+/// submitted.
+pub const CITY_BATCHES_RECEIVED: &str = "citychain_city_batches_received_total";
+/// Counter (continent): continent batches made durable.
+pub const CONTINENT_BATCHES: &str = "citychain_continent_batches_total";
+/// Counter (global), label `outcome` (`received`, `duplicate`, `refused`): continent
+/// batches submitted.
+pub const CONTINENT_BATCHES_RECEIVED: &str = "citychain_continent_batches_received_total";
+/// Counter (global): checkpoints signed and written to the log.
+pub const CHECKPOINTS: &str = "citychain_checkpoints_total";
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the recorder on first use and returns its handle. Safe to call from every

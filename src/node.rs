@@ -4,8 +4,13 @@
 //!   storage nodes and the local immutable log, and the public API.
 //! - `light` / `full`: a redb batch store and the internal storage API, serving only the
 //!   nodes on its `[auth]` allow-list.
-//! - `continent` / `global`: health, readiness, metrics and the (empty, for now) actor
-//!   table; they aggregate city batches in a later release.
+//! - `continent`: the Merger (city batches into continent batches, on its own immutable
+//!   log and index) and the Uplink to the global node, under a supervisor; the signed
+//!   endpoint its cities forward to and read endpoints.
+//! - `global`: the Collector (continent batches into its log) and the Checkpointer (a
+//!   signed checkpoint over the log at an interval), under a supervisor; the signed
+//!   endpoint its continents forward to, checkpoints and inclusion proofs.
+//! - A city or continent with `[uplink]` keeps an outbox and runs the Uplink actor.
 //!
 //! Every role serves `/healthz`, `/readyz` and `/metrics`. Shutdown is one call
 //! ([`RunningNode::stop`]): the HTTP server stops taking connections and lets in-flight
@@ -22,12 +27,14 @@ use actix_web::web;
 use anyhow::Context;
 use ractor::ActorRef;
 
+use crate::city::actors::uplink::UplinkParts;
 use crate::city::msgs::SupervisorMsg;
 use crate::city::supervisor::ActorTable;
 use crate::config::{Config, Role};
 use crate::crypto::SigningKey;
 use crate::http::city_api::CityState;
-use crate::http::common::{self, ReadinessCheck};
+use crate::http::common::{self, ReadinessCheck, UplinkInfo};
+use crate::http::federation_api::{self, ContinentState, GlobalState};
 use crate::http::limits::{self, Limits};
 use crate::http::log_api::{self, LogState};
 use crate::http::peer_auth::PeerAuth;
@@ -36,10 +43,14 @@ use crate::http::storage_api::{self, StorageState};
 use crate::messages::auth::RequestSigner;
 use crate::storage::chain::TierChain;
 use crate::storage::city_store::CityStore;
+use crate::storage::continent_store::ContinentStore;
+use crate::storage::global_store::GlobalStore;
 use crate::storage::immutable_log::ImmutableLog;
 use crate::storage::log_notary::{HEAD_INTERVAL, LogNotary, NotaryTask};
+use crate::storage::outboxes::{CityOutbox, ContinentOutbox};
 use crate::storage::peer::PeerClient;
 use crate::storage::store::{self, BatchStore, StoreOptions};
+use crate::storage::upstream::{Outbox, UplinkStatus, UpstreamClient};
 
 /// A node that is running; dropping it does not stop it, [`RunningNode::stop`] does.
 pub struct RunningNode {
@@ -176,7 +187,8 @@ pub async fn start(mut config: Config) -> anyhow::Result<RunningNode> {
     let node = match config.node.role {
         Role::City => start_city(config, listener, addr, identity).await,
         Role::Light | Role::Full => start_storage(config, listener, addr, identity),
-        Role::Continent | Role::Global => start_aggregator(config, listener, addr, identity),
+        Role::Continent => start_continent(config, listener, addr, identity).await,
+        Role::Global => start_global(config, listener, addr, identity).await,
     }?;
     // Written once the node serves, so a launcher that asked for port 0 learns the real one.
     let tmp = addr_file.with_extension("tmp");
@@ -216,16 +228,20 @@ async fn start_city(
     let (notary, _finding) = LogNotary::open(&config.node.data_dir, log.clone(), key.clone())
         .context("holding the immutable log against its signed heads")?;
     let notary = Arc::new(notary);
-    let signer = RequestSigner::new(config.node.id.clone(), key);
-    let chain = TierChain::build(&config, PeerClient::new(signer), log.clone())?;
+    let signer = RequestSigner::new(config.node.id.clone(), key.clone());
+    let chain = TierChain::build(&config, PeerClient::new(signer.clone()), log.clone())?;
     let store = Arc::new(
-        CityStore::open_with_cache(&config.node.data_dir, config.limits.store_cache_bytes)
-            .with_context(|| {
-                format!(
-                    "opening the city store in {}",
-                    config.node.data_dir.display()
-                )
-            })?,
+        CityStore::open_with(
+            &config.node.data_dir,
+            config.limits.store_cache_bytes,
+            config.uplink.is_some(),
+        )
+        .with_context(|| {
+            format!(
+                "opening the city store in {}",
+                config.node.data_dir.display()
+            )
+        })?,
     );
     // Batches acknowledged on the log that it no longer holds are not `stored` any more:
     // marked lost before the first request, searched for elsewhere by the Repairer.
@@ -235,12 +251,22 @@ async fn start_city(
     let log_state = web::Data::new(LogState {
         log,
         notary,
-        store: store.clone(),
+        store: Some(store.clone()),
     });
+    // The link to the continent: certified batch headers from the city store's outbox.
+    let uplink = config.uplink.as_ref().map(|u| {
+        let outbox: Arc<dyn Outbox> = Arc::new(CityOutbox {
+            store: store.clone(),
+            client: UpstreamClient::new(signer.clone(), u),
+            key: key.clone(),
+        });
+        uplink_parts(outbox, store.outbox_added(), u)
+    });
+    let uplink_info = uplink.as_ref().map(uplink_info);
     // The pipeline, Intake → DagBatcher → Flagger → Prioritizer → StorageWriter, with
-    // Failover and the Repairer, each linked to the FailoverSupervisor.
+    // Failover and the Repairer (and the Uplink), each linked to the FailoverSupervisor.
     let index = store.clone();
-    let city = crate::city::start(config.clone(), chain, store).await?;
+    let city = crate::city::start(config.clone(), chain, store, uplink).await?;
     let (supervisor, actors, gave_up) = (city.supervisor, city.actors, city.gave_up);
     let storage_ready = city.storage_ready;
     let city = web::Data::new(CityState {
@@ -276,7 +302,11 @@ async fn start_city(
             .configure(crate::http::city_api::configure)
             .configure(log_api::configure)
             .configure(common::configure)
-            .configure(common::configure_actors);
+            .configure(common::configure_actors)
+            .configure(common::configure_uplink);
+        if let Some(info) = &uplink_info {
+            app.app_data(info.clone());
+        }
     })?;
     tracing::info!(%addr, node = %config.node.id, "city node listening");
     Ok(RunningNode {
@@ -356,29 +386,218 @@ fn start_storage(
     Ok(RunningNode::without_actors(addr, role, server))
 }
 
-fn start_aggregator(
+fn uplink_parts(
+    outbox: Arc<dyn Outbox>,
+    added: Arc<tokio::sync::Notify>,
+    config: &crate::config::UplinkConfig,
+) -> UplinkParts {
+    UplinkParts {
+        outbox,
+        added,
+        status: Arc::new(UplinkStatus::new(config)),
+        config: config.clone(),
+    }
+}
+
+fn uplink_info(parts: &UplinkParts) -> web::Data<UplinkInfo> {
+    web::Data::new(UplinkInfo {
+        status: parts.status.clone(),
+        outbox: parts.outbox.clone(),
+    })
+}
+
+/// What a continent and the global node both open: the node key (seeded with a first
+/// signature, as on a city), the immutable log held against its signed heads, and the
+/// notary that signs them.
+fn open_level_log(
+    config: &Config,
+) -> anyhow::Result<(Arc<SigningKey>, Arc<ImmutableLog>, Arc<LogNotary>)> {
+    let key = Arc::new(load_or_create_key(&config.node.key_path())?);
+    key.sign(b"citychain federation node start")
+        .context("signing with the node key")?;
+    let log = Arc::new(ImmutableLog::open(&config.log_dir()).with_context(|| {
+        format!(
+            "opening the immutable log in {}",
+            config.log_dir().display()
+        )
+    })?);
+    let (notary, _finding) = LogNotary::open(&config.node.data_dir, log.clone(), key.clone())
+        .context("holding the immutable log against its signed heads")?;
+    Ok((key, log, Arc::new(notary)))
+}
+
+/// Ready while every actor runs and the last write to the log did not fail.
+fn level_readiness(
+    actors: Arc<ActorTable>,
+    health: crate::federation::actors::merger::StoreHealth,
+) -> web::Data<ReadinessCheck> {
+    let check: ReadinessCheck = Arc::new(move || {
+        actors.ready()?;
+        match health
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+        {
+            Some(why) => Err(format!("the immutable log's last write failed: {why}")),
+            None => Ok(()),
+        }
+    });
+    web::Data::new(check)
+}
+
+fn level_options(config: &Config) -> ServerOptions {
+    ServerOptions {
+        workers: 2,
+        shutdown_timeout_secs: 5,
+        limits: Limits::new(config.limits.clone()),
+        // Signature checks of submissions run there.
+        blocking_threads: Some(workers()),
+    }
+}
+
+async fn start_continent(
     config: Config,
     listener: TcpListener,
     addr: SocketAddr,
     identity: web::Data<common::NodeIdentity>,
 ) -> anyhow::Result<RunningNode> {
-    let role = config.node.role;
-    let readiness: ReadinessCheck = Arc::new(|| Ok(()));
-    let readiness = web::Data::new(readiness);
-    let actors = web::Data::new(Arc::new(ActorTable::default()));
-    let options = ServerOptions {
-        workers: 1,
-        shutdown_timeout_secs: 2,
-        limits: Limits::new(config.limits.clone()),
-        blocking_threads: None,
-    };
-    let server = serve(listener, options, move |app| {
-        app.app_data(readiness.clone())
+    let config = Arc::new(config);
+    let (key, log, notary) = open_level_log(&config)?;
+    let store = Arc::new(
+        ContinentStore::open(
+            &config.node.data_dir,
+            config.limits.store_cache_bytes,
+            log.clone(),
+        )
+        .with_context(|| {
+            format!(
+                "opening the continent's index in {}",
+                config.node.data_dir.display()
+            )
+        })?,
+    );
+    let log_heads = notary.spawn(HEAD_INTERVAL);
+    let log_state = web::Data::new(LogState {
+        log,
+        notary,
+        store: None,
+    });
+    // The link to the global node: continent batches from the outbox.
+    let signer = RequestSigner::new(config.node.id.clone(), key.clone());
+    let uplink = config.uplink.as_ref().map(|u| {
+        let outbox: Arc<dyn Outbox> = Arc::new(ContinentOutbox {
+            store: store.clone(),
+            client: UpstreamClient::new(signer.clone(), u),
+        });
+        uplink_parts(outbox, store.outbox_added.clone(), u)
+    });
+    if uplink.is_none() {
+        tracing::warn!("no [uplink]: continent batches are kept here and forwarded nowhere");
+    }
+    let uplink_info = uplink.as_ref().map(uplink_info);
+    // Merger (and Uplink) under the supervisor.
+    let level =
+        crate::federation::start_continent(config.clone(), key, store.clone(), uplink).await?;
+    let state = web::Data::new(ContinentState {
+        merger: level.entry.clone(),
+        store,
+        check: Arc::new(crate::federation::verify::CityBatchCheck::from_config(
+            &config,
+        )),
+    });
+    let auth = web::Data::new(PeerAuth::new(config.node.id.clone(), &config.auth));
+    let readiness = level_readiness(level.actors.clone(), level.health.clone());
+    let actors = web::Data::new(level.actors.clone());
+    let server = serve(listener, level_options(&config), move |app| {
+        app.app_data(state.clone())
+            .app_data(auth.clone())
+            .app_data(readiness.clone())
             .app_data(identity.clone())
             .app_data(actors.clone())
+            .app_data(log_state.clone())
+            .configure(federation_api::configure_continent)
+            .configure(log_api::configure)
             .configure(common::configure)
-            .configure(common::configure_actors);
+            .configure(common::configure_actors)
+            .configure(common::configure_uplink);
+        if let Some(info) = &uplink_info {
+            app.app_data(info.clone());
+        }
     })?;
-    tracing::info!(%addr, node = %config.node.id, %role, "node listening");
-    Ok(RunningNode::without_actors(addr, role, server))
+    tracing::info!(%addr, node = %config.node.id, "continent node listening");
+    Ok(RunningNode {
+        gave_up: Some((level.gave_up, level.actors)),
+        addr,
+        role: Role::Continent,
+        server: server.handle(),
+        server_task: tokio::spawn(server),
+        supervisor: Some(level.supervisor),
+        log_heads: Some(log_heads),
+    })
+}
+
+async fn start_global(
+    config: Config,
+    listener: TcpListener,
+    addr: SocketAddr,
+    identity: web::Data<common::NodeIdentity>,
+) -> anyhow::Result<RunningNode> {
+    let config = Arc::new(config);
+    let (key, log, notary) = open_level_log(&config)?;
+    let store = Arc::new(
+        GlobalStore::open(
+            &config.node.data_dir,
+            config.limits.store_cache_bytes,
+            log.clone(),
+        )
+        .with_context(|| {
+            format!(
+                "opening the global index in {}",
+                config.node.data_dir.display()
+            )
+        })?,
+    );
+    let log_heads = notary.spawn(HEAD_INTERVAL);
+    let log_state = web::Data::new(LogState {
+        log,
+        notary,
+        store: None,
+    });
+    let public_key = key.public_key().to_vec();
+    // Collector and Checkpointer under the supervisor.
+    let level = crate::federation::start_global(config.clone(), key, store.clone()).await?;
+    let state = web::Data::new(GlobalState {
+        collector: level.entry.clone(),
+        store,
+        check: Arc::new(crate::federation::verify::ContinentBatchCheck::from_config(
+            &config,
+        )),
+        public_key,
+    });
+    let auth = web::Data::new(PeerAuth::new(config.node.id.clone(), &config.auth));
+    let readiness = level_readiness(level.actors.clone(), level.health.clone());
+    let actors = web::Data::new(level.actors.clone());
+    let server = serve(listener, level_options(&config), move |app| {
+        app.app_data(state.clone())
+            .app_data(auth.clone())
+            .app_data(readiness.clone())
+            .app_data(identity.clone())
+            .app_data(actors.clone())
+            .app_data(log_state.clone())
+            .configure(federation_api::configure_global)
+            .configure(log_api::configure)
+            .configure(common::configure)
+            .configure(common::configure_actors)
+            .configure(common::configure_uplink);
+    })?;
+    tracing::info!(%addr, node = %config.node.id, "global node listening");
+    Ok(RunningNode {
+        gave_up: Some((level.gave_up, level.actors)),
+        addr,
+        role: Role::Global,
+        server: server.handle(),
+        server_task: tokio::spawn(server),
+        supervisor: Some(level.supervisor),
+        log_heads: Some(log_heads),
+    })
 }

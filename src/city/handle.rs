@@ -16,7 +16,7 @@ use super::node_policy::{NodeView, NodesSnapshot};
 use super::status::{StatusIndex, TxView};
 use crate::config::{ActorName, Config};
 use crate::messages::{BatchId, ParsedTx, SignedTx, TxId, TxValidationError, now_ms};
-use crate::storage::city_store::{BatchRecord, CityStoreError};
+use crate::storage::city_store::{BatchRecord, CityStoreError, UplinkState};
 
 /// Why a request was refused before it reached the pipeline.
 #[derive(Debug, thiserror::Error)]
@@ -168,6 +168,12 @@ impl CityHandle {
 
     pub fn batch(&self, id: &BatchId) -> Result<Option<BatchRecord>, CityStoreError> {
         self.index.batch(id)
+    }
+
+    /// Where batch `id` (sequence number `seq`) stands with the continent; `None` for a
+    /// city without one.
+    pub fn uplink(&self, id: &BatchId, seq: u64) -> Result<Option<UplinkState>, CityStoreError> {
+        self.index.uplink(id, seq)
     }
 
     /// The storage nodes with their scores, as the Prioritizer last published them.

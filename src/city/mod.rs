@@ -44,6 +44,7 @@ use actors::intake::{Intake, IntakeArgs};
 use actors::prioritizer::{Prioritizer, PrioritizerArgs};
 use actors::repairer::{RepairArgs, RepairContext, Repairer};
 use actors::storage_writer::{StorageWriter, WriterArgs};
+use actors::uplink::{Uplink, UplinkParts};
 pub use handle::CityHandle;
 use mailbox::{Depth, Mailbox};
 use msgs::SupervisorMsg;
@@ -74,6 +75,7 @@ struct Mailboxes {
     writer: Mailbox<msgs::WriterMsg>,
     failover: Mailbox<msgs::FailoverMsg>,
     repairer: Mailbox<msgs::RepairMsg>,
+    uplink: Mailbox<msgs::UplinkMsg>,
 }
 
 impl Mailboxes {
@@ -90,17 +92,19 @@ impl Mailboxes {
             writer: detached(StorageWriter, actors::storage_writer::MAILBOX_CAPACITY),
             failover: detached(Failover, actors::failover::MAILBOX_CAPACITY),
             repairer: detached(Repairer, actors::repairer::MAILBOX_CAPACITY),
+            uplink: detached(Uplink, actors::uplink::MAILBOX_CAPACITY),
         }
     }
 }
 
 /// Starts the city pipeline under its supervisor, on the tier chain (with its peer client,
-/// node directory, MongoDB client and log) and the city store the node opened; returns
-/// once every actor runs.
+/// node directory, MongoDB client and log) and the city store the node opened, with an
+/// uplink to the continent when `uplink` is given; returns once every actor runs.
 pub async fn start(
     config: Arc<Config>,
     chain: TierChain,
     store: Arc<CityStore>,
+    uplink: Option<UplinkParts>,
 ) -> anyhow::Result<City> {
     let boxes = Mailboxes::new();
     let index = Arc::new(status::StatusIndex::new(store.clone()));
@@ -234,12 +238,21 @@ pub async fn start(
         }
     }));
 
+    // Uplink: the city store's outbox (batches enter it with their records); certified
+    // headers to the continent. Last, so that no other actor restarts with it.
+    if let Some(parts) = uplink {
+        children.push(ChildSpec::new(ActorName::Uplink, || Uplink, &b.uplink, {
+            move || parts.args()
+        }));
+    }
+
     let actors = Arc::new(ActorTable::default());
     let gave_up = Arc::new(Notify::new());
     let (supervisor, _) = Actor::spawn(
         None,
         FailoverSupervisor,
         SupervisorArgs {
+            name: supervisor::CITY_SUPERVISOR,
             children,
             config: config.supervisor.clone(),
             actors: actors.clone(),

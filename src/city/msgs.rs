@@ -20,6 +20,7 @@ use crate::messages::{
 use crate::storage::city_store::{CityStoreError, TxRecord};
 use crate::storage::peer::HealthReport;
 use crate::storage::tier::{TierError, TierResult};
+use crate::storage::upstream::Attempt;
 
 /// A durable transaction, as `POST /v1/tx` answers it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -225,6 +226,18 @@ pub enum RepairMsg {
     Panic,
 }
 
+/// To the Uplink (a city's, or a continent's).
+pub enum UplinkMsg {
+    /// Something entered the outbox (or the actor started): forward what waits.
+    Kick,
+    /// The backoff of generation `.0` ended.
+    Retry(u64),
+    /// A forwarding attempt's task finished.
+    Done(Attempt),
+    /// Fault injection (`[supervisor] fault_injection`): the actor panics.
+    Panic,
+}
+
 /// To the FailoverSupervisor.
 pub enum SupervisorMsg {
     /// A backoff ended: start these actors again.
@@ -287,5 +300,11 @@ impl ActorMsg for FailoverMsg {
 impl ActorMsg for RepairMsg {
     fn panic() -> Self {
         RepairMsg::Panic
+    }
+}
+
+impl ActorMsg for UplinkMsg {
+    fn panic() -> Self {
+        UplinkMsg::Panic
     }
 }

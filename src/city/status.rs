@@ -8,7 +8,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 
 use crate::messages::{BatchId, FlagKind, NonceKey, TxId};
-use crate::storage::city_store::{BatchRecord, CityStore, CityStoreError, TxRecord};
+use crate::storage::city_store::{BatchRecord, CityStore, CityStoreError, TxRecord, UplinkState};
 
 /// A transaction admitted and not yet durable.
 #[derive(Debug, Clone)]
@@ -62,5 +62,10 @@ impl StatusIndex {
 
     pub fn batch(&self, id: &BatchId) -> Result<Option<BatchRecord>, CityStoreError> {
         self.store.get_batch(id)
+    }
+
+    /// Where batch `id` (sequence number `seq`) stands with the continent.
+    pub fn uplink(&self, id: &BatchId, seq: u64) -> Result<Option<UplinkState>, CityStoreError> {
+        self.store.uplink_state(id, seq)
     }
 }

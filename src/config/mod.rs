@@ -9,11 +9,13 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod federation;
 mod limits;
 mod sections;
 mod validate;
 mod vault;
 
+pub use federation::{ContinentConfig, GlobalConfig, UplinkConfig};
 pub use limits::*;
 pub use sections::*;
 pub use vault::{VaultConfig, VaultKeyEntry};
@@ -42,6 +44,13 @@ pub struct Config {
     /// Required for a city node; see [`VaultConfig`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vault: Option<VaultConfig>,
+    /// The node above this one (a city's continent, a continent's global node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uplink: Option<UplinkConfig>,
+    #[serde(default)]
+    pub continent: ContinentConfig,
+    #[serde(default)]
+    pub global: GlobalConfig,
 }
 
 /// Every problem found in a config file.
@@ -51,7 +60,10 @@ pub struct ConfigErrors {
     pub problems: Vec<String>,
 }
 
-const SECTIONS: [&str; 11] = [
+const SECTIONS: [&str; 14] = [
+    "uplink",
+    "continent",
+    "global",
     "repair",
     "auth",
     "limits",
@@ -129,6 +141,9 @@ impl Config {
             auth: section(&table, "auth", &mut problems),
             limits: section(&table, "limits", &mut problems),
             vault: section(&table, "vault", &mut problems),
+            uplink: section(&table, "uplink", &mut problems),
+            continent: section(&table, "continent", &mut problems),
+            global: section(&table, "global", &mut problems),
         });
         if let Some(c) = &config {
             problems.extend(c.validate());
@@ -147,12 +162,12 @@ impl Config {
     }
 
     /// The largest request body this node's role accepts: a transaction on a city, a batch
-    /// on a storage node, nothing on the others.
+    /// on a storage node, a submission of batches on a continent or global node.
     pub fn largest_request_body(&self) -> usize {
         match self.node.role {
             Role::City => self.intake.max_body_bytes,
             Role::Light | Role::Full => self.batcher.max_batch_bytes + BATCH_ENVELOPE_BYTES,
-            Role::Continent | Role::Global => 0,
+            Role::Continent | Role::Global => crate::messages::federation::MAX_SUBMISSION_BYTES,
         }
     }
 
@@ -289,6 +304,75 @@ continent = "asia"
             "a peer never gets more than all"
         );
         assert_eq!(Config::parse(&c.to_toml()).unwrap(), c, "it round-trips");
+    }
+
+    #[test]
+    fn federation_levels_name_who_may_forward_to_them() {
+        let peer = |role: &str, extra: &str| {
+            format!(
+                "[[auth.peers]]\nid = \"x-1\"\nrole = \"{role}\"\n{extra}public_key = \"{}\"\n",
+                MINIMAL
+                    .split("public_key = \"")
+                    .nth(1)
+                    .unwrap()
+                    .trim_end()
+                    .trim_end_matches('"')
+            )
+        };
+        let node = |role: &str| NODE.replace("role = \"light\"", &format!("role = \"{role}\""));
+
+        let err = Config::parse(&node("continent")).unwrap_err();
+        assert!(
+            err.problems.join("\n").contains("must list the cities"),
+            "{err}"
+        );
+        let err = Config::parse(&format!("{}{}", node("continent"), peer("city", ""))).unwrap_err();
+        assert!(
+            err.problems.join("\n").contains("city is required"),
+            "{err}"
+        );
+        let text = format!(
+            "{}{}",
+            node("continent"),
+            peer("city", "city = \"tokyo\"\n")
+        );
+        let c = Config::parse(&text).unwrap();
+        assert_eq!(c.continent, ContinentConfig::default());
+        assert_eq!(Config::parse(&c.to_toml()).unwrap(), c, "it round-trips");
+
+        let err = Config::parse(&format!(
+            "{}{}",
+            node("global"),
+            peer("city", "city = \"tokyo\"\n")
+        ))
+        .unwrap_err();
+        let all = err.problems.join("\n");
+        assert!(all.contains("serves continents, not a city"), "{all}");
+        assert!(all.contains("must list its continents"), "{all}");
+        let text = format!(
+            "{}{}[global]\ncheckpoint_interval = \"0s\"\n[uplink]\nid = \"up\"\nurl = \"http://127.0.0.1:1\"\n",
+            node("global"),
+            peer("continent", "continent = \"asia\"\n")
+        );
+        let err = Config::parse(&text).unwrap_err();
+        let all = err.problems.join("\n");
+        assert!(
+            all.contains("checkpoint_interval must be positive"),
+            "{all}"
+        );
+        assert!(all.contains("a global node forwards nothing"), "{all}");
+        assert_eq!(err.problems.len(), 2, "{all}");
+
+        // A city's uplink: checked, and optional.
+        let m = MINIMAL.replace("role = \"light\"", "role = \"continent\"");
+        let m = m.replace("role = \"city\"\n", "role = \"city\"\ncity = \"tokyo\"\n");
+        let text = format!("{m}[uplink]\nid = \"\"\nurl = \"ftp://x\"\nmax_items = 0\n");
+        let err = Config::parse(&text).unwrap_err();
+        let all = err.problems.join("\n");
+        assert!(all.contains("[uplink] id"), "{all}");
+        assert!(all.contains("not an http(s) URL"), "{all}");
+        assert!(all.contains("max_items"), "{all}");
+        assert_eq!(err.problems.len(), 3, "{all}");
     }
 
     #[test]

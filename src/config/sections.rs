@@ -423,9 +423,10 @@ pub enum NodePolicyName {
     Weighted,
 }
 
-/// The actors of a city node's supervision tree, in start order: a failure restarts
-/// those after it under `rest_for_one`. Names as `/v1/actors` and `[supervisor.restart]`
-/// spell them.
+/// The supervised actors of every role, each role's in its start order (a failure restarts
+/// those after it under `rest_for_one`): a city's pipeline and its uplink, a continent's
+/// merger and uplink, the global node's collector and checkpointer. Names as `/v1/actors`
+/// and `[supervisor.restart]` spell them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ActorName {
@@ -436,11 +437,15 @@ pub enum ActorName {
     Flagger,
     DagBatcher,
     Intake,
+    Uplink,
+    Merger,
+    Collector,
+    Checkpointer,
 }
 
 impl ActorName {
-    /// Every supervised actor, in start order.
-    pub const ALL: [ActorName; 7] = [
+    /// Every supervised actor: the city's in start order, then the federation levels'.
+    pub const ALL: [ActorName; 11] = [
         ActorName::Failover,
         ActorName::StorageWriter,
         ActorName::Prioritizer,
@@ -448,6 +453,10 @@ impl ActorName {
         ActorName::Flagger,
         ActorName::DagBatcher,
         ActorName::Intake,
+        ActorName::Uplink,
+        ActorName::Merger,
+        ActorName::Collector,
+        ActorName::Checkpointer,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -459,6 +468,10 @@ impl ActorName {
             ActorName::Flagger => "flagger",
             ActorName::DagBatcher => "dag_batcher",
             ActorName::Intake => "intake",
+            ActorName::Uplink => "uplink",
+            ActorName::Merger => "merger",
+            ActorName::Collector => "collector",
+            ActorName::Checkpointer => "checkpointer",
         }
     }
 
@@ -515,8 +528,9 @@ pub struct SupervisorConfig {
     pub backoff_max: Duration,
     pub backoff_multiplier: f64,
     /// Restart type per actor (any [`ActorName`]: `failover`, `storage_writer`,
-    /// `prioritizer`, `repairer`, `flagger`, `dag_batcher`, `intake`); unlisted actors are
-    /// `permanent`.
+    /// `prioritizer`, `repairer`, `flagger`, `dag_batcher`, `intake`, `uplink` on a city;
+    /// `merger`, `uplink` on a continent; `collector`, `checkpointer` on the global node);
+    /// unlisted actors are `permanent`.
     pub restart: std::collections::BTreeMap<ActorName, RestartType>,
     /// Enables `POST /v1/actors/{name}/panic`, for fault-injection tests. Never in
     /// production.
@@ -545,14 +559,16 @@ impl Default for SupervisorConfig {
     }
 }
 
-/// `[auth]`: who may call a storage node's internal API, and how their requests are checked.
+/// `[auth]`: who may call a node's internal API, and how their requests are checked.
 ///
 /// Every request but the health report is signed by its sender's node key (see
-/// `messages::auth`); a storage node serves only the nodes listed here.
+/// `messages::auth`); a node serves only the nodes listed here: a storage node its cities,
+/// a continent its cities, the global node its continents.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// The nodes (the cities this node stores for) allowed to write, read and challenge it.
+    /// The nodes allowed to call it: on a storage node the cities it stores for (write,
+    /// read, challenge), on a continent its cities, on the global node its continents.
     pub peers: Vec<PeerKeyEntry>,
     /// How far a signed request's time may be from this node's clock; a request is
     /// accepted once within twice this window.
@@ -584,4 +600,11 @@ pub struct PeerKeyEntry {
     pub role: Role,
     /// Base64 of the node's ML-DSA-65 public key; its requests must verify with it.
     pub public_key: String,
+    /// On a continent node: the city this city node speaks for (required there); the
+    /// batches it forwards must be that city's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub city: Option<String>,
+    /// On the global node: the continent this continent node speaks for (required there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continent: Option<String>,
 }

@@ -174,6 +174,32 @@ impl Config {
             None => {}
         }
         p.extend(self.limits.problems(self.largest_request_body()));
+        p.extend(self.federation_problems());
+        p
+    }
+
+    fn federation_problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        match (&self.uplink, self.node.role) {
+            (Some(u), Role::City | Role::Continent) => p.extend(u.problems()),
+            (Some(_), role) => p.push(format!(
+                "[uplink] is for city and continent nodes; a {role} node forwards nothing"
+            )),
+            (None, _) => {}
+        }
+        let c = &self.continent;
+        if c.window.is_zero() || c.max_entries == 0 {
+            p.push("[continent] window must be positive and max_entries at least 1".into());
+        }
+        if c.max_entries > crate::messages::federation::MAX_SUBMISSION_ITEMS {
+            p.push(format!(
+                "[continent] max_entries must be at most {}",
+                crate::messages::federation::MAX_SUBMISSION_ITEMS
+            ));
+        }
+        if self.global.checkpoint_interval.is_zero() {
+            p.push("[global] checkpoint_interval must be positive".into());
+        }
         p
     }
 }
@@ -189,17 +215,52 @@ impl Config {
                     .into(),
             );
         }
+        let role = self.node.role;
+        match role {
+            Role::Continent if !a.peers.iter().any(|e| e.role == Role::City) => p.push(
+                "[auth] a continent must list the cities it serves in [[auth.peers]] (role \"city\", with their city); without them it refuses every batch"
+                    .into(),
+            ),
+            Role::Global if !a.peers.iter().any(|e| e.role == Role::Continent) => p.push(
+                "[auth] the global node must list its continents in [[auth.peers]] (role \"continent\", with their continent); without them it refuses every batch"
+                    .into(),
+            ),
+            _ => {}
+        }
         let mut ids = BTreeSet::new();
         for (idx, e) in a.peers.iter().enumerate() {
             let at = format!("[[auth.peers]] #{} ({})", idx + 1, e.id);
             if !ids.insert(e.id.as_str()) {
                 p.push(format!("{at}: duplicate id"));
             }
-            if e.role != Role::City && e.role != Role::Continent {
-                p.push(format!(
+            match role {
+                Role::Continent if e.role != Role::City => {
+                    p.push(format!("{at}: a continent serves cities, not a {}", e.role))
+                }
+                Role::Continent if e.city.as_deref().is_none_or(|c| c.trim().is_empty()) => p
+                    .push(format!(
+                        "{at}: city is required: the city whose batches this node may forward"
+                    )),
+                Role::Global if e.role != Role::Continent => p.push(format!(
+                    "{at}: the global node serves continents, not a {}",
+                    e.role
+                )),
+                Role::Global if e.continent.as_deref().is_none_or(|c| c.trim().is_empty()) => {
+                    p.push(format!(
+                        "{at}: continent is required: the continent whose batches this node may forward"
+                    ))
+                }
+                _ if e.role != Role::City && e.role != Role::Continent => p.push(format!(
                     "{at}: role must be city or continent, not {}",
                     e.role
-                ));
+                )),
+                _ => {}
+            }
+            if let Some(city) = &e.city {
+                p.extend(bad_name(&at, "city", city));
+            }
+            if let Some(continent) = &e.continent {
+                p.extend(bad_name(&at, "continent", continent));
             }
             if decode_public_key(&e.public_key).is_none() {
                 p.push(format!(

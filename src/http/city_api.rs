@@ -16,7 +16,7 @@ use crate::city::handle::{AdmitError, Admitted, InjectError};
 use crate::city::msgs::{Receipt, SubmitError};
 use crate::city::status::TxView;
 use crate::messages::{FlagKind, PohAck, Tier, hex32};
-use crate::storage::city_store::{BatchRecord, CityStoreError};
+use crate::storage::city_store::{BatchRecord, CityStoreError, UplinkState};
 
 /// What the city routes need, registered as `web::Data<CityState>`.
 pub struct CityState {
@@ -87,6 +87,45 @@ pub struct BatchReply {
     pub tier: Option<Tier>,
     pub holders: Vec<String>,
     pub acks: Vec<AckReply>,
+    /// Where the batch stands with the continent (null for a city without one).
+    pub continent: Option<ContinentReply>,
+}
+
+/// Where a batch stands with the city's continent.
+#[derive(Debug, Serialize)]
+pub struct ContinentReply {
+    /// `waiting` (in the outbox) or `merged`.
+    pub status: &'static str,
+    /// The continent node that merged it, the continent batch and the batch's place in it.
+    pub node: Option<String>,
+    pub continent_batch_id: Option<String>,
+    pub continent_seq: Option<u64>,
+    pub entry_index: Option<u32>,
+    /// When the continent's answer came (ms since the epoch).
+    pub merged_at_ms: Option<u64>,
+}
+
+impl From<UplinkState> for ContinentReply {
+    fn from(s: UplinkState) -> Self {
+        match s {
+            UplinkState::Waiting => Self {
+                status: "waiting",
+                node: None,
+                continent_batch_id: None,
+                continent_seq: None,
+                entry_index: None,
+                merged_at_ms: None,
+            },
+            UplinkState::Merged(p) => Self {
+                status: "merged",
+                node: Some(p.node),
+                continent_batch_id: Some(hex32(&p.continent_batch_id)),
+                continent_seq: Some(p.continent_seq),
+                entry_index: Some(p.entry_index),
+                merged_at_ms: Some(p.time_ms),
+            },
+        }
+    }
 }
 
 /// One signed proof-of-hold ack.
@@ -131,7 +170,7 @@ impl From<&PohAck> for AckReply {
 }
 
 impl BatchReply {
-    fn of(id: &[u8; 32], b: &BatchRecord) -> Self {
+    fn of(id: &[u8; 32], b: &BatchRecord, continent: Option<UplinkState>) -> Self {
         let h = &b.header;
         Self {
             batch_id: hex32(id),
@@ -146,6 +185,7 @@ impl BatchReply {
             tier: (!b.lost).then_some(b.tier),
             holders: if b.lost { vec![] } else { b.holders.clone() },
             acks: b.acks.iter().map(AckReply::from).collect(),
+            continent: continent.map(ContinentReply::from),
         }
     }
 }
@@ -276,7 +316,8 @@ async fn get_batch(
         .batch(&id)
         .map_err(index_error)?
         .ok_or_else(|| ApiError::not_found(format!("unknown batch {}", path.as_str())))?;
-    Ok(HttpResponse::Ok().json(BatchReply::of(&id, &b)))
+    let continent = state.city.uplink(&id, b.header.seq).map_err(index_error)?;
+    Ok(HttpResponse::Ok().json(BatchReply::of(&id, &b, continent)))
 }
 
 /// Fault injection: `POST /v1/actors/{name}/panic` makes that actor panic. 404 unless

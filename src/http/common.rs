@@ -48,6 +48,23 @@ pub fn configure_actors(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/actors", web::get().to(actors));
 }
 
+/// What `GET /v1/uplink` reads on a node with a node above it.
+pub struct UplinkInfo {
+    pub status: Arc<crate::storage::upstream::UplinkStatus>,
+    pub outbox: Arc<dyn crate::storage::upstream::Outbox>,
+}
+
+/// `/v1/uplink`: the link to the node above. Expects `web::Data<UplinkInfo>` when the node
+/// has one; answers 404 otherwise.
+pub fn configure_uplink(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/uplink", web::get().to(uplink));
+}
+
+async fn uplink(info: Option<web::Data<UplinkInfo>>) -> ApiResult<HttpResponse> {
+    let info = info.ok_or_else(|| ApiError::not_found("this node forwards to no node above it"))?;
+    Ok(HttpResponse::Ok().json(info.status.view(info.outbox.waiting())))
+}
+
 /// The JSON 404 for paths no route matches.
 pub async fn not_found(req: HttpRequest) -> HttpResponse {
     actix_web::ResponseError::error_response(&ApiError::not_found(format!(

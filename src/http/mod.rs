@@ -3,6 +3,8 @@
 //!
 //! - [`city_api`]: `/v1/tx`, `/v1/batches`, `/v1/nodes`, `/v1/actors` on city nodes.
 //! - [`log_api`]: `/v1/log/…` on city nodes: signed heads and Merkle proofs of the log.
+//! - [`federation_api`]: continent and global nodes: the signed internal endpoints the
+//!   level below forwards to, what each level holds, checkpoints and their proofs.
 //! - [`storage_api`]: the versioned internal API of light and full nodes.
 //! - [`peer_auth`]: who may call it: signed requests checked against an allow-list.
 //! - [`common`]: `/healthz`, `/readyz`, `/metrics`, JSON 404s, shared by every role.
@@ -14,6 +16,7 @@
 pub mod city_api;
 pub mod common;
 pub mod error;
+pub mod federation_api;
 pub mod limits;
 pub mod log_api;
 pub mod peer_auth;

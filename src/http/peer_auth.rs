@@ -256,6 +256,8 @@ mod tests {
                 id: "city-1".into(),
                 role: Role::City,
                 public_key: B64.encode(city.public_key()),
+                city: None,
+                continent: None,
             }],
             max_clock_skew: Duration::from_secs(30),
             ..AuthConfig::default()
@@ -395,6 +397,8 @@ mod tests {
                 id: "city-1".into(),
                 role: Role::City,
                 public_key: B64.encode(SigningKey::generate().unwrap().public_key()),
+                city: None,
+                continent: None,
             }],
             challenges_per_second: 1,
             challenge_burst: 3,

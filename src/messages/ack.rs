@@ -171,6 +171,26 @@ impl PohAck {
         )
     }
 
+    /// Accepts the ack as it stands, whole-batch or piece: only that it is `holder_id`'s,
+    /// for `batch_id`, and signed by `holder_key`. Its hash and age are its own, so this
+    /// proves that the holder acked the batch (or a piece of it) at some time, nothing more;
+    /// for checking a certificate forwarded long after the write.
+    pub fn verify_as_signed(
+        &self,
+        holder_id: &str,
+        holder_key: &[u8],
+        batch_id: &BatchId,
+    ) -> Result<(), AckError> {
+        self.verify_as(
+            holder_id,
+            holder_key,
+            batch_id,
+            self.piece.as_ref(),
+            &self.held_hash,
+            self.time_ms,
+        )
+    }
+
     fn verify_as(
         &self,
         holder_id: &str,

@@ -2,7 +2,8 @@
 //! store outcomes.
 //!
 //! A batch leaves the city only sealed ([`sealed`]): its header in clear, its body
-//! encrypted under a data key that is wrapped for the continent's key holder.
+//! encrypted under a data key that is wrapped for the continent's key holder. Its header
+//! goes up the federation with a certificate of availability ([`federation`]).
 //!
 //! Everything that crosses the network or reaches disk is encoded with postcard inside a
 //! versioned envelope ([`encode`], [`decode`]) that carries a format version, so a node can refuse bytes it does not
@@ -11,6 +12,7 @@
 mod ack;
 pub mod auth;
 mod batch;
+pub mod federation;
 pub mod names;
 mod outcome;
 pub mod piece;

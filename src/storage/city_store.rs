@@ -8,6 +8,11 @@
 //!
 //! Batch sequence numbers are reserved in blocks ([`SEQ_BLOCK`]) before use, so a restarted
 //! city never reuses a number it may already have handed out.
+//!
+//! A city with a continent above it (`[uplink]`) keeps an **outbox**: each batch enters it
+//! in the transaction that records the batch, and leaves it when the continent has merged
+//! it (its place is kept, [`CityStore::uplink_delivered`]); so nothing acknowledged misses
+//! the continent, whenever the city or the continent is killed.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -18,6 +23,7 @@ use redb::{
 use serde::{Deserialize, Serialize};
 
 use super::group_commit::{GroupCommit, GroupError, Options};
+use crate::messages::federation::ContinentPlacement;
 use crate::messages::{
     BatchHeader, BatchId, Capsule, FlagKind, NonceKey, PohAck, Tier, TxId, WireError,
 };
@@ -47,6 +53,10 @@ const LOST: TableDefinition<&[u8; 32], u64> = TableDefinition::new("lost_from_lo
 /// record, in the same database transaction.
 const NONCES: TableDefinition<&[u8; 28], &[u8; 32]> = TableDefinition::new("nonces");
 const SEQ_RESERVED: &str = "seq_reserved";
+/// Batches the continent has not merged yet: sequence number → batch id.
+const UPLINK_OUTBOX: TableDefinition<u64, &[u8; 32]> = TableDefinition::new("uplink_outbox");
+/// Where the continent merged each batch it acknowledged: batch id → the placement.
+const UPLINK_PLACED: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("uplink_placed");
 /// The key vault (see `storage::vault`): batch id → the encoded capsule.
 pub(super) const CAPSULES: TableDefinition<&[u8; 32], &[u8]> =
     TableDefinition::new("vault_capsules");
@@ -137,6 +147,16 @@ pub struct CityStore {
     writer: GroupCommit<WriteReq, (), CityStoreError>,
     /// Why the last write of records failed, until one succeeds (what `/readyz` reports).
     failure: Arc<Mutex<Option<String>>>,
+    /// Notified when batches enter the outbox (only with an uplink).
+    outbox_added: Arc<tokio::sync::Notify>,
+}
+
+/// Where a batch stands with the continent (`GET /v1/batches/{id}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UplinkState {
+    /// In the outbox: the continent has not merged it yet.
+    Waiting,
+    Merged(ContinentPlacement),
 }
 
 impl CityStore {
@@ -152,6 +172,12 @@ impl CityStore {
     /// [`CityStore::open`] with a page cache of `cache_bytes` (redb's default, 1 GiB, would
     /// let the index grow the city's memory by that much).
     pub fn open_with_cache(dir: &Path, cache_bytes: usize) -> Result<Self> {
+        Self::open_with(dir, cache_bytes, false)
+    }
+
+    /// [`CityStore::open_with_cache`]; with `uplink`, every recorded batch also enters the
+    /// outbox for the continent.
+    pub fn open_with(dir: &Path, cache_bytes: usize, uplink: bool) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
         let db = Arc::new(
             redb::Builder::new()
@@ -168,6 +194,8 @@ impl CityStore {
             tx.open_table(LOST)?;
             tx.open_table(NONCES)?;
             tx.open_table(CAPSULES)?;
+            tx.open_table(UPLINK_OUTBOX)?;
+            tx.open_table(UPLINK_PLACED)?;
             tx.commit()?;
         }
         let options = Options {
@@ -181,8 +209,13 @@ impl CityStore {
         let thread_db = db.clone();
         let failure = Arc::new(Mutex::new(None));
         let thread_failure = failure.clone();
+        let outbox_added = Arc::new(tokio::sync::Notify::new());
+        let thread_outbox = outbox_added.clone();
         let writer = GroupCommit::spawn(options, move |group: &mut [WriteReq]| {
-            let written = write_group(&thread_db, group);
+            let written = write_group(&thread_db, group, uplink);
+            if uplink && written.is_ok() {
+                thread_outbox.notify_one();
+            }
             *thread_failure
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner) =
@@ -197,6 +230,7 @@ impl CityStore {
             db,
             writer,
             failure,
+            outbox_added,
         })
     }
 
@@ -468,9 +502,81 @@ impl CityStore {
         }
         Ok(out)
     }
+
+    /// Notified when batches enter the outbox.
+    pub fn outbox_added(&self) -> Arc<tokio::sync::Notify> {
+        self.outbox_added.clone()
+    }
+
+    /// Up to `limit` batches waiting for the continent, oldest first, leaving out those
+    /// in `skip` and those lost from the log (their certificate would name a tier that no
+    /// longer holds them; they go once repair has found them a home).
+    pub fn uplink_pending(
+        &self,
+        limit: usize,
+        skip: &std::collections::HashSet<BatchId>,
+    ) -> Result<Vec<BatchRecord>> {
+        let tx = self.db.begin_read()?;
+        let outbox = tx.open_table(UPLINK_OUTBOX)?;
+        let batches = tx.open_table(BATCHES)?;
+        let lost = tx.open_table(LOST)?;
+        let mut out = Vec::new();
+        for entry in outbox.iter()? {
+            if out.len() >= limit {
+                break;
+            }
+            let (_, id) = entry?;
+            let id = *id.value();
+            if skip.contains(&id) || lost.get(&id)?.is_some() {
+                continue;
+            }
+            if let Some(v) = batches.get(&id)? {
+                out.push(crate::messages::decode(v.value())?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The continent merged these batches: they leave the outbox and their places are
+    /// kept. Fsynced. Blocks.
+    pub fn uplink_delivered(&self, done: &[(u64, BatchId, ContinentPlacement)]) -> Result<()> {
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(Durability::Immediate)?;
+        {
+            let mut outbox = tx.open_table(UPLINK_OUTBOX)?;
+            let mut placed = tx.open_table(UPLINK_PLACED)?;
+            for (seq, id, placement) in done {
+                outbox.remove(seq)?;
+                placed.insert(id, crate::messages::encode(placement).as_slice())?;
+            }
+        }
+        Ok(tx.commit()?)
+    }
+
+    /// Where batch `id` (of sequence number `seq`) stands with the continent; `None` when
+    /// it was never meant for one.
+    pub fn uplink_state(&self, id: &BatchId, seq: u64) -> Result<Option<UplinkState>> {
+        let tx = self.db.begin_read()?;
+        if let Some(v) = tx.open_table(UPLINK_PLACED)?.get(id)? {
+            return Ok(Some(UplinkState::Merged(crate::messages::decode(
+                v.value(),
+            )?)));
+        }
+        let waiting = tx
+            .open_table(UPLINK_OUTBOX)?
+            .get(seq)?
+            .is_some_and(|v| v.value() == id);
+        Ok(waiting.then_some(UplinkState::Waiting))
+    }
+
+    /// Batches waiting for the continent.
+    pub fn uplink_depth(&self) -> Result<u64> {
+        let tx = self.db.begin_read()?;
+        Ok(tx.open_table(UPLINK_OUTBOX)?.len()?)
+    }
 }
 
-fn write_group(db: &Database, group: &[WriteReq]) -> Result<()> {
+fn write_group(db: &Database, group: &[WriteReq], uplink: bool) -> Result<()> {
     let mut tx = db.begin_write()?;
     tx.set_durability(Durability::Immediate)?;
     {
@@ -480,8 +586,12 @@ fn write_group(db: &Database, group: &[WriteReq]) -> Result<()> {
         let mut below = tx.open_table(BELOW_LIGHT)?;
         let mut nonces = tx.open_table(NONCES)?;
         let mut capsules = tx.open_table(CAPSULES)?;
+        let mut outbox = tx.open_table(UPLINK_OUTBOX)?;
         for req in group {
             capsules.insert(&req.batch_id, req.capsule.as_slice())?;
+            if uplink {
+                outbox.insert(req.batch.header.seq, &req.batch_id)?;
+            }
             if req.batch.tier != Tier::Light {
                 below.insert(&req.batch_id, ())?;
             }

@@ -17,11 +17,18 @@
 //! - [`immutable_log`]: the append-only, hash-chained, fsynced last resort.
 //! - [`offline`]: reading a stopped node's redb file without changing it.
 //! - [`vault`]: the key vault: every batch's capsule, kept apart from its sealed bytes.
+//! - [`ledger`]: an immutable log as the truth and a redb index kept in step with it, for
+//!   the continent and global nodes ([`continent_store`], [`global_store`]).
+//! - [`upstream`]: the link to the node above (signed client, outbox trait, link state);
+//!   [`outboxes`]: a city's and a continent's outbox.
 
 pub mod chain;
 pub mod city_store;
+pub mod continent_store;
+pub mod global_store;
 pub mod group_commit;
 pub mod immutable_log;
+pub mod ledger;
 pub mod log_audit;
 pub mod log_notary;
 pub mod log_tier;
@@ -29,9 +36,11 @@ pub mod mongo;
 pub mod mongo_tier;
 pub mod nodes;
 pub mod offline;
+pub mod outboxes;
 pub mod peer;
 pub mod peer_tier;
 pub mod store;
 pub mod tier;
 pub mod tier_health;
+pub mod upstream;
 pub mod vault;

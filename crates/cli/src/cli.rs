@@ -7,14 +7,14 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use citychain::config::Config;
+use citychain::config::{Config, Role};
 use citychain::crypto::SigningKey;
 use citychain::messages::{FlagKind, MAX_SAFE_AMOUNT, TxRequest};
 use citychain_harness::bench::{self, BenchArgs};
 use citychain_harness::client::{TxClient, TxDraft};
 use citychain_harness::federation::{Federation, FederationSpec};
 
-use crate::log_cmd;
+use crate::{checkpoint_cmd, log_cmd};
 
 #[derive(Parser)]
 #[command(
@@ -86,6 +86,11 @@ enum Command {
         #[command(subcommand)]
         command: LogCommand,
     },
+    /// Global checkpoints: prove that a city batch is covered by one.
+    Checkpoint {
+        #[command(subcommand)]
+        command: CheckpointCommand,
+    },
     /// Key holder tools: keys for sealed batches, and opening them.
     Vault {
         #[command(subcommand)]
@@ -150,6 +155,50 @@ enum LogCommand {
         from_root: Option<String>,
         #[arg(long)]
         public_key: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CheckpointCommand {
+    /// Fetch the inclusion proof of a city batch in a global checkpoint from the global
+    /// node and check it (the checkpoint's signature, the global log's Merkle path, the
+    /// continent's signature, the continent batch's Merkle path); exit 1 if anything does
+    /// not verify.
+    Prove {
+        /// Base URL of the global node, e.g. http://127.0.0.1:9000
+        #[arg(long)]
+        node: String,
+        /// The city batch's id (64 hex characters).
+        #[arg(long)]
+        batch: String,
+        /// Prove against this checkpoint (default: the latest).
+        #[arg(long)]
+        checkpoint: Option<u64>,
+        /// The global node's public key (base64, or a key file) to hold the checkpoint to;
+        /// default: the key the proof presents.
+        #[arg(long)]
+        public_key: Option<String>,
+        /// The continent node's public key (base64, or a key file); default: the key the
+        /// proof presents.
+        #[arg(long)]
+        continent_key: Option<String>,
+        /// Also write the proof (JSON) to this file, for `checkpoint verify` later.
+        #[arg(long)]
+        save: Option<PathBuf>,
+    },
+    /// Check a saved proof offline; exit 1 if anything does not verify.
+    Verify {
+        /// A proof written by `checkpoint prove --save` (or the body of
+        /// `GET /v1/checkpoints/proof`).
+        #[arg(long)]
+        proof: PathBuf,
+        /// The city batch it must prove.
+        #[arg(long)]
+        batch: Option<String>,
+        #[arg(long)]
+        public_key: Option<String>,
+        #[arg(long)]
+        continent_key: Option<String>,
     },
 }
 
@@ -361,6 +410,37 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                     .await
             }
         },
+        Command::Checkpoint { command } => match command {
+            CheckpointCommand::Prove {
+                node,
+                batch,
+                checkpoint,
+                public_key,
+                continent_key,
+                save,
+            } => {
+                checkpoint_cmd::prove(
+                    &node,
+                    &batch,
+                    checkpoint,
+                    public_key.as_deref(),
+                    continent_key.as_deref(),
+                    save.as_deref(),
+                )
+                .await
+            }
+            CheckpointCommand::Verify {
+                proof,
+                batch,
+                public_key,
+                continent_key,
+            } => checkpoint_cmd::verify(
+                &proof,
+                batch.as_deref(),
+                public_key.as_deref(),
+                continent_key.as_deref(),
+            ),
+        },
         Command::Up { dir } => up(dir).await,
         Command::Vault { command } => crate::vault::run(command),
     }
@@ -436,6 +516,14 @@ async fn up(dir: PathBuf) -> anyhow::Result<()> {
         fed.spec.city
     );
     println!("  curl -s {city}/v1/nodes");
+    let global = fed.url_of(Role::Global);
+    println!(
+        "  curl -s {city}/v1/batches/BATCH_ID         # .continent: where the continent merged it"
+    );
+    println!(
+        "  cargo run --release -- checkpoint prove --node {global} --batch BATCH_ID --public-key {}",
+        fed.node("global").config.node.key_path().display()
+    );
     println!("  cargo run --release -- bench --node {city} --rate 500 --duration 10s");
     println!("\nCtrl-C stops every node.");
 

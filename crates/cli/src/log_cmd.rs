@@ -24,13 +24,13 @@ const PROGRESS_FROM_BYTES: u64 = 64 * 1024 * 1024;
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
 /// Prints `line` and fails with exit code 1.
-fn fail(line: String) -> anyhow::Result<()> {
+pub(crate) fn fail(line: String) -> anyhow::Result<()> {
     println!("{line}");
     Err(Failed::Check(String::new()).into())
 }
 
 /// A public key given as base64, or as a key file (`citychain keygen`, a node's node.key).
-fn public_key(arg: &str) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn public_key(arg: &str) -> anyhow::Result<Vec<u8>> {
     let path = Path::new(arg);
     if path.is_file() {
         return key_file_public_key(path);
@@ -48,7 +48,7 @@ fn key_file_public_key(path: &Path) -> anyhow::Result<Vec<u8>> {
         .with_context(|| format!("{}: public_key is not base64", path.display()))
 }
 
-fn time(ms: u64) -> String {
+pub(crate) fn time(ms: u64) -> String {
     humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
@@ -169,7 +169,7 @@ pub fn verify(dir: &Path, heads: Option<PathBuf>, pin: Option<&str>) -> anyhow::
     Ok(())
 }
 
-fn http() -> anyhow::Result<reqwest::Client> {
+pub(crate) fn http() -> anyhow::Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(30))
@@ -178,7 +178,10 @@ fn http() -> anyhow::Result<reqwest::Client> {
 
 /// GETs `url` and decodes a 200 answer; anything else is a failed check with the node's
 /// own error.
-async fn get_json<T: DeserializeOwned>(client: &reqwest::Client, url: &str) -> anyhow::Result<T> {
+pub(crate) async fn get_json<T: DeserializeOwned>(
+    client: &reqwest::Client,
+    url: &str,
+) -> anyhow::Result<T> {
     let resp = client
         .get(url)
         .send()

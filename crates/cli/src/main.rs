@@ -2,6 +2,7 @@
 //! and the tools around it (API.md). The command line is in [`cli`]; the key holder's
 //! `vault` commands in [`vault`].
 
+mod checkpoint_cmd;
 mod cli;
 mod log_cmd;
 mod vault;

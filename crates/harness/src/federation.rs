@@ -2,9 +2,10 @@
 //! tests drive.
 //!
 //! [`Federation::launch`] plans every node (free loopback ports, a data dir, a key for each
-//! storage node, the continent key holder's vault key in `DIR/vault/CONTINENT.key` with
-//! its public key in the city's `[vault]`, a config file written under `DIR/configs/`),
-//! starts each as its own
+//! node, the continent key holder's vault key in `DIR/vault/CONTINENT.key` with
+//! its public key in the city's `[vault]`, the allow-lists of the links up: storage nodes
+//! and the continent serve the city's key, the global node the continent's; a config file
+//! written under `DIR/configs/`), starts each as its own
 //! `citychain node --config FILE` process with its output in `DIR/logs/`, writes
 //! `DIR/federation.json` (API.md) and waits until every node answers `/readyz`. Any node
 //! can then be stopped, killed or started again by id, by this code or by an operator with
@@ -19,7 +20,9 @@ use anyhow::{Context, bail};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-use citychain::config::{Config, NodeConfig, PeerKeyEntry, Role, StorageNodeEntry, VaultConfig};
+use citychain::config::{
+    Config, NodeConfig, PeerKeyEntry, Role, StorageNodeEntry, UplinkConfig, VaultConfig,
+};
 use citychain::crypto::SigningKey;
 use citychain::crypto::vault::VaultKey;
 use citychain::messages::auth::RequestSigner;
@@ -64,6 +67,12 @@ impl FederationSpec {
 /// never turns a slow write into a failover nobody asked for; repair rounds often. Speed
 /// is the bench command's business, not these runs'.
 pub fn watchful(c: &mut Config) {
+    if matches!(c.node.role, Role::City | Role::Continent) {
+        // A restarted continent or global node hears from the level below within a second.
+        let mut uplink = UplinkConfig::to("", "");
+        uplink.retry_max = Duration::from_secs(1);
+        c.uplink = Some(uplink);
+    }
     c.prioritizer.probe_interval = Duration::from_millis(100);
     c.prioritizer.probe_timeout = Duration::from_millis(500);
     c.storage.light_deadline = Duration::from_secs(3);
@@ -119,15 +128,15 @@ impl Federation {
     /// Plans, starts every node, writes `federation.json`, and waits for readiness.
     ///
     /// Nodes bind port 0 and report the port they got (`DATA_DIR/listen.addr`), so two
-    /// federations on one machine never race for a port. Storage nodes start first; the
-    /// city's config is written once their addresses are known. Each config file is then
-    /// rewritten with the real port, so a node restarted from it comes back on the same
-    /// address.
+    /// federations on one machine never race for a port. Storage nodes start first, then
+    /// the levels from the top: the global node, the continent (whose `[uplink]` is the
+    /// global node's address), the city (whose `[uplink]` is the continent's, and whose
+    /// storage nodes are known by then). Each config file is then rewritten with the real
+    /// port, so a node restarted from it comes back on the same address.
     pub async fn launch(spec: FederationSpec) -> anyhow::Result<Self> {
         let mut fed = Self::plan(spec)?;
         let deadline = Instant::now() + fed.spec.ready_timeout;
         let storage = fed.ids_where(|r| r.is_storage());
-        let others = fed.ids_where(|r| !r.is_storage());
         for id in &storage {
             fed.spawn(id)?;
         }
@@ -147,10 +156,33 @@ impl Federation {
                 }
             })
             .collect();
-        for id in &others {
-            let node = fed.node_mut(id);
-            if node.role == Role::City {
-                node.config.storage.nodes = entries.clone();
+        let mut others = Vec::new();
+        for (role, above) in [
+            (Role::Global, None),
+            (Role::Continent, Some(Role::Global)),
+            (Role::City, Some(Role::Continent)),
+        ] {
+            let ids = fed.ids_where(|r| r == role);
+            let upstream = above.and_then(|up| {
+                let n = fed.nodes.iter().find(|n| n.role == up)?;
+                Some((n.id.clone(), n.url.clone()))
+            });
+            for id in &ids {
+                let node = fed.node_mut(id);
+                // A continent checks the acks of the city's storage nodes with their keys.
+                if role != Role::Global {
+                    node.config.storage.nodes = entries.clone();
+                }
+                if let Some((up_id, up_url)) = &upstream {
+                    let mut uplink = node
+                        .config
+                        .uplink
+                        .take()
+                        .unwrap_or_else(|| UplinkConfig::to("", ""));
+                    uplink.id = up_id.clone();
+                    uplink.url = up_url.clone();
+                    node.config.uplink = Some(uplink);
+                }
                 let problems = node.config.validate();
                 if !problems.is_empty() {
                     bail!(
@@ -158,12 +190,13 @@ impl Federation {
                         problems.join("\n")
                     );
                 }
+                node.write_config()?;
+                fed.spawn(id)?;
             }
-            node.write_config()?;
-            fed.spawn(id)?;
-        }
-        for id in &others {
-            fed.learn_address(id, deadline).await?;
+            for id in &ids {
+                fed.learn_address(id, deadline).await?;
+            }
+            others.extend(ids);
         }
         fed.write_manifest()?;
         for id in storage.iter().chain(&others) {
@@ -267,13 +300,27 @@ impl Federation {
         roles.push((format!("continent-{}", spec.continent), Role::Continent));
         roles.push(("global".into(), Role::Global));
 
-        // The city signs every request to its storage nodes; they serve only its key.
+        // The city signs every request to its storage nodes and its continent; they serve
+        // only its key. The continent signs what it forwards to the global node, which
+        // serves only the continent's key.
+        let b64 =
+            |key: &SigningKey| base64::engine::general_purpose::STANDARD.encode(key.public_key());
+        let key_of = |id: &str| load_or_create_key(&dir.join("nodes").join(id).join("node.key"));
         let city_id = format!("city-{}", spec.city);
-        let city_key = load_or_create_key(&dir.join("nodes").join(&city_id).join("node.key"))?;
         let city_peer = PeerKeyEntry {
+            public_key: b64(&key_of(&city_id)?),
             id: city_id,
             role: Role::City,
-            public_key: base64::engine::general_purpose::STANDARD.encode(city_key.public_key()),
+            city: Some(spec.city.clone()),
+            continent: None,
+        };
+        let continent_id = format!("continent-{}", spec.continent);
+        let continent_peer = PeerKeyEntry {
+            public_key: b64(&key_of(&continent_id)?),
+            id: continent_id,
+            role: Role::Continent,
+            city: None,
+            continent: Some(spec.continent.clone()),
         };
         let mut nodes = Vec::new();
         let mut keys = std::collections::HashMap::new();
@@ -288,8 +335,12 @@ impl Federation {
                 continent: spec.continent.clone(),
                 key_file: None,
             };
-            if role.is_storage() {
-                config.auth.peers = vec![city_peer.clone()];
+            match role {
+                Role::Light | Role::Full | Role::Continent => {
+                    config.auth.peers = vec![city_peer.clone()]
+                }
+                Role::Global => config.auth.peers = vec![continent_peer.clone()],
+                Role::City => {}
             }
             if role == Role::City {
                 config.vault = Some(vault.clone());
@@ -355,6 +406,9 @@ impl Federation {
             auth: Default::default(),
             limits: Default::default(),
             vault: None,
+            uplink: None,
+            continent: Default::default(),
+            global: Default::default(),
         }
     }
 
@@ -392,6 +446,16 @@ impl Federation {
             .iter()
             .find(|n| n.role == Role::City)
             .expect("a federation has a city")
+            .url
+            .clone()
+    }
+
+    /// The URL of the first node of `role`.
+    pub fn url_of(&self, role: Role) -> String {
+        self.nodes
+            .iter()
+            .find(|n| n.role == role)
+            .unwrap_or_else(|| panic!("the federation has no {role} node"))
             .url
             .clone()
     }

@@ -9,6 +9,8 @@
 //! - [`storage_writer`]: writes each batch to the first tier (light nodes).
 //! - [`failover`]: walks failed batches down the tier chain and completes every batch.
 //! - [`repairer`]: moves batches back up to light nodes and re-replicates lost holdings.
+//! - [`uplink`]: forwards the outbox to the node above, until acknowledged (a city's
+//!   batches to its continent; a continent runs it too, for the global node).
 
 pub mod dag_batcher;
 pub mod failover;
@@ -17,3 +19,4 @@ pub mod intake;
 pub mod prioritizer;
 pub mod repairer;
 pub mod storage_writer;
+pub mod uplink;

@@ -9,6 +9,9 @@
 //! the same mailboxes, and what a failed child held is answered with 503 (dropped reply
 //! channels, the Intake's sweep), never silently lost; what was acknowledged is on disk.
 //! It publishes the tree in the [`ActorTable`] for `GET /v1/actors` and `/readyz`.
+//!
+//! Continent and global nodes run the same supervisor over their own child tables (under
+//! their own names in the table).
 
 mod child;
 pub mod restart;
@@ -28,12 +31,14 @@ pub use table::{ActorTable, ActorView};
 use crate::city::msgs::SupervisorMsg;
 use crate::config::{ActorName, SupervisorConfig};
 
-/// The name the supervisor itself has in the actor table.
-const SELF_NAME: &str = "failover_supervisor";
+/// The name the city's supervisor has in the actor table.
+pub const CITY_SUPERVISOR: &str = "failover_supervisor";
 
 pub struct FailoverSupervisor;
 
 pub struct SupervisorArgs {
+    /// Its own name in the actor table.
+    pub name: &'static str,
     /// The children, in start order.
     pub children: Vec<Box<dyn Child>>,
     pub config: SupervisorConfig,
@@ -170,7 +175,10 @@ impl Actor for FailoverSupervisor {
         for name in state.order() {
             Self::start_child(&myself, &mut state, name).await?;
         }
-        state.args.actors.set(SELF_NAME, "running", None, None);
+        state
+            .args
+            .actors
+            .set(state.args.name, "running", None, None);
         Ok(state)
     }
 
@@ -232,7 +240,10 @@ impl Actor for FailoverSupervisor {
                     .await;
             }
         }
-        state.args.actors.set(SELF_NAME, "stopped", None, None);
+        state
+            .args
+            .actors
+            .set(state.args.name, "stopped", None, None);
         Ok(())
     }
 }

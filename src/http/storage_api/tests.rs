@@ -101,6 +101,8 @@ fn test_auth() -> AuthConfig {
             role: Role::City,
             public_key: base64::engine::general_purpose::STANDARD
                 .encode(crate::testkit::test_city_key().public_key()),
+            city: None,
+            continent: None,
         }],
         challenges_per_second: 1,
         challenge_burst: 4,

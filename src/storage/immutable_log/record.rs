@@ -28,6 +28,10 @@ pub enum RecordKind {
     Batch,
     /// A checkpoint (Merkle root) written by a global node.
     Checkpoint,
+    /// A continent batch with the certified city batches it merged (continent nodes).
+    ContinentBatch,
+    /// A continent batch as the global node received it.
+    GlobalEntry,
 }
 
 /// One entry of the log.

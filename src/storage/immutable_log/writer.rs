@@ -102,7 +102,9 @@ impl Writer {
             let payload = std::mem::take(&mut request.payload);
             let batch_id = match request.kind {
                 RecordKind::Batch => index::batch_id(&payload),
-                RecordKind::Checkpoint => None,
+                RecordKind::Checkpoint | RecordKind::ContinentBatch | RecordKind::GlobalEntry => {
+                    None
+                }
             };
             let preimage = hash_preimage(seq, &prev_hash, time_ms, request.kind, &payload);
             let hash = record_hash(&preimage);
