@@ -409,7 +409,9 @@ const STRANGER_SEED: [u8; 32] = [13; 32];
 async fn levels() -> Levels {
     let city_key = SigningKey::from_seed(CITY_SEED).unwrap();
     let continent_key = SigningKey::from_seed(CONTINENT_SEED).unwrap();
-    let lights: Vec<SigningKey> = (0..3)
+    // Five light holders: what a light certificate needs under the default coding (k = 4
+    // data pieces, one loss survived).
+    let lights: Vec<SigningKey> = (0..5)
         .map(|i| SigningKey::from_seed([20 + i; 32]).unwrap())
         .collect();
     let (cdir, gdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -474,11 +476,22 @@ async fn unauthenticated_or_forged_submissions_are_refused_and_change_nothing() 
             .enumerate()
             .map(|(i, k)| {
                 let signer = if forge { &stranger } else { k };
-                PohAck::sign(
+                // Piece i of a 4 + 2 coding, as the city's light writes ack them.
+                let piece = citychain::messages::PieceRef {
+                    index: i as u8,
+                    coding: citychain::messages::Coding {
+                        data_pieces: 4,
+                        parity_pieces: 2,
+                    },
+                    sealed_len: 4_000,
+                    sealed_hash: [7; 32],
+                };
+                PohAck::sign_piece(
                     signer,
                     &format!("light-{}", i + 1),
                     h.id(),
-                    b"piece",
+                    piece,
+                    [i as u8; 32],
                     now_ms(),
                 )
                 .unwrap()
@@ -486,7 +499,7 @@ async fn unauthenticated_or_forged_submissions_are_refused_and_change_nothing() 
             .collect();
         let cert = Certificate {
             tier: Tier::Light,
-            holders: vec!["light-1".into(), "light-2".into(), "light-3".into()],
+            holders: (1..=l.lights.len()).map(|i| format!("light-{i}")).collect(),
             acks,
         };
         CertifiedBatch::sign(&l.city_key, h, cert).unwrap()
