@@ -409,7 +409,8 @@ const STRANGER_SEED: [u8; 32] = [13; 32];
 async fn levels() -> Levels {
     let city_key = SigningKey::from_seed(CITY_SEED).unwrap();
     let continent_key = SigningKey::from_seed(CONTINENT_SEED).unwrap();
-    let lights: Vec<SigningKey> = (0..3)
+    // A light certificate needs k + survive_losses = 5 distinct holders.
+    let lights: Vec<SigningKey> = (0..5)
         .map(|i| SigningKey::from_seed([20 + i; 32]).unwrap())
         .collect();
     let (cdir, gdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -486,7 +487,7 @@ async fn unauthenticated_or_forged_submissions_are_refused_and_change_nothing() 
             .collect();
         let cert = Certificate {
             tier: Tier::Light,
-            holders: vec!["light-1".into(), "light-2".into(), "light-3".into()],
+            holders: (1..=l.lights.len()).map(|i| format!("light-{i}")).collect(),
             acks,
         };
         CertifiedBatch::sign(&l.city_key, h, cert).unwrap()
