@@ -7,12 +7,12 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use citychain::config::{Config, Role};
+use citychain::config::Config;
 use citychain::crypto::SigningKey;
 use citychain::messages::{FlagKind, MAX_SAFE_AMOUNT, TxRequest};
 use citychain_harness::bench::{self, BenchArgs};
-use citychain_harness::client::{TxClient, TxDraft};
-use citychain_harness::federation::{Federation, FederationSpec};
+use citychain_harness::client::{NodePlace, TxClient, TxDraft};
+use citychain_harness::federation::Topology;
 
 use crate::{checkpoint_cmd, log_cmd};
 
@@ -29,12 +29,31 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Start a whole local federation on loopback (1 city, 1 continent, 1 global, 6 light,
-    /// 2 full nodes), each node its own process; Ctrl-C stops them all.
+    /// Start a whole local federation on loopback (by default 2 cities on 2 continents,
+    /// each city with 6 light nodes, each continent with 2 full nodes and its continent
+    /// node, 1 global node), each node its own process; Ctrl-C stops them all.
     Up {
         /// Where configs, data, logs and federation.json go.
         #[arg(long, default_value = "data")]
         dir: PathBuf,
+        /// Cities, dealt to the continents in turn: tokyo (asia), paris (europe), toronto
+        /// (north-america), lagos (africa), lima (south-america), sydney (oceania); a
+        /// continent's next cities are seoul, berlin, chicago, ... (4 per continent).
+        #[arg(long, default_value_t = 2)]
+        cities: usize,
+        /// Continents the cities are spread over (default: as many as the cities, at
+        /// most 2).
+        #[arg(long)]
+        continents: Option<usize>,
+        /// Light nodes of each city: at least k + survive_losses of the erasure coding (5).
+        #[arg(long, default_value_t = 6)]
+        light_per_city: usize,
+        /// Full nodes of each continent, shared by its cities.
+        #[arg(long, default_value_t = 2)]
+        full_per_continent: usize,
+        /// How often to print a status line when something changed (0s: never).
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        status_every: Duration,
     },
     /// Run one node; its role comes from the config file.
     Node {
@@ -52,8 +71,15 @@ enum Command {
         out: PathBuf,
     },
     /// Print one signed transaction request (the POST /v1/tx body).
-    Tx(TxArgs),
-    /// Sign and submit a transaction; print the node's answer.
+    Tx {
+        /// A city node to take the city and continent from (GET /healthz), when --city
+        /// or --continent is not given.
+        #[arg(long)]
+        node: Option<String>,
+        #[command(flatten)]
+        tx: TxArgs,
+    },
+    /// Sign and submit a transaction to a city node; print the node's answer.
     Send {
         /// Base URL of a city node, e.g. http://127.0.0.1:8080
         #[arg(long)]
@@ -80,6 +106,9 @@ enum Command {
         /// City of the transactions (default: the node's, from /healthz).
         #[arg(long)]
         city: Option<String>,
+        /// Continent of the transactions (default: the node's, from /healthz).
+        #[arg(long)]
+        continent: Option<String>,
     },
     /// Immutable log tools.
     Log {
@@ -213,8 +242,11 @@ struct TxArgs {
     /// Amount in minor units.
     #[arg(long)]
     amount: u64,
+    /// City of the transaction (default: the node's, from /healthz).
     #[arg(long)]
-    city: String,
+    city: Option<String>,
+    /// Continent of the transaction (default: the node's, from /healthz; a city takes
+    /// only its own continent's).
     #[arg(long)]
     continent: Option<String>,
     /// A JSON object carried with the transaction.
@@ -235,7 +267,35 @@ fn parse_kind(s: &str) -> Result<FlagKind, String> {
 }
 
 impl TxArgs {
-    fn build(&self) -> anyhow::Result<TxRequest> {
+    /// The city and continent of the transaction: the flags, and what is missing from
+    /// the city node at `node`. Without a node, `--city` is required and the continent
+    /// left for the city to fill in.
+    async fn place(&self, node: Option<&str>) -> anyhow::Result<(String, Option<String>)> {
+        if let (Some(city), Some(continent)) = (&self.city, &self.continent) {
+            return Ok((city.clone(), Some(continent.clone())));
+        }
+        let Some(node) = node else {
+            return match &self.city {
+                Some(city) => Ok((city.clone(), self.continent.clone())),
+                None => Err(Failed::Usage(
+                    "--city is required without --node (or pass --node CITY_URL to take the city and continent from that city node)".into(),
+                )
+                .into()),
+            };
+        };
+        let http = reqwest::Client::builder().no_proxy().build()?;
+        let place = NodePlace::of(&http, node).await?;
+        match (&self.city, place.city_and_continent(node)) {
+            (city, Ok((own_city, own_continent))) => Ok((
+                city.clone().unwrap_or(own_city),
+                Some(self.continent.clone().unwrap_or(own_continent)),
+            )),
+            (Some(city), Err(_)) => Ok((city.clone(), self.continent.clone())),
+            (None, Err(e)) => Err(e),
+        }
+    }
+
+    fn build(&self, city: String, continent: Option<String>) -> anyhow::Result<TxRequest> {
         let key = SigningKey::load(&self.key)?;
         let payload = match &self.payload {
             None => None,
@@ -257,8 +317,8 @@ impl TxArgs {
             kind: self.kind,
             to: self.to.clone(),
             amount: self.amount,
-            city: self.city.clone(),
-            continent: self.continent.clone(),
+            city,
+            continent,
             payload,
             nonce,
             timestamp_ms: None,
@@ -273,6 +333,9 @@ pub(crate) enum Failed {
     /// A check or request failed (exit 1); the message was already printed.
     #[error("{0}")]
     Check(String),
+    /// The command line asks for something impossible (exit 2).
+    #[error("{0}")]
+    Usage(String),
 }
 
 pub fn main() -> ExitCode {
@@ -299,6 +362,10 @@ pub fn main() -> ExitCode {
         Err(e) => {
             match e.downcast_ref::<Failed>() {
                 Some(Failed::Check(msg)) if msg.is_empty() => {}
+                Some(Failed::Usage(msg)) => {
+                    eprintln!("error: {msg}\n\nFor more information, try '--help'.");
+                    return ExitCode::from(2);
+                }
                 _ => eprintln!("error: {e:#}"),
             }
             ExitCode::from(1)
@@ -355,8 +422,12 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             println!("{}", key.address());
             Ok(())
         }
-        Command::Tx(args) => {
-            println!("{}", serde_json::to_string_pretty(&args.build()?)?);
+        Command::Tx { node, tx } => {
+            let (city, continent) = tx.place(node.as_deref()).await?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&tx.build(city, continent)?)?
+            );
             Ok(())
         }
         Command::Send { node, tx } => send(&node, &tx).await,
@@ -367,6 +438,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             json,
             key,
             city,
+            continent,
         } => {
             anyhow::ensure!(rate > 0, "--rate must be positive");
             let key = key.map(|k| SigningKey::load(&k)).transpose()?;
@@ -377,6 +449,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 json,
                 key,
                 city,
+                continent,
                 max_in_flight: 4096,
             })
             .await?;
@@ -441,13 +514,29 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 continent_key.as_deref(),
             ),
         },
-        Command::Up { dir } => up(dir).await,
+        Command::Up {
+            dir,
+            cities,
+            continents,
+            light_per_city,
+            full_per_continent,
+            status_every,
+        } => {
+            let topology = Topology {
+                cities,
+                continents,
+                lights_per_city: light_per_city,
+                fulls_per_continent: full_per_continent,
+            };
+            crate::up_cmd::up(dir, topology, status_every).await
+        }
         Command::Vault { command } => crate::vault::run(command),
     }
 }
 
 async fn send(node: &str, tx: &TxArgs) -> anyhow::Result<()> {
-    let body = tx.build()?;
+    let (city, continent) = tx.place(Some(node)).await?;
+    let body = tx.build(city, continent)?;
     let client = TxClient::new(reqwest::Client::builder().no_proxy().build()?, node);
     let answer = client
         .post(&body)
@@ -465,90 +554,6 @@ async fn send(node: &str, tx: &TxArgs) -> anyhow::Result<()> {
     }
 }
 
-async fn up(dir: PathBuf) -> anyhow::Result<()> {
-    let binary = std::env::current_exe().context("locating the citychain binary")?;
-    let spec = FederationSpec::local(dir.clone(), binary);
-    eprintln!(
-        "starting a local federation in {}/ ({} light, {} full, 1 city, 1 continent, 1 global)...",
-        dir.display(),
-        spec.lights,
-        spec.fulls
-    );
-    std::fs::create_dir_all(&dir)?;
-    // The demo sender key exists before any node is ready, so the printed example works
-    // the moment the federation answers.
-    let key = dir.join("demo.key");
-    if !key.exists() {
-        SigningKey::generate()?.save(&key)?;
-    }
-    // Caught from now on, so a Ctrl-C while the nodes start still stops them cleanly.
-    let shutdown = Shutdown::install();
-    let mut fed = Federation::launch(spec).await?;
-    let city = fed.city_url();
-    println!("\ncitychain federation is up:");
-    for n in &fed.nodes {
-        println!(
-            "  {:<14} {:<10} {}  (pid {})",
-            n.id,
-            n.role.as_str(),
-            n.url,
-            n.pid().unwrap_or(0)
-        );
-    }
-    println!(
-        "\nmanifest: {}/federation.json   logs: {}/logs/",
-        dir.display(),
-        dir.display()
-    );
-    println!(
-        "key holder's key (opens the sealed batches): {}",
-        Federation::vault_key_path(&dir, &fed.spec.continent).display()
-    );
-    println!("\ntry it:");
-    println!(
-        "  cargo run --release -- send --node {city} --key {} --to bob --amount 1250 --city {}",
-        key.display(),
-        fed.spec.city
-    );
-    println!(
-        "  cargo run --release -- tx --key {} --to bob --amount 1250 --city {} > tx.json && \\\n    curl -s -H 'content-type: application/json' --data @tx.json {city}/v1/tx",
-        key.display(),
-        fed.spec.city
-    );
-    println!("  curl -s {city}/v1/nodes");
-    let global = fed.url_of(Role::Global);
-    println!(
-        "  curl -s {city}/v1/batches/BATCH_ID         # .continent: where the continent merged it"
-    );
-    println!(
-        "  cargo run --release -- checkpoint prove --node {global} --batch BATCH_ID --public-key {}",
-        fed.node("global").config.node.key_path().display()
-    );
-    println!("  cargo run --release -- bench --node {city} --rate 500 --duration 10s");
-    println!("\nCtrl-C stops every node.");
-
-    let watch = async {
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
-        loop {
-            tick.tick().await;
-            for (id, status) in fed.exited() {
-                eprintln!(
-                    "node {id} exited ({status}); restart it with: citychain node --config {}",
-                    fed.node(&id).config_path.display()
-                );
-            }
-        }
-    };
-    tokio::select! {
-        _ = shutdown.wait() => {}
-        _ = watch => {}
-    }
-    eprintln!("stopping every node...");
-    fed.shutdown().await?;
-    eprintln!("stopped.");
-    Ok(())
-}
-
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.
 async fn shutdown_signal() {
     Shutdown::install().wait().await
@@ -556,13 +561,13 @@ async fn shutdown_signal() {
 
 /// SIGINT (Ctrl-C) and SIGTERM, caught from the moment it is installed: one that arrives
 /// before [`Shutdown::wait`] is awaited is kept, not the end of the process.
-struct Shutdown {
+pub(crate) struct Shutdown {
     #[cfg(unix)]
     signals: (tokio::signal::unix::Signal, tokio::signal::unix::Signal),
 }
 
 impl Shutdown {
-    fn install() -> Self {
+    pub(crate) fn install() -> Self {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{SignalKind, signal};
@@ -576,10 +581,10 @@ impl Shutdown {
         Self {}
     }
 
-    async fn wait(self) {
+    pub(crate) async fn wait(&mut self) {
         #[cfg(unix)]
         {
-            let (mut int, mut term) = self.signals;
+            let (int, term) = &mut self.signals;
             tokio::select! {
                 _ = int.recv() => {}
                 _ = term.recv() => {}

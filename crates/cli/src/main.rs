@@ -5,6 +5,7 @@
 mod checkpoint_cmd;
 mod cli;
 mod log_cmd;
+mod up_cmd;
 mod vault;
 
 fn main() -> std::process::ExitCode {

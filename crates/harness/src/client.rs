@@ -110,6 +110,47 @@ pub fn tx_id(request: &TxRequest) -> anyhow::Result<String> {
     body_tx_id(&request_body(request))
 }
 
+/// Who a node says it is (`GET /healthz`): its id, role, city (a city node's) and
+/// continent.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+pub struct NodePlace {
+    pub node_id: String,
+    pub role: citychain::config::Role,
+    #[serde(default)]
+    pub city: Option<String>,
+    pub continent: String,
+}
+
+impl NodePlace {
+    /// Asks the node at `node` (base URL) who it is.
+    pub async fn of(http: &reqwest::Client, node: &str) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let url = format!("{}/healthz", node.trim_end_matches('/'));
+        http.get(&url)
+            .timeout(std::time::Duration::from_secs(10))
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?
+            .error_for_status()
+            .with_context(|| format!("GET {url}"))?
+            .json()
+            .await
+            .with_context(|| format!("GET {url}: not the answer of a citychain node"))
+    }
+
+    /// The city and continent of the transactions a city node takes: its own.
+    pub fn city_and_continent(&self, node: &str) -> anyhow::Result<(String, String)> {
+        match &self.city {
+            Some(city) => Ok((city.clone(), self.continent.clone())),
+            None => anyhow::bail!(
+                "{node} is {} node {}, not a city; point --node at a city node (its URL is in federation.json) or pass --city",
+                self.role,
+                self.node_id
+            ),
+        }
+    }
+}
+
 /// Posts transactions to one node's `/v1/tx`. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct TxClient {

@@ -1,11 +1,14 @@
 //! A local federation of child processes: what `citychain up` runs and what the cluster
 //! tests drive.
 //!
-//! [`Federation::launch`] plans every node (free loopback ports, a data dir, a key for each
-//! node, the continent key holder's vault key in `DIR/vault/CONTINENT.key` with
-//! its public key in the city's `[vault]`, the allow-lists of the links up: storage nodes
-//! and the continent serve the city's key, the global node the continent's; a config file
-//! written under `DIR/configs/`), starts each as its own
+//! A [`FederationSpec`] names cities, each on a continent: every city gets its own light
+//! nodes, every continent its full nodes (shared by its cities) and a continent node, and
+//! there is one global node. [`Federation::launch`] plans every node (free loopback ports,
+//! a data dir, a key for each node, each continent's key holder's vault key in
+//! `DIR/vault/CONTINENT.key` with its public key in the `[vault]` of that continent's
+//! cities, the allow-lists of the links up: a light node serves its city's key, a full
+//! node and a continent the keys of the continent's cities, the global node the
+//! continents'; a config file written under `DIR/configs/`), starts each as its own
 //! `citychain node --config FILE` process with its output in `DIR/logs/`, writes
 //! `DIR/federation.json` (API.md) and waits until every node answers `/readyz`. Any node
 //! can then be stopped, killed or started again by id, by this code or by an operator with
@@ -29,15 +32,124 @@ use citychain::messages::auth::RequestSigner;
 use citychain::node::{LISTEN_ADDR_FILE, load_or_create_key};
 use citychain::storage::peer::PeerClient;
 
+/// A city of the federation and the continent it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CitySpec {
+    pub city: String,
+    pub continent: String,
+}
+
+impl CitySpec {
+    pub fn new(city: impl Into<String>, continent: impl Into<String>) -> Self {
+        Self {
+            city: city.into(),
+            continent: continent.into(),
+        }
+    }
+}
+
+/// Real cities by continent, in the order `citychain up` picks them: the first city of
+/// each continent in use, then the second, and so on.
+pub const WORLD: &[(&str, [&str; 4])] = &[
+    ("asia", ["tokyo", "seoul", "mumbai", "singapore"]),
+    ("europe", ["paris", "berlin", "madrid", "rome"]),
+    (
+        "north-america",
+        ["toronto", "chicago", "montreal", "denver"],
+    ),
+    ("africa", ["lagos", "nairobi", "cairo", "accra"]),
+    ("south-america", ["lima", "bogota", "santiago", "quito"]),
+    ("oceania", ["sydney", "auckland", "melbourne", "perth"]),
+];
+
+/// The shape of a federation on the command line of `citychain up`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Topology {
+    pub cities: usize,
+    /// `None`: as many as the cities, at most two.
+    pub continents: Option<usize>,
+    pub lights_per_city: usize,
+    pub fulls_per_continent: usize,
+}
+
+impl Default for Topology {
+    /// What `citychain up` runs: two cities on two continents, six light nodes per city,
+    /// two full nodes per continent.
+    fn default() -> Self {
+        Self {
+            cities: 2,
+            continents: None,
+            lights_per_city: 6,
+            fulls_per_continent: 2,
+        }
+    }
+}
+
+impl Topology {
+    /// The cities, or why this shape cannot run with the default `[storage]` settings.
+    pub fn cities(&self) -> Result<Vec<CitySpec>, String> {
+        let storage = citychain::config::StorageConfig::default();
+        let max_cities = WORLD.len() * WORLD[0].1.len();
+        if self.cities == 0 || self.cities > max_cities {
+            return Err(format!(
+                "--cities must be 1 to {max_cities}, not {}",
+                self.cities
+            ));
+        }
+        let continents = self.continents.unwrap_or(self.cities.min(2));
+        if continents == 0 || continents > WORLD.len() {
+            return Err(format!(
+                "--continents must be 1 to {}, not {continents}",
+                WORLD.len()
+            ));
+        }
+        if continents > self.cities {
+            return Err(format!(
+                "--continents {continents} needs at least {continents} cities (one per continent); --cities is {}",
+                self.cities
+            ));
+        }
+        let per_continent = WORLD[0].1.len();
+        if self.cities > continents * per_continent {
+            return Err(format!(
+                "{} cities on {continents} continent(s) is more than {per_continent} per continent; add continents (--continents) or use fewer cities",
+                self.cities
+            ));
+        }
+        let needed = storage.min_light_acks();
+        if self.lights_per_city < needed {
+            return Err(format!(
+                "--light-per-city must be at least {needed}: a light write needs k + survive_losses = {} + {} light nodes, each holding one erasure-coded piece; got {}",
+                storage.erasure.data_pieces, storage.erasure.survive_losses, self.lights_per_city
+            ));
+        }
+        if self.fulls_per_continent < storage.min_full_acks {
+            return Err(format!(
+                "--full-per-continent must be at least {}: a full write needs {} full node ack(s); got {}",
+                storage.min_full_acks, storage.min_full_acks, self.fulls_per_continent
+            ));
+        }
+        Ok((0..self.cities)
+            .map(|i| {
+                let (continent, names) = WORLD[i % continents];
+                CitySpec::new(names[i / continents], continent)
+            })
+            .collect())
+    }
+}
+
 /// What to launch.
 #[derive(Clone)]
 pub struct FederationSpec {
     pub dir: PathBuf,
     /// The `citychain` binary to run for each node.
     pub binary: PathBuf,
-    pub city: String,
-    pub continent: String,
+    /// The cities, each with its continent. Every continent named gets one continent node
+    /// and `fulls` full nodes shared by its cities; there is one global node.
+    pub cities: Vec<CitySpec>,
+    /// Light nodes per city.
     pub lights: usize,
+    /// Full nodes per continent.
     pub fulls: usize,
     /// Adjusts each generated config before it is written (tests shorten timers here).
     pub tweak: fn(&mut Config),
@@ -46,19 +158,49 @@ pub struct FederationSpec {
 }
 
 impl FederationSpec {
-    /// The federation of `citychain up`: one city, one continent, one global, six light
-    /// and two full nodes.
+    /// One city (tokyo, in asia), its continent node, the global node, six light and two
+    /// full nodes: the smallest whole federation.
     pub fn local(dir: PathBuf, binary: PathBuf) -> Self {
         Self {
             dir,
             binary,
-            city: "tokyo".into(),
-            continent: "asia".into(),
+            cities: vec![CitySpec::new("tokyo", "asia")],
             lights: 6,
             fulls: 2,
             tweak: |_| {},
             ready_timeout: Duration::from_secs(30),
         }
+    }
+
+    /// The federation of `citychain up`: the cities of `topology` (checked first), each
+    /// with its light nodes, full and continent nodes per continent, one global node.
+    pub fn world(dir: PathBuf, binary: PathBuf, topology: Topology) -> Result<Self, String> {
+        let cities = topology.cities()?;
+        Ok(Self {
+            // A node starts in about a second on a loaded 2-core machine; many start at once.
+            ready_timeout: Duration::from_secs(30 + 2 * cities.len() as u64),
+            cities,
+            lights: topology.lights_per_city,
+            fulls: topology.fulls_per_continent,
+            ..Self::local(dir, binary)
+        })
+    }
+
+    /// The continents of the cities, in the order they first appear.
+    pub fn continents(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for c in &self.cities {
+            if !out.contains(&c.continent) {
+                out.push(c.continent.clone());
+            }
+        }
+        out
+    }
+
+    /// How many processes the federation runs.
+    pub fn node_count(&self) -> usize {
+        let continents = self.continents().len();
+        self.cities.len() * (self.lights + 1) + continents * (self.fulls + 1) + 1
     }
 }
 
@@ -89,6 +231,12 @@ pub struct ManifestEntry {
     pub url: String,
     pub pid: Option<u32>,
     pub config: PathBuf,
+    /// The city a city or light node serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub city: Option<String>,
+    /// The continent of every node but the global one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continent: Option<String>,
 }
 
 /// A node of the federation and its process, if running.
@@ -98,6 +246,10 @@ pub struct FedNode {
     pub url: String,
     pub config_path: PathBuf,
     pub config: Config,
+    /// The city a city or light node serves.
+    pub city: Option<String>,
+    /// The continent of every node but the global one.
+    pub continent: Option<String>,
     child: Option<Child>,
 }
 
@@ -143,35 +295,52 @@ impl Federation {
         for id in &storage {
             fed.learn_address(id, deadline).await?;
         }
-        let entries: Vec<StorageNodeEntry> = storage
+        let entries: Vec<(StorageNodeEntry, Option<String>)> = storage
             .iter()
             .map(|id| {
                 let n = fed.node(id);
-                StorageNodeEntry {
+                let entry = StorageNodeEntry {
                     id: id.clone(),
                     role: n.role,
                     url: n.url.clone(),
                     continent: n.config.node.continent.clone(),
                     public_key: fed.keys[id].clone(),
-                }
+                };
+                (entry, n.city.clone())
             })
             .collect();
         let mut others = Vec::new();
-        for (role, above) in [
-            (Role::Global, None),
-            (Role::Continent, Some(Role::Global)),
-            (Role::City, Some(Role::Continent)),
-        ] {
+        for role in [Role::Global, Role::Continent, Role::City] {
             let ids = fed.ids_where(|r| r == role);
-            let upstream = above.and_then(|up| {
-                let n = fed.nodes.iter().find(|n| n.role == up)?;
-                Some((n.id.clone(), n.url.clone()))
-            });
             for id in &ids {
+                let (city, continent) = {
+                    let n = fed.node(id);
+                    (n.city.clone(), n.continent.clone())
+                };
+                let upstream = match role {
+                    Role::City => continent.as_ref().map(|c| format!("continent-{c}")),
+                    Role::Continent => Some("global".to_string()),
+                    _ => None,
+                }
+                .map(|up| (up.clone(), fed.node(&up).url.clone()));
+                // A city writes to its own light nodes and its continent's full nodes; a
+                // continent checks the acks of all its cities' storage nodes with their
+                // keys.
+                let serves = |(e, holder_city): &(StorageNodeEntry, Option<String>)| match role {
+                    Role::City => {
+                        Some(&e.continent) == continent.as_ref()
+                            && (e.role == Role::Full || holder_city == &city)
+                    }
+                    Role::Continent => Some(&e.continent) == continent.as_ref(),
+                    _ => false,
+                };
                 let node = fed.node_mut(id);
-                // A continent checks the acks of the city's storage nodes with their keys.
                 if role != Role::Global {
-                    node.config.storage.nodes = entries.clone();
+                    node.config.storage.nodes = entries
+                        .iter()
+                        .filter(|e| serves(e))
+                        .map(|(e, _)| e.clone())
+                        .collect();
                 }
                 if let Some((up_id, up_url)) = &upstream {
                     let mut uplink = node
@@ -291,59 +460,131 @@ impl Federation {
             std::fs::create_dir_all(dir.join(sub))
                 .with_context(|| format!("creating {}", dir.join(sub).display()))?;
         }
-        // The city needs only the holder's public key to seal; the key itself stays here.
-        let vault = VaultConfig::with_key(Self::holder_key(dir, &spec.continent)?.public());
-        let mut roles: Vec<(String, Role)> = Vec::new();
-        roles.extend((1..=spec.lights).map(|i| (format!("light-{i}"), Role::Light)));
-        roles.extend((1..=spec.fulls).map(|i| (format!("full-{i}"), Role::Full)));
-        roles.push((format!("city-{}", spec.city), Role::City));
-        roles.push((format!("continent-{}", spec.continent), Role::Continent));
-        roles.push(("global".into(), Role::Global));
+        let continents = spec.continents();
+        anyhow::ensure!(!continents.is_empty(), "a federation needs a city");
+        // The cities need only their continent's holder's public key to seal; the key
+        // itself stays here.
+        let mut vaults = std::collections::HashMap::new();
+        for c in &continents {
+            vaults.insert(
+                c.clone(),
+                VaultConfig::with_key(Self::holder_key(dir, c)?.public()),
+            );
+        }
+        // With one city, storage nodes are light-N and full-N; with more, their names say
+        // whose they are (light-paris-N, full-europe-N).
+        let several = spec.cities.len() > 1;
+        // (id, role, city, continent)
+        let mut roles: Vec<(String, Role, Option<String>, Option<String>)> = Vec::new();
+        for c in &spec.cities {
+            roles.extend((1..=spec.lights).map(|i| {
+                let id = if several {
+                    format!("light-{}-{i}", c.city)
+                } else {
+                    format!("light-{i}")
+                };
+                (
+                    id,
+                    Role::Light,
+                    Some(c.city.clone()),
+                    Some(c.continent.clone()),
+                )
+            }));
+        }
+        for c in &continents {
+            roles.extend((1..=spec.fulls).map(|i| {
+                let id = if several {
+                    format!("full-{c}-{i}")
+                } else {
+                    format!("full-{i}")
+                };
+                (id, Role::Full, None, Some(c.clone()))
+            }));
+        }
+        for c in &spec.cities {
+            roles.push((
+                format!("city-{}", c.city),
+                Role::City,
+                Some(c.city.clone()),
+                Some(c.continent.clone()),
+            ));
+        }
+        for c in &continents {
+            roles.push((
+                format!("continent-{c}"),
+                Role::Continent,
+                None,
+                Some(c.clone()),
+            ));
+        }
+        roles.push(("global".into(), Role::Global, None, None));
+        {
+            let mut seen = std::collections::HashSet::new();
+            for (id, ..) in &roles {
+                anyhow::ensure!(seen.insert(id.clone()), "two nodes would be named {id}");
+            }
+        }
 
-        // The city signs every request to its storage nodes and its continent; they serve
-        // only its key. The continent signs what it forwards to the global node, which
-        // serves only the continent's key.
+        // Each city signs every request to its storage nodes and its continent; they serve
+        // only the keys of the cities that write to them. Each continent signs what it
+        // forwards to the global node, which serves only the continents' keys.
         let b64 =
             |key: &SigningKey| base64::engine::general_purpose::STANDARD.encode(key.public_key());
         let key_of = |id: &str| load_or_create_key(&dir.join("nodes").join(id).join("node.key"));
-        let city_id = format!("city-{}", spec.city);
-        let city_peer = PeerKeyEntry {
-            public_key: b64(&key_of(&city_id)?),
-            id: city_id,
-            role: Role::City,
-            city: Some(spec.city.clone()),
-            continent: None,
-        };
-        let continent_id = format!("continent-{}", spec.continent);
-        let continent_peer = PeerKeyEntry {
-            public_key: b64(&key_of(&continent_id)?),
-            id: continent_id,
-            role: Role::Continent,
-            city: None,
-            continent: Some(spec.continent.clone()),
+        let mut city_peers = Vec::new();
+        for c in &spec.cities {
+            let id = format!("city-{}", c.city);
+            let peer = PeerKeyEntry {
+                public_key: b64(&key_of(&id)?),
+                id,
+                role: Role::City,
+                city: Some(c.city.clone()),
+                continent: None,
+            };
+            city_peers.push((c.clone(), peer));
+        }
+        let mut continent_peers = Vec::new();
+        for c in &continents {
+            let id = format!("continent-{c}");
+            continent_peers.push(PeerKeyEntry {
+                public_key: b64(&key_of(&id)?),
+                id,
+                role: Role::Continent,
+                city: None,
+                continent: Some(c.clone()),
+            });
+        }
+        let peers_where = |f: &dyn Fn(&CitySpec) -> bool| -> Vec<PeerKeyEntry> {
+            city_peers
+                .iter()
+                .filter(|(c, _)| f(c))
+                .map(|(_, p)| p.clone())
+                .collect()
         };
         let mut nodes = Vec::new();
         let mut keys = std::collections::HashMap::new();
-        for (id, role) in roles {
+        for (id, role, city, continent) in roles {
             let mut config = Self::defaults();
             config.node = NodeConfig {
                 id: id.clone(),
                 role,
                 listen: ([127, 0, 0, 1], 0).into(),
                 data_dir: dir.join("nodes").join(&id),
-                city: (role == Role::City).then(|| spec.city.clone()),
-                continent: spec.continent.clone(),
+                city: (role == Role::City).then(|| city.clone()).flatten(),
+                // The global node belongs to no continent; its config names the first.
+                continent: continent.clone().unwrap_or_else(|| continents[0].clone()),
                 key_file: None,
             };
-            match role {
-                Role::Light | Role::Full | Role::Continent => {
-                    config.auth.peers = vec![city_peer.clone()]
+            config.auth.peers = match role {
+                Role::Light => peers_where(&|c| Some(&c.city) == city.as_ref()),
+                Role::Full | Role::Continent => {
+                    peers_where(&|c| Some(&c.continent) == continent.as_ref())
                 }
-                Role::Global => config.auth.peers = vec![continent_peer.clone()],
-                Role::City => {}
-            }
+                Role::Global => continent_peers.clone(),
+                Role::City => vec![],
+            };
             if role == Role::City {
-                config.vault = Some(vault.clone());
+                config.vault = continent.as_ref().map(|c| vaults[c].clone());
             }
             (spec.tweak)(&mut config);
             if role.is_storage() {
@@ -366,6 +607,8 @@ impl Federation {
                 id,
                 role,
                 config,
+                city,
+                continent,
                 child: None,
             };
             node.write_config()?;
@@ -448,6 +691,16 @@ impl Federation {
             .expect("a federation has a city")
             .url
             .clone()
+    }
+
+    /// The URL of the node of city `city`.
+    pub fn city_url_of(&self, city: &str) -> String {
+        self.node(&format!("city-{city}")).url.clone()
+    }
+
+    /// The URL of the continent node of `continent`.
+    pub fn continent_url(&self, continent: &str) -> String {
+        self.node(&format!("continent-{continent}")).url.clone()
     }
 
     /// The URL of the first node of `role`.
@@ -607,6 +860,8 @@ impl Federation {
                 role: n.role,
                 url: n.url.clone(),
                 pid: n.pid(),
+                city: n.city.clone(),
+                continent: n.continent.clone(),
                 config: n
                     .config_path
                     .canonicalize()
@@ -655,4 +910,176 @@ fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(t: Topology) -> Vec<(String, String)> {
+        t.cities()
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.city, c.continent))
+            .collect()
+    }
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_default_is_two_cities_on_two_continents() {
+        let t = Topology::default();
+        assert_eq!(names(t), pairs(&[("tokyo", "asia"), ("paris", "europe")]));
+        let spec = FederationSpec::world("d".into(), "b".into(), t).unwrap();
+        assert_eq!(spec.continents(), ["asia", "europe"]);
+        // 2 × (city + 6 light) + 2 × (continent + 2 full) + global.
+        assert_eq!(spec.node_count(), 21);
+    }
+
+    #[test]
+    fn more_cities_are_dealt_to_the_continents_in_turn() {
+        let three = Topology {
+            cities: 3,
+            ..Topology::default()
+        };
+        assert_eq!(
+            names(three),
+            pairs(&[("tokyo", "asia"), ("paris", "europe"), ("seoul", "asia")])
+        );
+        let spread = Topology {
+            cities: 4,
+            continents: Some(3),
+            ..Topology::default()
+        };
+        assert_eq!(
+            names(spread),
+            pairs(&[
+                ("tokyo", "asia"),
+                ("paris", "europe"),
+                ("toronto", "north-america"),
+                ("seoul", "asia"),
+            ])
+        );
+        let one = Topology {
+            cities: 1,
+            ..Topology::default()
+        };
+        assert_eq!(names(one), pairs(&[("tokyo", "asia")]));
+        // Every name is unique and a valid node name, up to the largest shape.
+        let all = Topology {
+            cities: 24,
+            continents: Some(6),
+            ..Topology::default()
+        };
+        let cities = all.cities().unwrap();
+        let unique: std::collections::HashSet<_> = cities.iter().map(|c| &c.city).collect();
+        assert_eq!(unique.len(), 24);
+        for c in &cities {
+            citychain::messages::names::check_name("city", &c.city).unwrap();
+            citychain::messages::names::check_name("continent", &c.continent).unwrap();
+        }
+    }
+
+    #[test]
+    fn shapes_that_cannot_run_are_refused() {
+        let d = Topology::default();
+        for (t, says) in [
+            (
+                Topology {
+                    lights_per_city: 4,
+                    ..d
+                },
+                "--light-per-city must be at least 5",
+            ),
+            (
+                Topology {
+                    fulls_per_continent: 0,
+                    ..d
+                },
+                "--full-per-continent must be at least 1",
+            ),
+            (Topology { cities: 0, ..d }, "--cities must be 1 to 24"),
+            (Topology { cities: 25, ..d }, "--cities must be 1 to 24"),
+            (
+                Topology {
+                    continents: Some(0),
+                    ..d
+                },
+                "--continents must be 1 to 6",
+            ),
+            (
+                Topology {
+                    continents: Some(3),
+                    ..d
+                },
+                "needs at least 3 cities",
+            ),
+            (
+                Topology {
+                    cities: 5,
+                    continents: Some(1),
+                    ..d
+                },
+                "more than 4 per continent",
+            ),
+        ] {
+            let err = t.cities().unwrap_err();
+            assert!(err.contains(says), "{t:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn each_node_serves_only_the_cities_that_write_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = FederationSpec::world(
+            dir.path().to_path_buf(),
+            "citychain".into(),
+            Topology {
+                cities: 3,
+                ..Topology::default()
+            },
+        )
+        .unwrap();
+        let fed = Federation::plan(spec).unwrap();
+        let peers = |id: &str| -> Vec<String> {
+            let mut p: Vec<String> = fed
+                .node(id)
+                .config
+                .auth
+                .peers
+                .iter()
+                .map(|p| p.id.clone())
+                .collect();
+            p.sort();
+            p
+        };
+        assert_eq!(peers("light-tokyo-1"), ["city-tokyo"]);
+        assert_eq!(peers("light-seoul-6"), ["city-seoul"]);
+        assert_eq!(peers("light-paris-3"), ["city-paris"]);
+        assert_eq!(peers("full-asia-2"), ["city-seoul", "city-tokyo"]);
+        assert_eq!(peers("full-europe-1"), ["city-paris"]);
+        assert_eq!(peers("continent-asia"), ["city-seoul", "city-tokyo"]);
+        assert_eq!(peers("continent-europe"), ["city-paris"]);
+        assert_eq!(peers("global"), ["continent-asia", "continent-europe"]);
+        // Each city seals for its own continent's key holder.
+        let holder = |c: &str| {
+            VaultKey::load(&Federation::vault_key_path(dir.path(), c))
+                .unwrap()
+                .public()
+                .to_base64()
+        };
+        let sealed_for = |id: &str| {
+            fed.node(id).config.vault.as_ref().unwrap().keys[0]
+                .public_key
+                .clone()
+        };
+        assert_eq!(sealed_for("city-seoul"), holder("asia"));
+        assert_eq!(sealed_for("city-paris"), holder("europe"));
+        assert_ne!(holder("asia"), holder("europe"));
+        assert_eq!(fed.nodes.len(), 3 * 7 + 2 * 3 + 1);
+    }
 }

@@ -34,7 +34,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::client::TxClient;
+use crate::client::{NodePlace, TxClient};
 pub use report::format_counts;
 use schedule::{Schedule, TokioClock, dispatch, drain};
 use signers::{channel_capacity, signer_threads, spawn_signers};
@@ -73,6 +73,9 @@ pub struct BenchArgs {
     pub key: Option<SigningKey>,
     /// City the transactions are for; `None` asks the node's `/healthz`.
     pub city: Option<String>,
+    /// Continent the transactions name; `None` asks the node's `/healthz` (a city takes
+    /// only its own continent's).
+    pub continent: Option<String>,
     /// Cap on concurrent requests ([`DEFAULT_MAX_IN_FLIGHT`]).
     pub max_in_flight: usize,
 }
@@ -88,6 +91,7 @@ impl BenchArgs {
             json: false,
             key: None,
             city: None,
+            continent: None,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
         }
     }
@@ -166,9 +170,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
         .connect_timeout(Duration::from_secs(5))
         .build()
         .context("building the HTTP client")?;
-    let city = match args.city {
-        Some(city) => city,
-        None => city_of(&client, &node).await?,
+    let (city, continent) = match (args.city, args.continent) {
+        (Some(city), Some(continent)) => (city, continent),
+        (city, continent) => {
+            let place = NodePlace::of(&client, &node).await?;
+            let (own_city, own_continent) = place.city_and_continent(&node)?;
+            (city.unwrap_or(own_city), continent.unwrap_or(own_continent))
+        }
     };
     let key = match args.key {
         Some(key) => key,
@@ -185,6 +193,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
     let signers = spawn_signers(
         Arc::new(key),
         city,
+        continent,
         first_nonce,
         total,
         signer_threads(args.rate),
@@ -244,29 +253,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
     }
     let report = lock(&tally).report(&node, args.rate, args.duration);
     Ok(report)
-}
-
-/// Asks the node which city it serves (`GET /healthz`, field `city`).
-async fn city_of(client: &reqwest::Client, node: &str) -> anyhow::Result<String> {
-    let url = format!("{node}/healthz");
-    let health: serde_json::Value = client
-        .get(&url)
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .with_context(|| format!("GET {url}"))?
-        .error_for_status()
-        .with_context(|| format!("GET {url}"))?
-        .json()
-        .await
-        .with_context(|| format!("GET {url}: answer is not JSON"))?;
-    match health.get("city").and_then(|c| c.as_str()) {
-        Some(city) => Ok(city.to_string()),
-        None => bail!(
-            "{node} serves no city (role {}); point --node at a city node or pass the city",
-            health.get("role").unwrap_or(&serde_json::Value::Null)
-        ),
-    }
 }
 
 fn progress_bar(total: u64, json: bool) -> anyhow::Result<ProgressBar> {

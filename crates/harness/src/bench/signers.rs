@@ -34,10 +34,12 @@ pub(super) fn signer_threads(rate: u64) -> usize {
 pub(super) fn build_body(
     key: &SigningKey,
     city: &str,
+    continent: &str,
     seq: u64,
     timestamp_ms: u64,
 ) -> anyhow::Result<Vec<u8>> {
     TxDraft::new(BENCH_RECEIVER, 1 + fastrand::u64(0..1_000), city, seq)
+        .continent(continent)
         .timestamp_ms(timestamp_ms)
         .sign_body(key)
         .context("signing a transaction")
@@ -50,6 +52,7 @@ pub(super) fn build_body(
 pub(super) fn spawn_signers(
     key: Arc<SigningKey>,
     city: String,
+    continent: String,
     first_nonce: u64,
     total: u64,
     threads: usize,
@@ -58,14 +61,20 @@ pub(super) fn spawn_signers(
     let next = Arc::new(AtomicU64::new(0));
     (0..threads.max(1))
         .map(|_| {
-            let (key, city, next, out) = (key.clone(), city.clone(), next.clone(), out.clone());
+            let (key, city, continent, next, out) = (
+                key.clone(),
+                city.clone(),
+                continent.clone(),
+                next.clone(),
+                out.clone(),
+            );
             tokio::task::spawn_blocking(move || {
                 loop {
                     let seq = next.fetch_add(1, Ordering::Relaxed);
                     if seq >= total {
                         return Ok(());
                     }
-                    let body = build_body(&key, &city, first_nonce + seq, now_ms())?;
+                    let body = build_body(&key, &city, &continent, first_nonce + seq, now_ms())?;
                     if out.blocking_send(body).is_err() {
                         return Ok(());
                     }
@@ -89,7 +98,7 @@ mod tests {
         let now = now_ms();
         let mut ids = HashSet::new();
         for seq in 0..8 {
-            let body = build_body(&key, "tokyo", seq, now).unwrap();
+            let body = build_body(&key, "tokyo", "asia", seq, now).unwrap();
             let tx = SignedTx::from_request_bytes(&body).unwrap();
             assert_eq!(tx.tx.sender, key.address());
             assert_eq!(tx.tx.kind, FlagKind::FreshTx);
@@ -98,7 +107,8 @@ mod tests {
             assert_eq!(tx.tx.nonce, seq);
             assert_eq!(tx.tx.timestamp_ms, now);
             assert!(tx.tx.amount >= 1);
-            assert!(tx.tx.continent.is_none() && tx.tx.payload.is_none() && tx.tx.pop.is_none());
+            assert_eq!(tx.tx.continent.as_deref(), Some("asia"));
+            assert!(tx.tx.payload.is_none() && tx.tx.pop.is_none());
             assert!(ids.insert(tx.id), "duplicate id at nonce {seq}");
         }
     }
@@ -107,7 +117,15 @@ mod tests {
     async fn signers_sign_every_nonce_exactly_once() {
         let key = Arc::new(SigningKey::generate().unwrap());
         let (tx, mut rx) = mpsc::channel(4);
-        let signers = spawn_signers(key.clone(), "oslo".into(), 1_000, 24, 3, tx);
+        let signers = spawn_signers(
+            key.clone(),
+            "oslo".into(),
+            "europe".into(),
+            1_000,
+            24,
+            3,
+            tx,
+        );
         let mut nonces = Vec::new();
         while let Some(body) = rx.recv().await {
             let signed = SignedTx::from_request_bytes(&body).unwrap();
