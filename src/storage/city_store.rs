@@ -1072,4 +1072,104 @@ mod tests {
         drop(CityStore::open(fresh.path()).unwrap());
         drop(CityStore::open(fresh.path()).unwrap());
     }
+
+    /// Not a check but a measurement: bytes of `city.redb` per transaction after 10,000
+    /// transactions in batches of 32, with no body cache (the index alone) and with the
+    /// default 64 MiB cache. `cargo test -p citychain --lib bytes_per_transaction -- --ignored --nocapture`
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore]
+    async fn bytes_per_transaction_in_city_redb() {
+        use crate::messages::{Batch, SealedBatch, Sealer, Urgency};
+        let key = crate::crypto::SigningKey::from_seed([5; 32]).unwrap();
+        let read = Arc::new(crate::crypto::vault::ReadKey::generate().unwrap());
+        let sealer = Sealer::new(
+            "asia",
+            crate::crypto::vault::VaultKey::generate()
+                .unwrap()
+                .public()
+                .clone(),
+        )
+        .with_read_key(read);
+        let (txs, per_batch) = (10_000u64, 32u64);
+        let batches: Vec<SealedBatch> = (0..txs / per_batch + 1)
+            .map(|seq| {
+                let signed: Vec<_> = (seq * per_batch..((seq + 1) * per_batch).min(txs))
+                    .map(|n| crate::testkit::signed_tx(&key, n, FlagKind::FreshTx, 1000 + n))
+                    .collect();
+                let ids = signed.iter().map(|t| t.id).collect();
+                let batch = Batch::build("tokyo", seq, vec![], FlagKind::FreshTx, &signed, seq);
+                SealedBatch::new(
+                    batch,
+                    ids,
+                    Urgency::Normal,
+                    std::time::Instant::now(),
+                    &sealer,
+                )
+                .unwrap()
+            })
+            .filter(|b| !b.tx_ids.is_empty())
+            .collect();
+        let canonical: usize = batches
+            .iter()
+            .flat_map(|b| b.batch.body.iter())
+            .map(|t| t.canonical.len())
+            .sum();
+        for (what, cache) in [("index only", 0), ("default 64 MiB body cache", 64 << 20)] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = CityStore::open_bounded(dir.path(), 1 << 26, false, cache).unwrap();
+            for b in &batches {
+                let rec = BatchRecord {
+                    header: b.batch.header.clone(),
+                    tx_ids: b.tx_ids.as_ref().clone(),
+                    tier: Tier::Light,
+                    holders: (1..=6).map(|n| format!("light-{n}")).collect(),
+                    acks: vec![],
+                    lost: false,
+                };
+                let txs = b
+                    .tx_ids
+                    .iter()
+                    .map(|id| {
+                        (
+                            *id,
+                            TxRecord {
+                                flag: FlagKind::FreshTx,
+                                batch_id: b.id,
+                                tier: Tier::Light,
+                                holders: rec.holders.clone(),
+                                acks: 6,
+                                lost: false,
+                            },
+                        )
+                    })
+                    .collect();
+                let nonces = b
+                    .tx_ids
+                    .iter()
+                    .zip(&b.batch.body)
+                    .filter_map(|(id, t)| NonceKey::of_canonical(&t.canonical).map(|k| (k, *id)))
+                    .collect();
+                store
+                    .record(NewBatch {
+                        nonces,
+                        read_key: b.read_key.as_deref().cloned(),
+                        sealed: Some(b.bytes.clone()),
+                        ..NewBatch::new(rec, txs, b.capsule.as_ref().clone())
+                    })
+                    .await
+                    .unwrap();
+            }
+            let (bodies, cached) = store.cache_usage().unwrap();
+            drop(store);
+            let size = std::fs::metadata(dir.path().join(FILE_NAME)).unwrap().len();
+            println!(
+                "{what}: city.redb {size} bytes for {txs} transactions = {:.0} bytes/tx ({bodies} bodies, {cached} bytes cached)",
+                size as f64 / txs as f64
+            );
+        }
+        println!(
+            "signed JSON the earlier format also kept per transaction: {:.0} bytes/tx on average",
+            canonical as f64 / txs as f64
+        );
+    }
 }
