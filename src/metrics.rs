@@ -69,6 +69,17 @@ pub const TX_IN_FLIGHT: &str = "citychain_tx_in_flight";
 /// Gauge (storage nodes): 1 while the store fails (an I/O error) and is being reopened.
 pub const STORE_FAILING: &str = "citychain_store_failing";
 
+/// Counter (city), labels `tier` (`cache`, `light`, `full`, `mongo`, `log`, or `none`)
+/// and `outcome` (`served`, `failed`, `timeout`; `unavailable` or `overloaded` with
+/// `tier="none"`): attempts to read a transaction body.
+pub const READS: &str = "citychain_reads_total";
+/// Histogram (seconds), label `tier`: from the start of a body read to its answer, by
+/// the source that served it.
+pub const READ_LATENCY: &str = "citychain_read_latency_seconds";
+/// Gauge (city): bytes of sealed bodies in the body cache (`[reads] body_cache_bytes`
+/// bounds it, but for batches marked lost).
+pub const BODY_CACHE_BYTES: &str = "citychain_body_cache_bytes";
+
 /// Counter: items the node above acknowledged (a city's batches, a continent's batches).
 pub const UPLINK_FORWARDED: &str = "citychain_uplink_forwarded_total";
 /// Counter, label `reason` (`unreachable`, `unauthenticated`, `refused`, `unavailable`,
@@ -99,6 +110,8 @@ pub fn handle() -> PrometheusHandle {
             ];
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full(STORE_LATENCY.into()), &buckets)
+                .expect("buckets are non-empty")
+                .set_buckets_for_metric(Matcher::Full(READ_LATENCY.into()), &buckets)
                 .expect("buckets are non-empty")
                 .set_buckets_for_metric(
                     Matcher::Full(BATCH_SIZE.into()),

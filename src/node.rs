@@ -197,6 +197,9 @@ pub async fn start(mut config: Config) -> anyhow::Result<RunningNode> {
     Ok(node)
 }
 
+/// The city's read key, in its data dir (see `city::reads`).
+pub const READ_KEY_FILE: &str = "read.key";
+
 /// The file in the data dir where a running node writes the address it listens on.
 pub const LISTEN_ADDR_FILE: &str = "listen.addr";
 
@@ -230,11 +233,18 @@ async fn start_city(
     let notary = Arc::new(notary);
     let signer = RequestSigner::new(config.node.id.clone(), key.clone());
     let chain = TierChain::build(&config, PeerClient::new(signer.clone()), log.clone())?;
+    // The city's own read key: what opens the batches it sealed when it reads them back.
+    let read_key_path = config.node.data_dir.join(READ_KEY_FILE);
+    let read_key = Arc::new(
+        crate::crypto::vault::ReadKey::load_or_create(&read_key_path)
+            .context("loading the city's read key")?,
+    );
     let store = Arc::new(
-        CityStore::open_with(
+        CityStore::open_bounded(
             &config.node.data_dir,
             config.limits.store_cache_bytes,
             config.uplink.is_some(),
+            config.reads.body_cache_bytes,
         )
         .with_context(|| {
             format!(
@@ -266,11 +276,18 @@ async fn start_city(
     // The pipeline, Intake → DagBatcher → Flagger → Prioritizer → StorageWriter, with
     // Failover and the Repairer (and the Uplink), each linked to the FailoverSupervisor.
     let index = store.clone();
-    let city = crate::city::start(config.clone(), chain, store, uplink).await?;
+    let reader = Arc::new(crate::city::reads::Reader::new(
+        store.clone(),
+        crate::storage::readback::ReadBack::of_chain(&chain),
+        read_key.clone(),
+        config.reads.clone(),
+    ));
+    let city = crate::city::start(config.clone(), chain, store, uplink, read_key).await?;
     let (supervisor, actors, gave_up) = (city.supervisor, city.actors, city.gave_up);
     let storage_ready = city.storage_ready;
     let city = web::Data::new(CityState {
         city: city.handle,
+        reader,
         max_body_bytes: config.intake.max_body_bytes,
     });
     let ready_actors = actors.clone();

@@ -15,6 +15,8 @@
 //! - [`flag_policy`], [`node_policy`]: the pluggable decisions, chosen by name in config.
 //! - [`admission`]: checks on verified transactions, run on the HTTP blocking pool.
 //! - [`status`]: the status index `GET /v1/tx` reads.
+//! - [`reads`]: the read path: a stored batch's body from the body cache or the tiers,
+//!   opened with the city's read key.
 //! - [`readiness`]: whether some storage tier works (`/readyz`).
 //! - [`handle`]: the narrow [`CityHandle`] the HTTP layer uses.
 //!
@@ -29,6 +31,7 @@ pub mod mailbox;
 pub mod msgs;
 pub mod node_policy;
 pub mod readiness;
+pub mod reads;
 pub mod status;
 pub mod supervisor;
 
@@ -99,12 +102,14 @@ impl Mailboxes {
 
 /// Starts the city pipeline under its supervisor, on the tier chain (with its peer client,
 /// node directory, MongoDB client and log) and the city store the node opened, with an
-/// uplink to the continent when `uplink` is given; returns once every actor runs.
+/// uplink to the continent when `uplink` is given, wrapping every batch's data key under
+/// `read_key` as well; returns once every actor runs.
 pub async fn start(
     config: Arc<Config>,
     chain: TierChain,
     store: Arc<CityStore>,
     uplink: Option<UplinkParts>,
+    read_key: Arc<crate::crypto::vault::ReadKey>,
 ) -> anyhow::Result<City> {
     let boxes = Mailboxes::new();
     let index = Arc::new(status::StatusIndex::new(store.clone()));
@@ -117,7 +122,9 @@ pub async fn start(
         .vault
         .as_ref()
         .and_then(|v| v.sealer(&config.node.continent))
-        .ok_or_else(|| anyhow::anyhow!("[vault] has no usable current key to seal batches for"))?;
+        .ok_or_else(|| anyhow::anyhow!("[vault] has no usable current key to seal batches for"))?
+        // Every data key is wrapped for the city's own reads too (`reads`).
+        .with_read_key(read_key);
     let b = &boxes;
 
     // The child table, in start order: each actor with what it waits for and whom it feeds.

@@ -39,6 +39,8 @@ pub struct Config {
     #[serde(default)]
     pub repair: RepairConfig,
     #[serde(default)]
+    pub reads: ReadsConfig,
+    #[serde(default)]
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
     /// Required for a city node; see [`VaultConfig`].
@@ -60,11 +62,12 @@ pub struct ConfigErrors {
     pub problems: Vec<String>,
 }
 
-const SECTIONS: [&str; 14] = [
+const SECTIONS: [&str; 15] = [
     "uplink",
     "continent",
     "global",
     "repair",
+    "reads",
     "auth",
     "limits",
     "vault",
@@ -138,6 +141,7 @@ impl Config {
             storage: section(&table, "storage", &mut problems),
             supervisor: section(&table, "supervisor", &mut problems),
             repair: section(&table, "repair", &mut problems),
+            reads: section(&table, "reads", &mut problems),
             auth: section(&table, "auth", &mut problems),
             limits: section(&table, "limits", &mut problems),
             vault: section(&table, "vault", &mut problems),

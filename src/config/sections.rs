@@ -63,6 +63,44 @@ impl Default for RepairConfig {
     }
 }
 
+/// `[reads]` (city): how `GET /v1/tx/{id}` and `GET /v1/batches/{id}?txs=true` obtain
+/// transaction bodies (the body cache, then each tier in turn, each within its deadline),
+/// and how much the city keeps of them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReadsConfig {
+    /// Rebuilding a light batch from any k of its pieces.
+    #[serde(with = "humantime_serde")]
+    pub light_deadline: Duration,
+    /// Reading the whole sealed batch from a full node.
+    #[serde(with = "humantime_serde")]
+    pub full_deadline: Duration,
+    /// Reading it from MongoDB (`unfinished_` or `finished_`).
+    #[serde(with = "humantime_serde")]
+    pub mongo_deadline: Duration,
+    /// Reading it from the city's immutable log.
+    #[serde(with = "humantime_serde")]
+    pub log_deadline: Duration,
+    /// Reads of bodies at once; past it a read is refused with 503 `overloaded`.
+    pub max_concurrent: usize,
+    /// Bytes of sealed bodies of stored batches kept in `city.redb`'s body cache
+    /// (oldest batch evicted first).
+    pub body_cache_bytes: u64,
+}
+
+impl Default for ReadsConfig {
+    fn default() -> Self {
+        Self {
+            light_deadline: Duration::from_millis(50),
+            full_deadline: Duration::from_millis(100),
+            mongo_deadline: Duration::from_millis(300),
+            log_deadline: Duration::from_millis(600),
+            max_concurrent: 64,
+            body_cache_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
 /// `[node]`: who this node is and where it lives.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

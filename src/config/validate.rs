@@ -1,6 +1,7 @@
 //! Semantic checks of a parsed config: every problem at once, each naming its section.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use super::{Config, Role, decode_public_key};
 use crate::messages::Tier;
@@ -161,6 +162,19 @@ impl Config {
         }
         if self.repair.interval.is_zero() || self.repair.batches_per_round == 0 {
             p.push("[repair] interval and batches_per_round must be positive".into());
+        }
+        let r = &self.reads;
+        if [
+            r.light_deadline,
+            r.full_deadline,
+            r.mongo_deadline,
+            r.log_deadline,
+        ]
+        .iter()
+        .any(Duration::is_zero)
+            || r.max_concurrent == 0
+        {
+            p.push("[reads] every deadline and max_concurrent must be positive".into());
         }
         p.extend(self.auth_problems());
         if self.supervisor.max_inflight_batches == 0 {

@@ -354,6 +354,125 @@ impl VaultKey {
     }
 }
 
+/// Domain tag of what a [`ReadKey`] seals.
+const READ_TAG: &str = "citychain/read/v1";
+
+/// A city's own symmetric read key (AES-256-GCM, `DATA_DIR/read.key`, created on first
+/// start, readable by its owner only): the city wraps each batch's data key under it as
+/// well, so it can open exactly the batches it sealed itself when it reads them back from
+/// a tier. It never leaves the city and is kept apart from `city.redb`, so the database
+/// alone opens nothing. Zeroed when dropped.
+pub struct ReadKey([u8; DATA_KEY_LEN]);
+
+impl Drop for ReadKey {
+    fn drop(&mut self) {
+        for b in &mut self.0 {
+            // SAFETY: as for `DataKey`: a volatile write through a valid &mut u8.
+            unsafe { std::ptr::write_volatile(b, 0) };
+        }
+    }
+}
+
+impl std::fmt::Debug for ReadKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReadKey(..)")
+    }
+}
+
+/// A batch's data key wrapped under the city's [`ReadKey`], bound to the batch id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadWrapped {
+    pub nonce: [u8; NONCE_LEN],
+    /// The data key sealed under the read key, tag appended.
+    #[serde(with = "serde_bytes")]
+    pub sealed_key: Vec<u8>,
+}
+
+impl ReadKey {
+    pub fn generate() -> Result<Self> {
+        let mut key = [0u8; DATA_KEY_LEN];
+        aws_lc_rs::rand::fill(&mut key).map_err(|_| VaultError::Library)?;
+        Ok(Self(key))
+    }
+
+    fn aead(&self) -> Result<LessSafeKey> {
+        Ok(LessSafeKey::new(
+            UnboundKey::new(&AES_256_GCM, &self.0).map_err(|_| VaultError::Library)?,
+        ))
+    }
+
+    fn aad(batch_id: &[u8; 32]) -> Vec<u8> {
+        super::tagged(READ_TAG, batch_id)
+    }
+
+    /// Wraps `data_key` for batch `batch_id`.
+    pub fn wrap(&self, batch_id: &[u8; 32], data_key: &DataKey) -> Result<ReadWrapped> {
+        let (nonce, sealed_key) = seal(&self.aead()?, &Self::aad(batch_id), data_key.0.to_vec())?;
+        Ok(ReadWrapped { nonce, sealed_key })
+    }
+
+    /// The data key of batch `batch_id`; fails for another batch's wrapping, a changed
+    /// one, or another read key.
+    pub fn unwrap(&self, batch_id: &[u8; 32], wrapped: &ReadWrapped) -> Result<DataKey> {
+        let mut raw = open(
+            &self.aead()?,
+            &wrapped.nonce,
+            &Self::aad(batch_id),
+            wrapped.sealed_key.clone(),
+        )
+        .map_err(|()| VaultError::Unwrap("read".into()))?;
+        let key: [u8; DATA_KEY_LEN] = raw
+            .as_slice()
+            .try_into()
+            .map_err(|_| VaultError::Unwrap("read".into()))?;
+        raw.fill(0);
+        Ok(DataKey(key))
+    }
+
+    /// Loads the key at `path`, or creates it there (mode 0600, fsynced) when there is
+    /// no file yet.
+    pub fn load_or_create(path: &Path) -> Result<Self> {
+        let err = |reason: String| VaultError::KeyFile {
+            path: path.display().to_string(),
+            reason,
+        };
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                let text = String::from_utf8(bytes).map_err(|_| err("not text".into()))?;
+                let key: [u8; DATA_KEY_LEN] = hex::decode(text.trim())
+                    .ok()
+                    .and_then(|k| k.try_into().ok())
+                    .ok_or_else(|| err("a read key is 64 hex characters".into()))?;
+                Ok(Self(key))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key = Self::generate()?;
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+                }
+                let mut opts = std::fs::OpenOptions::new();
+                opts.write(true).create_new(true);
+                #[cfg(unix)]
+                std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+                use std::io::Write;
+                let mut text = hex::encode(key.0);
+                text.push('\n');
+                let mut f = opts.open(path).map_err(|e| err(e.to_string()))?;
+                f.write_all(text.as_bytes())
+                    .and_then(|()| f.sync_all())
+                    .map_err(|e| err(e.to_string()))?;
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::File::open(dir)
+                        .and_then(|d| d.sync_all())
+                        .map_err(|e| err(e.to_string()))?;
+                }
+                Ok(key)
+            }
+            Err(e) => Err(err(e.to_string())),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -435,5 +554,35 @@ mod tests {
         std::fs::write(&mixed, serde_json::to_string(&file).unwrap()).unwrap();
         let e = VaultKey::load(&mixed).unwrap_err().to_string();
         assert!(e.contains("does not belong"), "{e}");
+    }
+    #[test]
+    fn a_read_key_unwraps_only_its_own_batch_and_is_kept_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("read.key");
+        let key = ReadKey::load_or_create(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // The same key comes back from the file.
+        let again = ReadKey::load_or_create(&path).unwrap();
+        assert_eq!(key.0, again.0);
+
+        let data = DataKey::generate().unwrap();
+        let wrapped = key.wrap(&[1; 32], &data).unwrap();
+        assert!(!wrapped.sealed_key.windows(32).any(|w| w == data.expose()));
+        assert_eq!(
+            again.unwrap(&[1; 32], &wrapped).unwrap().expose(),
+            data.expose()
+        );
+        // Another batch id, a changed wrapping or another read key: nothing.
+        assert!(key.unwrap(&[2; 32], &wrapped).is_err());
+        let mut changed = wrapped.clone();
+        changed.sealed_key[0] ^= 1;
+        assert!(key.unwrap(&[1; 32], &changed).is_err());
+        let other = ReadKey::generate().unwrap();
+        assert!(other.unwrap(&[1; 32], &wrapped).is_err());
+        // A damaged key file is refused, not replaced.
+        std::fs::write(&path, "not a key").unwrap();
+        assert!(ReadKey::load_or_create(&path).is_err());
     }
 }

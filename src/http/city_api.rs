@@ -14,6 +14,7 @@ use super::{ApiError, ApiResult};
 use crate::city::CityHandle;
 use crate::city::handle::{AdmitError, Admitted, InjectError};
 use crate::city::msgs::{Receipt, SubmitError};
+use crate::city::reads::{ReadError, Reader};
 use crate::city::status::TxView;
 use crate::messages::{FlagKind, PohAck, Tier, hex32};
 use crate::storage::city_store::{BatchRecord, CityStoreError, UplinkState};
@@ -21,6 +22,8 @@ use crate::storage::city_store::{BatchRecord, CityStoreError, UplinkState};
 /// What the city routes need, registered as `web::Data<CityState>`.
 pub struct CityState {
     pub city: CityHandle,
+    /// The read path: bodies from the body cache or the tiers.
+    pub reader: std::sync::Arc<Reader>,
     pub max_body_bytes: usize,
 }
 
@@ -67,6 +70,25 @@ pub struct TxReply {
     pub batch_id: Option<String>,
     pub holders: Vec<String>,
     pub flag: FlagKind,
+    /// The signed transaction; null only in a 503 `body_unavailable` answer.
+    pub tx: Option<serde_json::Value>,
+    /// Where `tx` came from: `pending` (in memory, not durable yet), `cache`, `light`,
+    /// `full`, `mongo` or `log`; null when no source answered.
+    pub served_from: Option<&'static str>,
+}
+
+/// 503 `body_unavailable`: the error, with every field the index still answers.
+#[derive(Debug, Serialize)]
+pub struct UnavailableReply<'a, T: Serialize> {
+    pub error: super::error::ErrorBody<'a>,
+    #[serde(flatten)]
+    pub index: T,
+}
+
+/// One transaction of `GET /v1/batches/{id}?txs=true`.
+#[derive(Debug, Serialize)]
+pub struct BatchTxReply {
+    pub tx_id: String,
     pub tx: serde_json::Value,
 }
 
@@ -89,6 +111,12 @@ pub struct BatchReply {
     pub acks: Vec<AckReply>,
     /// Where the batch stands with the continent (null for a city without one).
     pub continent: Option<ContinentReply>,
+    /// With `?txs=true`: the transactions, in batch order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub txs: Option<Vec<BatchTxReply>>,
+    /// With `?txs=true`: where the body came from (as for `GET /v1/tx/{id}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub served_from: Option<&'static str>,
 }
 
 /// Where a batch stands with the city's continent.
@@ -186,6 +214,8 @@ impl BatchReply {
             holders: if b.lost { vec![] } else { b.holders.clone() },
             acks: b.acks.iter().map(AckReply::from).collect(),
             continent: continent.map(ContinentReply::from),
+            txs: None,
+            served_from: None,
         }
     }
 }
@@ -263,6 +293,34 @@ fn index_error(e: CityStoreError) -> ApiError {
     ApiError::new(500, "internal", e.to_string())
 }
 
+/// 503 `body_unavailable` (Retry-After: 1) carrying the index fields.
+fn unavailable<T: Serialize>(message: &str, index: T) -> HttpResponse {
+    HttpResponse::ServiceUnavailable()
+        .insert_header((actix_web::http::header::RETRY_AFTER, 1))
+        .json(UnavailableReply {
+            error: super::error::ErrorBody {
+                code: "body_unavailable",
+                message,
+            },
+            index,
+        })
+}
+
+fn read_refused(e: ReadError) -> ApiError {
+    match e {
+        e @ ReadError::Overloaded(_) => ApiError::overloaded(e.to_string()),
+        ReadError::Index(e) => index_error(e),
+        e @ ReadError::Unavailable(_) => ApiError {
+            retry_after: Some(1),
+            ..ApiError::new(503, "body_unavailable", e.to_string())
+        },
+    }
+}
+
+fn parse_canonical(canonical: &str) -> serde_json::Value {
+    serde_json::from_str(canonical).expect("stored transactions are canonical JSON")
+}
+
 async fn get_tx(path: web::Path<String>, state: web::Data<CityState>) -> ApiResult<HttpResponse> {
     let id = parse_id(&path, "tx_id")?;
     let view = state
@@ -270,54 +328,110 @@ async fn get_tx(path: web::Path<String>, state: web::Data<CityState>) -> ApiResu
         .tx(&id)
         .map_err(index_error)?
         .ok_or_else(|| ApiError::not_found(format!("unknown transaction {}", path.as_str())))?;
-    let parse = |canonical: &str| -> serde_json::Value {
-        serde_json::from_str(canonical).expect("the index holds canonical JSON")
+    let r = match view {
+        TxView::Pending(p) => {
+            return Ok(HttpResponse::Ok().json(TxReply {
+                tx_id: hex32(&id),
+                status: "pending",
+                tier: None,
+                batch_id: None,
+                holders: vec![],
+                flag: p.flag,
+                tx: Some(parse_canonical(&p.canonical)),
+                served_from: Some("pending"),
+            }));
+        }
+        TxView::Stored(r) => r,
     };
-    let reply = match view {
-        TxView::Pending(p) => TxReply {
-            tx_id: hex32(&id),
-            status: "pending",
-            tier: None,
-            batch_id: None,
-            holders: vec![],
-            flag: p.flag,
-            tx: parse(&p.canonical),
-        },
-        // Its batch was lost from the log and is not found elsewhere yet: not stored.
-        TxView::Stored(r) if r.lost => TxReply {
-            tx_id: hex32(&id),
-            status: "lost",
-            tier: None,
-            batch_id: Some(hex32(&r.batch_id)),
-            holders: vec![],
-            flag: r.flag,
-            tx: parse(&r.canonical),
-        },
-        TxView::Stored(r) => TxReply {
-            tx_id: hex32(&id),
-            status: "stored",
-            tier: Some(r.tier),
-            batch_id: Some(hex32(&r.batch_id)),
-            holders: r.holders,
-            flag: r.flag,
-            tx: parse(&r.canonical),
-        },
+    // A batch lost from the log and not found elsewhere yet: not stored.
+    let mut reply = TxReply {
+        tx_id: hex32(&id),
+        status: if r.lost { "lost" } else { "stored" },
+        tier: (!r.lost).then_some(r.tier),
+        batch_id: Some(hex32(&r.batch_id)),
+        holders: if r.lost { vec![] } else { r.holders },
+        flag: r.flag,
+        tx: None,
+        served_from: None,
     };
-    Ok(HttpResponse::Ok().json(reply))
+    let permit = state.reader.enter().map_err(read_refused)?;
+    let Some(batch) = state.city.batch(&r.batch_id).map_err(index_error)? else {
+        return Ok(unavailable("the index has no record of its batch", reply));
+    };
+    match state.reader.batch(&permit, &batch).await {
+        Ok(opened) => match opened.tx(&id) {
+            Some(tx) => {
+                reply.tx = Some(parse_canonical(&tx.canonical));
+                reply.served_from = Some(opened.from.as_str());
+                Ok(HttpResponse::Ok().json(reply))
+            }
+            None => {
+                tracing::error!(tx = %hex32(&id), batch = %hex32(&r.batch_id), "the index places a transaction in a batch that does not hold it");
+                Ok(unavailable("its batch does not hold it", reply))
+            }
+        },
+        Err(e @ ReadError::Unavailable(_)) => Ok(unavailable(&e.to_string(), reply)),
+        Err(e) => Err(read_refused(e)),
+    }
 }
 
 async fn get_batch(
+    req: HttpRequest,
     path: web::Path<String>,
     state: web::Data<CityState>,
 ) -> ApiResult<HttpResponse> {
     let id = parse_id(&path, "batch_id")?;
+    // `?txs=true`: also the transactions, read back as for `GET /v1/tx/{id}`.
+    let with_txs = match super::log_api::query(&req, &["txs"])?
+        .get("txs")
+        .map(String::as_str)
+    {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_parameter",
+                format!("txs must be true or false, not {other:?}"),
+            ));
+        }
+    };
     let b = state
         .city
         .batch(&id)
         .map_err(index_error)?
         .ok_or_else(|| ApiError::not_found(format!("unknown batch {}", path.as_str())))?;
     let continent = state.city.uplink(&id, b.header.seq).map_err(index_error)?;
-    Ok(HttpResponse::Ok().json(BatchReply::of(&id, &b, continent)))
+    let mut reply = BatchReply::of(&id, &b, continent);
+    if !with_txs {
+        return Ok(HttpResponse::Ok().json(reply));
+    }
+    let permit = state.reader.enter().map_err(read_refused)?;
+    match state.reader.batch(&permit, &b).await {
+        Ok(opened) if opened.batch.tx_ids() == b.tx_ids => {
+            reply.txs = Some(
+                opened
+                    .batch
+                    .body
+                    .iter()
+                    .map(|t| BatchTxReply {
+                        tx_id: hex32(&t.id()),
+                        tx: parse_canonical(&t.canonical),
+                    })
+                    .collect(),
+            );
+            reply.served_from = Some(opened.from.as_str());
+            Ok(HttpResponse::Ok().json(reply))
+        }
+        Ok(_) => {
+            tracing::error!(batch = %hex32(&id), "the batch read back lists other transactions than its index record");
+            Ok(unavailable(
+                "the batch read back does not match its index record",
+                reply,
+            ))
+        }
+        Err(e @ ReadError::Unavailable(_)) => Ok(unavailable(&e.to_string(), reply)),
+        Err(e) => Err(read_refused(e)),
+    }
 }
 
 /// Fault injection: `POST /v1/actors/{name}/panic` makes that actor panic. 404 unless

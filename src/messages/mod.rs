@@ -28,7 +28,7 @@ pub use batch::{Batch, BatchHeader, BatchId, StoredTx};
 pub use outcome::{StoreOutcome, Tier};
 pub use piece::{Coding, Expected, Piece, PieceError, PieceHeader, PieceRef};
 pub use pipeline::{Flag, NodeObservation, Placement, SealedBatch, StoreJob, Target, Urgency};
-pub use sealed::{Capsule, ClearHeader, SealError, SealedEnvelope, Sealer};
+pub use sealed::{Capsule, ClearHeader, SealError, Sealed, SealedEnvelope, Sealer};
 pub use tx::{
     FlagKind, MAX_SAFE_AMOUNT, NonceKey, ParsedTx, Pop, SignedTx, Tx, TxId, TxRequest,
     TxValidationError, signed_bytes, tx_id_hex,

@@ -42,6 +42,9 @@ pub struct SealedBatch {
     /// The batch's data key wrapped for the key holder, for the key vault. It never
     /// travels with the bytes.
     pub capsule: Arc<Capsule>,
+    /// The batch's data key wrapped under the city's own read key, for its read vault
+    /// (so the city can open what it reads back from a tier). Never travels either.
+    pub read_key: Option<Arc<crate::crypto::vault::ReadWrapped>>,
     /// The sealed envelope's encoding: exactly the bytes every tier stores and every ack
     /// hashes.
     pub bytes: Bytes,
@@ -60,11 +63,13 @@ impl SealedBatch {
         first_arrival: Instant,
         sealer: &Sealer,
     ) -> Result<Self, SealError> {
-        let (envelope, capsule) = sealer.seal(&batch)?;
+        let sealed = sealer.seal_for_reading(&batch)?;
+        let (envelope, capsule) = (sealed.envelope, sealed.capsule);
         Ok(Self {
             id: batch.id(),
             batch: Arc::new(batch),
             capsule: Arc::new(capsule),
+            read_key: sealed.read.map(Arc::new),
             bytes: Bytes::from(envelope.to_bytes()),
             tx_ids: Arc::new(tx_ids),
             urgency,

@@ -24,7 +24,8 @@ use serde::{Deserialize, Serialize};
 use super::batch::{Batch, BatchHeader, BatchId, StoredTx};
 use super::wire::{WireError, decode, encode};
 use crate::crypto::vault::{
-    DataKey, KEY_ID_LEN, TAG_LEN, VaultError, VaultKey, VaultPublicKey, WrappedKey,
+    DataKey, KEY_ID_LEN, ReadKey, ReadWrapped, TAG_LEN, VaultError, VaultKey, VaultPublicKey,
+    WrappedKey,
 };
 use crate::crypto::{self, Hash32};
 
@@ -157,11 +158,23 @@ impl Capsule {
     }
 }
 
-/// Seals a city's batches for its continent's current holder key.
+/// Seals a city's batches for its continent's current holder key (and, with a read key,
+/// wraps each data key for the city itself as well).
 #[derive(Debug, Clone)]
 pub struct Sealer {
     continent: String,
     key: VaultPublicKey,
+    read: Option<std::sync::Arc<ReadKey>>,
+}
+
+/// What sealing one batch produces.
+pub struct Sealed {
+    pub envelope: SealedEnvelope,
+    /// For the key vault: the data key wrapped for the continent's key holder.
+    pub capsule: Capsule,
+    /// For the city's read vault: the data key wrapped under the city's read key (with a
+    /// read key only).
+    pub read: Option<ReadWrapped>,
 }
 
 impl Sealer {
@@ -169,7 +182,31 @@ impl Sealer {
         Self {
             continent: continent.into(),
             key,
+            read: None,
         }
+    }
+
+    /// Also wraps every data key under `read`, the city's own read key.
+    pub fn with_read_key(mut self, read: std::sync::Arc<ReadKey>) -> Self {
+        self.read = Some(read);
+        self
+    }
+
+    /// Seals `batch` as [`Sealer::seal`] does and, with a read key, wraps its data key for
+    /// the city too.
+    pub fn seal_for_reading(&self, batch: &Batch) -> Result<Sealed, SealError> {
+        let data_key = DataKey::generate()?;
+        let (envelope, capsule) = self.seal_with(batch, &data_key)?;
+        let read = self
+            .read
+            .as_ref()
+            .map(|r| r.wrap(&envelope.id(), &data_key))
+            .transpose()?;
+        Ok(Sealed {
+            envelope,
+            capsule,
+            read,
+        })
     }
 
     pub fn key_id(&self) -> &str {
@@ -236,6 +273,33 @@ pub fn open(
         .find(|k| k.id() == header.key_id)
         .ok_or_else(|| SealError::UnknownKey(header.key_id.clone()))?;
     let data_key = key.unwrap(&capsule.wrapped, &Capsule::aad(&id, &capsule.key_id))?;
+    open_body(envelope, &data_key)
+}
+
+/// Opens a batch the city sealed itself, read back from a tier as `bytes`: the bytes must
+/// be a well-formed sealed batch of id `expected`, its data key comes from `wrapped` (the
+/// city's read vault entry for `expected`) under the city's `read` key, and the opened
+/// batch must match its header (Merkle root, body hash, count).
+pub fn open_as_sealer(
+    bytes: &[u8],
+    expected: &BatchId,
+    wrapped: &ReadWrapped,
+    read: &ReadKey,
+) -> Result<Batch, SealError> {
+    let envelope = SealedEnvelope::from_bytes(bytes)?;
+    let id = envelope.id();
+    if id != *expected {
+        return Err(SealError::CapsuleOfAnotherBatch {
+            expected: hex::encode(expected),
+            found: hex::encode(id),
+        });
+    }
+    let data_key = read.unwrap(expected, wrapped)?;
+    open_body(&envelope, &data_key)
+}
+
+fn open_body(envelope: &SealedEnvelope, data_key: &DataKey) -> Result<Batch, SealError> {
+    let header = &envelope.header;
     let body = data_key.open(&envelope.nonce, &header.aad(), envelope.ciphertext.clone())?;
     let body: Vec<StoredTx> = postcard::from_bytes(&body).map_err(SealError::Body)?;
     let batch = Batch {
@@ -412,6 +476,44 @@ mod tests {
         assert!(
             open(&e1, &c1, &keyring[1..]).is_err(),
             "the old key is needed"
+        );
+    }
+
+    #[test]
+    fn the_city_opens_what_it_sealed_with_its_read_key_and_nothing_else() {
+        let holder = VaultKey::generate().unwrap();
+        let read = std::sync::Arc::new(ReadKey::generate().unwrap());
+        let sealer = Sealer::new("asia", holder.public().clone()).with_read_key(read.clone());
+        let plain = batch(9);
+        let sealed = sealer.seal_for_reading(&plain).unwrap();
+        let wrapped = sealed.read.clone().expect("a read wrapping");
+        let bytes = sealed.envelope.to_bytes();
+        let id = plain.id();
+        assert_eq!(open_as_sealer(&bytes, &id, &wrapped, &read).unwrap(), plain);
+        // The holder opens it as before.
+        assert_eq!(
+            open(&sealed.envelope, &sealed.capsule, &[holder]).unwrap(),
+            plain
+        );
+        // Another batch's bytes under this id, another batch's wrapping, another read
+        // key, changed bytes: refused.
+        let other = sealer.seal_for_reading(&batch(10)).unwrap();
+        assert!(matches!(
+            open_as_sealer(&other.envelope.to_bytes(), &id, &wrapped, &read),
+            Err(SealError::CapsuleOfAnotherBatch { .. })
+        ));
+        assert!(open_as_sealer(&bytes, &id, other.read.as_ref().unwrap(), &read).is_err());
+        assert!(open_as_sealer(&bytes, &id, &wrapped, &ReadKey::generate().unwrap()).is_err());
+        let mut changed = sealed.envelope.clone();
+        changed.ciphertext[3] ^= 1;
+        assert!(open_as_sealer(&changed.to_bytes(), &id, &wrapped, &read).is_err());
+        // Without a read key nothing is wrapped for the city.
+        assert!(
+            Sealer::new("asia", VaultKey::generate().unwrap().public().clone())
+                .seal_for_reading(&plain)
+                .unwrap()
+                .read
+                .is_none()
         );
     }
 

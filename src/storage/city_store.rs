@@ -9,6 +9,23 @@
 //! Batch sequence numbers are reserved in blocks ([`SEQ_BLOCK`]) before use, so a restarted
 //! city never reuses a number it may already have handed out.
 //!
+//! The store is an **index**, not a copy of the transactions: a transaction's record says
+//! which batch holds it, its flag and where the batch is (tier, holders, acks); its body
+//! is read back from the tiers (`city::reads`). Beside the index it keeps a **bounded
+//! body cache**: the sealed bytes of recent batches (exactly what the tiers hold), written
+//! with the batch's record and evicted oldest batch first once they pass
+//! `[reads] body_cache_bytes`. Only batches stored on a tier are ever evicted; a batch
+//! marked lost from the log keeps its cached body (it may be the last copy). Duplicate
+//! detection reads only the index and the `(sender, nonce)` table.
+//!
+//! The **read vault** keeps, for every batch, its data key wrapped under the city's own
+//! read key (`DATA_DIR/read.key`, not in this file), written in the transaction that
+//! writes the capsule: the city can open what it sealed, and this file alone opens
+//! nothing.
+//!
+//! The file carries its format ([`SCHEMA`]); one written by a version that kept every
+//! transaction body in it is refused with [`CityStoreError::Legacy`].
+//!
 //! A city with a continent above it (`[uplink]`) keeps an **outbox**: each batch enters it
 //! in the transaction that records the batch, and leaves it when the continent has merged
 //! it (its place is kept, [`CityStore::uplink_delivered`]); so nothing acknowledged misses
@@ -23,12 +40,20 @@ use redb::{
 use serde::{Deserialize, Serialize};
 
 use super::group_commit::{GroupCommit, GroupError, Options};
+use crate::crypto::vault::ReadWrapped;
 use crate::messages::federation::ContinentPlacement;
 use crate::messages::{
     BatchHeader, BatchId, Capsule, FlagKind, NonceKey, PohAck, Tier, TxId, WireError,
 };
 
 pub const FILE_NAME: &str = "city.redb";
+
+/// The format of `city.redb` this version writes: 2, an index with a bounded cache of
+/// sealed bodies. (1, with no format recorded, kept every transaction's signed JSON.)
+pub const SCHEMA: u64 = 2;
+const SCHEMA_KEY: &str = "schema";
+/// Bytes of sealed bodies in the body cache.
+const CACHE_USED_KEY: &str = "body_cache_bytes";
 
 /// Sequence numbers reserved per disk write.
 pub const SEQ_BLOCK: u64 = 1024;
@@ -60,6 +85,15 @@ const UPLINK_PLACED: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("u
 /// The key vault (see `storage::vault`): batch id → the encoded capsule.
 pub(super) const CAPSULES: TableDefinition<&[u8; 32], &[u8]> =
     TableDefinition::new("vault_capsules");
+/// The read vault: batch id → its data key wrapped under the city's read key.
+const READ_KEYS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("vault_read_keys");
+/// The body cache: batch id → the sealed batch's bytes.
+const BODIES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("body_cache");
+/// The body cache in eviction order: batch sequence number → batch id.
+const BODY_ORDER: TableDefinition<u64, &[u8; 32]> = TableDefinition::new("body_cache_order");
+/// Where a batch was before repair moved it (the copies stay): batch id → encoded
+/// `Vec<Home>`, oldest first.
+const PAST_HOMES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("past_homes");
 
 #[derive(Debug, thiserror::Error)]
 pub enum CityStoreError {
@@ -87,16 +121,20 @@ pub enum CityStoreError {
     Group(Arc<CityStoreError>),
     #[error("city database writer has stopped")]
     Closed,
+    /// A `city.redb` of an earlier format, which this version does not read.
+    #[error(
+        "{0} was written by an earlier citychain that kept every transaction body in it (format 1); this version keeps an index and a bounded cache of sealed bodies (format {SCHEMA}) and does not convert it: move it aside to start with an empty index (the batches stay on their tiers)"
+    )]
+    Legacy(String),
 }
 
 pub type Result<T> = std::result::Result<T, CityStoreError>;
 
-/// An acknowledged transaction.
+/// An acknowledged transaction: where it is, not what it says (its body is in its
+/// batch, read back from the body cache or a tier).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TxRecord {
     pub flag: FlagKind,
-    /// The signed canonical JSON.
-    pub canonical: String,
     pub batch_id: BatchId,
     pub tier: Tier,
     pub holders: Vec<String>,
@@ -130,14 +168,50 @@ pub enum Lookup {
     Unknown,
 }
 
+/// A stored batch to record ([`CityStore::record`]).
+pub struct NewBatch {
+    pub batch: BatchRecord,
+    pub txs: Vec<(TxId, TxRecord)>,
+    /// The `(sender, nonce)` pair of each transaction that has one.
+    pub nonces: Vec<(NonceKey, TxId)>,
+    /// For the key vault.
+    pub capsule: Capsule,
+    /// For the read vault: the data key under the city's read key.
+    pub read_key: Option<ReadWrapped>,
+    /// The sealed bytes, for the body cache.
+    pub sealed: Option<bytes::Bytes>,
+}
+
+impl NewBatch {
+    /// A record with no nonces, read key or body (tests add what they need).
+    pub fn new(batch: BatchRecord, txs: Vec<(TxId, TxRecord)>, capsule: Capsule) -> Self {
+        Self {
+            batch,
+            txs,
+            nonces: Vec::new(),
+            capsule,
+            read_key: None,
+            sealed: None,
+        }
+    }
+}
+
+/// One place a batch was held.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Home {
+    pub tier: Tier,
+    pub holders: Vec<String>,
+}
+
 struct WriteReq {
     batch_id: BatchId,
     batch: BatchRecord,
     txs: Vec<(TxId, TxRecord)>,
-    /// The `(sender, nonce)` pair of each transaction that has one.
     nonces: Vec<(NonceKey, TxId)>,
     /// The encoded capsule, for the key vault.
     capsule: Vec<u8>,
+    read_key: Option<Vec<u8>>,
+    sealed: Option<bytes::Bytes>,
 }
 
 /// Dropping it lets the writer finish what it holds and releases the database, so it can be
@@ -178,14 +252,53 @@ impl CityStore {
     /// [`CityStore::open_with_cache`]; with `uplink`, every recorded batch also enters the
     /// outbox for the continent.
     pub fn open_with(dir: &Path, cache_bytes: usize, uplink: bool) -> Result<Self> {
+        Self::open_bounded(
+            dir,
+            cache_bytes,
+            uplink,
+            crate::config::ReadsConfig::default().body_cache_bytes,
+        )
+    }
+
+    /// [`CityStore::open_with`], keeping at most `body_cache_bytes` of sealed bodies of
+    /// stored batches in the body cache.
+    pub fn open_bounded(
+        dir: &Path,
+        cache_bytes: usize,
+        uplink: bool,
+        body_cache_bytes: u64,
+    ) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
+        let path = dir.join(FILE_NAME);
         let db = Arc::new(
             redb::Builder::new()
                 .set_cache_size(cache_bytes)
-                .create(dir.join(FILE_NAME))?,
+                .create(&path)?,
         );
         {
             let tx = db.begin_write()?;
+            {
+                let mut meta = tx.open_table(META)?;
+                let schema = meta.get(SCHEMA_KEY)?.map(|v| v.value());
+                match schema {
+                    Some(SCHEMA) => {}
+                    Some(other) => {
+                        return Err(CityStoreError::Legacy(format!(
+                            "{} (format {other})",
+                            path.display()
+                        )));
+                    }
+                    None => {
+                        // Format 1 wrote no format; a file with records in it is one.
+                        if !tx.open_table(TXS)?.is_empty()?
+                            || !tx.open_table(BATCHES)?.is_empty()?
+                        {
+                            return Err(CityStoreError::Legacy(path.display().to_string()));
+                        }
+                        meta.insert(SCHEMA_KEY, SCHEMA)?;
+                    }
+                }
+            }
             tx.open_table(TXS)?;
             tx.open_table(BATCHES)?;
             tx.open_table(BY_SEQ)?;
@@ -196,6 +309,10 @@ impl CityStore {
             tx.open_table(CAPSULES)?;
             tx.open_table(UPLINK_OUTBOX)?;
             tx.open_table(UPLINK_PLACED)?;
+            tx.open_table(READ_KEYS)?;
+            tx.open_table(BODIES)?;
+            tx.open_table(BODY_ORDER)?;
+            tx.open_table(PAST_HOMES)?;
             tx.commit()?;
         }
         let options = Options {
@@ -212,7 +329,9 @@ impl CityStore {
         let outbox_added = Arc::new(tokio::sync::Notify::new());
         let thread_outbox = outbox_added.clone();
         let writer = GroupCommit::spawn(options, move |group: &mut [WriteReq]| {
-            let written = write_group(&thread_db, group, uplink);
+            let written = write_group(&thread_db, group, uplink, body_cache_bytes).map(|cached| {
+                metrics::gauge!(crate::metrics::BODY_CACHE_BYTES).set(cached as f64);
+            });
             if uplink && written.is_ok() {
                 thread_outbox.notify_one();
             }
@@ -246,27 +365,21 @@ impl CityStore {
 
     /// Makes a stored batch and its transactions durable in the index, with the
     /// `(sender, nonce)` pair of each (a pair already recorded for another transaction
-    /// keeps its first owner), and its capsule in the key vault, in one transaction;
-    /// returns once fsynced.
-    pub async fn record(
-        &self,
-        batch: BatchRecord,
-        txs: Vec<(TxId, TxRecord)>,
-        capsule: &Capsule,
-    ) -> Result<()> {
-        let batch_id = batch.header.id();
-        let nonces = txs
-            .iter()
-            .filter_map(|(id, rec)| NonceKey::of_canonical(&rec.canonical).map(|k| (k, *id)))
-            .collect();
+    /// keeps its first owner), its capsule in the key vault, its read key in the read
+    /// vault and its sealed bytes in the body cache (evicting the oldest stored bodies
+    /// past the bound), in one transaction; returns once fsynced.
+    pub async fn record(&self, new: NewBatch) -> Result<()> {
+        let batch_id = new.batch.header.id();
         match self
             .writer
             .submit(WriteReq {
                 batch_id,
-                batch,
-                txs,
-                nonces,
-                capsule: capsule.to_bytes(),
+                batch: new.batch,
+                txs: new.txs,
+                nonces: new.nonces,
+                capsule: new.capsule.to_bytes(),
+                read_key: new.read_key.as_ref().map(crate::messages::encode),
+                sealed: new.sealed,
             })
             .await
         {
@@ -311,6 +424,42 @@ impl CityStore {
             .get(id)?
             .map(|v| crate::messages::decode(v.value()).map_err(CityStoreError::from))
             .transpose()
+    }
+
+    /// The batch's data key wrapped under the city's read key, from the read vault.
+    pub fn read_key(&self, id: &BatchId) -> Result<Option<ReadWrapped>> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(READ_KEYS)?;
+        table
+            .get(id)?
+            .map(|v| crate::messages::decode(v.value()).map_err(CityStoreError::from))
+            .transpose()
+    }
+
+    /// The batch's sealed bytes, if the body cache holds them.
+    pub fn cached_body(&self, id: &BatchId) -> Result<Option<Vec<u8>>> {
+        let tx = self.db.begin_read()?;
+        Ok(tx.open_table(BODIES)?.get(id)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Batches and bytes in the body cache.
+    pub fn cache_usage(&self) -> Result<(u64, u64)> {
+        let tx = self.db.begin_read()?;
+        let used = tx
+            .open_table(META)?
+            .get(CACHE_USED_KEY)?
+            .map_or(0, |v| v.value());
+        Ok((tx.open_table(BODIES)?.len()?, used))
+    }
+
+    /// Where the batch was before repair moved it, oldest first (its copies there stay).
+    pub fn past_homes(&self, id: &BatchId) -> Result<Vec<Home>> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(PAST_HOMES)?;
+        Ok(match table.get(id)? {
+            Some(v) => crate::messages::decode(v.value())?,
+            None => Vec::new(),
+        })
     }
 
     pub fn get_batch(&self, id: &BatchId) -> Result<Option<BatchRecord>> {
@@ -457,6 +606,22 @@ impl CityStore {
             }
             // A new home ends a loss.
             tx.open_table(LOST)?.remove(batch_id)?;
+            // The old home keeps its copy: remembered, for reads.
+            let old = Home {
+                tier: rec.tier,
+                holders: rec.holders.clone(),
+            };
+            if old.tier != tier || old.holders != holders {
+                let mut past = tx.open_table(PAST_HOMES)?;
+                let mut homes: Vec<Home> = match past.get(batch_id)? {
+                    Some(v) => crate::messages::decode(v.value())?,
+                    None => Vec::new(),
+                };
+                if !homes.contains(&old) {
+                    homes.push(old);
+                    past.insert(batch_id, crate::messages::encode(&homes).as_slice())?;
+                }
+            }
             rec.tier = tier;
             rec.holders = holders;
             rec.acks = acks;
@@ -576,9 +741,16 @@ impl CityStore {
     }
 }
 
-fn write_group(db: &Database, group: &[WriteReq], uplink: bool) -> Result<()> {
+/// Writes a group in one transaction; returns the bytes in the body cache after it.
+fn write_group(
+    db: &Database,
+    group: &[WriteReq],
+    uplink: bool,
+    body_cache_bytes: u64,
+) -> Result<u64> {
     let mut tx = db.begin_write()?;
     tx.set_durability(Durability::Immediate)?;
+    let cached;
     {
         let mut txs = tx.open_table(TXS)?;
         let mut batches = tx.open_table(BATCHES)?;
@@ -587,8 +759,24 @@ fn write_group(db: &Database, group: &[WriteReq], uplink: bool) -> Result<()> {
         let mut nonces = tx.open_table(NONCES)?;
         let mut capsules = tx.open_table(CAPSULES)?;
         let mut outbox = tx.open_table(UPLINK_OUTBOX)?;
+        let mut read_keys = tx.open_table(READ_KEYS)?;
+        let mut bodies = tx.open_table(BODIES)?;
+        let mut order = tx.open_table(BODY_ORDER)?;
+        let mut meta = tx.open_table(META)?;
+        let lost = tx.open_table(LOST)?;
+        let mut used = meta.get(CACHE_USED_KEY)?.map_or(0, |v| v.value());
         for req in group {
             capsules.insert(&req.batch_id, req.capsule.as_slice())?;
+            if let Some(read_key) = &req.read_key {
+                read_keys.insert(&req.batch_id, read_key.as_slice())?;
+            }
+            if let Some(sealed) = &req.sealed
+                && bodies.get(&req.batch_id)?.is_none()
+            {
+                bodies.insert(&req.batch_id, sealed.as_ref())?;
+                order.insert(req.batch.header.seq, &req.batch_id)?;
+                used += sealed.len() as u64;
+            }
             if uplink {
                 outbox.insert(req.batch.header.seq, &req.batch_id)?;
             }
@@ -622,8 +810,44 @@ fn write_group(db: &Database, group: &[WriteReq], uplink: bool) -> Result<()> {
                 }
             }
         }
+        if used > body_cache_bytes {
+            used -= evict(&mut bodies, &mut order, &lost, used - body_cache_bytes)?;
+        }
+        meta.insert(CACHE_USED_KEY, used)?;
+        cached = used;
     }
-    Ok(tx.commit()?)
+    tx.commit()?;
+    Ok(cached)
+}
+
+/// Evicts the oldest cached bodies, at least `excess` bytes of them if there are, never
+/// one of a batch marked lost (its body may be its last copy); returns the bytes evicted.
+fn evict(
+    bodies: &mut redb::Table<&[u8; 32], &[u8]>,
+    order: &mut redb::Table<u64, &[u8; 32]>,
+    lost: &redb::Table<&[u8; 32], u64>,
+    excess: u64,
+) -> Result<u64> {
+    let mut victims = Vec::new();
+    let mut freed = 0u64;
+    for entry in order.iter()? {
+        if freed >= excess {
+            break;
+        }
+        let (seq, id) = entry?;
+        let (seq, id) = (seq.value(), *id.value());
+        if lost.get(&id)?.is_some() {
+            continue;
+        }
+        let len = bodies.get(&id)?.map_or(0, |v| v.value().len() as u64);
+        freed += len;
+        victims.push((seq, id));
+    }
+    for (seq, id) in victims {
+        order.remove(seq)?;
+        bodies.remove(&id)?;
+    }
+    Ok(freed)
 }
 
 #[cfg(test)]
@@ -650,7 +874,6 @@ mod tests {
                 tx_id,
                 TxRecord {
                     flag: FlagKind::FreshTx,
-                    canonical: "{}".into(),
                     batch_id,
                     tier: Tier::Light,
                     holders: vec!["light-1".into()],
@@ -673,7 +896,7 @@ mod tests {
                     let (b, t) = record(s);
                     let c = capsule(b.header.id());
                     let store = &store;
-                    async move { store.record(b, t, &c).await }
+                    async move { store.record(NewBatch::new(b, t, c)).await }
                 })
                 .collect();
             for r in futures::future::join_all(writes).await {
@@ -704,7 +927,10 @@ mod tests {
         let (mut b, t) = record(60);
         b.tier = Tier::Log;
         let id = b.header.id();
-        store.record(b, t, &capsule(id)).await.unwrap();
+        store
+            .record(NewBatch::new(b, t, capsule(id)))
+            .await
+            .unwrap();
         let below = store.batches_below_light(10).unwrap();
         assert_eq!(below.len(), 1);
         assert_eq!(below[0].header.id(), id);
@@ -717,5 +943,233 @@ mod tests {
             vec!["light-2".to_string()]
         );
         assert_eq!(store.batches_on(Tier::Light, 59, 10).unwrap().len(), 1);
+    }
+
+    /// `record(seq)` with a body of `len` bytes for the cache.
+    fn with_body(seq: u64, len: usize) -> NewBatch {
+        let (b, t) = record(seq);
+        let id = b.header.id();
+        let mut new = NewBatch::new(b, t, capsule(id));
+        new.sealed = Some(bytes::Bytes::from(vec![seq as u8; len]));
+        new
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_body_cache_keeps_to_its_bound_oldest_first_and_never_evicts_a_lost_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CityStore::open_bounded(dir.path(), 1 << 20, false, 2500).unwrap();
+        let id = |seq| record(seq).0.header.id();
+        for seq in 0..2 {
+            store.record(with_body(seq, 1000)).await.unwrap();
+        }
+        assert_eq!(store.cache_usage().unwrap(), (2, 2000));
+        // A third body passes the bound: the oldest goes.
+        store.record(with_body(2, 1000)).await.unwrap();
+        assert_eq!(store.cache_usage().unwrap(), (2, 2000));
+        assert_eq!(store.cached_body(&id(0)).unwrap(), None);
+        assert_eq!(store.cached_body(&id(1)).unwrap(), Some(vec![1; 1000]));
+        // The index still answers for the evicted batch.
+        assert_eq!(store.get_tx(&[0; 32]).unwrap().unwrap().batch_id, id(0));
+
+        // Batch 1 is marked lost: its body may be its last copy, so batch 2 goes instead.
+        store.mark_lost(&[id(1)], 1).unwrap();
+        store.record(with_body(3, 1000)).await.unwrap();
+        assert_eq!(store.cached_body(&id(1)).unwrap(), Some(vec![1; 1000]));
+        assert_eq!(store.cached_body(&id(2)).unwrap(), None);
+        assert!(store.cached_body(&id(3)).unwrap().is_some());
+        // Even when only lost bodies are left to evict, they stay (the bound is exceeded
+        // rather than the last copy dropped).
+        store.record(with_body(4, 3000)).await.unwrap();
+        assert_eq!(store.cached_body(&id(1)).unwrap(), Some(vec![1; 1000]));
+        assert_eq!(
+            store.cached_body(&id(4)).unwrap(),
+            None,
+            "over the bound alone"
+        );
+        assert_eq!(store.cache_usage().unwrap(), (1, 1000));
+        drop(store);
+        // The accounting survives a restart; a smaller bound applies from the next write.
+        let store = CityStore::open_bounded(dir.path(), 1 << 20, false, 0).unwrap();
+        assert_eq!(store.cache_usage().unwrap(), (1, 1000));
+        store
+            .relocate(&id(1), Tier::Full, vec!["full-1".into()], vec![])
+            .unwrap();
+        store.record(with_body(5, 10)).await.unwrap();
+        assert_eq!(
+            store.cache_usage().unwrap(),
+            (0, 0),
+            "no longer lost: evicted"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn relocation_remembers_where_the_old_copies_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CityStore::open(dir.path()).unwrap();
+        let (mut b, t) = record(1);
+        b.tier = Tier::Log;
+        b.holders = vec!["city-tokyo".into()];
+        let id = b.header.id();
+        store
+            .record(NewBatch::new(b, t, capsule(id)))
+            .await
+            .unwrap();
+        assert!(store.past_homes(&id).unwrap().is_empty());
+        store
+            .relocate(&id, Tier::Full, vec!["full-1".into()], vec![])
+            .unwrap();
+        store
+            .relocate(&id, Tier::Light, vec!["light-1".into()], vec![])
+            .unwrap();
+        assert_eq!(
+            store.past_homes(&id).unwrap(),
+            vec![
+                Home {
+                    tier: Tier::Log,
+                    holders: vec!["city-tokyo".into()]
+                },
+                Home {
+                    tier: Tier::Full,
+                    holders: vec!["full-1".into()]
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_city_database_of_the_earlier_format_is_refused_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        // What the earlier format looks like: records, and no format written.
+        {
+            let db = Database::create(dir.path().join(FILE_NAME)).unwrap();
+            let tx = db.begin_write().unwrap();
+            tx.open_table(TXS)
+                .unwrap()
+                .insert(&[1; 32], b"a record with its body".as_slice())
+                .unwrap();
+            tx.open_table(META)
+                .unwrap()
+                .insert(SEQ_RESERVED, 1024)
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        let err = CityStore::open(dir.path()).err().expect("refused");
+        assert!(matches!(err, CityStoreError::Legacy(_)), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("city.redb") && text.contains("move it aside"),
+            "{text}"
+        );
+        // Refused without being changed: still refused.
+        assert!(matches!(
+            CityStore::open(dir.path()),
+            Err(CityStoreError::Legacy(_))
+        ));
+
+        // An empty database of no format is this format's, and stays so.
+        let fresh = tempfile::tempdir().unwrap();
+        drop(Database::create(fresh.path().join(FILE_NAME)).unwrap());
+        drop(CityStore::open(fresh.path()).unwrap());
+        drop(CityStore::open(fresh.path()).unwrap());
+    }
+
+    /// Not a check but a measurement: bytes of `city.redb` per transaction after 10,000
+    /// transactions in batches of 32, with no body cache (the index alone) and with the
+    /// default 64 MiB cache. `cargo test -p citychain --lib bytes_per_transaction -- --ignored --nocapture`
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore]
+    async fn bytes_per_transaction_in_city_redb() {
+        use crate::messages::{Batch, SealedBatch, Sealer, Urgency};
+        let key = crate::crypto::SigningKey::from_seed([5; 32]).unwrap();
+        let read = Arc::new(crate::crypto::vault::ReadKey::generate().unwrap());
+        let sealer = Sealer::new(
+            "asia",
+            crate::crypto::vault::VaultKey::generate()
+                .unwrap()
+                .public()
+                .clone(),
+        )
+        .with_read_key(read);
+        let (txs, per_batch) = (10_000u64, 32u64);
+        let batches: Vec<SealedBatch> = (0..txs / per_batch + 1)
+            .map(|seq| {
+                let signed: Vec<_> = (seq * per_batch..((seq + 1) * per_batch).min(txs))
+                    .map(|n| crate::testkit::signed_tx(&key, n, FlagKind::FreshTx, 1000 + n))
+                    .collect();
+                let ids = signed.iter().map(|t| t.id).collect();
+                let batch = Batch::build("tokyo", seq, vec![], FlagKind::FreshTx, &signed, seq);
+                SealedBatch::new(
+                    batch,
+                    ids,
+                    Urgency::Normal,
+                    std::time::Instant::now(),
+                    &sealer,
+                )
+                .unwrap()
+            })
+            .filter(|b| !b.tx_ids.is_empty())
+            .collect();
+        let canonical: usize = batches
+            .iter()
+            .flat_map(|b| b.batch.body.iter())
+            .map(|t| t.canonical.len())
+            .sum();
+        for (what, cache) in [("index only", 0), ("default 64 MiB body cache", 64 << 20)] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = CityStore::open_bounded(dir.path(), 1 << 26, false, cache).unwrap();
+            for b in &batches {
+                let rec = BatchRecord {
+                    header: b.batch.header.clone(),
+                    tx_ids: b.tx_ids.as_ref().clone(),
+                    tier: Tier::Light,
+                    holders: (1..=6).map(|n| format!("light-{n}")).collect(),
+                    acks: vec![],
+                    lost: false,
+                };
+                let txs = b
+                    .tx_ids
+                    .iter()
+                    .map(|id| {
+                        (
+                            *id,
+                            TxRecord {
+                                flag: FlagKind::FreshTx,
+                                batch_id: b.id,
+                                tier: Tier::Light,
+                                holders: rec.holders.clone(),
+                                acks: 6,
+                                lost: false,
+                            },
+                        )
+                    })
+                    .collect();
+                let nonces = b
+                    .tx_ids
+                    .iter()
+                    .zip(&b.batch.body)
+                    .filter_map(|(id, t)| NonceKey::of_canonical(&t.canonical).map(|k| (k, *id)))
+                    .collect();
+                store
+                    .record(NewBatch {
+                        nonces,
+                        read_key: b.read_key.as_deref().cloned(),
+                        sealed: Some(b.bytes.clone()),
+                        ..NewBatch::new(rec, txs, b.capsule.as_ref().clone())
+                    })
+                    .await
+                    .unwrap();
+            }
+            let (bodies, cached) = store.cache_usage().unwrap();
+            drop(store);
+            let size = std::fs::metadata(dir.path().join(FILE_NAME)).unwrap().len();
+            println!(
+                "{what}: city.redb {size} bytes for {txs} transactions = {:.0} bytes/tx ({bodies} bodies, {cached} bytes cached)",
+                size as f64 / txs as f64
+            );
+        }
+        println!(
+            "signed JSON the earlier format also kept per transaction: {:.0} bytes/tx on average",
+            canonical as f64 / txs as f64
+        );
     }
 }

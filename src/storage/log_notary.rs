@@ -476,7 +476,6 @@ mod tests {
                 tx_id,
                 TxRecord {
                     flag: FlagKind::FreshTx,
-                    canonical: "{}".into(),
                     batch_id: b.id(),
                     tier: Tier::Log,
                     holders: vec!["city-tokyo".into()],
@@ -494,7 +493,10 @@ mod tests {
         for seq in 0..3 {
             let (b, t) = log_batch_record(seq);
             let capsule = crate::testkit::stand_in_capsule(b.header.id());
-            store.record(b, t, &capsule).await.unwrap();
+            store
+                .record(crate::storage::city_store::NewBatch::new(b, t, capsule))
+                .await
+                .unwrap();
         }
         assert!(
             crate::storage::log_audit::audit(&store, &log)

@@ -6,6 +6,8 @@
 //! - [`chain`]: the failover chain built from config.
 //! - [`tier_health`]: the last attempt on each tier of the chain (read by readiness).
 //! - [`peer_tier`], [`mongo_tier`], [`log_tier`]: the tier implementations.
+//! - [`readback`]: reading a sealed batch back from the tier that holds it (repair and
+//!   the city's read path share it).
 //! - [`nodes`]: the configured light and full nodes with their keys, shared by all users.
 //! - [`peer`]: the client side of light and full nodes (write a batch, verify its ack).
 //! - [`store`]: the server side: a storage node's redb store with its capacity limit.
@@ -39,6 +41,7 @@ pub mod offline;
 pub mod outboxes;
 pub mod peer;
 pub mod peer_tier;
+pub mod readback;
 pub mod store;
 pub mod tier;
 pub mod tier_health;

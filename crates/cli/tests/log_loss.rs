@@ -153,9 +153,11 @@ async fn store_on_the_log(c: &reqwest::Client, city: &str, n: u64) -> Vec<(TxReq
     txs
 }
 
+/// No body cache: these batches must have no copy left but the ones the test controls
+/// (the city's body cache keeps a body the log lost, and repair restores it from there).
 fn city_config(dir: &Path, extra: &str) -> String {
     format!(
-        "{}\n[repair]\ninterval = \"100ms\"\n\n{extra}",
+        "{}\n[repair]\ninterval = \"100ms\"\n\n[reads]\nbody_cache_bytes = 0\n\n{extra}",
         city_node_section(dir)
     )
 }
@@ -453,4 +455,58 @@ async fn a_batch_cut_from_the_log_is_repaired_from_a_full_node_that_holds_it() {
     assert_eq!(status["losses"].as_array().unwrap().len(), 1, "{status}");
     city.stop().await;
     full.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_cut_from_the_log_is_restored_from_the_citys_body_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    // The default body cache this time: the city keeps the sealed bodies of recent batches.
+    let config = format!(
+        "{}\n[repair]\ninterval = \"100ms\"\n\n[supervisor]\nchain = [\"log\"]\n",
+        city_node_section(dir.path())
+    );
+    let city = Proc::start(dir.path(), &config, "city-1.log").await;
+    let c = client();
+    let txs = store_on_the_log(&c, &city.url, 3).await;
+    city.stop().await;
+    let log_dir = dir.path().join("data/log");
+    let (cut, _) = cut_last_record(&log_dir);
+    let cut_id = hex32(&cut);
+
+    // The start audit finds the batch missing from the log; the Repairer finds its body in
+    // the city's own cache, checks it is the batch, and appends it to the log again.
+    let city = Proc::start(dir.path(), &config, "city-2.log").await;
+    let url = city.url.as_str();
+    wait_for(
+        "the cut batch restored from the body cache",
+        Duration::from_secs(30),
+        || async {
+            let (_, batch) = get(&c, &format!("{url}/v1/batches/{cut_id}")).await;
+            (batch["status"] == "stored").then_some(())
+        },
+    )
+    .await;
+    assert!(
+        city.log_text()
+            .lines()
+            .any(|l| l.contains("recovered from another copy") && l.contains("body cache")),
+        "{}",
+        city.log_text()
+    );
+    let restored: Vec<_> = txs.iter().filter(|(_, b)| *b == cut_id).collect();
+    assert!(!restored.is_empty());
+    for (req, _) in restored {
+        let (status, body) = get(&c, &format!("{url}/v1/tx/{}", tx_id(req))).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            (body["status"].as_str(), body["tier"].as_str()),
+            (Some("stored"), Some("log")),
+            "{body}"
+        );
+        assert_eq!(body["tx"], serde_json::to_value(&req.tx).unwrap(), "{body}");
+    }
+    // On the log again: it reads back from there too.
+    let (_, status) = get(&c, &format!("{url}/v1/log/status")).await;
+    assert_eq!(status["lost_batches_total"], 0, "{status}");
+    city.stop().await;
 }

@@ -646,6 +646,7 @@ impl Federation {
             storage: Default::default(),
             supervisor: Default::default(),
             repair: Default::default(),
+            reads: Default::default(),
             auth: Default::default(),
             limits: Default::default(),
             vault: None,

@@ -22,9 +22,9 @@ use crate::city::mailbox::Mailbox;
 use crate::city::msgs::{
     FailoverMsg, FlaggerMsg, IntakeMsg, PrioritizerMsg, SubmitError, Unavailable,
 };
-use crate::messages::{FlagKind, SealedBatch, StoreJob, StoreOutcome, TxId};
+use crate::messages::{FlagKind, NonceKey, SealedBatch, StoreJob, StoreOutcome};
 use crate::storage::chain::TierChain;
-use crate::storage::city_store::{BatchRecord, CityStore, TxRecord};
+use crate::storage::city_store::{BatchRecord, CityStore, NewBatch, TxRecord};
 use crate::storage::tier::{Stored, TierResult};
 
 /// Mailbox capacity. Tier results are control messages (bounded by the batches in flight,
@@ -130,8 +130,7 @@ impl Failover {
         let flagger = args.flagger.clone();
         tokio::spawn(async move {
             let sealed = &job.sealed;
-            let (batch, txs) = records(sealed, &outcome);
-            let msg = match store.record(batch, txs, &sealed.capsule).await {
+            let msg = match store.record(records(sealed, &outcome)).await {
                 Ok(()) => IntakeMsg::Stored {
                     tx_ids: sealed.tx_ids.clone(),
                     outcome,
@@ -150,8 +149,9 @@ impl Failover {
     }
 }
 
-/// The index records of a durable batch and its transactions.
-fn records(sealed: &SealedBatch, outcome: &StoreOutcome) -> (BatchRecord, Vec<(TxId, TxRecord)>) {
+/// The index records of a durable batch and its transactions, the `(sender, nonce)` pairs,
+/// its vault entries and its sealed bytes for the body cache.
+fn records(sealed: &SealedBatch, outcome: &StoreOutcome) -> NewBatch {
     #[derive(serde::Deserialize)]
     struct Kind {
         kind: FlagKind,
@@ -168,7 +168,6 @@ fn records(sealed: &SealedBatch, outcome: &StoreOutcome) -> (BatchRecord, Vec<(T
                 *id,
                 TxRecord {
                     flag,
-                    canonical: stored.canonical.clone(),
                     batch_id: outcome.batch_id,
                     tier: outcome.tier,
                     holders: outcome.holders.clone(),
@@ -186,7 +185,20 @@ fn records(sealed: &SealedBatch, outcome: &StoreOutcome) -> (BatchRecord, Vec<(T
         acks: outcome.acks.clone(),
         lost: false,
     };
-    (batch, txs)
+    let nonces = sealed
+        .tx_ids
+        .iter()
+        .zip(&sealed.batch.body)
+        .filter_map(|(id, stored)| NonceKey::of_canonical(&stored.canonical).map(|k| (k, *id)))
+        .collect();
+    NewBatch {
+        batch,
+        txs,
+        nonces,
+        capsule: sealed.capsule.as_ref().clone(),
+        read_key: sealed.read_key.as_deref().cloned(),
+        sealed: Some(sealed.bytes.clone()),
+    }
 }
 
 impl Actor for Failover {

@@ -265,8 +265,9 @@ mod tests {
     use crate::city::status::TxView;
     use crate::crypto::SigningKey;
     use crate::messages::Batch;
+    use crate::messages::NonceKey;
     use crate::messages::Tier;
-    use crate::storage::city_store::{BatchRecord, CityStore, TxRecord};
+    use crate::storage::city_store::{BatchRecord, CityStore, NewBatch, TxRecord};
     use crate::testkit::{recorder, signed_tx};
 
     async fn intake(
@@ -350,29 +351,34 @@ mod tests {
         };
         index
             .store
-            .record(
-                BatchRecord {
-                    header: batch.header.clone(),
-                    tx_ids: vec![first.id],
-                    tier: Tier::Light,
-                    holders: holders.clone(),
-                    acks: vec![],
-                    lost: false,
-                },
-                vec![(
-                    first.id,
-                    TxRecord {
-                        flag: FlagKind::FreshTx,
-                        canonical: first.canonical.clone(),
-                        batch_id: batch.id(),
+            .record(NewBatch {
+                nonces: NonceKey::of_canonical(&first.canonical)
+                    .map(|k| (k, first.id))
+                    .into_iter()
+                    .collect(),
+                ..NewBatch::new(
+                    BatchRecord {
+                        header: batch.header.clone(),
+                        tx_ids: vec![first.id],
                         tier: Tier::Light,
-                        holders,
-                        acks: 0,
+                        holders: holders.clone(),
+                        acks: vec![],
                         lost: false,
                     },
-                )],
-                &crate::testkit::sealer().seal(&batch).unwrap().1,
-            )
+                    vec![(
+                        first.id,
+                        TxRecord {
+                            flag: FlagKind::FreshTx,
+                            batch_id: batch.id(),
+                            tier: Tier::Light,
+                            holders,
+                            acks: 0,
+                            lost: false,
+                        },
+                    )],
+                    crate::testkit::sealer().seal(&batch).unwrap().1,
+                )
+            })
             .await
             .unwrap();
         actor
@@ -449,29 +455,34 @@ mod tests {
         );
         index
             .store
-            .record(
-                BatchRecord {
-                    header: batch.header.clone(),
-                    tx_ids: vec![rival.id],
-                    tier: Tier::Log,
-                    holders: vec![],
-                    acks: vec![],
-                    lost: false,
-                },
-                vec![(
-                    rival.id,
-                    TxRecord {
-                        flag: FlagKind::FreshTx,
-                        canonical: rival.canonical.clone(),
-                        batch_id: batch.id(),
+            .record(NewBatch {
+                nonces: NonceKey::of_canonical(&rival.canonical)
+                    .map(|k| (k, rival.id))
+                    .into_iter()
+                    .collect(),
+                ..NewBatch::new(
+                    BatchRecord {
+                        header: batch.header.clone(),
+                        tx_ids: vec![rival.id],
                         tier: Tier::Log,
                         holders: vec![],
-                        acks: 0,
+                        acks: vec![],
                         lost: false,
                     },
-                )],
-                &crate::testkit::sealer().seal(&batch).unwrap().1,
-            )
+                    vec![(
+                        rival.id,
+                        TxRecord {
+                            flag: FlagKind::FreshTx,
+                            batch_id: batch.id(),
+                            tier: Tier::Log,
+                            holders: vec![],
+                            acks: 0,
+                            lost: false,
+                        },
+                    )],
+                    crate::testkit::sealer().seal(&batch).unwrap().1,
+                )
+            })
             .await
             .unwrap();
         actor

@@ -21,7 +21,7 @@
 //!
 //! 0. **Lost from the log** (first): batches the start audit found missing from the
 //!    immutable log (`storage::log_audit`) are searched for on every configured light and
-//!    full node and in MongoDB (each at most every [`LOST_SEARCH_INTERVAL`]). A sound copy
+//!    full node, in MongoDB and in the city's body cache (each at most every [`LOST_SEARCH_INTERVAL`]). A sound copy
 //!    is written to light nodes, else full nodes, else appended to the log again, and the
 //!    batch's status follows; a batch found nowhere is reported lost with its transaction
 //!    ids, once per process, and searched for again later.
@@ -55,6 +55,7 @@ use crate::storage::mongo::MongoTier;
 use crate::storage::nodes::{KnownNode, NodeDirectory};
 use crate::storage::peer::{PeerClient, PeerError};
 use crate::storage::peer_tier::{PeerTier, PieceTier, read_pieces};
+use crate::storage::readback::ReadBack;
 
 /// Mailbox capacity: only timer ticks and round reports, one round at a time.
 pub const MAILBOX_CAPACITY: usize = 64;
@@ -146,41 +147,27 @@ impl RepairContext {
 
     async fn fetch_vec(&self, rec: &BatchRecord) -> Option<Vec<u8>> {
         let id = rec.header.id();
+        let read = self.readback();
+        let timeout = self.light_deadline * 4;
         match rec.tier {
-            Tier::Light => read_pieces(
-                &self.client,
-                &self.nodes,
-                id,
-                &rec.acks,
-                self.light_deadline * 4,
-            )
-            .await
-            .inspect_err(
-                |e| tracing::debug!(batch = %hex32(&id), error = %e, "rebuilding a light batch"),
-            )
-            .ok(),
-            Tier::Full => {
-                for holder in &rec.holders {
-                    let Some(node) = self.nodes.get(holder) else {
-                        continue;
-                    };
-                    if let Ok(Some(bytes)) = self
-                        .client
-                        .get_batch(node.peer(), &id, self.light_deadline * 4)
-                        .await
-                    {
-                        return Some(bytes);
-                    }
-                }
-                None
-            }
-            Tier::Mongo => self
-                .mongo
-                .as_ref()?
-                .get_batch(&id, rec.header.created_at_ms)
-                .await
-                .ok()?,
-            Tier::Log => self.log.read_batch(&id).ok()?,
+            Tier::Light => read.light(id, &rec.acks, timeout).await,
+            Tier::Full => read.full(id, &rec.holders, timeout).await,
+            Tier::Mongo => read.mongo(id, rec.header.created_at_ms).await,
+            Tier::Log => read.log(id).await,
+        }
+        .inspect_err(
+            |e| tracing::debug!(batch = %hex32(&id), tier = %rec.tier, error = %e, "reading a batch back"),
+        )
+        .ok()
+    }
+
+    /// What reads batches back from the tiers (the code the read path uses too).
+    fn readback(&self) -> ReadBack {
+        ReadBack {
+            client: self.client.clone(),
+            nodes: self.nodes.clone(),
+            mongo: self.mongo.clone(),
+            log: self.log.clone(),
         }
     }
 
@@ -273,9 +260,12 @@ impl RepairContext {
                 tracing::warn!(batch = %hex32(&id), node = %node.entry.id, "a storage node's copy of a lost batch does not match its id");
             }
         }
-        let mongo = self.mongo.as_ref()?;
-        match mongo.get_batch(&id, rec.header.created_at_ms).await {
-            Ok(Some(bytes)) if sound(&bytes) => Some((bytes, "mongo".into())),
+        if let Ok(bytes) = self.readback().mongo(id, rec.header.created_at_ms).await {
+            return Some((bytes, "mongo".into()));
+        }
+        // The city's own body cache keeps the body of a batch marked lost.
+        match self.store.cached_body(&id) {
+            Ok(Some(bytes)) if sound(&bytes) => Some((bytes, "the city's body cache".into())),
             _ => None,
         }
     }
