@@ -111,6 +111,10 @@ where
                 // The app reads neither the host nor the address from its config.
                 .h1(map_config(app, |()| AppConfig::default()));
             fn_service(|io: TcpStream| {
+                // Responses are written in several segments (head, body chunks); with
+                // Nagle's algorithm on, the last one waits for the ACK of the one before,
+                // which the peer delays by up to 40 ms.
+                let _ = io.set_nodelay(true);
                 let peer = io.peer_addr().ok();
                 std::future::ready(Ok::<_, DispatchError>((JsonErrors::new(io), peer)))
             })
