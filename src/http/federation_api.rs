@@ -121,6 +121,30 @@ async fn submission<T: serde::de::DeserializeOwned>(
     Ok(sub)
 }
 
+/// Checks every batch of a submission from `peer` on the blocking pool (signatures cost
+/// milliseconds); one refused batch refuses them all, counted under `metric`.
+async fn checked<B: Send + 'static>(
+    peer: &AuthenticatedPeer,
+    batches: Vec<B>,
+    check: impl Fn(&str, &B) -> Result<(), Refusal> + Send + 'static,
+    metric: &'static str,
+) -> ApiResult<Vec<B>> {
+    let who = peer.id.clone();
+    let verdict = web::block(move || -> Result<Vec<B>, Refusal> {
+        for b in &batches {
+            check(&who, b)?;
+        }
+        Ok(batches)
+    })
+    .await
+    .map_err(|e| internal("checking the batches", e))?;
+    verdict.map_err(|r| {
+        metrics::counter!(metric, "outcome" => "refused").increment(1);
+        tracing::warn!(peer = %peer.id, code = r.code, "refused a submission: {}", r.message);
+        refused(r)
+    })
+}
+
 /// Hands each item to the actor behind `mailbox` with its own answer channel and waits
 /// for all of them.
 async fn dispatch<M: crate::city::mailbox::ActorMsg, I, R>(
@@ -165,21 +189,14 @@ async fn merge(
     let sub: CitySubmission =
         submission(&peer, &req, payload, |s: &CitySubmission| s.batches.len()).await?;
     let check = state.check.clone();
-    let who = peer.id.clone();
-    let checked = web::block(move || -> Result<CitySubmission, Refusal> {
-        for b in &sub.batches {
-            check.check(&who, b)?;
-        }
-        Ok(sub)
-    })
-    .await
-    .map_err(|e| internal("checking the batches", e))?;
-    let sub = checked.map_err(|r| {
-        metrics::counter!(crate::metrics::CITY_BATCHES_RECEIVED, "outcome" => "refused")
-            .increment(1);
-        tracing::warn!(peer = %peer.id, code = r.code, "refused a submission: {}", r.message);
-        refused(r)
-    })?;
+    let batches = checked(
+        &peer,
+        sub.batches,
+        move |who, b| check.check(who, b),
+        crate::metrics::CITY_BATCHES_RECEIVED,
+    )
+    .await?;
+    let sub = CitySubmission { batches };
     let ids: Vec<Hash32> = sub.batches.iter().map(|b| b.id()).collect();
     let merged = dispatch(&state.merger, sub.batches, |batch, reply| {
         MergerMsg::Submit { batch, reply }
@@ -211,21 +228,14 @@ async fn receive(
     })
     .await?;
     let check = state.check.clone();
-    let who = peer.id.clone();
-    let checked = web::block(move || -> Result<ContinentSubmission, Refusal> {
-        for b in &sub.batches {
-            check.check(&who, b)?;
-        }
-        Ok(sub)
-    })
-    .await
-    .map_err(|e| internal("checking the batches", e))?;
-    let sub = checked.map_err(|r| {
-        metrics::counter!(crate::metrics::CONTINENT_BATCHES_RECEIVED, "outcome" => "refused")
-            .increment(1);
-        tracing::warn!(peer = %peer.id, code = r.code, "refused a submission: {}", r.message);
-        refused(r)
-    })?;
+    let batches = checked(
+        &peer,
+        sub.batches,
+        move |who, b| check.check(who, b),
+        crate::metrics::CONTINENT_BATCHES_RECEIVED,
+    )
+    .await?;
+    let sub = ContinentSubmission { batches };
     let ids: Vec<Hash32> = sub.batches.iter().map(|b| b.id()).collect();
     let received = dispatch(&state.collector, sub.batches, |batch, reply| {
         CollectorMsg::Submit { batch, reply }
