@@ -187,6 +187,10 @@ impl Reader {
             }
         }
         let light_acks = (rec.tier == Tier::Light && !rec.lost).then_some(&rec.acks);
+        // MongoDB is asked only for a batch the index ever placed there: for any other,
+        // a MongoDB that is down would cost every read its server selection timeout.
+        let ever_in_mongo =
+            rec.tier == Tier::Mongo || past.iter().any(|home| home.tier == Tier::Mongo);
         for from in [
             ServedFrom::Light,
             ServedFrom::Full,
@@ -202,7 +206,10 @@ impl Reader {
                     },
                     ServedFrom::Full => self.back.full(id, &full_holders, deadline).await,
                     ServedFrom::Mongo => match self.back.mongo {
-                        Some(_) => self.back.mongo(id, rec.header.created_at_ms).await,
+                        Some(_) if ever_in_mongo => {
+                            self.back.mongo(id, rec.header.created_at_ms).await
+                        }
+                        Some(_) => Err("never stored on MongoDB".into()),
                         None => Err("no MongoDB is configured".into()),
                     },
                     ServedFrom::Log => self.back.log(id).await,
@@ -210,7 +217,7 @@ impl Reader {
                 }
             };
             let skipped = (from == ServedFrom::Light && light_acks.is_none())
-                || (from == ServedFrom::Mongo && self.back.mongo.is_none());
+                || (from == ServedFrom::Mongo && (self.back.mongo.is_none() || !ever_in_mongo));
             let bytes = match tokio::time::timeout(deadline, fetch).await {
                 Ok(Ok(bytes)) => bytes,
                 Ok(Err(e)) => {
