@@ -196,10 +196,10 @@ async fn merge(
         crate::metrics::CITY_BATCHES_RECEIVED,
     )
     .await?;
-    let sub = CitySubmission { batches };
-    let ids: Vec<Hash32> = sub.batches.iter().map(|b| b.id()).collect();
-    let merged = dispatch(&state.merger, sub.batches, |batch, reply| {
-        MergerMsg::Submit { batch, reply }
+    let ids: Vec<Hash32> = batches.iter().map(|b| b.id()).collect();
+    let merged = dispatch(&state.merger, batches, |batch, reply| MergerMsg::Submit {
+        batch,
+        reply,
     })
     .await?;
     let merged = ids
@@ -235,9 +235,8 @@ async fn receive(
         crate::metrics::CONTINENT_BATCHES_RECEIVED,
     )
     .await?;
-    let sub = ContinentSubmission { batches };
-    let ids: Vec<Hash32> = sub.batches.iter().map(|b| b.id()).collect();
-    let received = dispatch(&state.collector, sub.batches, |batch, reply| {
+    let ids: Vec<Hash32> = batches.iter().map(|b| b.id()).collect();
+    let received = dispatch(&state.collector, batches, |batch, reply| {
         CollectorMsg::Submit { batch, reply }
     })
     .await?;
