@@ -115,3 +115,29 @@ pub fn stand_in_capsule(id: crate::messages::BatchId) -> crate::messages::Capsul
         },
     }
 }
+
+/// A full batch of the default size (`[batcher] max_batch_txs` signed transactions of
+/// tokyo), as the cost measurements take it.
+pub fn full_default_batch() -> crate::messages::Batch {
+    let n = crate::config::BatcherConfig::default().max_batch_txs;
+    let key = SigningKey::from_seed([3; 32]).unwrap();
+    let txs: Vec<SignedTx> = (0..n as u64)
+        .map(|nonce| signed_tx(&key, nonce, FlagKind::FreshTx, 10))
+        .collect();
+    crate::messages::Batch::build("tokyo", 0, vec![], FlagKind::FreshTx, &txs, 7)
+}
+
+/// Runs `f` once to warm up, then `rounds` times: the median and the mean time.
+pub fn time_rounds(rounds: u32, f: &mut dyn FnMut()) -> (std::time::Duration, std::time::Duration) {
+    f();
+    let mut samples: Vec<std::time::Duration> = (0..rounds)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            f();
+            t.elapsed()
+        })
+        .collect();
+    samples.sort();
+    let mean = samples.iter().sum::<std::time::Duration>() / rounds;
+    (samples[rounds as usize / 2], mean)
+}

@@ -558,29 +558,11 @@ mod tests {
     #[test]
     #[ignore]
     fn sealing_cost_at_the_default_batch_size() {
-        use std::time::{Duration, Instant};
-        let n = crate::config::BatcherConfig::default().max_batch_txs;
-        let key = SigningKey::from_seed([3; 32]).unwrap();
-        let txs: Vec<SignedTx> = (0..n as u64)
-            .map(|nonce| crate::testkit::signed_tx(&key, nonce, FlagKind::FreshTx, 10))
-            .collect();
-        let plain = Batch::build("tokyo", 0, vec![], FlagKind::FreshTx, &txs, 7);
+        let plain = crate::testkit::full_default_batch();
+        let n = plain.body.len();
         let holder = VaultKey::generate().unwrap();
         let sealer = Sealer::new("asia", holder.public().clone());
-        let rounds = 200;
-        let time = |f: &mut dyn FnMut()| {
-            f();
-            let mut samples: Vec<Duration> = (0..rounds)
-                .map(|_| {
-                    let t = Instant::now();
-                    f();
-                    t.elapsed()
-                })
-                .collect();
-            samples.sort();
-            let mean = samples.iter().sum::<Duration>() / rounds;
-            (samples[rounds as usize / 2], mean)
-        };
+        let time = |f: &mut dyn FnMut()| crate::testkit::time_rounds(200, f);
         let plain_bytes = encode(&plain).len();
         let (encode_p50, encode_mean) = time(&mut || {
             std::hint::black_box(encode(&plain));

@@ -322,39 +322,20 @@ proptest! {
 #[test]
 #[ignore]
 fn erasure_cost_at_the_default_batch_size() {
-    use std::time::{Duration, Instant};
-
     use crate::crypto::vault::VaultKey;
-    use crate::messages::{Batch, FlagKind, Sealer, SignedTx};
+    use crate::messages::Sealer;
 
-    let n = crate::config::BatcherConfig::default().max_batch_txs;
+    let plain = crate::testkit::full_default_batch();
+    let n = plain.body.len();
     let erasure = crate::config::ErasureConfig::default();
     let coding = erasure.coding().unwrap();
-    let key = SigningKey::from_seed([3; 32]).unwrap();
-    let txs: Vec<SignedTx> = (0..n as u64)
-        .map(|nonce| crate::testkit::signed_tx(&key, nonce, FlagKind::FreshTx, 10))
-        .collect();
-    let plain = Batch::build("tokyo", 0, vec![], FlagKind::FreshTx, &txs, 7);
     let holder = VaultKey::generate().unwrap();
     let (envelope, _) = Sealer::new("asia", holder.public().clone())
         .seal(&plain)
         .unwrap();
     let sealed = envelope.to_bytes();
     let id = BATCH;
-    let rounds = 200;
-    let time = |f: &mut dyn FnMut()| {
-        f();
-        let mut samples: Vec<Duration> = (0..rounds)
-            .map(|_| {
-                let t = Instant::now();
-                f();
-                t.elapsed()
-            })
-            .collect();
-        samples.sort();
-        let mean = samples.iter().sum::<Duration>() / rounds;
-        (samples[rounds as usize / 2], mean)
-    };
+    let time = |f: &mut dyn FnMut()| crate::testkit::time_rounds(200, f);
     let pieces = coding.encode(id, &sealed).unwrap();
     let exp = expected(&pieces);
     let piece_bytes: usize = pieces.iter().map(|p| p.to_bytes().len()).sum();
