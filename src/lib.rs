@@ -8,6 +8,8 @@
 //! - [`crypto`]: ML-DSA-65 keys and signatures, BLAKE3 ids, the batch Merkle root.
 //! - [`messages`]: typed messages that cross actors or nodes (transactions, batches,
 //!   proof-of-hold acks, store outcomes) and their versioned postcard encoding.
+//! - [`engines`]: the domain engines (proof of place, object dependencies, DPoS approval,
+//!   storage rewards), each a trait chosen by name in config.
 //! - [`city`]: the city wing: the actor pipeline Intake → DagBatcher → Flagger →
 //!   Prioritizer → StorageWriter → Failover (+ Repairer) under the FailoverSupervisor, its
 //!   messages, policies, admission checks and the `CityHandle` the HTTP layer uses.
@@ -22,6 +24,7 @@
 pub mod city;
 pub mod config;
 pub mod crypto;
+pub mod engines;
 pub mod federation;
 #[cfg(any(test, fuzzing))]
 pub mod fuzz;
