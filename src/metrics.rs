@@ -11,6 +11,9 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Counter, label `reason`: transactions refused (an API error code).
 pub const TX_REJECTED: &str = "citychain_tx_rejected_total";
+/// Counter (city nodes), label `outcome` (`inside`, `absent`, `unchecked`, or the refusal's
+/// code: `pop_outside_city`, `pop_required`, `invalid_field`): proof-of-place checks.
+pub const POP_CHECKS: &str = "citychain_pop_checks_total";
 /// Counter: transactions acknowledged durable (200 on first submission).
 pub const TX_ACCEPTED: &str = "citychain_tx_accepted_total";
 /// Counter, label `tier`: batches stored, by the tier they reached.

@@ -10,10 +10,13 @@
 //! 3. Whether the transaction is already durable (the handle answers it as a duplicate,
 //!    however old: the id is the hash of the signed bytes, so the answer tells nothing
 //!    `GET /v1/tx/{id}` would not, and it changes nothing).
-//! 4. [`check_policy`]: clock skew, payload size, city.
+//! 4. [`check_policy`]: clock skew, payload size, city and continent, then the position
+//!    (`pop`) against the city's fence ([`crate::engines::pop`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::engines::pop::PlaceEngine;
 use crate::messages::names::check_name;
 use crate::messages::{ParsedTx, SignedTx, TxValidationError};
 
@@ -26,6 +29,8 @@ pub struct IntakeLimits {
     pub continent: String,
     pub max_clock_skew: Duration,
     pub max_payload_bytes: usize,
+    /// The proof-of-place engine `[pop]` names.
+    pub place: Arc<dyn PlaceEngine>,
 }
 
 /// Checks what can be checked before the signature: the kind, and the names.
@@ -78,6 +83,10 @@ pub fn check_policy(
             expected: limits.continent.clone(),
         });
     }
+    let verdict = limits.place.check(tx.tx.pop.as_ref()).inspect_err(|e| {
+        metrics::counter!(crate::metrics::POP_CHECKS, "outcome" => e.code()).increment(1);
+    })?;
+    metrics::counter!(crate::metrics::POP_CHECKS, "outcome" => verdict.as_str()).increment(1);
     Ok(())
 }
 
@@ -131,6 +140,7 @@ mod tests {
             continent: "asia".into(),
             max_clock_skew: Duration::from_secs(60),
             max_payload_bytes: 10,
+            place: Arc::new(crate::engines::pop::Off),
         };
         let now = tx.tx.timestamp_ms;
         assert_eq!(check_policy(&tx, &limits, now), Ok(()));
@@ -163,6 +173,40 @@ mod tests {
         assert_eq!(
             check_policy(&big, &limits, now).unwrap_err().code(),
             "payload_too_large"
+        );
+        // The position last, against the city's fence: (lon 139..141, lat 35..36).
+        let fence = crate::config::parse_fence(
+            r#"{"type":"Polygon","coordinates":[[[139,35],[141,35],[141,36],[139,36],[139,35]]]}"#,
+        )
+        .unwrap();
+        let fenced = IntakeLimits {
+            place: Arc::new(crate::engines::pop::Geofence::new(
+                "tokyo",
+                Some(fence),
+                true,
+            )),
+            ..limits.clone()
+        };
+        let mut placed = tx.clone();
+        placed.tx.pop = Some(crate::messages::Pop {
+            lat: 35.68,
+            lon: 139.76,
+        });
+        assert_eq!(check_policy(&placed, &fenced, now), Ok(()));
+        placed.tx.pop = Some(crate::messages::Pop {
+            lat: 34.69,
+            lon: 135.50,
+        });
+        let err = check_policy(&placed, &fenced, now).unwrap_err();
+        assert_eq!((err.status(), err.code()), (400, "pop_outside_city"));
+        placed.tx.pop = None;
+        let err = check_policy(&placed, &fenced, now).unwrap_err();
+        assert_eq!((err.status(), err.code()), (400, "pop_required"));
+        // A wrong city is reported as such, before its position is looked at.
+        placed.tx.city_id = "osaka".into();
+        assert_eq!(
+            check_policy(&placed, &fenced, now).unwrap_err().code(),
+            "wrong_city"
         );
     }
 }

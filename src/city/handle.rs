@@ -15,6 +15,7 @@ use super::msgs::{IntakeMsg, Receipt, SubmitError, SubmitResult, SupervisorMsg};
 use super::node_policy::{NodeView, NodesSnapshot};
 use super::status::{StatusIndex, TxView};
 use crate::config::{ActorName, Config};
+use crate::engines::pop::PlaceEngine;
 use crate::messages::{BatchId, ParsedTx, SignedTx, TxId, TxValidationError, now_ms};
 use crate::storage::city_store::{BatchRecord, CityStoreError, UplinkState};
 
@@ -83,6 +84,7 @@ impl Drop for InFlight {
 impl CityHandle {
     pub(super) fn new(
         config: &Config,
+        place: Arc<dyn PlaceEngine>,
         intake: Mailbox<IntakeMsg>,
         index: Arc<StatusIndex>,
         nodes: NodesSnapshot,
@@ -94,6 +96,7 @@ impl CityHandle {
                 continent: config.node.continent.clone(),
                 max_clock_skew: config.intake.max_clock_skew,
                 max_payload_bytes: config.intake.max_payload_bytes,
+                place,
             },
             request_timeout: config.intake.request_timeout,
             intake,

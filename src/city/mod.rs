@@ -117,6 +117,10 @@ pub async fn start(
     let storage_ready = readiness::TierReadiness::new(&config, chain.clone(), nodes.clone());
     let flag_policy = flag_policy::policy_from_config(&config.flagger);
     let node_policy = node_policy::policy_from_config(&config.prioritizer);
+    let place: Arc<dyn crate::engines::pop::PlaceEngine> =
+        crate::engines::pop::build(&config.pop, config.node.city.as_deref().unwrap_or_default())
+            .map_err(anyhow::Error::msg)?
+            .into();
     // Validation guarantees a city's [vault] has a current key that decodes.
     let sealer = config
         .vault
@@ -270,6 +274,7 @@ pub async fn start(
     .map_err(|e| anyhow::anyhow!("starting the city pipeline: {e}"))?;
     let handle = CityHandle::new(
         &config,
+        place,
         boxes.intake,
         index,
         nodes,

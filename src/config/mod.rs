@@ -11,12 +11,14 @@ use serde::{Deserialize, Serialize};
 
 mod federation;
 mod limits;
+mod pop;
 mod sections;
 mod validate;
 mod vault;
 
 pub use federation::{ContinentConfig, GlobalConfig, UplinkConfig};
 pub use limits::*;
+pub use pop::{MAX_FENCE_VERTICES, PlaceEngineName, PopConfig, parse_fence};
 pub use sections::*;
 pub use vault::{VaultConfig, VaultKeyEntry};
 
@@ -42,6 +44,8 @@ pub struct Config {
     pub reads: ReadsConfig,
     #[serde(default)]
     pub auth: AuthConfig,
+    #[serde(default)]
+    pub pop: PopConfig,
     pub limits: LimitsConfig,
     /// Required for a city node; see [`VaultConfig`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -62,7 +66,8 @@ pub struct ConfigErrors {
     pub problems: Vec<String>,
 }
 
-const SECTIONS: [&str; 15] = [
+const SECTIONS: [&str; 16] = [
+    "pop",
     "uplink",
     "continent",
     "global",
@@ -85,12 +90,19 @@ impl Config {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
             problems: vec![format!("{}: {e}", path.display())],
         })?;
-        Self::parse(&text)
+        Self::parse_in(&text, path.parent().unwrap_or(Path::new(".")))
     }
 
-    /// Parses and validates. Each section is read on its own so that a mistake in one does
-    /// not hide mistakes in the others.
+    /// Parses and validates; relative file names in it are relative to the working
+    /// directory.
     pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        Self::parse_in(text, Path::new(""))
+    }
+
+    /// Parses and validates, with relative file names in it (`[pop] fence_file`) relative
+    /// to `dir`. Each section is read on its own so that a mistake in one does not hide
+    /// mistakes in the others.
+    fn parse_in(text: &str, dir: &Path) -> Result<Config, ConfigErrors> {
         let table: toml::Table = toml::from_str(text).map_err(|e| ConfigErrors {
             problems: vec![format!("not valid TOML: {}", e.message())],
         })?;
@@ -143,13 +155,16 @@ impl Config {
             repair: section(&table, "repair", &mut problems),
             reads: section(&table, "reads", &mut problems),
             auth: section(&table, "auth", &mut problems),
+            pop: section(&table, "pop", &mut problems),
             limits: section(&table, "limits", &mut problems),
             vault: section(&table, "vault", &mut problems),
             uplink: section(&table, "uplink", &mut problems),
             continent: section(&table, "continent", &mut problems),
             global: section(&table, "global", &mut problems),
         });
-        if let Some(c) = &config {
+        let mut config = config;
+        if let Some(c) = &mut config {
+            c.pop.resolve_paths(dir);
             problems.extend(c.validate());
         }
         match config {

@@ -187,6 +187,9 @@ impl Config {
             ),
             None => {}
         }
+        if n.role == Role::City {
+            p.extend(self.pop.problems());
+        }
         p.extend(self.limits.problems(self.largest_request_body()));
         p.extend(self.federation_problems());
         p

@@ -178,6 +178,10 @@ pub enum TxValidationError {
     WrongCity { got: String, expected: String },
     #[error("transaction names continent {got}, this city is in {expected}")]
     WrongContinent { got: String, expected: String },
+    #[error("pop ({lat}, {lon}) is outside the fence of city {city}")]
+    PopOutsideCity { city: String, lat: f64, lon: f64 },
+    #[error("city {city} requires pop (the sender's position) on every transaction")]
+    PopRequired { city: String },
 }
 
 impl TxValidationError {
@@ -201,6 +205,8 @@ impl TxValidationError {
             Self::BadSignature => "bad_signature",
             Self::WrongCity { .. } => "wrong_city",
             Self::WrongContinent { .. } => "wrong_continent",
+            Self::PopOutsideCity { .. } => "pop_outside_city",
+            Self::PopRequired { .. } => "pop_required",
         }
     }
 

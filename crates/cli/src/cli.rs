@@ -252,11 +252,30 @@ struct TxArgs {
     /// A JSON object carried with the transaction.
     #[arg(long)]
     payload: Option<String>,
+    /// The sender's position (proof of place), checked against the city's fence.
+    #[arg(long, value_name = "LAT,LON", value_parser = parse_pop)]
+    pop: Option<citychain::messages::Pop>,
     /// Default: the current time in microseconds, unique enough for one sender.
     #[arg(long)]
     nonce: Option<u64>,
     #[arg(long, default_value = "fresh_tx", value_parser = parse_kind)]
     kind: FlagKind,
+}
+
+fn parse_pop(s: &str) -> Result<citychain::messages::Pop, String> {
+    let (lat, lon) = s
+        .split_once(',')
+        .ok_or_else(|| format!("{s:?} is not LAT,LON (e.g. 35.68,139.76)"))?;
+    let degrees = |v: &str, what: &str, limit: f64| match v.trim().parse::<f64>() {
+        Ok(d) if d.is_finite() && d.abs() <= limit => Ok(d),
+        _ => Err(format!(
+            "{what} {v:?} is not a number of degrees within ±{limit}"
+        )),
+    };
+    Ok(citychain::messages::Pop {
+        lat: degrees(lat, "latitude", 90.0)?,
+        lon: degrees(lon, "longitude", 180.0)?,
+    })
 }
 
 fn parse_kind(s: &str) -> Result<FlagKind, String> {
@@ -320,6 +339,7 @@ impl TxArgs {
             city,
             continent,
             payload,
+            pop: self.pop,
             nonce,
             timestamp_ms: None,
         };

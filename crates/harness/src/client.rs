@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use citychain::crypto::{self, SigningKey};
-use citychain::messages::{FlagKind, SignedTx, Tx, TxRequest, now_ms, tx_id_hex};
+use citychain::messages::{FlagKind, Pop, SignedTx, Tx, TxRequest, now_ms, tx_id_hex};
 use serde_json::{Map, Value};
 
 /// A transaction before it has a sender, a timestamp and a signature.
@@ -24,6 +24,8 @@ pub struct TxDraft {
     pub continent: Option<String>,
     /// A JSON object carried with the transaction.
     pub payload: Option<Map<String, Value>>,
+    /// Where the sender is (proof of place).
+    pub pop: Option<Pop>,
     pub nonce: u64,
     /// `None`: the time of signing.
     pub timestamp_ms: Option<u64>,
@@ -40,9 +42,16 @@ impl TxDraft {
             city: city.into(),
             continent: None,
             payload: None,
+            pop: None,
             nonce,
             timestamp_ms: None,
         }
+    }
+
+    /// The sender's position, in degrees.
+    pub fn pop(mut self, lat: f64, lon: f64) -> Self {
+        self.pop = Some(Pop { lat, lon });
+        self
     }
 
     pub fn kind(mut self, kind: FlagKind) -> Self {
@@ -77,7 +86,7 @@ impl TxDraft {
             city_id: self.city.clone(),
             continent: self.continent.clone(),
             payload: self.payload.clone(),
-            pop: None,
+            pop: self.pop,
         }
     }
 

@@ -62,6 +62,46 @@ pub const WORLD: &[(&str, [&str; 4])] = &[
     ("oceania", ["sydney", "auckland", "melbourne", "perth"]),
 ];
 
+/// The example fence (`config/fences/CITY.geojson`, GeoJSON) of each city of [`WORLD`]:
+/// a 12-sided polygon of radius 30 km around the city centre. `up` gives each city its
+/// own, so a transaction's `pop` is checked against it.
+pub fn example_fence(city: &str) -> Option<&'static str> {
+    macro_rules! fences {
+        ($($city:literal),* $(,)?) => {
+            match city {
+                $($city => Some(include_str!(concat!("../../../config/fences/", $city, ".geojson"))),)*
+                _ => None,
+            }
+        };
+    }
+    fences!(
+        "tokyo",
+        "seoul",
+        "mumbai",
+        "singapore",
+        "paris",
+        "berlin",
+        "madrid",
+        "rome",
+        "toronto",
+        "chicago",
+        "montreal",
+        "denver",
+        "lagos",
+        "nairobi",
+        "cairo",
+        "accra",
+        "lima",
+        "bogota",
+        "santiago",
+        "quito",
+        "sydney",
+        "auckland",
+        "melbourne",
+        "perth",
+    )
+}
+
 /// The shape of a federation on the command line of `citychain up`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Topology {
@@ -585,6 +625,14 @@ impl Federation {
             };
             if role == Role::City {
                 config.vault = continent.as_ref().map(|c| vaults[c].clone());
+                if let Some(name) = city.as_deref()
+                    && let Some(fence) = example_fence(name)
+                {
+                    let path = dir.join("fences").join(format!("{name}.geojson"));
+                    std::fs::create_dir_all(dir.join("fences"))?;
+                    std::fs::write(&path, fence)?;
+                    config.pop.fence_file = Some(path);
+                }
             }
             (spec.tweak)(&mut config);
             if role.is_storage() {
@@ -648,6 +696,7 @@ impl Federation {
             repair: Default::default(),
             reads: Default::default(),
             auth: Default::default(),
+            pop: Default::default(),
             limits: Default::default(),
             vault: None,
             uplink: None,
@@ -1031,6 +1080,45 @@ mod tests {
             let err = t.cities().unwrap_err();
             assert!(err.contains(says), "{t:?}: {err}");
         }
+    }
+
+    #[test]
+    fn every_city_up_can_run_has_an_example_fence_around_its_centre() {
+        for (_, cities) in WORLD {
+            for city in cities {
+                let text = example_fence(city).unwrap_or_else(|| panic!("no fence for {city}"));
+                let json: serde_json::Value = serde_json::from_str(text).unwrap();
+                assert_eq!(json["properties"]["city"], *city);
+                let centre = &json["properties"]["centre"];
+                let config = citychain::config::PopConfig {
+                    fence: Some(text.into()),
+                    ..Default::default()
+                };
+                let engine = citychain::engines::pop::build(&config, city).unwrap();
+                let at = |lon: f64, lat: f64| citychain::messages::Pop { lat, lon };
+                let (lon, lat) = (centre[0].as_f64().unwrap(), centre[1].as_f64().unwrap());
+                assert!(engine.check(Some(&at(lon, lat))).is_ok(), "{city} centre");
+                // 50 km north is outside a 30 km fence.
+                assert!(engine.check(Some(&at(lon, lat + 0.45))).is_err(), "{city}");
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let fed = Federation::plan(FederationSpec::local(
+            dir.path().to_path_buf(),
+            "citychain".into(),
+        ))
+        .unwrap();
+        let fence = fed
+            .node("city-tokyo")
+            .config
+            .pop
+            .fence_file
+            .clone()
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(fence).unwrap(),
+            example_fence("tokyo").unwrap()
+        );
     }
 
     #[test]
