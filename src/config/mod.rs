@@ -11,12 +11,14 @@ use serde::{Deserialize, Serialize};
 
 mod federation;
 mod limits;
+mod rewards;
 mod sections;
 mod validate;
 mod vault;
 
 pub use federation::{ContinentConfig, GlobalConfig, UplinkConfig};
 pub use limits::*;
+pub use rewards::{RewardEngineName, RewardsConfig};
 pub use sections::*;
 pub use vault::{VaultConfig, VaultKeyEntry};
 
@@ -53,6 +55,9 @@ pub struct Config {
     pub continent: ContinentConfig,
     #[serde(default)]
     pub global: GlobalConfig,
+    /// The storage-rewards engine (a city's); see [`RewardsConfig`].
+    #[serde(default)]
+    pub rewards: RewardsConfig,
 }
 
 /// Every problem found in a config file.
@@ -62,7 +67,8 @@ pub struct ConfigErrors {
     pub problems: Vec<String>,
 }
 
-const SECTIONS: [&str; 15] = [
+const SECTIONS: [&str; 16] = [
+    "rewards",
     "uplink",
     "continent",
     "global",
@@ -148,6 +154,7 @@ impl Config {
             uplink: section(&table, "uplink", &mut problems),
             continent: section(&table, "continent", &mut problems),
             global: section(&table, "global", &mut problems),
+            rewards: section(&table, "rewards", &mut problems),
         });
         if let Some(c) = &config {
             problems.extend(c.validate());
