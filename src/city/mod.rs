@@ -117,6 +117,7 @@ pub async fn start(
     let storage_ready = readiness::TierReadiness::new(&config, chain.clone(), nodes.clone());
     let flag_policy = flag_policy::policy_from_config(&config.flagger);
     let node_policy = node_policy::policy_from_config(&config.prioritizer);
+    let rewards = crate::engines::rewards::engine_from_config(&config.rewards);
     // Validation guarantees a city's [vault] has a current key that decodes.
     let sealer = config
         .vault
@@ -136,6 +137,7 @@ pub async fn start(
         &b.failover,
         {
             let (b, chain, store) = (b.clone(), chain.clone(), store.clone());
+            let rewards = rewards.clone();
             move || FailoverArgs {
                 chain: chain.clone(),
                 store: store.clone(),
@@ -143,6 +145,7 @@ pub async fn start(
                 intake: b.intake.clone(),
                 flagger: b.flagger.clone(),
                 prioritizer: b.prioritizer.clone(),
+                rewards: rewards.clone(),
             }
         },
     ));
@@ -168,12 +171,14 @@ pub async fn start(
             let (b, cfg, nodes) = (b.clone(), config.clone(), nodes.clone());
             let client = chain.client().clone();
             let directory = chain.nodes().clone();
+            let rewards = rewards.clone();
             move || PrioritizerArgs {
                 config: cfg.prioritizer.clone(),
                 light_fanout: cfg.storage.erasure.pieces(),
                 continent: cfg.node.continent.clone(),
                 nodes: directory.clone(),
                 policy: node_policy.clone(),
+                rewards: rewards.clone(),
                 client: client.clone(),
                 snapshot: nodes.clone(),
                 writer: b.writer.clone(),
@@ -188,6 +193,8 @@ pub async fn start(
             &chain,
             store.clone(),
             b.prioritizer.clone(),
+            rewards.clone(),
+            nodes.clone(),
         ));
         let interval = config.repair.interval;
         children.push(ChildSpec::new(

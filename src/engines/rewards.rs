@@ -43,25 +43,33 @@ pub enum ProofKind {
     Challenge,
 }
 
-/// One thing a storage node did, as the ledger records it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Event {
-    /// A valid proof of hold by a node of `role` whose score was `score` when it was
-    /// chosen (or challenged).
-    Proved {
-        kind: ProofKind,
-        role: Role,
-        score: u8,
-        time_ms: u64,
-    },
+/// What one challenge or proof showed of a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// A valid proof of hold.
+    Proved(ProofKind),
     /// A repair challenge it failed.
-    Failed { role: Role },
+    Failed,
+}
+
+/// One entry for the ledger: what a node did and what it earned, decided by the engine
+/// ([`RewardEngine::proved`], [`RewardEngine::failed`]) and added to the node's
+/// [`Account`] by the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credit {
+    pub node_id: String,
+    pub role: Role,
+    pub outcome: Outcome,
+    pub points: u64,
+    /// When it happened (ms since the epoch).
+    pub time_ms: u64,
 }
 
 /// One node's standing in the ledger.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Account {
-    /// The node's role when it was last seen; `None` before any event.
+    /// The node's role when it was last seen; `None` before any entry.
     pub role: Option<Role>,
     pub points: u64,
     pub write_acks: u64,
@@ -70,6 +78,25 @@ pub struct Account {
     pub challenges_failed: u64,
     /// When it was last credited (ms since the epoch).
     pub last_credit_ms: Option<u64>,
+}
+
+impl Account {
+    /// Adds `credit` to the account.
+    pub fn apply(&mut self, credit: &Credit) {
+        self.role = Some(credit.role);
+        match credit.outcome {
+            Outcome::Proved(kind) => {
+                match kind {
+                    ProofKind::Write => self.write_acks += 1,
+                    ProofKind::Repair => self.repair_acks += 1,
+                    ProofKind::Challenge => self.challenges_passed += 1,
+                }
+                self.points = self.points.saturating_add(credit.points);
+                self.last_credit_ms = Some(self.last_credit_ms.unwrap_or(0).max(credit.time_ms));
+            }
+            Outcome::Failed => self.challenges_failed += 1,
+        }
+    }
 }
 
 /// The rules of storage rewards.
@@ -87,30 +114,34 @@ pub trait RewardEngine: Send + Sync {
     /// A node's reliability after a repair challenge it `passed` (or failed).
     fn reliability_after(&self, reliability: f64, passed: bool) -> f64;
 
-    /// `account` after `event`.
-    fn apply(&self, account: &mut Account, event: &Event) {
-        match *event {
-            Event::Proved {
-                kind,
-                role,
-                score,
-                time_ms,
-            } => {
-                account.role = Some(role);
-                match kind {
-                    ProofKind::Write => account.write_acks += 1,
-                    ProofKind::Repair => account.repair_acks += 1,
-                    ProofKind::Challenge => account.challenges_passed += 1,
-                }
-                let points = self.points(role, score);
-                account.points = account.points.saturating_add(points);
-                account.last_credit_ms = Some(account.last_credit_ms.unwrap_or(0).max(time_ms));
-            }
-            Event::Failed { role } => {
-                account.role = Some(role);
-                account.challenges_failed += 1;
-            }
-        }
+    /// The ledger entry of a valid proof of hold; `None` for a node this engine does not
+    /// pay (a role other than light or full).
+    fn proved(
+        &self,
+        node_id: &str,
+        kind: ProofKind,
+        role: Role,
+        score: u8,
+        time_ms: u64,
+    ) -> Option<Credit> {
+        role.is_storage().then(|| Credit {
+            node_id: node_id.to_owned(),
+            role,
+            outcome: Outcome::Proved(kind),
+            points: self.points(role, score),
+            time_ms,
+        })
+    }
+
+    /// The ledger entry of a failed repair challenge: no points.
+    fn failed(&self, node_id: &str, role: Role, time_ms: u64) -> Option<Credit> {
+        role.is_storage().then(|| Credit {
+            node_id: node_id.to_owned(),
+            role,
+            outcome: Outcome::Failed,
+            points: 0,
+            time_ms,
+        })
     }
 }
 
@@ -198,15 +229,6 @@ mod tests {
         PohScore::from_config(&RewardsConfig::default())
     }
 
-    fn proved(kind: ProofKind, role: Role, score: u8, time_ms: u64) -> Event {
-        Event::Proved {
-            kind,
-            role,
-            score,
-            time_ms,
-        }
-    }
-
     #[test]
     fn a_proof_earns_score_times_multiplier_times_ten() {
         let e = engine();
@@ -243,10 +265,16 @@ mod tests {
     fn the_account_counts_each_kind_and_credits_points() {
         let e = engine();
         let mut a = Account::default();
-        e.apply(&mut a, &proved(ProofKind::Write, Role::Light, 8, 100));
-        e.apply(&mut a, &proved(ProofKind::Repair, Role::Light, 6, 300));
-        e.apply(&mut a, &proved(ProofKind::Challenge, Role::Light, 9, 200));
-        e.apply(&mut a, &Event::Failed { role: Role::Light });
+        let credit = |kind, score, time_ms| {
+            e.proved("light-1", kind, Role::Light, score, time_ms)
+                .unwrap()
+        };
+        a.apply(&credit(ProofKind::Write, 8, 100));
+        a.apply(&credit(ProofKind::Repair, 6, 300));
+        a.apply(&credit(ProofKind::Challenge, 9, 200));
+        let failed = e.failed("light-1", Role::Light, 400).unwrap();
+        assert_eq!(failed.points, 0, "a failed challenge earns nothing");
+        a.apply(&failed);
         assert_eq!(
             a,
             Account {
@@ -259,16 +287,25 @@ mod tests {
                 last_credit_ms: Some(300),
             }
         );
-        // A failed challenge earns nothing and leaves the last credit as it was.
+        // A failed challenge leaves the points and the last credit as they were.
         let before = a.clone();
-        e.apply(&mut a, &Event::Failed { role: Role::Light });
+        a.apply(&failed);
         assert_eq!(a.points, before.points);
         assert_eq!(a.last_credit_ms, before.last_credit_ms);
         assert_eq!(a.challenges_failed, 2);
 
         let mut full = Account::default();
-        e.apply(&mut full, &proved(ProofKind::Write, Role::Full, 9, 5));
+        full.apply(
+            &e.proved("full-1", ProofKind::Write, Role::Full, 9, 5)
+                .unwrap(),
+        );
         assert_eq!(full.points, 135, "9 × 1.5 × 10");
+        assert!(
+            e.proved("asia", ProofKind::Write, Role::Continent, 9, 5)
+                .is_none()
+                && e.failed("global", Role::Global, 5).is_none(),
+            "continent and global nodes are not in the ledger"
+        );
     }
 
     #[test]
