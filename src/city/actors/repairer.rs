@@ -535,6 +535,9 @@ impl RepairContext {
                 Held::Lost => lost.push(format!("{}#{index}", ack.holder_id)),
             }
         }
+        // The Prioritizer hears the results before it is asked where missing pieces go, so
+        // a holder that just failed is not handed its piece back at its old score.
+        challenged.tell(self);
         let held: std::collections::BTreeSet<u8> = alive
             .iter()
             .filter_map(|a| a.piece.map(|p| p.index))
@@ -637,10 +640,22 @@ impl RepairContext {
 #[derive(Default)]
 struct Challenged {
     credits: Vec<Credit>,
+    /// Results the Prioritizer has not heard yet.
     results: Vec<(String, bool)>,
 }
 
 impl Challenged {
+    /// Sends the results not sent yet to the Prioritizer (which moves each node's
+    /// reliability by the rewards engine's rule).
+    fn tell(&mut self, ctx: &RepairContext) {
+        if self.results.is_empty() || !ctx.rewards.enabled() {
+            self.results.clear();
+            return;
+        }
+        let results = std::mem::take(&mut self.results);
+        let _ = ctx.prioritizer.cast(PrioritizerMsg::Challenged(results));
+    }
+
     /// Notes what challenging `node` showed (nothing, for a rate-limited challenge).
     fn add(&mut self, ctx: &RepairContext, node: &KnownNode, held: &Held) {
         let (id, role) = (&node.entry.id, node.entry.role);
@@ -665,15 +680,10 @@ impl Challenged {
 
 impl RepairContext {
     /// Writes a round's challenge results to the rewards ledger (one fsynced transaction,
-    /// off the async workers) and tells the Prioritizer.
-    async fn record_challenges(&self, challenged: Challenged) {
-        let Challenged { credits, results } = challenged;
-        if results.is_empty() {
-            return;
-        }
-        if self.rewards.enabled() {
-            let _ = self.prioritizer.cast(PrioritizerMsg::Challenged(results));
-        }
+    /// off the async workers).
+    async fn record_challenges(&self, mut challenged: Challenged) {
+        challenged.tell(self);
+        let credits = challenged.credits;
         if credits.is_empty() {
             return;
         }
