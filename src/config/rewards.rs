@@ -142,4 +142,35 @@ mod tests {
         assert_eq!(p.len(), 5, "{p:?}");
         assert!(p[0].contains("light_multiplier"), "{p:?}");
     }
+
+    #[test]
+    fn a_node_config_reports_rewards_problems_with_the_others() {
+        let text = r#"
+[node]
+id = "city-1"
+role = "city"
+listen = "127.0.0.1:7001"
+data_dir = "/tmp/x"
+continent = "asia"
+city = "tokyo"
+
+[rewards]
+engine = "off"
+full_multiplier = 1.55
+"#;
+        let err = crate::config::Config::parse(text).unwrap_err();
+        let all = err.problems.join("\n");
+        assert!(
+            all.contains("[rewards] full_multiplier must be a multiple of 0.1"),
+            "{all}"
+        );
+        assert!(all.contains("[vault]"), "every problem at once: {all}");
+        let err =
+            crate::config::Config::parse(&text.replace("\"off\"", "\"lottery\"")).unwrap_err();
+        assert!(
+            err.problems.iter().any(|p| p.starts_with("[rewards]")),
+            "{:?}",
+            err.problems
+        );
+    }
 }
