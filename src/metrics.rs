@@ -50,6 +50,13 @@ pub const AUTH_REFUSED: &str = "citychain_auth_refused_total";
 /// Counter (city nodes), label `outcome` (`proved`, `refused`, `unreachable`, `missing`):
 /// possession challenges sent to storage nodes.
 pub const HOLD_CHALLENGES: &str = "citychain_hold_challenges_total";
+/// Counter (city nodes), label `role` (`light`, `full`): reward points credited to
+/// storage nodes, counted when their ledger entry is durable.
+pub const REWARD_POINTS: &str = "citychain_reward_points_total";
+/// Counter (city nodes), label `outcome` (`passed`, `failed`): repair challenges whose
+/// result entered the rewards ledger (a rate-limited challenge proves nothing and is not
+/// counted).
+pub const REPAIR_CHALLENGES: &str = "citychain_repair_challenges_total";
 /// Counter: records appended to the immutable log.
 pub const LOG_APPENDS: &str = "citychain_log_appends_total";
 /// Counter: tree heads of the immutable log signed.

@@ -179,6 +179,21 @@ impl CityHandle {
         self.index.uplink(id, seq)
     }
 
+    /// Node `id`'s account in the rewards ledger, if it has one.
+    pub fn reward_account(
+        &self,
+        id: &str,
+    ) -> Result<Option<crate::engines::rewards::Account>, CityStoreError> {
+        self.index.store.reward_account(id)
+    }
+
+    /// Every account of the rewards ledger, by node id.
+    pub fn reward_accounts(
+        &self,
+    ) -> Result<Vec<(String, crate::engines::rewards::Account)>, CityStoreError> {
+        self.index.store.reward_accounts()
+    }
+
     /// The storage nodes with their scores, as the Prioritizer last published them.
     pub fn nodes(&self) -> Vec<NodeView> {
         self.nodes.read().expect("snapshot lock poisoned").clone()

@@ -121,6 +121,7 @@ pub async fn start(
         crate::engines::pop::build(&config.pop, config.node.city.as_deref().unwrap_or_default())
             .map_err(anyhow::Error::msg)?
             .into();
+    let rewards = crate::engines::rewards::engine_from_config(&config.rewards);
     // Validation guarantees a city's [vault] has a current key that decodes.
     let sealer = config
         .vault
@@ -140,6 +141,7 @@ pub async fn start(
         &b.failover,
         {
             let (b, chain, store) = (b.clone(), chain.clone(), store.clone());
+            let rewards = rewards.clone();
             move || FailoverArgs {
                 chain: chain.clone(),
                 store: store.clone(),
@@ -147,6 +149,7 @@ pub async fn start(
                 intake: b.intake.clone(),
                 flagger: b.flagger.clone(),
                 prioritizer: b.prioritizer.clone(),
+                rewards: rewards.clone(),
             }
         },
     ));
@@ -172,12 +175,14 @@ pub async fn start(
             let (b, cfg, nodes) = (b.clone(), config.clone(), nodes.clone());
             let client = chain.client().clone();
             let directory = chain.nodes().clone();
+            let rewards = rewards.clone();
             move || PrioritizerArgs {
                 config: cfg.prioritizer.clone(),
                 light_fanout: cfg.storage.erasure.pieces(),
                 continent: cfg.node.continent.clone(),
                 nodes: directory.clone(),
                 policy: node_policy.clone(),
+                rewards: rewards.clone(),
                 client: client.clone(),
                 snapshot: nodes.clone(),
                 writer: b.writer.clone(),
@@ -192,6 +197,8 @@ pub async fn start(
             &chain,
             store.clone(),
             b.prioritizer.clone(),
+            rewards.clone(),
+            nodes.clone(),
         ));
         let interval = config.repair.interval;
         children.push(ChildSpec::new(

@@ -181,6 +181,9 @@ pub enum PrioritizerMsg {
     Observe(Vec<NodeObservation>),
     /// A probe round finished.
     Probed(Vec<ProbeResult>),
+    /// Repair challenges answered (from the Repairer): node id, passed. Each moves the
+    /// node's reliability by the rewards engine's rule.
+    Challenged(Vec<(String, bool)>),
 }
 
 /// To the StorageWriter.

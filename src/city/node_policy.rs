@@ -28,6 +28,11 @@ pub struct NodeStats {
     pub used_bytes: u64,
     pub capacity_bytes: u64,
     pub inflight: u64,
+    /// In [0, 1], 1 for a node that never failed a repair challenge: multiplies its
+    /// score. A failed challenge lowers it, passed ones restore it slowly (the rule is
+    /// the rewards engine's, `engines::rewards`). Kept in memory: a restarted city starts
+    /// every node at 1.
+    pub reliability: f64,
 }
 
 impl NodeStats {
@@ -44,6 +49,7 @@ impl NodeStats {
             used_bytes: 0,
             capacity_bytes: 0,
             inflight: 0,
+            reliability: 1.0,
         }
     }
 
@@ -99,6 +105,8 @@ pub struct Factors {
     pub capacity: f64,
     pub load: f64,
     pub same_continent: f64,
+    /// Not weighted: multiplies the weighted sum ([`NodeStats::reliability`]).
+    pub reliability: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -118,35 +126,40 @@ pub trait NodePolicy: Send + Sync {
     /// Up nodes with room only, best first: `light_fanout` light nodes (one per piece of
     /// the batch, whatever its flag: a piece goes to one node) and every full node.
     fn select_nodes(&self, _flag: FlagKind, ctx: &SelectContext, nodes: &[NodeStats]) -> Placement {
-        let mut ranked: Vec<(f64, usize, &NodeStats)> = nodes
+        let mut ranked: Vec<(Score, usize, &NodeStats)> = nodes
             .iter()
             .enumerate()
             .filter(|(_, n)| n.up && n.has_room())
-            .map(|(i, n)| (self.score(n, ctx).raw, i, n))
+            .map(|(i, n)| (self.score(n, ctx), i, n))
             .collect();
         let count = nodes.len().max(1);
         // Equal scores are common (identical idle nodes); rotate among them so one node is
         // not chosen for every batch.
         ranked.sort_by(|a, b| {
-            b.0.total_cmp(&a.0).then_with(|| {
+            b.0.raw.total_cmp(&a.0.raw).then_with(|| {
                 let ra = (a.1 + count - ctx.rotation % count) % count;
                 let rb = (b.1 + count - ctx.rotation % count) % count;
                 ra.cmp(&rb)
             })
         });
         let fanout = ctx.light_fanout;
+        let light: Vec<_> = ranked
+            .iter()
+            .filter(|(_, _, n)| n.node.entry.role == Role::Light)
+            .take(fanout)
+            .collect();
+        let full: Vec<_> = ranked
+            .iter()
+            .filter(|(_, _, n)| n.node.entry.role == Role::Full)
+            .collect();
         Placement {
-            light: ranked
+            scores: light
                 .iter()
-                .filter(|(_, _, n)| n.node.entry.role == Role::Light)
-                .take(fanout)
-                .map(|(_, _, n)| n.target())
+                .chain(&full)
+                .map(|(s, _, n)| (n.id().to_owned(), s.value))
                 .collect(),
-            full: ranked
-                .iter()
-                .filter(|(_, _, n)| n.node.entry.role == Role::Full)
-                .map(|(_, _, n)| n.target())
-                .collect(),
+            light: light.iter().map(|(_, _, n)| n.target()).collect(),
+            full: full.iter().map(|(_, _, n)| n.target()).collect(),
         }
     }
 }
@@ -182,6 +195,7 @@ impl NodePolicy for WeightedPolicy {
             } else {
                 0.0
             },
+            reliability: n.reliability.clamp(0.0, 1.0),
         };
         let w = &self.weights;
         let total = w.latency + w.uptime + w.capacity + w.load + w.same_continent;
@@ -192,6 +206,7 @@ impl NodePolicy for WeightedPolicy {
                 + w.load * factors.load
                 + w.same_continent * factors.same_continent)
                 / total
+                * factors.reliability
         } else {
             0.0
         };
@@ -353,6 +368,38 @@ mod tests {
             chosen.contains("l1"),
             "a recovered node is chosen again: {chosen:?}"
         );
+    }
+
+    #[test]
+    fn failed_challenges_lower_the_score_and_the_choice_and_placements_carry_scores() {
+        let p = policy();
+        let mut nodes: Vec<_> = (0..3)
+            .map(|i| node(&format!("l{i}"), Role::Light, "asia"))
+            .collect();
+        for n in &mut nodes {
+            n.observe(true, Duration::from_millis(2), 2);
+        }
+        let healthy = p.score(&nodes[0], &ctx(0));
+        nodes[0].reliability = 0.5;
+        let penalized = p.score(&nodes[0], &ctx(0));
+        assert_eq!(penalized.factors.reliability, 0.5);
+        assert!((penalized.raw - healthy.raw / 2.0).abs() < 1e-9);
+        assert!(
+            penalized.value < healthy.value,
+            "{penalized:?} vs {healthy:?}"
+        );
+        for rotation in 0..6 {
+            let placement = p.select_nodes(FlagKind::FreshTx, &ctx(rotation), &nodes);
+            assert!(
+                placement.light.iter().all(|t| t.node_id != "l0"),
+                "a node that failed its challenges is chosen last: {placement:?}"
+            );
+            assert_eq!(placement.scores.len(), 2);
+            for t in &placement.light {
+                assert_eq!(placement.score_of(&t.node_id), healthy.value);
+            }
+            assert_eq!(placement.score_of("l0"), 0, "not chosen, no score");
+        }
     }
 
     #[test]

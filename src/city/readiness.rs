@@ -106,6 +106,7 @@ mod tests {
                 capacity: 0.0,
                 load: 0.0,
                 same_continent: 0.0,
+                reliability: 1.0,
             },
             latency_ms: None,
             used_bytes: 0,

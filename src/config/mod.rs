@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 mod federation;
 mod limits;
 mod pop;
+mod rewards;
 mod sections;
 mod validate;
 mod vault;
@@ -19,6 +20,7 @@ mod vault;
 pub use federation::{ContinentConfig, GlobalConfig, UplinkConfig};
 pub use limits::*;
 pub use pop::{MAX_FENCE_VERTICES, PlaceEngineName, PopConfig, parse_fence};
+pub use rewards::{RewardEngineName, RewardsConfig};
 pub use sections::*;
 pub use vault::{VaultConfig, VaultKeyEntry};
 
@@ -57,6 +59,9 @@ pub struct Config {
     pub continent: ContinentConfig,
     #[serde(default)]
     pub global: GlobalConfig,
+    /// The storage-rewards engine (a city's); see [`RewardsConfig`].
+    #[serde(default)]
+    pub rewards: RewardsConfig,
 }
 
 /// Every problem found in a config file.
@@ -66,8 +71,9 @@ pub struct ConfigErrors {
     pub problems: Vec<String>,
 }
 
-const SECTIONS: [&str; 16] = [
+const SECTIONS: [&str; 17] = [
     "pop",
+    "rewards",
     "uplink",
     "continent",
     "global",
@@ -161,6 +167,7 @@ impl Config {
             uplink: section(&table, "uplink", &mut problems),
             continent: section(&table, "continent", &mut problems),
             global: section(&table, "global", &mut problems),
+            rewards: section(&table, "rewards", &mut problems),
         });
         let mut config = config;
         if let Some(c) = &mut config {

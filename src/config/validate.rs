@@ -192,6 +192,7 @@ impl Config {
         }
         p.extend(self.limits.problems(self.largest_request_body()));
         p.extend(self.federation_problems());
+        p.extend(self.rewards.problems());
         p
     }
 

@@ -32,6 +32,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/tx/{tx_id}", web::get().to(get_tx))
         .route("/v1/batches/{batch_id}", web::get().to(get_batch))
         .route("/v1/nodes", web::get().to(nodes))
+        .route("/v1/rewards", web::get().to(all_rewards))
+        .route("/v1/rewards/{node_id}", web::get().to(node_rewards))
         .route("/v1/actors/{name}/panic", web::post().to(inject_panic));
 }
 
@@ -453,4 +455,82 @@ async fn inject_panic(
 
 async fn nodes(state: web::Data<CityState>) -> HttpResponse {
     HttpResponse::Ok().json(state.city.nodes())
+}
+
+/// `GET /v1/rewards/{node_id}`: one storage node's standing in the rewards ledger.
+#[derive(Debug, Serialize)]
+pub struct RewardReply {
+    pub node_id: String,
+    pub role: Option<crate::config::Role>,
+    pub points: u64,
+    pub write_acks: u64,
+    pub repair_acks: u64,
+    pub challenges_passed: u64,
+    pub challenges_failed: u64,
+    /// The node's score now (0–9), as `GET /v1/nodes` shows it; `null` for a node no
+    /// longer configured.
+    pub score: Option<u8>,
+    pub last_credit_ms: Option<u64>,
+}
+
+impl RewardReply {
+    fn of(
+        node_id: String,
+        account: crate::engines::rewards::Account,
+        node: Option<&crate::city::node_policy::NodeView>,
+    ) -> Self {
+        Self {
+            role: account.role.or(node.map(|n| n.role)),
+            score: node.map(|n| n.score),
+            node_id,
+            points: account.points,
+            write_acks: account.write_acks,
+            repair_acks: account.repair_acks,
+            challenges_passed: account.challenges_passed,
+            challenges_failed: account.challenges_failed,
+            last_credit_ms: account.last_credit_ms,
+        }
+    }
+}
+
+/// A configured storage node with no ledger entry yet has an empty account; an id the
+/// city never knew is 404 `unknown_node`.
+async fn node_rewards(
+    path: web::Path<String>,
+    state: web::Data<CityState>,
+) -> ApiResult<HttpResponse> {
+    let id = path.into_inner();
+    let nodes = state.city.nodes();
+    let node = nodes.iter().find(|n| n.node_id == id);
+    let account = state.city.reward_account(&id).map_err(index_error)?;
+    if account.is_none() && node.is_none() {
+        return Err(ApiError::new(
+            404,
+            "unknown_node",
+            format!("no storage node {id:?} is known to this city"),
+        ));
+    }
+    Ok(HttpResponse::Ok().json(RewardReply::of(id, account.unwrap_or_default(), node)))
+}
+
+/// `GET /v1/rewards`: every configured storage node and every node in the ledger, by id.
+async fn all_rewards(state: web::Data<CityState>) -> ApiResult<HttpResponse> {
+    let nodes = state.city.nodes();
+    let mut accounts: std::collections::BTreeMap<String, crate::engines::rewards::Account> = state
+        .city
+        .reward_accounts()
+        .map_err(index_error)?
+        .into_iter()
+        .collect();
+    for n in &nodes {
+        accounts.entry(n.node_id.clone()).or_default();
+    }
+    let replies: Vec<RewardReply> = accounts
+        .into_iter()
+        .map(|(id, account)| {
+            let node = nodes.iter().find(|n| n.node_id == id);
+            RewardReply::of(id, account, node)
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(replies))
 }

@@ -95,6 +95,16 @@ pub struct Target {
 pub struct Placement {
     pub light: Vec<Target>,
     pub full: Vec<Target>,
+    /// Each chosen node's 0–9 score when it was chosen: what its proof of hold for this
+    /// batch is credited by (`engines::rewards`), whenever the credit is written.
+    pub scores: std::collections::BTreeMap<String, u8>,
+}
+
+impl Placement {
+    /// The score node `id` had when chosen (0 if it was not).
+    pub fn score_of(&self, id: &str) -> u8 {
+        self.scores.get(id).copied().unwrap_or(0)
+    }
 }
 
 /// A batch with its placement: what the StorageWriter and FailoverSupervisor work on.

@@ -40,7 +40,9 @@ use redb::{
 use serde::{Deserialize, Serialize};
 
 use super::group_commit::{GroupCommit, GroupError, Options};
+use super::rewards::ACCOUNTS;
 use crate::crypto::vault::ReadWrapped;
+use crate::engines::rewards::{Account, Credit};
 use crate::messages::federation::ContinentPlacement;
 use crate::messages::{
     BatchHeader, BatchId, Capsule, FlagKind, NonceKey, PohAck, Tier, TxId, WireError,
@@ -180,6 +182,9 @@ pub struct NewBatch {
     pub read_key: Option<ReadWrapped>,
     /// The sealed bytes, for the body cache.
     pub sealed: Option<bytes::Bytes>,
+    /// The rewards ledger's entries for the batch's write acks: added with the record,
+    /// only if the batch was not recorded before (so each is credited once).
+    pub credits: Vec<Credit>,
 }
 
 impl NewBatch {
@@ -192,6 +197,7 @@ impl NewBatch {
             capsule,
             read_key: None,
             sealed: None,
+            credits: Vec::new(),
         }
     }
 }
@@ -212,6 +218,7 @@ struct WriteReq {
     capsule: Vec<u8>,
     read_key: Option<Vec<u8>>,
     sealed: Option<bytes::Bytes>,
+    credits: Vec<Credit>,
 }
 
 /// Dropping it lets the writer finish what it holds and releases the database, so it can be
@@ -313,6 +320,7 @@ impl CityStore {
             tx.open_table(BODIES)?;
             tx.open_table(BODY_ORDER)?;
             tx.open_table(PAST_HOMES)?;
+            tx.open_table(ACCOUNTS)?;
             tx.commit()?;
         }
         let options = Options {
@@ -380,6 +388,7 @@ impl CityStore {
                 capsule: new.capsule.to_bytes(),
                 read_key: new.read_key.as_ref().map(crate::messages::encode),
                 sealed: new.sealed,
+                credits: new.credits,
             })
             .await
         {
@@ -574,6 +583,19 @@ impl CityStore {
         holders: Vec<String>,
         acks: Vec<PohAck>,
     ) -> Result<()> {
+        self.relocate_credited(batch_id, tier, holders, acks, &[])
+    }
+
+    /// [`CityStore::relocate`], adding `credits` (the repair's acks) to the rewards
+    /// ledger in the same transaction.
+    pub fn relocate_credited(
+        &self,
+        batch_id: &BatchId,
+        tier: Tier,
+        holders: Vec<String>,
+        acks: Vec<PohAck>,
+        credits: &[Credit],
+    ) -> Result<()> {
         let Some(mut rec) = self.get_batch(batch_id)? else {
             return Err(CityStoreError::NoBatch(*batch_id));
         };
@@ -628,8 +650,46 @@ impl CityStore {
             rec.lost = false;
             let mut batches = tx.open_table(BATCHES)?;
             batches.insert(batch_id, crate::messages::encode(&rec).as_slice())?;
+            super::rewards::apply::<CityStoreError>(&mut tx.open_table(ACCOUNTS)?, credits)?;
         }
-        Ok(tx.commit()?)
+        tx.commit()?;
+        super::rewards::count(credits);
+        Ok(())
+    }
+
+    /// Adds `credits` (a repair round's challenge results) to the rewards ledger, in one
+    /// transaction; returns once fsynced. Blocks.
+    pub fn record_credits(&self, credits: &[Credit]) -> Result<()> {
+        if credits.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(Durability::Immediate)?;
+        super::rewards::apply::<CityStoreError>(&mut tx.open_table(ACCOUNTS)?, credits)?;
+        tx.commit()?;
+        super::rewards::count(credits);
+        Ok(())
+    }
+
+    /// The rewards ledger's account of node `id`, if it was ever credited or challenged.
+    pub fn reward_account(&self, id: &str) -> Result<Option<Account>> {
+        let tx = self.db.begin_read()?;
+        match tx.open_table(ACCOUNTS)?.get(id)? {
+            Some(v) => Ok(Some(crate::messages::decode(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every account of the rewards ledger, by node id.
+    pub fn reward_accounts(&self) -> Result<Vec<(String, Account)>> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(ACCOUNTS)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (id, v) = entry?;
+            out.push((id.value().to_owned(), crate::messages::decode(v.value())?));
+        }
+        Ok(out)
     }
 
     /// Up to `limit` batches on `tier` with sequence numbers from `from_seq` on, in order.
@@ -751,6 +811,7 @@ fn write_group(
     let mut tx = db.begin_write()?;
     tx.set_durability(Durability::Immediate)?;
     let cached;
+    let mut credited = Vec::new();
     {
         let mut txs = tx.open_table(TXS)?;
         let mut batches = tx.open_table(BATCHES)?;
@@ -764,8 +825,14 @@ fn write_group(
         let mut order = tx.open_table(BODY_ORDER)?;
         let mut meta = tx.open_table(META)?;
         let lost = tx.open_table(LOST)?;
+        let mut accounts = tx.open_table(ACCOUNTS)?;
         let mut used = meta.get(CACHE_USED_KEY)?.map_or(0, |v| v.value());
         for req in group {
+            // A batch's write acks are credited with its first record only.
+            if !req.credits.is_empty() && batches.get(&req.batch_id)?.is_none() {
+                super::rewards::apply::<CityStoreError>(&mut accounts, &req.credits)?;
+                credited.extend(req.credits.iter().cloned());
+            }
             capsules.insert(&req.batch_id, req.capsule.as_slice())?;
             if let Some(read_key) = &req.read_key {
                 read_keys.insert(&req.batch_id, read_key.as_slice())?;
@@ -817,6 +884,7 @@ fn write_group(
         cached = used;
     }
     tx.commit()?;
+    super::rewards::count(&credited);
     Ok(cached)
 }
 
@@ -952,6 +1020,88 @@ mod tests {
         let mut new = NewBatch::new(b, t, capsule(id));
         new.sealed = Some(bytes::Bytes::from(vec![seq as u8; len]));
         new
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn write_credits_enter_the_ledger_once_per_batch_and_survive_reopening() {
+        use crate::config::{RewardsConfig, Role};
+        use crate::engines::rewards::{Account, PohScore, ProofKind, RewardEngine};
+        let engine = PohScore::from_config(&RewardsConfig::default());
+        let dir = tempfile::tempdir().unwrap();
+        let credits = || {
+            vec![
+                engine
+                    .proved("light-1", ProofKind::Write, Role::Light, 8, 10)
+                    .unwrap(),
+                engine
+                    .proved("full-1", ProofKind::Write, Role::Full, 9, 10)
+                    .unwrap(),
+            ]
+        };
+        let (b, t) = record(0);
+        let id = b.header.id();
+        {
+            let store = CityStore::open(dir.path()).unwrap();
+            let first = NewBatch {
+                credits: credits(),
+                ..NewBatch::new(b.clone(), t.clone(), capsule(id))
+            };
+            store.record(first).await.unwrap();
+            // The same batch recorded again (a retry, a replay): no second credit.
+            let again = NewBatch {
+                credits: credits(),
+                ..NewBatch::new(b.clone(), t.clone(), capsule(id))
+            };
+            store.record(again).await.unwrap();
+            // A repair's acks and a round's challenge results add to the same accounts.
+            store
+                .relocate_credited(
+                    &id,
+                    Tier::Light,
+                    vec!["light-2".into()],
+                    vec![],
+                    &[engine
+                        .proved("light-2", ProofKind::Repair, Role::Light, 5, 20)
+                        .unwrap()],
+                )
+                .unwrap();
+            store
+                .record_credits(&[
+                    engine
+                        .proved("light-1", ProofKind::Challenge, Role::Light, 9, 30)
+                        .unwrap(),
+                    engine.failed("light-2", Role::Light, 40).unwrap(),
+                ])
+                .unwrap();
+        }
+        let store = CityStore::open(dir.path()).unwrap();
+        assert_eq!(
+            store.reward_account("light-1").unwrap(),
+            Some(Account {
+                role: Some(Role::Light),
+                points: 80 + 90,
+                write_acks: 1,
+                repair_acks: 0,
+                challenges_passed: 1,
+                challenges_failed: 0,
+                last_credit_ms: Some(30),
+            })
+        );
+        let full = store.reward_account("full-1").unwrap().unwrap();
+        assert_eq!((full.points, full.write_acks), (135, 1));
+        let l2 = store.reward_account("light-2").unwrap().unwrap();
+        assert_eq!(
+            (l2.points, l2.repair_acks, l2.challenges_failed),
+            (50, 1, 1)
+        );
+        assert_eq!(store.reward_account("nobody").unwrap(), None);
+        let ids: Vec<String> = store
+            .reward_accounts()
+            .unwrap()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(ids, ["full-1", "light-1", "light-2"]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,6 +18,7 @@
 //! - [`log_audit`]: at start, finds batches acknowledged on the log that it lost.
 //! - [`immutable_log`]: the append-only, hash-chained, fsynced last resort.
 //! - [`offline`]: reading a stopped node's redb file without changing it.
+//! - [`rewards`]: the storage-rewards ledger (a table of `city.redb`).
 //! - [`vault`]: the key vault: every batch's capsule, kept apart from its sealed bytes.
 //! - [`ledger`]: an immutable log as the truth and a redb index kept in step with it, for
 //!   the continent and global nodes ([`continent_store`], [`global_store`]).
@@ -42,6 +43,7 @@ pub mod outboxes;
 pub mod peer;
 pub mod peer_tier;
 pub mod readback;
+pub mod rewards;
 pub mod store;
 pub mod tier;
 pub mod tier_health;

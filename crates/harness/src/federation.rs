@@ -702,6 +702,7 @@ impl Federation {
             uplink: None,
             continent: Default::default(),
             global: Default::default(),
+            rewards: Default::default(),
         }
     }
 

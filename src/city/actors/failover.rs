@@ -10,6 +10,11 @@
 //! the Prioritizer. Batches another actor could not pass on
 //! ([`FailoverMsg::Undeliverable`]) are failed back to their clients, never dropped.
 //!
+//! The record carries the rewards ledger's entries for the batch's acks (one write credit
+//! per acked holder, by the score the placement gave it, `engines::rewards`), written in
+//! the record's own transaction and only with the batch's first record, so every stored
+//! batch is credited exactly once, whatever crashes.
+//!
 //! The actor never waits: tier attempts and index writes are tasks of their own, and they
 //! report back through this actor's mailbox, so a restarted Failover still hears them.
 
@@ -22,7 +27,8 @@ use crate::city::mailbox::Mailbox;
 use crate::city::msgs::{
     FailoverMsg, FlaggerMsg, IntakeMsg, PrioritizerMsg, SubmitError, Unavailable,
 };
-use crate::messages::{FlagKind, NonceKey, SealedBatch, StoreJob, StoreOutcome};
+use crate::engines::rewards::{Credit, ProofKind, RewardEngine};
+use crate::messages::{FlagKind, NonceKey, SealedBatch, StoreJob, StoreOutcome, now_ms};
 use crate::storage::chain::TierChain;
 use crate::storage::city_store::{BatchRecord, CityStore, NewBatch, TxRecord};
 use crate::storage::tier::{Stored, TierResult};
@@ -41,6 +47,8 @@ pub struct FailoverArgs {
     pub intake: Mailbox<IntakeMsg>,
     pub flagger: Mailbox<FlaggerMsg>,
     pub prioritizer: Mailbox<PrioritizerMsg>,
+    /// Decides what each ack of a stored batch earns.
+    pub rewards: Arc<dyn RewardEngine>,
 }
 
 impl Failover {
@@ -128,9 +136,14 @@ impl Failover {
         let store = args.store.clone();
         let intake = args.intake.clone();
         let flagger = args.flagger.clone();
+        let credits = write_credits(args, &job, &outcome);
         tokio::spawn(async move {
             let sealed = &job.sealed;
-            let msg = match store.record(records(sealed, &outcome)).await {
+            let new = NewBatch {
+                credits,
+                ..records(sealed, &outcome)
+            };
+            let msg = match store.record(new).await {
                 Ok(()) => IntakeMsg::Stored {
                     tx_ids: sealed.tx_ids.clone(),
                     outcome,
@@ -147,6 +160,29 @@ impl Failover {
             let _ = flagger.cast(FlaggerMsg::Done);
         });
     }
+}
+
+/// The rewards ledger's entries for the acks of a stored batch: one write credit per
+/// acked storage node, by the score its placement gave it.
+fn write_credits(args: &FailoverArgs, job: &StoreJob, outcome: &StoreOutcome) -> Vec<Credit> {
+    if !args.rewards.enabled() {
+        return Vec::new();
+    }
+    let now = now_ms();
+    outcome
+        .acks
+        .iter()
+        .filter_map(|ack| {
+            let node = args.chain.nodes().get(&ack.holder_id)?;
+            args.rewards.proved(
+                &ack.holder_id,
+                ProofKind::Write,
+                node.entry.role,
+                job.placement.score_of(&ack.holder_id),
+                now,
+            )
+        })
+        .collect()
 }
 
 /// The index records of a durable batch and its transactions, the `(sender, nonce)` pairs,
@@ -198,6 +234,7 @@ fn records(sealed: &SealedBatch, outcome: &StoreOutcome) -> NewBatch {
         capsule: sealed.capsule.as_ref().clone(),
         read_key: sealed.read_key.as_deref().cloned(),
         sealed: Some(sealed.bytes.clone()),
+        credits: Vec::new(),
     }
 }
 
@@ -311,6 +348,7 @@ mod tests {
                 intake: Mailbox::new(intake, Depth::new("test_intake"), 64),
                 flagger: Mailbox::new(flagger, Depth::new("test_flagger"), 64),
                 prioritizer: Mailbox::new(prioritizer, Depth::new("test_prioritizer"), 64),
+                rewards: crate::engines::rewards::engine_from_config(&Default::default()),
             },
         )
         .await

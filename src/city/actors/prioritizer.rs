@@ -4,7 +4,10 @@
 //! health probes and from every write the tiers report ([`NodeObservation`](crate::messages::NodeObservation)); marks a node
 //! down after `down_after_failures` consecutive failures and up again on a good probe. A
 //! [`NodePolicy`] (upstream `select_nodes(flag, context)`) scores nodes 0–9 and picks the
-//! light and full nodes of each batch. Receives sealed batches from the Flagger and sends
+//! light and full nodes of each batch, and each placement carries the score of every node
+//! it chose (what the node's proof of hold is credited by). Repair challenge results from
+//! the Repairer move a node's reliability (the rewards engine's rule), which multiplies
+//! its score. Receives sealed batches from the Flagger and sends
 //! [`StoreJob`]s to the StorageWriter. `GET /v1/nodes` reads the published snapshot.
 
 use std::sync::Arc;
@@ -16,6 +19,7 @@ use crate::city::mailbox::{Mailbox, SendError};
 use crate::city::msgs::{FailoverMsg, PrioritizerMsg, ProbeResult, SubmitError, WriterMsg};
 use crate::city::node_policy::{NodePolicy, NodeStats, NodeView, NodesSnapshot, SelectContext};
 use crate::config::PrioritizerConfig;
+use crate::engines::rewards::RewardEngine;
 use crate::messages::StoreJob;
 use crate::storage::nodes::NodeDirectory;
 use crate::storage::peer::PeerClient;
@@ -32,6 +36,8 @@ pub struct PrioritizerArgs {
     pub continent: String,
     pub nodes: Arc<NodeDirectory>,
     pub policy: Arc<dyn NodePolicy>,
+    /// Its rule moves a node's reliability after each repair challenge.
+    pub rewards: Arc<dyn RewardEngine>,
     pub client: PeerClient,
     pub snapshot: NodesSnapshot,
     pub writer: Mailbox<WriterMsg>,
@@ -214,6 +220,19 @@ impl Actor for Prioritizer {
                         n.observe(o.ok, o.latency, down_after);
                         if was_up && !n.up {
                             tracing::warn!(node = %o.node_id, "storage node marked down after failed writes");
+                        }
+                    }
+                }
+                state.publish();
+            }
+            PrioritizerMsg::Challenged(results) => {
+                for (id, passed) in results {
+                    let rewards = state.args.rewards.clone();
+                    if let Some(n) = state.node_mut(&id) {
+                        let before = n.reliability;
+                        n.reliability = rewards.reliability_after(before, passed);
+                        if !passed {
+                            tracing::warn!(node = %id, reliability = n.reliability, "storage node failed a repair challenge; its score drops");
                         }
                     }
                 }

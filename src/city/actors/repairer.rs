@@ -32,6 +32,14 @@
 //!
 //! Every move is recorded in the city store (fsynced) before it is reported, so a restart
 //! resumes exactly where repair stood.
+//!
+//! **Rewards** (`engines::rewards`): the acks of every batch or piece a repair places are
+//! credited to their nodes in the transaction that relocates the batch, by the scores the
+//! placement gave them. Each challenge result is a ledger entry (a passed challenge is
+//! credited by the node's score at the time, a failed one counts against it), all of a
+//! round's written in one fsynced transaction at its end, and sent to the Prioritizer,
+//! where a failure lowers the node's reliability and so its score. A rate-limited
+//! challenge proves nothing and is left out.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -42,8 +50,10 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::city::mailbox::Mailbox;
 use crate::city::msgs::{PrioritizerMsg, RepairMsg};
+use crate::city::node_policy::NodesSnapshot;
 use crate::config::Config;
 use crate::crypto::{self, Hash32};
+use crate::engines::rewards::{Credit, ProofKind, RewardEngine};
 use crate::messages::{
     BatchId, Coding, Expected, HoldChallenge, Piece, Placement, PohAck, SealedEnvelope, Tier,
     hex32, now_ms,
@@ -92,6 +102,10 @@ pub struct RepairContext {
     pub per_round: usize,
     /// This node's id: the holder of what it appends to its own log.
     pub holder: String,
+    /// Decides what each repair ack and challenge result earns.
+    pub rewards: Arc<dyn RewardEngine>,
+    /// The Prioritizer's published scores: a challenged node's score at the time.
+    pub scores: NodesSnapshot,
     /// When each batch lost from the log was last searched for.
     searched: Mutex<HashMap<BatchId, Instant>>,
     /// Lost batches already reported as found nowhere, so each is said once.
@@ -104,6 +118,8 @@ impl RepairContext {
         chain: &TierChain,
         store: Arc<CityStore>,
         prioritizer: Mailbox<PrioritizerMsg>,
+        rewards: Arc<dyn RewardEngine>,
+        scores: NodesSnapshot,
     ) -> Self {
         Self {
             store,
@@ -123,6 +139,8 @@ impl RepairContext {
             full_deadline: config.storage.full_deadline,
             per_round: config.repair.batches_per_round,
             holder: config.node.id.clone(),
+            rewards,
+            scores,
             searched: Mutex::default(),
             reported: Mutex::default(),
         }
@@ -138,6 +156,37 @@ impl RepairContext {
             })
             .ok()?;
         answer.await.ok()
+    }
+
+    /// The ledger entries of a repair's `acks`, by the scores of the placement that chose
+    /// their holders.
+    fn repair_credits(&self, acks: &[PohAck], placement: &Placement) -> Vec<Credit> {
+        if !self.rewards.enabled() {
+            return Vec::new();
+        }
+        let now = now_ms();
+        acks.iter()
+            .filter_map(|ack| {
+                let node = self.nodes.get(&ack.holder_id)?;
+                self.rewards.proved(
+                    &ack.holder_id,
+                    ProofKind::Repair,
+                    node.entry.role,
+                    placement.score_of(&ack.holder_id),
+                    now,
+                )
+            })
+            .collect()
+    }
+
+    /// Node `id`'s score as the Prioritizer last published it (0 if unknown).
+    fn score_now(&self, id: &str) -> u8 {
+        self.scores
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .find(|v| v.node_id == id)
+            .map_or(0, |v| v.score)
     }
 
     /// The batch's sealed bytes from wherever it is held now.
@@ -192,7 +241,7 @@ impl RepairContext {
         bytes: &Bytes,
         exclude: Vec<String>,
         need: usize,
-    ) -> Option<crate::storage::tier::Stored> {
+    ) -> Option<(crate::storage::tier::Stored, Vec<Credit>)> {
         let id = rec.header.id();
         let sound = match SealedEnvelope::from_bytes(bytes) {
             Ok(envelope) if envelope.id() != id => Err("a different batch".to_string()),
@@ -211,7 +260,7 @@ impl RepairContext {
         let placement = self.place(rec, exclude).await?;
         let result = match tier {
             Tier::Light => {
-                let targets = placement.light;
+                let targets = placement.light.clone();
                 if targets.len() < need {
                     return None;
                 }
@@ -221,7 +270,7 @@ impl RepairContext {
                 light.write_pieces(id, assigned, need).await
             }
             _ => {
-                let targets = placement.full;
+                let targets = placement.full.clone();
                 if targets.len() < need {
                     return None;
                 }
@@ -239,7 +288,9 @@ impl RepairContext {
                 .prioritizer
                 .cast(PrioritizerMsg::Observe(result.observations));
         }
-        result.outcome.ok()
+        let stored = result.outcome.ok()?;
+        let credits = self.repair_credits(&stored.acks, &placement);
+        Some((stored, credits))
     }
 
     /// Another sound copy of a batch lost from the log: from any configured light or full
@@ -323,17 +374,20 @@ impl RepairContext {
                     .await
                     .map(|stored| (Tier::Full, stored)),
             };
-            let (tier, holders, acks) = match home {
-                Some((tier, stored)) => (tier, stored.holders, stored.acks),
+            let (tier, holders, acks, credits) = match home {
+                Some((tier, (stored, credits))) => (tier, stored.holders, stored.acks, credits),
                 None => match self.log.append(RecordKind::Batch, bytes.to_vec()).await {
-                    Ok(_) => (Tier::Log, vec![self.holder.clone()], Vec::new()),
+                    Ok(_) => (Tier::Log, vec![self.holder.clone()], Vec::new(), Vec::new()),
                     Err(e) => {
                         tracing::error!(batch = %hex32(&id), error = %e, "a lost batch was found but no tier takes it yet");
                         continue;
                     }
                 },
             };
-            match self.store.relocate(&id, tier, holders, acks) {
+            match self
+                .store
+                .relocate_credited(&id, tier, holders, acks, &credits)
+            {
                 Ok(()) => {
                     recovered += 1;
                     self.searched
@@ -410,7 +464,7 @@ impl RepairContext {
                     None => full_back = false,
                 }
             }
-            let Some((to, stored)) = moved else {
+            let Some((to, (stored, credits))) = moved else {
                 if !light_back && !full_back {
                     // No higher tier is back yet; try again next round.
                     break;
@@ -418,7 +472,10 @@ impl RepairContext {
                 continue;
             };
             let id = rec.header.id();
-            match self.store.relocate(&id, to, stored.holders, stored.acks) {
+            match self
+                .store
+                .relocate_credited(&id, to, stored.holders, stored.acks, &credits)
+            {
                 Ok(()) => {
                     report.moved_up += 1;
                     metrics::counter!(crate::metrics::REPAIRS, "kind" => "upward", "from" => rec.tier.as_str()).increment(1);
@@ -439,11 +496,13 @@ impl RepairContext {
             Some(last) if window.len() == self.per_round => last.header.seq + 1,
             _ => 0,
         };
+        let mut challenged = Challenged::default();
         for rec in window {
-            if self.check_holders(&rec).await {
+            if self.check_holders(&rec, &mut challenged).await {
                 report.rereplicated += 1;
             }
         }
+        self.record_challenges(challenged).await;
         (report, next_cursor)
     }
 
@@ -451,7 +510,7 @@ impl RepairContext {
     /// it (a possession challenge, see [`HoldChallenge`]). Pieces lost, refused or never
     /// placed are regenerated from k others and placed on other light nodes. True if any
     /// was.
-    async fn check_holders(&self, rec: &BatchRecord) -> bool {
+    async fn check_holders(&self, rec: &BatchRecord, challenged: &mut Challenged) -> bool {
         let id = rec.header.id();
         let Some(expected) = Expected::from_acks(id, &rec.acks) else {
             tracing::error!(batch = %hex32(&id), "a light batch's record holds no consistent piece acks; its holdings cannot be checked");
@@ -467,13 +526,18 @@ impl RepairContext {
                 lost.push(format!("{}#{index}", ack.holder_id));
                 continue;
             };
-            match self.challenge(node, &expected, index, &ack.held_hash).await {
+            let held = self.challenge(node, &expected, index, &ack.held_hash).await;
+            challenged.add(self, node, &held);
+            match held {
                 Held::Proved(fresh) => alive.push(fresh),
                 // A rate-limited challenge proves nothing either way: keep the holder.
                 Held::Unknown => alive.push(ack.clone()),
                 Held::Lost => lost.push(format!("{}#{index}", ack.holder_id)),
             }
         }
+        // The Prioritizer hears the results before it is asked where missing pieces go, so
+        // a holder that just failed is not handed its piece back at its old score.
+        challenged.tell(self);
         let held: std::collections::BTreeSet<u8> = alive
             .iter()
             .filter_map(|a| a.piece.map(|p| p.index))
@@ -533,7 +597,8 @@ impl RepairContext {
         }
         let assigned: Vec<_> = placement
             .light
-            .into_iter()
+            .iter()
+            .cloned()
             .zip(pieces.into_iter().filter(|p| missing.contains(&p.index())))
             .collect();
         let result = self.light().write_pieces(id, assigned, 1).await;
@@ -551,9 +616,13 @@ impl RepairContext {
             .iter()
             .filter_map(|a| a.piece.map(|p| p.index))
             .collect();
+        let credits = self.repair_credits(&stored.acks, &placement);
         alive.extend(stored.acks);
         let holders = alive.iter().map(|a| a.holder_id.clone()).collect();
-        match self.store.relocate(&id, Tier::Light, holders, alive) {
+        match self
+            .store
+            .relocate_credited(&id, Tier::Light, holders, alive, &credits)
+        {
             Ok(()) => {
                 metrics::counter!(crate::metrics::REPAIRS, "kind" => "rereplicate", "from" => "light").increment(1);
                 tracing::info!(batch = %hex32(&id), ?lost, ?placed, "regenerated and placed missing pieces");
@@ -563,6 +632,68 @@ impl RepairContext {
                 tracing::error!(error = %e, "recording regenerated pieces");
                 false
             }
+        }
+    }
+}
+
+/// A round's challenge results: for the rewards ledger and the Prioritizer.
+#[derive(Default)]
+struct Challenged {
+    credits: Vec<Credit>,
+    /// Results the Prioritizer has not heard yet.
+    results: Vec<(String, bool)>,
+}
+
+impl Challenged {
+    /// Sends the results not sent yet to the Prioritizer (which moves each node's
+    /// reliability by the rewards engine's rule).
+    fn tell(&mut self, ctx: &RepairContext) {
+        if self.results.is_empty() || !ctx.rewards.enabled() {
+            self.results.clear();
+            return;
+        }
+        let results = std::mem::take(&mut self.results);
+        let _ = ctx.prioritizer.cast(PrioritizerMsg::Challenged(results));
+    }
+
+    /// Notes what challenging `node` showed (nothing, for a rate-limited challenge).
+    fn add(&mut self, ctx: &RepairContext, node: &KnownNode, held: &Held) {
+        let (id, role) = (&node.entry.id, node.entry.role);
+        let passed = match held {
+            Held::Proved(_) => true,
+            Held::Lost => false,
+            Held::Unknown => return,
+        };
+        self.results.push((id.clone(), passed));
+        if !ctx.rewards.enabled() {
+            return;
+        }
+        let credit = if passed {
+            ctx.rewards
+                .proved(id, ProofKind::Challenge, role, ctx.score_now(id), now_ms())
+        } else {
+            ctx.rewards.failed(id, role, now_ms())
+        };
+        self.credits.extend(credit);
+    }
+}
+
+impl RepairContext {
+    /// Writes a round's challenge results to the rewards ledger (one fsynced transaction,
+    /// off the async workers).
+    async fn record_challenges(&self, mut challenged: Challenged) {
+        challenged.tell(self);
+        let credits = challenged.credits;
+        if credits.is_empty() {
+            return;
+        }
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.record_credits(&credits)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "recording repair challenge results in the rewards ledger")
+            }
+            Err(e) => tracing::error!(error = %e, "the rewards ledger write panicked"),
         }
     }
 }
