@@ -9,12 +9,14 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod dpos;
 mod federation;
 mod limits;
 mod sections;
 mod validate;
 mod vault;
 
+pub use dpos::{ApprovalEngineName, DposConfig, RepresentativeEntry};
 pub use federation::{ContinentConfig, GlobalConfig, UplinkConfig};
 pub use limits::*;
 pub use sections::*;
@@ -53,6 +55,9 @@ pub struct Config {
     pub continent: ContinentConfig,
     #[serde(default)]
     pub global: GlobalConfig,
+    /// Continent nodes: approval of continent batches by representatives.
+    #[serde(default)]
+    pub dpos: DposConfig,
 }
 
 /// Every problem found in a config file.
@@ -62,7 +67,8 @@ pub struct ConfigErrors {
     pub problems: Vec<String>,
 }
 
-const SECTIONS: [&str; 15] = [
+const SECTIONS: [&str; 16] = [
+    "dpos",
     "uplink",
     "continent",
     "global",
@@ -148,6 +154,7 @@ impl Config {
             uplink: section(&table, "uplink", &mut problems),
             continent: section(&table, "continent", &mut problems),
             global: section(&table, "global", &mut problems),
+            dpos: section(&table, "dpos", &mut problems),
         });
         if let Some(c) = &config {
             problems.extend(c.validate());
@@ -172,6 +179,7 @@ impl Config {
             Role::City => self.intake.max_body_bytes,
             Role::Light | Role::Full => self.batcher.max_batch_bytes + BATCH_ENVELOPE_BYTES,
             Role::Continent | Role::Global => crate::messages::federation::MAX_SUBMISSION_BYTES,
+            Role::Representative => crate::messages::dpos::MAX_DPOS_BODY_BYTES,
         }
     }
 

@@ -1,0 +1,329 @@
+//! Approver (continent): gathers its representatives' votes on each continent batch.
+//!
+//! Woken when a continent batch is durable (the store's `batch_added`), at start (so
+//! batches left unapproved by a restart are asked again) and by its own backoff timer.
+//! A round is a task: it reads up to [`BATCHES_PER_ROUND`] unapproved batches from the
+//! index, sends each (header and the continent's signature, read back from the log) to
+//! every representative that has no recorded vote for that slot, all in parallel, as
+//! signed requests; checks every vote that comes back against the configured key and
+//! records it ([`DposBook::accept`]: votes, evidence, slashes, approvals, fsynced). A
+//! 409 carries the representative's earlier vote for the slot, which is recorded the same
+//! way (a conflicting one is evidence). While batches stay pending, rounds repeat with a
+//! doubling delay from `[dpos] retry_initial` to `retry_max`, back to the start whenever a
+//! round approves something.
+//!
+//! Approval gates nothing: the Uplink forwards continent batches to the global node
+//! whether approved or not; approval is a record beside them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use crate::config::DposConfig;
+use crate::crypto::{Hash32, SigningKey};
+use crate::federation::dpos::DposBook;
+use crate::federation::msgs::ApproverMsg;
+use crate::messages::auth::RequestSigner;
+use crate::messages::dpos::{DposProposal, PROPOSALS_PATH, SignedVote, VoteReply};
+use crate::messages::encode;
+
+/// Mailbox capacity (wake-ups and round completions only).
+pub const MAILBOX_CAPACITY: usize = 64;
+/// Unapproved continent batches one round asks about, at most.
+pub const BATCHES_PER_ROUND: usize = 32;
+
+pub struct Approver;
+
+pub struct ApproverArgs {
+    pub config: DposConfig,
+    pub node_id: String,
+    pub key: Arc<SigningKey>,
+    pub book: Arc<DposBook>,
+}
+
+/// What a round needs, shared with its task.
+struct Round {
+    book: Arc<DposBook>,
+    http: reqwest::Client,
+    signer: RequestSigner,
+    node_id: String,
+    /// (id, base URL) of each representative.
+    targets: Vec<(String, String)>,
+    timeout: Duration,
+}
+
+pub struct ApproverState {
+    round: Arc<Round>,
+    initial: Duration,
+    max: Duration,
+    delay: Duration,
+    /// The lowest sequence number that may still be unapproved.
+    from: u64,
+    in_flight: bool,
+    again: bool,
+    timer: u64,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+impl Round {
+    /// Asks one representative about one batch: its vote, or its earlier vote for the
+    /// slot (409); `None` if it did not answer usefully (asked again next round).
+    async fn ask(&self, rep: &str, url: &str, body: Vec<u8>) -> Option<SignedVote> {
+        let headers = self
+            .signer
+            .headers("POST", PROPOSALS_PATH, rep, &body)
+            .ok()?;
+        let mut req = self
+            .http
+            .post(format!("{}{PROPOSALS_PATH}", url.trim_end_matches('/')))
+            .timeout(self.timeout)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream");
+        for (name, value) in headers {
+            req = req.header(name, value);
+        }
+        let resp = match req.body(body).send().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(representative = rep, error = %e, "representative unreachable");
+                return None;
+            }
+        };
+        let status = resp.status();
+        if !(status.is_success() || status == reqwest::StatusCode::CONFLICT) {
+            tracing::warn!(representative = rep, %status, "representative refused a proposal");
+            return None;
+        }
+        match resp.json::<VoteReply>().await {
+            Ok(reply) => Some(reply.vote),
+            Err(e) => {
+                tracing::warn!(representative = rep, error = %e, "unreadable vote");
+                None
+            }
+        }
+    }
+
+    /// One round; returns (batches still pending, something was approved, next `from`).
+    async fn run(self: Arc<Self>, from: u64) -> (bool, bool, u64) {
+        let book = self.book.clone();
+        let pending = match tokio::task::spawn_blocking(move || {
+            book.store.dpos_unapproved(from, BATCHES_PER_ROUND)
+        })
+        .await
+        {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "reading unapproved continent batches failed");
+                return (true, false, from);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reading unapproved continent batches failed");
+                return (true, false, from);
+            }
+        };
+        let Some(first) = pending.first() else {
+            return (false, false, from);
+        };
+        let next_from = first.0;
+        // (batch, representative, url, proposal body)
+        let mut asks: Vec<(Hash32, String, String, Vec<u8>)> = Vec::new();
+        for (seq, id, record_index) in &pending {
+            let (book, me, (seq, id, record_index)) = (
+                self.book.clone(),
+                self.node_id.clone(),
+                (*seq, *id, *record_index),
+            );
+            let targets = self.targets.clone();
+            let planned = tokio::task::spawn_blocking(move || {
+                let record = book.store.record(record_index)?;
+                let body = encode(&DposProposal {
+                    header: record.batch.batch.header,
+                    signer: me,
+                    signature: record.batch.signature,
+                });
+                let mut out = Vec::new();
+                for (rep, url) in targets {
+                    if book.store.dpos_vote(&rep, seq)?.is_none() {
+                        out.push((id, rep, url, body.clone()));
+                    }
+                }
+                Ok::<_, crate::storage::ledger::LedgerError>(out)
+            })
+            .await;
+            match planned {
+                Ok(Ok(list)) => asks.extend(list),
+                Ok(Err(e)) => tracing::error!(seq, error = %e, "reading a continent batch failed"),
+                Err(e) => tracing::error!(seq, error = %e, "reading a continent batch failed"),
+            }
+        }
+        let votes = futures::future::join_all(
+            asks.iter()
+                .map(|(_, rep, url, body)| self.ask(rep, url, body.clone())),
+        )
+        .await;
+        let book = self.book.clone();
+        let ids: Vec<Hash32> = pending.iter().map(|(_, id, _)| *id).collect();
+        let result = tokio::task::spawn_blocking(move || {
+            let mut approved = false;
+            for vote in votes.into_iter().flatten() {
+                match book.accept(&vote) {
+                    Ok(o) => approved |= o.approved_now,
+                    Err(e) => tracing::warn!(
+                        representative = %vote.representative,
+                        error = %e,
+                        "a representative's answer was refused"
+                    ),
+                }
+            }
+            // A slash may have lowered the stake in force enough for what waited.
+            let mut pending = false;
+            for id in &ids {
+                match book.approve_if_due(id) {
+                    Ok(now) => approved |= now,
+                    Err(e) => tracing::error!(error = %e, "recording an approval failed"),
+                }
+                if !matches!(book.store.dpos_approval(id), Ok(Some(_))) {
+                    pending = true;
+                }
+            }
+            (pending, approved)
+        })
+        .await;
+        match result {
+            Ok((pending, approved)) => (pending, approved, next_from),
+            Err(e) => {
+                tracing::error!(error = %e, "recording votes failed");
+                (true, false, next_from)
+            }
+        }
+    }
+}
+
+impl Approver {
+    fn start_round(myself: &ActorRef<ApproverMsg>, state: &mut ApproverState) {
+        if state.in_flight {
+            state.again = true;
+            return;
+        }
+        state.in_flight = true;
+        let (round, me, from) = (state.round.clone(), myself.clone(), state.from);
+        tokio::spawn(async move {
+            let (pending, approved, from) = round.run(from).await;
+            let _ = me.cast(ApproverMsg::Done {
+                pending,
+                approved,
+                from,
+            });
+        });
+    }
+
+    fn done(
+        myself: &ActorRef<ApproverMsg>,
+        state: &mut ApproverState,
+        pending: bool,
+        approved: bool,
+        from: u64,
+    ) {
+        state.in_flight = false;
+        state.from = from;
+        if approved {
+            state.delay = state.initial;
+        }
+        if std::mem::take(&mut state.again) {
+            Self::start_round(myself, state);
+        } else if pending {
+            state.timer += 1;
+            let timer = state.timer;
+            myself.send_after(state.delay, move || ApproverMsg::Retry(timer));
+            state.delay = (state.delay * 2).min(state.max);
+        } else {
+            state.delay = state.initial;
+        }
+    }
+}
+
+impl Actor for Approver {
+    type Msg = ApproverMsg;
+    type State = ApproverState;
+    type Arguments = ApproverArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: ApproverArgs,
+    ) -> Result<ApproverState, ActorProcessingErr> {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .build()?;
+        let added = args.book.store.batch_added.clone();
+        let me = myself.clone();
+        let watcher = tokio::spawn(async move {
+            loop {
+                added.notified().await;
+                if me.cast(ApproverMsg::Kick).is_err() {
+                    break;
+                }
+            }
+        });
+        // Batches left unapproved before a restart are asked again first.
+        myself.cast(ApproverMsg::Kick)?;
+        let round = Round {
+            targets: args
+                .config
+                .representatives
+                .iter()
+                .map(|r| (r.id.clone(), r.url.clone()))
+                .collect(),
+            signer: RequestSigner::new(args.node_id.clone(), args.key.clone()),
+            node_id: args.node_id,
+            http,
+            timeout: args.config.timeout,
+            book: args.book,
+        };
+        Ok(ApproverState {
+            round: Arc::new(round),
+            initial: args.config.retry_initial,
+            max: args.config.retry_max,
+            delay: args.config.retry_initial,
+            from: 0,
+            in_flight: false,
+            again: false,
+            timer: 0,
+            watcher,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: ApproverMsg,
+        state: &mut ApproverState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ApproverMsg::Kick => Self::start_round(&myself, state),
+            ApproverMsg::Retry(timer) => {
+                if timer == state.timer {
+                    Self::start_round(&myself, state);
+                }
+            }
+            ApproverMsg::Done {
+                pending,
+                approved,
+                from,
+            } => Self::done(&myself, state, pending, approved, from),
+            ApproverMsg::Panic => panic!("fault injected into approver"),
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut ApproverState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.watcher.abort();
+        Ok(())
+    }
+}
