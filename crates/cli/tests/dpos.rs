@@ -4,14 +4,20 @@
 //! stays pending until a second one comes back; a representative whose key signs two
 //! different batch ids for one slot is proven to equivocate, slashed to 0, and its vote
 //! no longer counts; forged, unknown and malformed votes are refused and change nothing.
+//! With unequal stakes the one holding 65% cannot approve alone; a continent restarted
+//! while a batch is pending asks again by itself; a representative answers only its
+//! continent node's signed proposals and never signs two batch ids for one slot.
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use citychain::crypto::SigningKey;
-use citychain::messages::dpos::{SignedVote, Vote};
-use citychain::messages::parse_hex32;
+use citychain::crypto::{SigningKey, tagged};
+use citychain::messages::auth::RequestSigner;
+use citychain::messages::dpos::{DposProposal, PROPOSALS_PATH, SignedVote, Vote};
+use citychain::messages::federation::{CONTINENT_BATCH_TAG, ContinentBatchHeader};
+use citychain::messages::{encode, parse_hex32};
 use citychain_harness::federation::{Federation, FederationSpec};
 use common::*;
 use serde_json::Value;
@@ -302,5 +308,191 @@ async fn batches_are_approved_by_two_thirds_of_the_stake_and_equivocation_is_sla
     let (_, status) = get(&c, &format!("{continent}/v1/federation/status")).await;
     assert_eq!(status["dpos"]["approved_batches"], 3, "{status}");
     assert_eq!(status["dpos"]["evidence"], 1, "{status}");
+    fed.shutdown().await.unwrap();
+}
+
+/// POSTs a proposal to representative `rep`, signed as `signer` (the continent node, or
+/// not); the status and the JSON answer.
+async fn propose(
+    c: &reqwest::Client,
+    fed: &Federation,
+    rep: &str,
+    signer: &RequestSigner,
+    body: Vec<u8>,
+) -> (u16, Value) {
+    let mut req = c
+        .post(format!("{}{PROPOSALS_PATH}", fed.node(rep).url))
+        .header("content-type", "application/octet-stream");
+    for (name, value) in signer.headers("POST", PROPOSALS_PATH, rep, &body).unwrap() {
+        req = req.header(name, value);
+    }
+    let resp = req
+        .body(body)
+        .send()
+        .await
+        .expect("the representative answers");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+fn proposal(key: &SigningKey, continent: &str, seq: u64, root: u8) -> Vec<u8> {
+    let header = ContinentBatchHeader {
+        continent: continent.into(),
+        seq,
+        parents: vec![],
+        entries_root: [root; 32],
+        entry_count: 1,
+        // Fixed, so that the same arguments make the same batch id.
+        created_at_ms: 1,
+    };
+    let signature = key
+        .sign(&tagged(CONTINENT_BATCH_TAG, &header.id()))
+        .unwrap();
+    encode(&DposProposal {
+        header,
+        signer: "continent-asia".into(),
+        signature,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stake_not_heads_decides_a_restarted_continent_asks_again_and_representatives_vote_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // 65% + 17.5% + 17.5%: the big one alone is short of two thirds.
+    let spec = FederationSpec {
+        representatives_per_continent: 3,
+        representative_stakes: vec![650, 175, 175],
+        ..citychain_harness::testkit::watchful_spec(dir.path().to_path_buf(), binary())
+    };
+    let mut fed = Federation::launch(spec)
+        .await
+        .expect("the federation starts");
+    let c = client();
+    let key = SigningKey::generate().unwrap();
+    let grace = Duration::from_secs(5);
+
+    // A representative answers its continent node only, for its continent, on a batch its
+    // continent signed, and never signs two batch ids for one slot.
+    let continent_key =
+        Arc::new(SigningKey::load(&fed.node("continent-asia").config.node.key_path()).unwrap());
+    let as_continent = RequestSigner::new("continent-asia", continent_key.clone());
+    let r1 = "rep-asia-1";
+    let (s, first) = propose(
+        &c,
+        &fed,
+        r1,
+        &as_continent,
+        proposal(&continent_key, "asia", 1000, 1),
+    )
+    .await;
+    assert_eq!(s, 200, "{first}");
+    assert_eq!(first["earlier"], false, "{first}");
+    let (s, again) = propose(
+        &c,
+        &fed,
+        r1,
+        &as_continent,
+        proposal(&continent_key, "asia", 1000, 1),
+    )
+    .await;
+    assert_eq!(s, 200, "{again}");
+    assert_eq!(
+        again["vote"], first["vote"],
+        "the same vote for the same batch"
+    );
+    let (s, other) = propose(
+        &c,
+        &fed,
+        r1,
+        &as_continent,
+        proposal(&continent_key, "asia", 1000, 2),
+    )
+    .await;
+    assert_eq!(s, 409, "{other}");
+    assert_eq!(other["error"]["code"], "already_voted", "{other}");
+    assert_eq!(
+        other["vote"], first["vote"],
+        "its earlier vote, not a second one"
+    );
+    let stranger = Arc::new(SigningKey::generate().unwrap());
+    let as_stranger = RequestSigner::new("continent-asia", stranger.clone());
+    let as_unknown = RequestSigner::new("someone", stranger.clone());
+    for (what, signer, body, status, code) in [
+        (
+            "a forged request",
+            &as_stranger,
+            proposal(&continent_key, "asia", 1001, 1),
+            401,
+            "bad_signature",
+        ),
+        (
+            "an unknown node",
+            &as_unknown,
+            proposal(&continent_key, "asia", 1001, 1),
+            401,
+            "unknown_peer",
+        ),
+        (
+            "a batch it did not sign",
+            &as_continent,
+            proposal(&stranger, "asia", 1001, 1),
+            403,
+            "bad_batch_signature",
+        ),
+        (
+            "another continent",
+            &as_continent,
+            proposal(&continent_key, "europe", 1001, 1),
+            403,
+            "not_this_continent",
+        ),
+        (
+            "not a proposal",
+            &as_continent,
+            b"junk".to_vec(),
+            400,
+            "invalid_body",
+        ),
+    ] {
+        let (s, v) = propose(&c, &fed, r1, signer, body).await;
+        assert_eq!(s, status, "{what}: {v}");
+        assert_eq!(v["error"]["code"], code, "{what}: {v}");
+    }
+    // None of them took slot 1001.
+    let (s, v) = propose(
+        &c,
+        &fed,
+        r1,
+        &as_continent,
+        proposal(&continent_key, "asia", 1001, 3),
+    )
+    .await;
+    assert_eq!((s, v["earlier"].as_bool()), (200, Some(false)), "{v}");
+
+    // The 65% representative alone: pending, across a restart of the continent; a 17.5%
+    // one back makes 82.5%, and the restarted continent asks again by itself.
+    fed.stop("rep-asia-2", grace).await.unwrap();
+    fed.stop("rep-asia-3", grace).await.unwrap();
+    let (id, _) = new_continent_batch(&c, &fed, &key, 1).await;
+    let a = wait_approval(&c, &fed, &id, "the big representative's vote", |a| {
+        a["stake"] == 650
+    })
+    .await;
+    assert_eq!(a["status"], "pending", "{a}");
+    assert_eq!(a["total_stake"], 1000, "{a}");
+    fed.stop("continent-asia", grace).await.unwrap();
+    fed.restart("continent-asia").await.unwrap();
+    assert_eq!(approval(&c, &fed, &id).await["status"], "pending");
+    fed.restart("rep-asia-3").await.unwrap();
+    let a = wait_approval(&c, &fed, &id, "the batch approved", |a| {
+        a["status"] == "approved"
+    })
+    .await;
+    assert_eq!(
+        (a["stake"].as_u64(), a["total_stake"].as_u64()),
+        (Some(825), Some(1000))
+    );
+    let reps = representatives(&c, &fed).await;
+    assert_eq!(rep(&reps, "rep-asia-2")["votes_cast"], 0, "{reps}");
     fed.shutdown().await.unwrap();
 }
