@@ -136,3 +136,95 @@ impl DposConfig {
         p
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine;
+
+    use super::*;
+    use crate::config::Config;
+
+    fn key() -> String {
+        let k = crate::crypto::SigningKey::from_seed([9; 32]).unwrap();
+        base64::engine::general_purpose::STANDARD.encode(k.public_key())
+    }
+
+    fn continent(dpos: &str) -> String {
+        format!(
+            "[node]\nid = \"continent-asia\"\nrole = \"continent\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"/tmp/x\"\ncontinent = \"asia\"\n[[auth.peers]]\nid = \"city-tokyo\"\nrole = \"city\"\ncity = \"tokyo\"\npublic_key = \"{}\"\n{dpos}",
+            key()
+        )
+    }
+
+    fn rep(id: &str, stake: u64, url: &str) -> String {
+        format!(
+            "[[dpos.representatives]]\nid = \"{id}\"\npublic_key = \"{}\"\nstake = {stake}\nurl = \"{url}\"\n",
+            key()
+        )
+    }
+
+    #[test]
+    fn the_engine_defaults_to_two_thirds_when_representatives_are_listed() {
+        let off = Config::parse(&continent("")).unwrap();
+        assert_eq!(off.dpos.engine(), ApprovalEngineName::Off);
+        let text = continent(&rep("rep-1", 100, "http://127.0.0.1:9"));
+        let on = Config::parse(&text).unwrap();
+        assert_eq!(on.dpos.engine(), ApprovalEngineName::StakeTwoThirds);
+        assert_eq!(on.dpos.slash_fraction, 1.0);
+        assert_eq!(Config::parse(&on.to_toml()).unwrap(), on, "it round-trips");
+    }
+
+    #[test]
+    fn every_dpos_problem_is_reported_at_once() {
+        let text = continent(&format!(
+            "[dpos]\nslash_fraction = 1.5\nretry_initial = \"10s\"\nretry_max = \"1s\"\n{}{}[[dpos.representatives]]\nid = \"rep-2\"\npublic_key = \"AAAA\"\nstake = 0\nurl = \"ftp://x\"\n",
+            rep("rep-1", 0, "http://127.0.0.1:9"),
+            rep("rep-1", 0, "http://127.0.0.1:9"),
+        ));
+        let err = Config::parse(&text).unwrap_err();
+        let all = err.problems.join("\n");
+        assert!(all.contains("slash_fraction must be 0.0 to 1.0"), "{all}");
+        assert!(all.contains("retry_initial at most retry_max"), "{all}");
+        assert!(all.contains("stakes must not all be 0"), "{all}");
+        assert!(all.contains("duplicate id"), "{all}");
+        assert!(all.contains("not a base64 ML-DSA-65 public key"), "{all}");
+        assert!(all.contains("not an http(s) URL"), "{all}");
+        assert_eq!(err.problems.len(), 6, "{all}");
+        let err = Config::parse(&continent("[dpos]\nengine = \"stake_two_thirds\"\n")).unwrap_err();
+        assert!(
+            err.problems
+                .join("\n")
+                .contains("needs [[dpos.representatives]]")
+        );
+    }
+
+    #[test]
+    fn a_representative_serves_its_continent_node_and_only_continents_collect_votes() {
+        let node = |peer_role: &str| {
+            format!(
+                "[node]\nid = \"rep-1\"\nrole = \"representative\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"/tmp/x\"\ncontinent = \"asia\"\n[[auth.peers]]\nid = \"x\"\nrole = \"{peer_role}\"\npublic_key = \"{}\"\n",
+                key()
+            )
+        };
+        Config::parse(&node("continent")).unwrap();
+        let err = Config::parse(&node("city")).unwrap_err();
+        let all = err.problems.join("\n");
+        assert!(all.contains("must list its continent node"), "{all}");
+        assert!(
+            all.contains("serves its continent node, not a city"),
+            "{all}"
+        );
+        let text = format!(
+            "{}{}",
+            node("continent"),
+            rep("rep-2", 1, "http://127.0.0.1:9")
+        );
+        let err = Config::parse(&text).unwrap_err();
+        assert!(
+            err.problems
+                .join("\n")
+                .contains("[dpos] is for continent nodes"),
+            "{err}"
+        );
+    }
+}

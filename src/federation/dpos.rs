@@ -216,3 +216,112 @@ impl DposBook {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine;
+
+    use super::*;
+    use crate::config::RepresentativeEntry;
+    use crate::crypto::SigningKey;
+    use crate::messages::dpos::Vote;
+    use crate::messages::federation::{
+        ContinentBatch, ContinentBatchHeader, ContinentRecord, SignedContinentBatch,
+    };
+    use crate::storage::immutable_log::ImmutableLog;
+
+    fn key(n: u8) -> SigningKey {
+        SigningKey::from_seed([n; 32]).unwrap()
+    }
+
+    fn vote(n: u8, slot: u64, batch_id: Hash32) -> SignedVote {
+        SignedVote::sign(
+            &key(n),
+            Vote {
+                continent: "asia".into(),
+                slot,
+                batch_id,
+                representative: format!("rep-{n}"),
+            },
+        )
+        .unwrap()
+    }
+
+    async fn book(dir: &std::path::Path) -> (DposBook, Hash32) {
+        let log = Arc::new(ImmutableLog::open(&dir.join("log")).unwrap());
+        let store = Arc::new(ContinentStore::open(dir, 1 << 20, log).unwrap());
+        let batch = ContinentBatch {
+            header: ContinentBatchHeader {
+                continent: "asia".into(),
+                seq: 0,
+                parents: vec![],
+                entries_root: [0; 32],
+                entry_count: 0,
+                created_at_ms: 1,
+            },
+            entries: vec![],
+        };
+        let signed = SignedContinentBatch::sign(&key(9), "continent-asia", batch).unwrap();
+        let id = signed.id();
+        store
+            .append(&ContinentRecord {
+                batch: signed,
+                certified: vec![],
+            })
+            .await
+            .unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let config = DposConfig {
+            representatives: (1..=3)
+                .map(|n| RepresentativeEntry {
+                    id: format!("rep-{n}"),
+                    public_key: b64.encode(key(n).public_key()),
+                    stake: 100,
+                    url: "http://127.0.0.1:9".into(),
+                })
+                .collect(),
+            ..DposConfig::default()
+        };
+        (DposBook::new("asia".into(), &config, store), id)
+    }
+
+    #[tokio::test]
+    async fn approval_is_recorded_once_at_two_thirds_and_stands_after_a_slash() {
+        let dir = tempfile::tempdir().unwrap();
+        let (book, id) = book(dir.path()).await;
+        assert!(!book.accept(&vote(1, 0, id)).unwrap().approved_now);
+        assert!(matches!(
+            book.accept(&vote(2, 5, id)),
+            Err(VoteRefusal::WrongSlot { .. })
+        ));
+        assert!(book.accept(&vote(2, 0, id)).unwrap().approved_now);
+        assert!(!book.accept(&vote(3, 0, id)).unwrap().approved_now, "once");
+        let approved = book.store.dpos_approval(&id).unwrap().unwrap();
+        assert_eq!((approved.stake, approved.total_stake), (200, 300));
+        // rep-2 equivocates: slashed to 0; the approval stands.
+        let out = book.accept(&vote(2, 0, [7; 32])).unwrap();
+        assert!(matches!(
+            out.recorded,
+            Recorded::Conflict {
+                offence: Some(_),
+                ..
+            }
+        ));
+        let standing = book.standings().unwrap();
+        assert_eq!((standing[1].stake, standing[1].slashed), (0, 100));
+        assert_eq!(book.store.dpos_approval(&id).unwrap().unwrap(), approved);
+        assert_eq!(book.tally(&id).unwrap().0.total, 200);
+        // Forged and unknown votes change nothing.
+        let mut forged = vote(1, 0, [8; 32]);
+        forged.representative = "rep-3".into();
+        assert!(matches!(
+            book.accept(&forged),
+            Err(VoteRefusal::Invalid(VoteError::BadSignature(_)))
+        ));
+        assert!(matches!(
+            book.accept(&vote(4, 0, id)),
+            Err(VoteRefusal::Invalid(VoteError::UnknownRepresentative(_)))
+        ));
+        assert_eq!(book.store.dpos_evidence().unwrap().len(), 1);
+    }
+}
