@@ -327,3 +327,128 @@ impl Actor for Approver {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine;
+
+    use super::*;
+    use crate::city::mailbox::{Bounded, Depth};
+    use crate::config::{Config, RepresentativeEntry};
+    use crate::messages::federation::{
+        ContinentBatch, ContinentBatchHeader, ContinentRecord, SignedContinentBatch,
+    };
+    use crate::node::RunningNode;
+    use crate::storage::continent_store::ContinentStore;
+    use crate::storage::immutable_log::ImmutableLog;
+
+    fn b64(key: &SigningKey) -> String {
+        base64::engine::general_purpose::STANDARD.encode(key.public_key())
+    }
+
+    /// A representative of asia serving `continent`, in this process.
+    async fn representative(
+        dir: &std::path::Path,
+        id: &str,
+        continent: &SigningKey,
+    ) -> (RunningNode, String) {
+        let text = format!(
+            "[node]\nid = \"{id}\"\nrole = \"representative\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\ncontinent = \"asia\"\n[[auth.peers]]\nid = \"continent-asia\"\nrole = \"continent\"\ncontinent = \"asia\"\npublic_key = \"{}\"\n",
+            dir.join(id).display(),
+            b64(continent)
+        );
+        let config = Config::parse(&text).unwrap();
+        let key_path = config.node.key_path();
+        let node = crate::node::start(config).await.unwrap();
+        (node, b64(&SigningKey::load(&key_path).unwrap()))
+    }
+
+    async fn batch(store: &ContinentStore, key: &SigningKey, seq: u64) -> Hash32 {
+        let batch = ContinentBatch {
+            header: ContinentBatchHeader {
+                continent: "asia".into(),
+                seq,
+                parents: vec![],
+                entries_root: [0; 32],
+                entry_count: 0,
+                created_at_ms: seq,
+            },
+            entries: vec![],
+        };
+        let signed = SignedContinentBatch::sign(key, "continent-asia", batch).unwrap();
+        let id = signed.id();
+        store
+            .append(&ContinentRecord {
+                batch: signed,
+                certified: vec![],
+            })
+            .await
+            .unwrap();
+        id
+    }
+
+    async fn approved(
+        store: &ContinentStore,
+        id: &Hash32,
+    ) -> crate::storage::continent_dpos::Approval {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(a) = store.dpos_approval(id).unwrap() {
+                return a;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not approved in time"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_stored_before_the_approver_starts_and_one_after_are_both_approved() {
+        let dir = tempfile::tempdir().unwrap();
+        let continent = Arc::new(SigningKey::from_seed([9; 32]).unwrap());
+        let mut reps = Vec::new();
+        let mut entries = Vec::new();
+        for n in 1..=3 {
+            let id = format!("rep-{n}");
+            let (node, key) = representative(dir.path(), &id, &continent).await;
+            entries.push(RepresentativeEntry {
+                id,
+                public_key: key,
+                stake: 100,
+                url: format!("http://{}", node.addr),
+            });
+            reps.push(node);
+        }
+        let config = DposConfig {
+            representatives: entries,
+            retry_initial: Duration::from_millis(20),
+            retry_max: Duration::from_millis(200),
+            ..DposConfig::default()
+        };
+        let log = Arc::new(ImmutableLog::open(&dir.path().join("log")).unwrap());
+        let store = Arc::new(ContinentStore::open(dir.path(), 1 << 20, log).unwrap());
+        // Left from before a restart: asked as soon as the Approver starts.
+        let first = batch(&store, &continent, 0).await;
+        let book = Arc::new(DposBook::new("asia".into(), &config, store.clone()));
+        let args = ApproverArgs {
+            config,
+            node_id: "continent-asia".into(),
+            key: continent.clone(),
+            book,
+        };
+        let (actor, _) = Actor::spawn(None, Bounded(Approver), (args, Depth::new("approver")))
+            .await
+            .unwrap();
+        let a = approved(&store, &first).await;
+        assert!(a.stake >= 200 && a.total_stake == 300, "{a:?}");
+        // A batch stored while it runs is asked at once.
+        let second = batch(&store, &continent, 1).await;
+        approved(&store, &second).await;
+        actor.stop(None);
+        for r in reps {
+            r.stop().await;
+        }
+    }
+}
