@@ -89,12 +89,13 @@ pub enum ApproverMsg {
     Kick,
     /// The backoff of timer `.0` ended.
     Retry(u64),
-    /// A round ended: batches are still pending, something was approved, and where the
-    /// next round starts.
+    /// A round ended: batches are still pending, something was approved, the lowest
+    /// sequence number that may be unapproved, and where the next round looks first.
     Done {
         pending: bool,
         approved: bool,
-        from: u64,
+        low: u64,
+        next: u64,
     },
     /// Fault injection (`[supervisor] fault_injection`): the actor panics.
     Panic,

@@ -3,7 +3,8 @@
 //! Woken when a continent batch is durable (the store's `batch_added`), at start (so
 //! batches left unapproved by a restart are asked again) and by its own backoff timer.
 //! A round is a task: it reads up to [`BATCHES_PER_ROUND`] unapproved batches from the
-//! index, sends each (header and the continent's signature, read back from the log) to
+//! index (from where the last round stopped, so that a batch that cannot be approved
+//! never hides the ones after it; wrapping to the lowest unapproved one), sends each (header and the continent's signature, read back from the log) to
 //! every representative that has no recorded vote for that slot, all in parallel, as
 //! signed requests; checks every vote that comes back against the configured key and
 //! records it ([`DposBook::accept`]: votes, evidence, slashes, approvals, fsynced). A
@@ -59,7 +60,9 @@ pub struct ApproverState {
     max: Duration,
     delay: Duration,
     /// The lowest sequence number that may still be unapproved.
-    from: u64,
+    low: u64,
+    /// Where the next round looks first (at or above `low`).
+    next: u64,
     in_flight: bool,
     again: bool,
     timer: u64,
@@ -103,28 +106,47 @@ impl Round {
         }
     }
 
-    /// One round; returns (batches still pending, something was approved, next `from`).
-    async fn run(self: Arc<Self>, from: u64) -> (bool, bool, u64) {
-        let book = self.book.clone();
-        let pending = match tokio::task::spawn_blocking(move || {
-            book.store.dpos_unapproved(from, BATCHES_PER_ROUND)
+    /// Up to [`BATCHES_PER_ROUND`] unapproved batches from `start`. Blocks.
+    fn unapproved(&self, start: u64) -> Result<Vec<(u64, Hash32, u64)>, String> {
+        self.book
+            .store
+            .dpos_unapproved(start, BATCHES_PER_ROUND)
+            .map_err(|e| e.to_string())
+    }
+
+    /// One round from `next` (or from `low` once past the last pending batch); returns
+    /// (batches still pending, something was approved, the new `low`, the new `next`).
+    async fn run(self: Arc<Self>, low: u64, next: u64) -> (bool, bool, u64, u64) {
+        let me = self.clone();
+        let scanned = tokio::task::spawn_blocking(move || {
+            let start = next.max(low);
+            let found = me.unapproved(start)?;
+            if found.is_empty() && start > low {
+                return Ok((low, me.unapproved(low)?));
+            }
+            Ok::<_, String>((start, found))
         })
         .await
-        {
-            Ok(Ok(p)) => p,
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "reading unapproved continent batches failed");
-                return (true, false, from);
-            }
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+        let (start, pending) = match scanned {
+            Ok(found) => found,
             Err(e) => {
                 tracing::error!(error = %e, "reading unapproved continent batches failed");
-                return (true, false, from);
+                return (true, false, low, next);
             }
         };
         let Some(first) = pending.first() else {
-            return (false, false, from);
+            return (false, false, low, low);
         };
-        let next_from = first.0;
+        // A scan from `low` finds the lowest unapproved batch; one from further on does not.
+        let new_low = if start == low { first.0 } else { low };
+        let new_next = match pending.last() {
+            Some(last) if pending.len() == BATCHES_PER_ROUND => last.0 + 1,
+            _ => new_low,
+        };
+        // Batches outside this window may wait too: below it, or after a full one.
+        let more = start > new_low || pending.len() == BATCHES_PER_ROUND;
         // (batch, representative, url, proposal body)
         let mut asks: Vec<(Hash32, String, String, Vec<u8>)> = Vec::new();
         for (seq, id, record_index) in &pending {
@@ -190,10 +212,10 @@ impl Round {
         })
         .await;
         match result {
-            Ok((pending, approved)) => (pending, approved, next_from),
+            Ok((pending, approved)) => (pending || more, approved, new_low, new_next),
             Err(e) => {
                 tracing::error!(error = %e, "recording votes failed");
-                (true, false, next_from)
+                (true, false, new_low, new_next)
             }
         }
     }
@@ -206,13 +228,15 @@ impl Approver {
             return;
         }
         state.in_flight = true;
-        let (round, me, from) = (state.round.clone(), myself.clone(), state.from);
+        let (round, me) = (state.round.clone(), myself.clone());
+        let (low, next) = (state.low, state.next);
         tokio::spawn(async move {
-            let (pending, approved, from) = round.run(from).await;
+            let (pending, approved, low, next) = round.run(low, next).await;
             let _ = me.cast(ApproverMsg::Done {
                 pending,
                 approved,
-                from,
+                low,
+                next,
             });
         });
     }
@@ -222,10 +246,11 @@ impl Approver {
         state: &mut ApproverState,
         pending: bool,
         approved: bool,
-        from: u64,
+        (low, next): (u64, u64),
     ) {
         state.in_flight = false;
-        state.from = from;
+        state.low = low;
+        state.next = next;
         if approved {
             state.delay = state.initial;
         }
@@ -287,7 +312,8 @@ impl Actor for Approver {
             initial: args.config.retry_initial,
             max: args.config.retry_max,
             delay: args.config.retry_initial,
-            from: 0,
+            low: 0,
+            next: 0,
             in_flight: false,
             again: false,
             timer: 0,
@@ -311,8 +337,9 @@ impl Actor for Approver {
             ApproverMsg::Done {
                 pending,
                 approved,
-                from,
-            } => Self::done(&myself, state, pending, approved, from),
+                low,
+                next,
+            } => Self::done(&myself, state, pending, approved, (low, next)),
             ApproverMsg::Panic => panic!("fault injected into approver"),
         }
         Ok(())
@@ -405,7 +432,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_batch_stored_before_the_approver_starts_and_one_after_are_both_approved() {
+    async fn batches_stored_before_the_approver_starts_and_while_it_runs_are_all_approved() {
         let dir = tempfile::tempdir().unwrap();
         let continent = Arc::new(SigningKey::from_seed([9; 32]).unwrap());
         let mut reps = Vec::new();
@@ -431,6 +458,11 @@ mod tests {
         let store = Arc::new(ContinentStore::open(dir.path(), 1 << 20, log).unwrap());
         // Left from before a restart: asked as soon as the Approver starts.
         let first = batch(&store, &continent, 0).await;
+        // More than one round's window waiting at once: every one is reached.
+        let mut many = Vec::new();
+        for seq in 1..=BATCHES_PER_ROUND as u64 + 8 {
+            many.push(batch(&store, &continent, seq).await);
+        }
         let book = Arc::new(DposBook::new("asia".into(), &config, store.clone()));
         let args = ApproverArgs {
             config,
@@ -443,8 +475,11 @@ mod tests {
             .unwrap();
         let a = approved(&store, &first).await;
         assert!(a.stake >= 200 && a.total_stake == 300, "{a:?}");
+        for id in &many {
+            approved(&store, id).await;
+        }
         // A batch stored while it runs is asked at once.
-        let second = batch(&store, &continent, 1).await;
+        let second = batch(&store, &continent, BATCHES_PER_ROUND as u64 + 9).await;
         approved(&store, &second).await;
         actor.stop(None);
         for r in reps {
