@@ -107,6 +107,13 @@ pub const CONTINENT_BATCHES: &str = "citychain_continent_batches_total";
 pub const CONTINENT_BATCHES_RECEIVED: &str = "citychain_continent_batches_received_total";
 /// Counter (global): checkpoints signed and written to the log.
 pub const CHECKPOINTS: &str = "citychain_checkpoints_total";
+/// Counter (continent), label `outcome` (`recorded`, `duplicate`, `equivocation`,
+/// `bad_signature`, `unknown`, `invalid`, `store_failed`): votes on continent batches.
+pub const DPOS_VOTES: &str = "citychain_dpos_votes_total";
+/// Counter (continent): continent batches approved by two thirds of the stake.
+pub const DPOS_APPROVED: &str = "citychain_dpos_approved_batches_total";
+/// Gauge (continent): stake slashed from equivocating representatives, in all.
+pub const DPOS_SLASHED: &str = "citychain_dpos_slashed_stake";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 

@@ -10,6 +10,9 @@
 //! - `global`: the Collector (continent batches into its log) and the Checkpointer (a
 //!   signed checkpoint over the log at an interval), under a supervisor; the signed
 //!   endpoint its continents forward to, checkpoints and inclusion proofs.
+//! - `representative`: a vote store and the signed proposal endpoint its continent node
+//!   calls; it votes at most once per slot (DPoS approval).
+//! - A continent with `[dpos]` representatives also runs the Approver under its supervisor.
 //! - A city or continent with `[uplink]` keeps an outbox and runs the Uplink actor.
 //!
 //! Every role serves `/healthz`, `/readyz` and `/metrics`. Shutdown is one call
@@ -189,6 +192,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<RunningNode> {
         Role::Light | Role::Full => start_storage(config, listener, addr, identity),
         Role::Continent => start_continent(config, listener, addr, identity).await,
         Role::Global => start_global(config, listener, addr, identity).await,
+        Role::Representative => start_representative(config, listener, addr, identity),
     }?;
     // Written once the node serves, so a launcher that asked for port 0 learns the real one.
     let tmp = addr_file.with_extension("tmp");
@@ -403,6 +407,70 @@ fn start_storage(
     Ok(RunningNode::without_actors(addr, role, server))
 }
 
+/// A representative: its key, its vote store, and the proposal endpoint its continent
+/// node (the peer on its allow-list) calls.
+fn start_representative(
+    config: Config,
+    listener: TcpListener,
+    addr: SocketAddr,
+    identity: web::Data<common::NodeIdentity>,
+) -> anyhow::Result<RunningNode> {
+    let key = Arc::new(load_or_create_key(&config.node.key_path())?);
+    // Seeds the random generator before the first vote (see `start_storage`).
+    key.sign(b"citychain representative start")
+        .context("signing with the node key")?;
+    let store = Arc::new(
+        crate::storage::dpos_store::DposStore::open(&config.node.data_dir).with_context(|| {
+            format!(
+                "opening the vote store in {}",
+                config.node.data_dir.display()
+            )
+        })?,
+    );
+    let continents = config
+        .auth
+        .peers
+        .iter()
+        .filter(|p| p.role == Role::Continent)
+        .filter_map(|p| {
+            Some((
+                p.id.clone(),
+                crate::config::decode_public_key(&p.public_key)?,
+            ))
+        })
+        .collect();
+    let state = web::Data::new(crate::http::dpos_api::RepresentativeState {
+        node_id: config.node.id.clone(),
+        continent: config.node.continent.clone(),
+        key,
+        continents,
+        store,
+    });
+    let auth = web::Data::new(PeerAuth::new(config.node.id.clone(), &config.auth));
+    let readiness: ReadinessCheck = Arc::new(|| Ok(()));
+    let readiness = web::Data::new(readiness);
+    let options = ServerOptions {
+        workers: 2,
+        shutdown_timeout_secs: 5,
+        limits: Limits::new(config.limits.clone()),
+        blocking_threads: None,
+    };
+    let server = serve(listener, options, move |app| {
+        app.app_data(state.clone())
+            .app_data(auth.clone())
+            .app_data(readiness.clone())
+            .app_data(identity.clone())
+            .configure(crate::http::dpos_api::configure_representative)
+            .configure(common::configure);
+    })?;
+    tracing::info!(%addr, node = %config.node.id, "representative listening");
+    Ok(RunningNode::without_actors(
+        addr,
+        Role::Representative,
+        server,
+    ))
+}
+
 fn uplink_parts(
     outbox: Arc<dyn Outbox>,
     added: Arc<tokio::sync::Notify>,
@@ -512,10 +580,29 @@ async fn start_continent(
         tracing::warn!("no [uplink]: continent batches are kept here and forwarded nowhere");
     }
     let uplink_info = uplink.as_ref().map(uplink_info);
-    // Merger (and Uplink) under the supervisor.
-    let level =
-        crate::federation::start_continent(config.clone(), key, store.clone(), uplink).await?;
+    // DPoS approval: the engine's rules over the store, for the Approver and the routes.
+    let dpos = Arc::new(crate::federation::dpos::DposBook::new(
+        config.node.continent.clone(),
+        &config.dpos,
+        store.clone(),
+    ));
+    if dpos.enabled() {
+        dpos.publish_slashed()
+            .context("reading the DPoS stake ledger")?;
+    }
+    // Merger (and Uplink, and Approver) under the supervisor.
+    let level = crate::federation::start_continent(
+        config.clone(),
+        key,
+        store.clone(),
+        uplink,
+        dpos.clone(),
+    )
+    .await?;
+    let dpos_config = web::Data::new(config.dpos.clone());
+    let dpos_book = web::Data::new(dpos.clone());
     let state = web::Data::new(ContinentState {
+        dpos,
         merger: level.entry.clone(),
         store,
         check: Arc::new(crate::federation::verify::CityBatchCheck::from_config(
@@ -532,7 +619,10 @@ async fn start_continent(
             .app_data(identity.clone())
             .app_data(actors.clone())
             .app_data(log_state.clone())
+            .app_data(dpos_config.clone())
+            .app_data(dpos_book.clone())
             .configure(federation_api::configure_continent)
+            .configure(crate::http::dpos_api::configure_continent)
             .configure(log_api::configure)
             .configure(common::configure)
             .configure(common::configure_actors)

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod dpos;
 mod federation;
 mod limits;
 mod pop;
@@ -17,6 +18,7 @@ mod sections;
 mod validate;
 mod vault;
 
+pub use dpos::{ApprovalEngineName, DposConfig, RepresentativeEntry};
 pub use federation::{ContinentConfig, GlobalConfig, UplinkConfig};
 pub use limits::*;
 pub use pop::{MAX_FENCE_VERTICES, PlaceEngineName, PopConfig, parse_fence};
@@ -62,6 +64,9 @@ pub struct Config {
     /// The storage-rewards engine (a city's); see [`RewardsConfig`].
     #[serde(default)]
     pub rewards: RewardsConfig,
+    /// Continent nodes: approval of continent batches by representatives.
+    #[serde(default)]
+    pub dpos: DposConfig,
 }
 
 /// Every problem found in a config file.
@@ -71,9 +76,10 @@ pub struct ConfigErrors {
     pub problems: Vec<String>,
 }
 
-const SECTIONS: [&str; 17] = [
+const SECTIONS: [&str; 18] = [
     "pop",
     "rewards",
+    "dpos",
     "uplink",
     "continent",
     "global",
@@ -168,6 +174,7 @@ impl Config {
             continent: section(&table, "continent", &mut problems),
             global: section(&table, "global", &mut problems),
             rewards: section(&table, "rewards", &mut problems),
+            dpos: section(&table, "dpos", &mut problems),
         });
         let mut config = config;
         if let Some(c) = &mut config {
@@ -194,6 +201,7 @@ impl Config {
             Role::City => self.intake.max_body_bytes,
             Role::Light | Role::Full => self.batcher.max_batch_bytes + BATCH_ENVELOPE_BYTES,
             Role::Continent | Role::Global => crate::messages::federation::MAX_SUBMISSION_BYTES,
+            Role::Representative => crate::messages::dpos::MAX_DPOS_BODY_BYTES,
         }
     }
 

@@ -17,6 +17,8 @@ pub enum Role {
     Global,
     Light,
     Full,
+    /// Votes on its continent's batches (DPoS approval).
+    Representative,
 }
 
 impl Role {
@@ -27,6 +29,7 @@ impl Role {
             Role::Global => "global",
             Role::Light => "light",
             Role::Full => "full",
+            Role::Representative => "representative",
         }
     }
 
@@ -479,11 +482,12 @@ pub enum ActorName {
     Merger,
     Collector,
     Checkpointer,
+    Approver,
 }
 
 impl ActorName {
     /// Every supervised actor: the city's in start order, then the federation levels'.
-    pub const ALL: [ActorName; 11] = [
+    pub const ALL: [ActorName; 12] = [
         ActorName::Failover,
         ActorName::StorageWriter,
         ActorName::Prioritizer,
@@ -495,6 +499,7 @@ impl ActorName {
         ActorName::Merger,
         ActorName::Collector,
         ActorName::Checkpointer,
+        ActorName::Approver,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -510,6 +515,7 @@ impl ActorName {
             ActorName::Merger => "merger",
             ActorName::Collector => "collector",
             ActorName::Checkpointer => "checkpointer",
+            ActorName::Approver => "approver",
         }
     }
 

@@ -218,6 +218,14 @@ impl Config {
         if self.global.checkpoint_interval.is_zero() {
             p.push("[global] checkpoint_interval must be positive".into());
         }
+        if self.node.role == Role::Continent {
+            p.extend(self.dpos.problems());
+        } else if !self.dpos.representatives.is_empty() {
+            p.push(format!(
+                "[dpos] is for continent nodes; a {} node collects no votes",
+                self.node.role
+            ));
+        }
         p
     }
 }
@@ -243,6 +251,10 @@ impl Config {
                 "[auth] the global node must list its continents in [[auth.peers]] (role \"continent\", with their continent); without them it refuses every batch"
                     .into(),
             ),
+            Role::Representative if !a.peers.iter().any(|e| e.role == Role::Continent) => p.push(
+                "[auth] a representative must list its continent node in [[auth.peers]] (role \"continent\"); without it it refuses every proposal"
+                    .into(),
+            ),
             _ => {}
         }
         let mut ids = BTreeSet::new();
@@ -261,6 +273,10 @@ impl Config {
                     )),
                 Role::Global if e.role != Role::Continent => p.push(format!(
                     "{at}: the global node serves continents, not a {}",
+                    e.role
+                )),
+                Role::Representative if e.role != Role::Continent => p.push(format!(
+                    "{at}: a representative serves its continent node, not a {}",
                     e.role
                 )),
                 Role::Global if e.continent.as_deref().is_none_or(|c| c.trim().is_empty()) => {

@@ -176,7 +176,7 @@ impl RewardEngine for PohScore {
         let tenths = match role {
             Role::Light => self.light_tenths,
             Role::Full => self.full_tenths,
-            Role::City | Role::Continent | Role::Global => 0,
+            Role::City | Role::Continent | Role::Global | Role::Representative => 0,
         };
         u64::from(score.min(MAX_SCORE)) * tenths * self.points_per_score / 10
     }

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! continent:  HTTP ─verify─▶ Merger ──(continent batch: log + index, fsynced)──▶ outbox ─▶ Uplink ─▶ global
+//!                                                                   └──▶ Approver ─▶ representatives (votes)
 //! global:     HTTP ─verify─▶ Collector ──(log + index, fsynced)
 //!                            Checkpointer ──(every interval: signed root of the log, into the log)
 //! ```
@@ -11,12 +12,15 @@
 //! - [`actors`]: the Merger, the Collector and the Checkpointer.
 //! - [`verify`]: what a continent checks of a city's batch and the global node of a
 //!   continent's (allow-lists, signatures, certificates), and the entries' Merkle tree.
+//! - [`dpos`]: the continent's side of DPoS approval (the engine's rules over its store),
+//!   shared by the Approver and the HTTP layer.
 //! - [`proof`]: the inclusion proof from a city batch to a checkpoint, and its check.
 //!
 //! [`start_continent`] and [`start_global`] are the wiring: mailboxes first, then the
 //! child table.
 
 pub mod actors;
+pub mod dpos;
 pub mod msgs;
 pub mod proof;
 pub mod verify;
@@ -34,10 +38,11 @@ use crate::config::{ActorName, Config};
 use crate::crypto::SigningKey;
 use crate::storage::continent_store::ContinentStore;
 use crate::storage::global_store::GlobalStore;
+use actors::approver::{Approver, ApproverArgs};
 use actors::checkpointer::{Checkpointer, CheckpointerArgs};
 use actors::collector::{Collector, CollectorArgs};
 use actors::merger::{Merger, MergerArgs, StoreHealth};
-use msgs::{CheckpointerMsg, CollectorMsg, MergerMsg};
+use msgs::{ApproverMsg, CheckpointerMsg, CollectorMsg, MergerMsg};
 
 /// The name of a continent's supervisor in its actor table.
 pub const CONTINENT_SUPERVISOR: &str = "continent_supervisor";
@@ -91,25 +96,28 @@ async fn supervise<M: ractor::Message>(
     })
 }
 
-/// Starts a continent's actors: the Merger over its store, and the Uplink to the global
-/// node when `uplink` is given.
+/// Starts a continent's actors: the Merger over its store, the Uplink to the global node
+/// when `uplink` is given, and the Approver when `dpos` runs an engine.
 pub async fn start_continent(
     config: Arc<Config>,
     key: Arc<SigningKey>,
     store: Arc<ContinentStore>,
     uplink: Option<UplinkParts>,
+    dpos: Arc<dpos::DposBook>,
 ) -> anyhow::Result<Level<MergerMsg>> {
     let merger: Mailbox<MergerMsg> = detached(ActorName::Merger, actors::merger::MAILBOX_CAPACITY);
     let uplink_box: Mailbox<UplinkMsg> = detached(
         ActorName::Uplink,
         crate::city::actors::uplink::MAILBOX_CAPACITY,
     );
+    let approver: Mailbox<ApproverMsg> =
+        detached(ActorName::Approver, actors::approver::MAILBOX_CAPACITY);
     let health = StoreHealth::default();
     let sequencer = Arc::new(tokio::sync::Mutex::new(()));
     let mut children: Vec<Box<dyn Child>> = Vec::new();
     // Merger: verified city batches in; continent batches to the log and the outbox.
     children.push(ChildSpec::new(ActorName::Merger, || Merger, &merger, {
-        let (cfg, health) = (config.clone(), health.clone());
+        let (cfg, health, key) = (config.clone(), health.clone(), key.clone());
         move || MergerArgs {
             config: cfg.continent.clone(),
             continent: cfg.node.continent.clone(),
@@ -125,6 +133,24 @@ pub async fn start_continent(
         children.push(ChildSpec::new(ActorName::Uplink, || Uplink, &uplink_box, {
             move || parts.args()
         }));
+    }
+    // Approver: durable continent batches in; proposals to the representatives, their
+    // votes to the store. Approval gates nothing the other two do.
+    if dpos.enabled() {
+        children.push(ChildSpec::new(
+            ActorName::Approver,
+            || Approver,
+            &approver,
+            {
+                let cfg = config.clone();
+                move || ApproverArgs {
+                    config: cfg.dpos.clone(),
+                    node_id: cfg.node.id.clone(),
+                    key: key.clone(),
+                    book: dpos.clone(),
+                }
+            },
+        ));
     }
     supervise(CONTINENT_SUPERVISOR, &config, children, merger, health).await
 }

@@ -83,6 +83,30 @@ pub enum CheckpointerMsg {
     Panic,
 }
 
+/// To the Approver (continent).
+pub enum ApproverMsg {
+    /// A continent batch is durable (or the actor started): ask for what is unapproved.
+    Kick,
+    /// The backoff of timer `.0` ended.
+    Retry(u64),
+    /// A round ended: batches are still pending, something was approved, the lowest
+    /// sequence number that may be unapproved, and where the next round looks first.
+    Done {
+        pending: bool,
+        approved: bool,
+        low: u64,
+        next: u64,
+    },
+    /// Fault injection (`[supervisor] fault_injection`): the actor panics.
+    Panic,
+}
+
+impl ActorMsg for ApproverMsg {
+    fn panic() -> Self {
+        ApproverMsg::Panic
+    }
+}
+
 impl ActorMsg for MergerMsg {
     fn panic() -> Self {
         MergerMsg::Panic

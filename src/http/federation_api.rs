@@ -46,6 +46,8 @@ pub struct ContinentState {
     pub merger: Mailbox<MergerMsg>,
     pub store: Arc<ContinentStore>,
     pub check: Arc<CityBatchCheck>,
+    /// DPoS approval of its continent batches (maybe off).
+    pub dpos: Arc<crate::federation::dpos::DposBook>,
 }
 
 /// What the global node's routes need, registered as `web::Data<GlobalState>`.
@@ -288,6 +290,47 @@ pub struct ContinentBatchReply {
     pub record_index: u64,
     pub city_batches: Vec<String>,
     pub global: Option<GlobalPlaceReply>,
+    /// DPoS approval; null when the continent runs none.
+    pub approval: Option<ApprovalReply>,
+}
+
+/// A continent batch's DPoS approval.
+#[derive(Debug, Serialize)]
+pub struct ApprovalReply {
+    /// `approved` or `pending`.
+    pub status: &'static str,
+    /// Stake in force of the representatives that voted for it (at approval, once
+    /// approved).
+    pub stake: u64,
+    pub total_stake: u64,
+    pub voters: Vec<String>,
+    pub approved_at_ms: Option<u64>,
+}
+
+fn approval_of(
+    dpos: &crate::federation::dpos::DposBook,
+    id: &Hash32,
+) -> ApiResult<Option<ApprovalReply>> {
+    if !dpos.enabled() {
+        return Ok(None);
+    }
+    if let Some(a) = dpos.store.dpos_approval(id).map_err(store_error)? {
+        return Ok(Some(ApprovalReply {
+            status: "approved",
+            stake: a.stake,
+            total_stake: a.total_stake,
+            voters: a.voters,
+            approved_at_ms: Some(a.approved_at_ms),
+        }));
+    }
+    let (tally, voters) = dpos.tally(id).map_err(store_error)?;
+    Ok(Some(ApprovalReply {
+        status: "pending",
+        stake: tally.voted,
+        total_stake: tally.total,
+        voters,
+        approved_at_ms: None,
+    }))
 }
 
 fn store_error(e: impl std::fmt::Display) -> ApiError {
@@ -336,6 +379,7 @@ async fn continent_batch(
         .continent_batch(&id)
         .map_err(store_error)?
         .ok_or_else(|| ApiError::not_found(format!("no continent batch {}", path.as_str())))?;
+    let approval = approval_of(&state.dpos, &id)?;
     let h = &info.header;
     Ok(HttpResponse::Ok().json(ContinentBatchReply {
         continent_batch_id: hex32(&id),
@@ -352,6 +396,7 @@ async fn continent_batch(
             record_index: g.record_index,
             time_ms: g.time_ms,
         }),
+        approval,
     }))
 }
 
@@ -364,16 +409,24 @@ pub struct ContinentStatusReply {
     /// Continent batches the global node has not acknowledged.
     pub outbox: u64,
     pub log_records: u64,
+    /// DPoS counts; null when the continent runs no approval.
+    pub dpos: Option<crate::storage::continent_dpos::DposCounts>,
 }
 
 async fn continent_status(state: web::Data<ContinentState>) -> ApiResult<HttpResponse> {
     let c = state.store.counts().map_err(store_error)?;
+    let dpos = if state.dpos.enabled() {
+        Some(state.store.dpos_counts().map_err(store_error)?)
+    } else {
+        None
+    };
     Ok(HttpResponse::Ok().json(ContinentStatusReply {
         role: "continent",
         continent_batches: c.continent_batches,
         city_batches: c.city_batches,
         outbox: c.outbox,
         log_records: state.store.log().size(),
+        dpos,
     }))
 }
 

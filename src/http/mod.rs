@@ -5,6 +5,8 @@
 //! - [`log_api`]: `/v1/log/…` on city nodes: signed heads and Merkle proofs of the log.
 //! - [`federation_api`]: continent and global nodes: the signed internal endpoints the
 //!   level below forwards to, what each level holds, checkpoints and their proofs.
+//! - [`dpos_api`]: DPoS approval: a representative's proposal endpoint, a continent's
+//!   votes, representatives and evidence.
 //! - [`storage_api`]: the versioned internal API of light and full nodes.
 //! - [`peer_auth`]: who may call it: signed requests checked against an allow-list.
 //! - [`common`]: `/healthz`, `/readyz`, `/metrics`, JSON 404s, shared by every role.
@@ -15,6 +17,7 @@
 
 pub mod city_api;
 pub mod common;
+pub mod dpos_api;
 pub mod error;
 pub mod federation_api;
 pub mod limits;

@@ -12,6 +12,7 @@
 mod ack;
 pub mod auth;
 mod batch;
+pub mod dpos;
 pub mod federation;
 pub mod names;
 mod outcome;

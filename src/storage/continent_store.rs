@@ -23,13 +23,28 @@ use crate::messages::{BatchId, Tier, decode, encode};
 pub const FILE_NAME: &str = "continent.redb";
 
 const CITY_BATCHES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("city_batches");
-const CONTINENT_BATCHES: TableDefinition<&[u8; 32], &[u8]> =
+pub(super) const CONTINENT_BATCHES: TableDefinition<&[u8; 32], &[u8]> =
     TableDefinition::new("continent_batches");
-const BY_SEQ: TableDefinition<u64, &[u8; 32]> = TableDefinition::new("continent_batches_by_seq");
+pub(super) const BY_SEQ: TableDefinition<u64, &[u8; 32]> =
+    TableDefinition::new("continent_batches_by_seq");
 /// Continent batches the global node has not acknowledged: seq → id.
 const OUTBOX: TableDefinition<u64, &[u8; 32]> = TableDefinition::new("outbox");
 /// Continent batches the global node acknowledged: id → where it holds them.
 const DELIVERED: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("delivered");
+
+// The DPoS tables (queried by `super::continent_dpos`, which documents them); created here
+// with the rest so that every read finds them.
+pub(super) const DPOS_VOTES: TableDefinition<(&str, u64), &[u8]> =
+    TableDefinition::new("dpos_votes");
+pub(super) const DPOS_BATCH_VOTERS: TableDefinition<&[u8; 32], &[u8]> =
+    TableDefinition::new("dpos_batch_voters");
+pub(super) const DPOS_EVIDENCE: TableDefinition<(&str, u64), &[u8]> =
+    TableDefinition::new("dpos_evidence");
+pub(super) const DPOS_SLASHED: TableDefinition<&str, u64> = TableDefinition::new("dpos_slashed");
+pub(super) const DPOS_VOTES_CAST: TableDefinition<&str, u64> =
+    TableDefinition::new("dpos_votes_cast");
+pub(super) const DPOS_APPROVALS: TableDefinition<&[u8; 32], &[u8]> =
+    TableDefinition::new("dpos_approvals");
 
 /// Where a city batch was merged.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,6 +93,12 @@ impl LedgerIndex for ContinentIndex {
         tx.open_table(BY_SEQ)?;
         tx.open_table(OUTBOX)?;
         tx.open_table(DELIVERED)?;
+        tx.open_table(DPOS_VOTES)?;
+        tx.open_table(DPOS_BATCH_VOTERS)?;
+        tx.open_table(DPOS_EVIDENCE)?;
+        tx.open_table(DPOS_SLASHED)?;
+        tx.open_table(DPOS_VOTES_CAST)?;
+        tx.open_table(DPOS_APPROVALS)?;
         Ok(())
     }
 
@@ -133,9 +154,11 @@ impl LedgerIndex for ContinentIndex {
 
 /// The continent's ledger and the queries on its index.
 pub struct ContinentStore {
-    ledger: Ledger<ContinentIndex>,
+    pub(super) ledger: Ledger<ContinentIndex>,
     /// Notified when a continent batch enters the outbox.
     pub outbox_added: Arc<tokio::sync::Notify>,
+    /// Notified when a continent batch is durable (the Approver's cue).
+    pub batch_added: Arc<tokio::sync::Notify>,
 }
 
 fn get<T: serde::de::DeserializeOwned>(
@@ -156,6 +179,7 @@ impl ContinentStore {
         Ok(Self {
             ledger: Ledger::open(dir, FILE_NAME, cache_bytes, log, ContinentIndex)?,
             outbox_added: Arc::new(tokio::sync::Notify::new()),
+            batch_added: Arc::new(tokio::sync::Notify::new()),
         })
     }
 
@@ -167,6 +191,7 @@ impl ContinentStore {
             .append(RecordKind::ContinentBatch, encode(record))
             .await?;
         self.outbox_added.notify_one();
+        self.batch_added.notify_one();
         Ok(at)
     }
 

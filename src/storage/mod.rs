@@ -24,10 +24,14 @@
 //!   the continent and global nodes ([`continent_store`], [`global_store`]).
 //! - [`upstream`]: the link to the node above (signed client, outbox trait, link state);
 //!   [`outboxes`]: a city's and a continent's outbox.
+//! - [`continent_dpos`]: the continent's DPoS tables (votes, evidence, stake ledger,
+//!   approvals); [`dpos_store`]: a representative's own vote store.
 
 pub mod chain;
 pub mod city_store;
+pub mod continent_dpos;
 pub mod continent_store;
+pub mod dpos_store;
 pub mod global_store;
 pub mod group_commit;
 pub mod immutable_log;

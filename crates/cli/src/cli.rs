@@ -51,6 +51,10 @@ enum Command {
         /// Full nodes of each continent, shared by its cities.
         #[arg(long, default_value_t = 2)]
         full_per_continent: usize,
+        /// DPoS representatives of each continent, stake 100 each, each its own process;
+        /// 0 runs no approval.
+        #[arg(long, default_value_t = 3)]
+        representatives: usize,
         /// How often to print a status line when something changed (0s: never).
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         status_every: Duration,
@@ -540,6 +544,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             continents,
             light_per_city,
             full_per_continent,
+            representatives,
             status_every,
         } => {
             let topology = Topology {
@@ -547,6 +552,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 continents,
                 lights_per_city: light_per_city,
                 fulls_per_continent: full_per_continent,
+                representatives_per_continent: representatives,
             };
             crate::up_cmd::up(dir, topology, status_every).await
         }

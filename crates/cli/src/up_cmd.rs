@@ -21,7 +21,7 @@ pub(crate) async fn up(
     let spec = FederationSpec::world(dir.clone(), binary, topology).map_err(Failed::Usage)?;
     let continents = spec.continents();
     eprintln!(
-        "starting a local federation in {}/: {} ({} on {} continent(s)), {} light node(s) per city, {} full node(s) per continent, {} processes...",
+        "starting a local federation in {}/: {} ({} on {} continent(s)), {} light node(s) per city, {} full node(s) and {} representative(s) per continent, {} processes...",
         dir.display(),
         spec.cities
             .iter()
@@ -32,6 +32,7 @@ pub(crate) async fn up(
         continents.len(),
         spec.lights,
         spec.fulls,
+        spec.representatives_per_continent,
         spec.node_count(),
     );
     std::fs::create_dir_all(&dir)?;
@@ -106,6 +107,12 @@ fn ordered(fed: &Federation) -> Vec<&FedNode> {
                 .filter(|n| n.role == Role::Continent),
         );
         out.extend(fed.nodes.iter().filter(of).filter(|n| n.role == Role::Full));
+        out.extend(
+            fed.nodes
+                .iter()
+                .filter(of)
+                .filter(|n| n.role == Role::Representative),
+        );
         for city in fed.spec.cities.iter().filter(|c| c.continent == continent) {
             let at = |n: &&FedNode| n.city.as_deref() == Some(&city.city);
             out.extend(fed.nodes.iter().filter(at).filter(|n| n.role == Role::City));
@@ -129,7 +136,7 @@ fn print_summary(fed: &Federation, dir: &Path, key: &Path) {
         fed.nodes.len()
     );
     println!(
-        "  {:<10} {:<22} {:<24} {:<24} PID",
+        "  {:<14} {:<22} {:<24} {:<24} PID",
         "ROLE", "NODE", "URL", "CONTINENT / CITY"
     );
     for n in ordered(fed) {
@@ -139,7 +146,7 @@ fn print_summary(fed: &Federation, dir: &Path, key: &Path) {
             _ => "-".into(),
         };
         println!(
-            "  {:<10} {:<22} {:<24} {:<24} {}",
+            "  {:<14} {:<22} {:<24} {:<24} {}",
             n.role.as_str(),
             n.id,
             n.url,
@@ -214,6 +221,7 @@ async fn status_line(http: &reqwest::Client, fed: &Federation) -> String {
     }
     let mut continent_waiting = 0;
     let mut merged = 0;
+    let mut approved = None;
     for c in fed.spec.continents() {
         match json(
             http,
@@ -224,6 +232,9 @@ async fn status_line(http: &reqwest::Client, fed: &Federation) -> String {
             Some(v) => {
                 continent_waiting += v["outbox"].as_u64().unwrap_or(0);
                 merged += v["city_batches"].as_u64().unwrap_or(0);
+                if let Some(n) = v["dpos"]["approved_batches"].as_u64() {
+                    *approved.get_or_insert(0) += n;
+                }
             }
             None => silent.push(format!("continent-{c}")),
         }
@@ -252,6 +263,9 @@ async fn status_line(http: &reqwest::Client, fed: &Federation) -> String {
         plural(fed.spec.cities.len(), "city", "cities"),
         stored.join(", "),
     );
+    if let Some(n) = approved {
+        line.push_str(&format!(" | continent batches approved: {n}"));
+    }
     if !silent.is_empty() {
         line.push_str(&format!(" | not answering: {}", silent.join(", ")));
     }

@@ -66,8 +66,9 @@ async fn up_runs_two_cities_whose_transactions_reach_a_global_checkpoint() {
     .await;
 
     // The default topology: tokyo (asia) and paris (europe), six light nodes each, two
-    // full nodes and a continent node per continent, one global node.
-    assert_eq!(manifest.len(), 21);
+    // full nodes, three representatives and a continent node per continent, one global
+    // node.
+    assert_eq!(manifest.len(), 27);
     let count = |role: &str, city: Option<&str>, continent: Option<&str>| {
         manifest
             .iter()
@@ -81,6 +82,7 @@ async fn up_runs_two_cities_whose_transactions_reach_a_global_checkpoint() {
         assert_eq!(count("light", Some(city), Some(continent)), 6);
         assert_eq!(count("full", None, Some(continent)), 2);
         assert_eq!(count("continent", None, Some(continent)), 1);
+        assert_eq!(count("representative", None, Some(continent)), 3);
     }
     assert_eq!(count("global", None, None), 1);
     let global = url_of(&manifest, "global").to_string();

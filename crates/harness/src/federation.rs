@@ -2,8 +2,10 @@
 //! tests drive.
 //!
 //! A [`FederationSpec`] names cities, each on a continent: every city gets its own light
-//! nodes, every continent its full nodes (shared by its cities) and a continent node, and
-//! there is one global node. [`Federation::launch`] plans every node (free loopback ports,
+//! nodes, every continent its full nodes (shared by its cities), its DPoS representatives
+//! (each its own process, serving its continent node's key; the continent's `[dpos]`
+//! names them with their keys, stakes and URLs) and a continent node, and there is one
+//! global node. [`Federation::launch`] plans every node (free loopback ports,
 //! a data dir, a key for each node, each continent's key holder's vault key in
 //! `DIR/vault/CONTINENT.key` with its public key in the `[vault]` of that continent's
 //! cities, the allow-lists of the links up: a light node serves its city's key, a full
@@ -24,7 +26,8 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 use citychain::config::{
-    Config, NodeConfig, PeerKeyEntry, Role, StorageNodeEntry, UplinkConfig, VaultConfig,
+    Config, NodeConfig, PeerKeyEntry, RepresentativeEntry, Role, StorageNodeEntry, UplinkConfig,
+    VaultConfig,
 };
 use citychain::crypto::SigningKey;
 use citychain::crypto::vault::VaultKey;
@@ -110,17 +113,20 @@ pub struct Topology {
     pub continents: Option<usize>,
     pub lights_per_city: usize,
     pub fulls_per_continent: usize,
+    /// DPoS representatives per continent (0: no approval).
+    pub representatives_per_continent: usize,
 }
 
 impl Default for Topology {
     /// What `citychain up` runs: two cities on two continents, six light nodes per city,
-    /// two full nodes per continent.
+    /// two full nodes and three representatives per continent.
     fn default() -> Self {
         Self {
             cities: 2,
             continents: None,
             lights_per_city: 6,
             fulls_per_continent: 2,
+            representatives_per_continent: 3,
         }
     }
 }
@@ -191,6 +197,11 @@ pub struct FederationSpec {
     pub lights: usize,
     /// Full nodes per continent.
     pub fulls: usize,
+    /// DPoS representatives per continent, each its own process (0: the continents run
+    /// no approval).
+    pub representatives_per_continent: usize,
+    /// The representatives' stakes, in order (missing ones: [`DEFAULT_STAKE`]).
+    pub representative_stakes: Vec<u64>,
     /// Adjusts each generated config before it is written (tests shorten timers here).
     pub tweak: fn(&mut Config),
     /// How long to wait for every node to be ready.
@@ -207,6 +218,8 @@ impl FederationSpec {
             cities: vec![CitySpec::new("tokyo", "asia")],
             lights: 6,
             fulls: 2,
+            representatives_per_continent: 0,
+            representative_stakes: Vec::new(),
             tweak: |_| {},
             ready_timeout: Duration::from_secs(30),
         }
@@ -222,6 +235,7 @@ impl FederationSpec {
             cities,
             lights: topology.lights_per_city,
             fulls: topology.fulls_per_continent,
+            representatives_per_continent: topology.representatives_per_continent,
             ..Self::local(dir, binary)
         })
     }
@@ -240,9 +254,27 @@ impl FederationSpec {
     /// How many processes the federation runs.
     pub fn node_count(&self) -> usize {
         let continents = self.continents().len();
-        self.cities.len() * (self.lights + 1) + continents * (self.fulls + 1) + 1
+        self.cities.len() * (self.lights + 1)
+            + continents * (self.fulls + self.representatives_per_continent + 1)
+            + 1
+    }
+
+    /// The id of representative `i` (from 1) of `continent`.
+    pub fn representative_id(continent: &str, i: usize) -> String {
+        format!("rep-{continent}-{i}")
+    }
+
+    /// The stake of representative `i` (from 1).
+    pub fn stake_of(&self, i: usize) -> u64 {
+        self.representative_stakes
+            .get(i - 1)
+            .copied()
+            .unwrap_or(DEFAULT_STAKE)
     }
 }
+
+/// A representative's stake when the spec names none.
+pub const DEFAULT_STAKE: u64 = 100;
 
 /// Timers for a federation under test or fault injection: probes often, so a killed node
 /// is noticed within a few hundred ms; tier deadlines generous, so a loaded 2-core machine
@@ -261,6 +293,9 @@ pub fn watchful(c: &mut Config) {
     c.storage.full_deadline = Duration::from_secs(3);
     c.intake.request_timeout = Duration::from_secs(15);
     c.repair.interval = Duration::from_millis(300);
+    // Missing votes are asked again within a second.
+    c.dpos.retry_max = Duration::from_secs(1);
+    c.dpos.timeout = Duration::from_secs(3);
 }
 
 /// One line of `federation.json`.
@@ -328,15 +363,21 @@ impl Federation {
     pub async fn launch(spec: FederationSpec) -> anyhow::Result<Self> {
         let mut fed = Self::plan(spec)?;
         let deadline = Instant::now() + fed.spec.ready_timeout;
-        let storage = fed.ids_where(|r| r.is_storage());
+        // Storage nodes and representatives first: the levels above name their addresses.
+        let storage = fed.ids_where(|r| r.is_storage() || r == Role::Representative);
         for id in &storage {
             fed.spawn(id)?;
         }
         for id in &storage {
             fed.learn_address(id, deadline).await?;
         }
+        let urls: std::collections::HashMap<String, String> = storage
+            .iter()
+            .map(|id| (id.clone(), fed.node(id).url.clone()))
+            .collect();
         let entries: Vec<(StorageNodeEntry, Option<String>)> = storage
             .iter()
+            .filter(|id| fed.node(id).role.is_storage())
             .map(|id| {
                 let n = fed.node(id);
                 let entry = StorageNodeEntry {
@@ -375,6 +416,9 @@ impl Federation {
                     _ => false,
                 };
                 let node = fed.node_mut(id);
+                for rep in &mut node.config.dpos.representatives {
+                    rep.url = urls.get(&rep.id).cloned().unwrap_or_default();
+                }
                 if role != Role::Global {
                     node.config.storage.nodes = entries
                         .iter()
@@ -550,6 +594,16 @@ impl Federation {
             ));
         }
         for c in &continents {
+            roles.extend((1..=spec.representatives_per_continent).map(|i| {
+                (
+                    FederationSpec::representative_id(c, i),
+                    Role::Representative,
+                    None,
+                    Some(c.clone()),
+                )
+            }));
+        }
+        for c in &continents {
             roles.push((
                 format!("continent-{c}"),
                 Role::Continent,
@@ -594,6 +648,22 @@ impl Federation {
                 continent: Some(c.clone()),
             });
         }
+        // Each continent's representatives: their keys and stakes in its [dpos]; the URLs
+        // are known once they listen.
+        let mut dpos = std::collections::HashMap::new();
+        for c in &continents {
+            let mut reps = Vec::new();
+            for i in 1..=spec.representatives_per_continent {
+                let id = FederationSpec::representative_id(c, i);
+                reps.push(RepresentativeEntry {
+                    public_key: b64(&key_of(&id)?),
+                    id,
+                    stake: spec.stake_of(i),
+                    url: "http://127.0.0.1:1".into(),
+                });
+            }
+            dpos.insert(c.clone(), reps);
+        }
         let peers_where = |f: &dyn Fn(&CitySpec) -> bool| -> Vec<PeerKeyEntry> {
             city_peers
                 .iter()
@@ -622,7 +692,20 @@ impl Federation {
                 }
                 Role::Global => continent_peers.clone(),
                 Role::City => vec![],
+                // A representative serves its continent node alone.
+                Role::Representative => continent_peers
+                    .iter()
+                    .filter(|p| p.continent == continent)
+                    .cloned()
+                    .collect(),
             };
+            if role == Role::Continent {
+                config.dpos.representatives = continent
+                    .as_ref()
+                    .and_then(|c| dpos.get(c))
+                    .cloned()
+                    .unwrap_or_default();
+            }
             if role == Role::City {
                 config.vault = continent.as_ref().map(|c| vaults[c].clone());
                 if let Some(name) = city.as_deref()
@@ -635,7 +718,7 @@ impl Federation {
                 }
             }
             (spec.tweak)(&mut config);
-            if role.is_storage() {
+            if role.is_storage() || role == Role::Representative {
                 let key = load_or_create_key(&config.node.key_path())?;
                 keys.insert(
                     id.clone(),
@@ -703,6 +786,7 @@ impl Federation {
             continent: Default::default(),
             global: Default::default(),
             rewards: Default::default(),
+            dpos: Default::default(),
         }
     }
 
@@ -987,8 +1071,8 @@ mod tests {
         assert_eq!(names(t), pairs(&[("tokyo", "asia"), ("paris", "europe")]));
         let spec = FederationSpec::world("d".into(), "b".into(), t).unwrap();
         assert_eq!(spec.continents(), ["asia", "europe"]);
-        // 2 × (city + 6 light) + 2 × (continent + 2 full) + global.
-        assert_eq!(spec.node_count(), 21);
+        // 2 × (city + 6 light) + 2 × (continent + 2 full + 3 representatives) + global.
+        assert_eq!(spec.node_count(), 27);
     }
 
     #[test]
@@ -1155,6 +1239,18 @@ mod tests {
         assert_eq!(peers("continent-asia"), ["city-seoul", "city-tokyo"]);
         assert_eq!(peers("continent-europe"), ["city-paris"]);
         assert_eq!(peers("global"), ["continent-asia", "continent-europe"]);
+        // A representative serves its own continent node alone, which names it.
+        assert_eq!(peers("rep-asia-2"), ["continent-asia"]);
+        assert_eq!(peers("rep-europe-3"), ["continent-europe"]);
+        let reps: Vec<&str> = fed
+            .node("continent-asia")
+            .config
+            .dpos
+            .representatives
+            .iter()
+            .map(|r| r.id.as_str())
+            .collect();
+        assert_eq!(reps, ["rep-asia-1", "rep-asia-2", "rep-asia-3"]);
         // Each city seals for its own continent's key holder.
         let holder = |c: &str| {
             VaultKey::load(&Federation::vault_key_path(dir.path(), c))
@@ -1170,6 +1266,6 @@ mod tests {
         assert_eq!(sealed_for("city-seoul"), holder("asia"));
         assert_eq!(sealed_for("city-paris"), holder("europe"));
         assert_ne!(holder("asia"), holder("europe"));
-        assert_eq!(fed.nodes.len(), 3 * 7 + 2 * 3 + 1);
+        assert_eq!(fed.nodes.len(), 3 * 7 + 2 * (3 + 3) + 1);
     }
 }
