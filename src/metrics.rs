@@ -11,6 +11,9 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Counter, label `reason`: transactions refused (an API error code).
 pub const TX_REJECTED: &str = "citychain_tx_rejected_total";
+/// Counter, label `rule` (`kind`, `in_flight`, `owner`): transactions refused 409
+/// `object_conflict` (`engines::objects`).
+pub const OBJECT_CONFLICTS: &str = "citychain_object_conflicts_total";
 /// Counter: transactions acknowledged durable (200 on first submission).
 pub const TX_ACCEPTED: &str = "citychain_tx_accepted_total";
 /// Counter, label `tier`: batches stored, by the tier they reached.

@@ -117,6 +117,7 @@ pub async fn start(
     let storage_ready = readiness::TierReadiness::new(&config, chain.clone(), nodes.clone());
     let flag_policy = flag_policy::policy_from_config(&config.flagger);
     let node_policy = node_policy::policy_from_config(&config.prioritizer);
+    let objects = crate::engines::objects::engine_from_config(&config.objects);
     // Validation guarantees a city's [vault] has a current key that decodes.
     let sealer = config
         .vault
@@ -136,6 +137,7 @@ pub async fn start(
         &b.failover,
         {
             let (b, chain, store) = (b.clone(), chain.clone(), store.clone());
+            let objects = objects.clone();
             move || FailoverArgs {
                 chain: chain.clone(),
                 store: store.clone(),
@@ -143,6 +145,7 @@ pub async fn start(
                 intake: b.intake.clone(),
                 flagger: b.flagger.clone(),
                 prioritizer: b.prioritizer.clone(),
+                objects: objects.clone(),
             }
         },
     ));
@@ -223,7 +226,9 @@ pub async fn start(
         &b.batcher,
         {
             let (b, cfg, store) = (b.clone(), config.clone(), store.clone());
+            let objects = objects.clone();
             move || BatcherArgs {
+                objects: objects.clone(),
                 config: cfg.batcher.clone(),
                 city: cfg.node.city.clone().unwrap_or_default(),
                 policy: flag_policy.clone(),
@@ -237,7 +242,9 @@ pub async fn start(
     // Intake: verified transactions in; admitted ones to the DagBatcher.
     children.push(ChildSpec::new(ActorName::Intake, || Intake, &b.intake, {
         let (b, cfg, index) = (b.clone(), config.clone(), index.clone());
+        let objects = objects.clone();
         move || IntakeArgs {
+            objects: objects.clone(),
             queue_capacity: cfg.intake.queue_capacity,
             sweep_after: cfg.intake.request_timeout * 2,
             index: index.clone(),
@@ -273,6 +280,7 @@ pub async fn start(
         boxes.intake,
         index,
         nodes,
+        objects,
         config
             .supervisor
             .fault_injection

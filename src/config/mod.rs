@@ -11,12 +11,14 @@ use serde::{Deserialize, Serialize};
 
 mod federation;
 mod limits;
+mod objects;
 mod sections;
 mod validate;
 mod vault;
 
 pub use federation::{ContinentConfig, GlobalConfig, UplinkConfig};
 pub use limits::*;
+pub use objects::{MAX_OBJECTS_PER_TX_LIMIT, ObjectEngineName, ObjectsConfig};
 pub use sections::*;
 pub use vault::{VaultConfig, VaultKeyEntry};
 
@@ -53,6 +55,8 @@ pub struct Config {
     pub continent: ContinentConfig,
     #[serde(default)]
     pub global: GlobalConfig,
+    #[serde(default)]
+    pub objects: ObjectsConfig,
 }
 
 /// Every problem found in a config file.
@@ -62,7 +66,8 @@ pub struct ConfigErrors {
     pub problems: Vec<String>,
 }
 
-const SECTIONS: [&str; 15] = [
+const SECTIONS: [&str; 16] = [
+    "objects",
     "uplink",
     "continent",
     "global",
@@ -148,6 +153,7 @@ impl Config {
             uplink: section(&table, "uplink", &mut problems),
             continent: section(&table, "continent", &mut problems),
             global: section(&table, "global", &mut problems),
+            objects: section(&table, "objects", &mut problems),
         });
         if let Some(c) = &config {
             problems.extend(c.validate());

@@ -14,6 +14,7 @@ pub mod auth;
 mod batch;
 pub mod federation;
 pub mod names;
+pub mod objects;
 mod outcome;
 pub mod piece;
 mod pipeline;
@@ -25,6 +26,7 @@ mod wire;
 
 pub use ack::{ACK_VALIDITY_MS, AckError, CHALLENGE_CHUNKS, HoldChallenge, HoldProof, PohAck};
 pub use batch::{Batch, BatchHeader, BatchId, StoredTx};
+pub use objects::{Dep, DepFrom, DepKind, ObjectAccess, ObjectHead, ObjectKind, ObjectRef};
 pub use outcome::{StoreOutcome, Tier};
 pub use piece::{Coding, Expected, Piece, PieceError, PieceHeader, PieceRef};
 pub use pipeline::{Flag, NodeObservation, Placement, SealedBatch, StoreJob, Target, Urgency};

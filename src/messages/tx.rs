@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::names::NameError;
+use super::objects::ObjectRef;
 use super::strict_json::{StrictValue, is_duplicate_key};
 use crate::crypto::{self, Hash32};
 
@@ -116,6 +117,10 @@ pub struct Tx {
     pub payload: Option<Map<String, Value>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pop: Option<Pop>,
+    /// The objects the transaction reads or writes (`engines::objects`). Absent from the
+    /// signed bytes when not given, so transactions without it keep their ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objects: Option<Vec<ObjectRef>>,
 }
 
 /// The body of `POST /v1/tx`.
@@ -178,6 +183,8 @@ pub enum TxValidationError {
     WrongCity { got: String, expected: String },
     #[error("transaction names continent {got}, this city is in {expected}")]
     WrongContinent { got: String, expected: String },
+    #[error("objects: {0}")]
+    InvalidObjects(String),
 }
 
 impl TxValidationError {
@@ -201,6 +208,7 @@ impl TxValidationError {
             Self::BadSignature => "bad_signature",
             Self::WrongCity { .. } => "wrong_city",
             Self::WrongContinent { .. } => "wrong_continent",
+            Self::InvalidObjects(_) => "invalid_objects",
         }
     }
 
@@ -429,6 +437,7 @@ mod tests {
                 lat: 35.68,
                 lon: 139.76,
             }),
+            objects: None,
         }
     }
 

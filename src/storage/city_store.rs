@@ -23,8 +23,13 @@
 //! writes the capsule: the city can open what it sealed, and this file alone opens
 //! nothing.
 //!
-//! The file carries its format ([`SCHEMA`]); one written by a version that kept every
-//! transaction body in it is refused with [`CityStoreError::Legacy`].
+//! The file carries its format ([`SCHEMA`]); one written by an earlier format (1 kept
+//! every transaction body in it, 2 was written before batches carried object edges in
+//! wire version 2) is refused with [`CityStoreError::Legacy`].
+//!
+//! The **object heads** (`engines::objects`): object id → its kind, owner, last writer and
+//! version, advanced in the transaction that records the batch, so they are never ahead
+//! of or behind the batches.
 //!
 //! A city with a continent above it (`[uplink]`) keeps an **outbox**: each batch enters it
 //! in the transaction that records the batch, and leaves it when the continent has merged
@@ -43,14 +48,16 @@ use super::group_commit::{GroupCommit, GroupError, Options};
 use crate::crypto::vault::ReadWrapped;
 use crate::messages::federation::ContinentPlacement;
 use crate::messages::{
-    BatchHeader, BatchId, Capsule, FlagKind, NonceKey, PohAck, Tier, TxId, WireError,
+    BatchHeader, BatchId, Capsule, FlagKind, NonceKey, ObjectHead, ObjectRef, PohAck, Tier, TxId,
+    WireError,
 };
 
 pub const FILE_NAME: &str = "city.redb";
 
-/// The format of `city.redb` this version writes: 2, an index with a bounded cache of
-/// sealed bodies. (1, with no format recorded, kept every transaction's signed JSON.)
-pub const SCHEMA: u64 = 2;
+/// The format of `city.redb` this version writes: 3, an index with a bounded cache of
+/// sealed bodies and object heads, its records in wire version 2. (1, with no format
+/// recorded, kept every transaction's signed JSON; 2 wrote wire version 1.)
+pub const SCHEMA: u64 = 3;
 const SCHEMA_KEY: &str = "schema";
 /// Bytes of sealed bodies in the body cache.
 const CACHE_USED_KEY: &str = "body_cache_bytes";
@@ -91,6 +98,8 @@ const READ_KEYS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("vault
 const BODIES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("body_cache");
 /// The body cache in eviction order: batch sequence number → batch id.
 const BODY_ORDER: TableDefinition<u64, &[u8; 32]> = TableDefinition::new("body_cache_order");
+/// The object heads: object id → its encoded [`ObjectHead`].
+const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("object_heads");
 /// Where a batch was before repair moved it (the copies stay): batch id → encoded
 /// `Vec<Home>`, oldest first.
 const PAST_HOMES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("past_homes");
@@ -123,7 +132,7 @@ pub enum CityStoreError {
     Closed,
     /// A `city.redb` of an earlier format, which this version does not read.
     #[error(
-        "{0} was written by an earlier citychain that kept every transaction body in it (format 1); this version keeps an index and a bounded cache of sealed bodies (format {SCHEMA}) and does not convert it: move it aside to start with an empty index (the batches stay on their tiers)"
+        "{0} was written by an earlier citychain (format 1 kept every transaction body in it; format 2 wrote records before batches carried object dependency edges); this version writes format {SCHEMA} and does not convert it: move it aside to start with an empty index (the batches stay on their tiers)"
     )]
     Legacy(String),
 }
@@ -180,6 +189,17 @@ pub struct NewBatch {
     pub read_key: Option<ReadWrapped>,
     /// The sealed bytes, for the body cache.
     pub sealed: Option<bytes::Bytes>,
+    /// Each object access of the batch's transactions, in batch order, to advance the
+    /// object heads with (empty with `[objects] engine = "off"`).
+    pub objects: Vec<ObjectTouch>,
+}
+
+/// One transaction's access to one object, as the heads record it.
+#[derive(Debug, Clone)]
+pub struct ObjectTouch {
+    pub tx: TxId,
+    pub sender: String,
+    pub object: ObjectRef,
 }
 
 impl NewBatch {
@@ -192,6 +212,7 @@ impl NewBatch {
             capsule,
             read_key: None,
             sealed: None,
+            objects: Vec::new(),
         }
     }
 }
@@ -212,6 +233,7 @@ struct WriteReq {
     capsule: Vec<u8>,
     read_key: Option<Vec<u8>>,
     sealed: Option<bytes::Bytes>,
+    objects: Vec<ObjectTouch>,
 }
 
 /// Dropping it lets the writer finish what it holds and releases the database, so it can be
@@ -313,6 +335,7 @@ impl CityStore {
             tx.open_table(BODIES)?;
             tx.open_table(BODY_ORDER)?;
             tx.open_table(PAST_HOMES)?;
+            tx.open_table(OBJECTS)?;
             tx.commit()?;
         }
         let options = Options {
@@ -380,6 +403,7 @@ impl CityStore {
                 capsule: new.capsule.to_bytes(),
                 read_key: new.read_key.as_ref().map(crate::messages::encode),
                 sealed: new.sealed,
+                objects: new.objects,
             })
             .await
         {
@@ -414,6 +438,27 @@ impl CityStore {
             Some(owner) => Lookup::NonceUsedBy(*owner.value()),
             None => Lookup::Unknown,
         })
+    }
+
+    /// The durable heads of those of `ids` the city has seen, in one read.
+    pub fn object_heads<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a str>,
+    ) -> Result<std::collections::HashMap<String, ObjectHead>> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(OBJECTS)?;
+        let mut out = std::collections::HashMap::new();
+        for id in ids {
+            if let Some(v) = table.get(id)? {
+                out.insert(id.to_string(), crate::messages::decode(v.value())?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// One object's durable head.
+    pub fn object_head(&self, id: &str) -> Result<Option<ObjectHead>> {
+        Ok(self.object_heads([id])?.remove(id))
     }
 
     /// The batch's capsule from the key vault.
@@ -764,8 +809,27 @@ fn write_group(
         let mut order = tx.open_table(BODY_ORDER)?;
         let mut meta = tx.open_table(META)?;
         let lost = tx.open_table(LOST)?;
+        let mut objects = tx.open_table(OBJECTS)?;
         let mut used = meta.get(CACHE_USED_KEY)?.map_or(0, |v| v.value());
         for req in group {
+            // A batch recorded once already (never expected) does not advance heads twice.
+            if batches.get(&req.batch_id)?.is_none() {
+                for touch in &req.objects {
+                    let id = touch.object.id.as_str();
+                    let head = objects
+                        .get(id)?
+                        .map(|v| crate::messages::decode::<ObjectHead>(v.value()))
+                        .transpose()?;
+                    let head = crate::engines::objects::advance_head(
+                        head,
+                        &touch.object,
+                        &touch.sender,
+                        touch.tx,
+                        req.batch_id,
+                    );
+                    objects.insert(id, crate::messages::encode(&head).as_slice())?;
+                }
+            }
             capsules.insert(&req.batch_id, req.capsule.as_slice())?;
             if let Some(read_key) = &req.read_key {
                 read_keys.insert(&req.batch_id, read_key.as_slice())?;

@@ -252,6 +252,10 @@ struct TxArgs {
     /// A JSON object carried with the transaction.
     #[arg(long)]
     payload: Option<String>,
+    /// The objects the transaction reads or writes, a JSON array of
+    /// `{"id","kind":"owned"|"shared"|"immutable","access":"read"|"write"}`.
+    #[arg(long)]
+    objects: Option<String>,
     /// Default: the current time in microseconds, unique enough for one sender.
     #[arg(long)]
     nonce: Option<u64>,
@@ -306,6 +310,13 @@ impl TxArgs {
                 _ => anyhow::bail!("--payload must be a JSON object"),
             },
         };
+        let objects = match &self.objects {
+            None => None,
+            Some(text) => Some(
+                serde_json::from_str::<Vec<citychain::messages::ObjectRef>>(text)
+                    .context("--objects is not a JSON array of {\"id\",\"kind\",\"access\"}")?,
+            ),
+        };
         let nonce = self.nonce.unwrap_or_else(|| {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -320,6 +331,7 @@ impl TxArgs {
             city,
             continent,
             payload,
+            objects,
             nonce,
             timestamp_ms: None,
         };

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use citychain::crypto::{self, SigningKey};
-use citychain::messages::{FlagKind, SignedTx, Tx, TxRequest, now_ms, tx_id_hex};
+use citychain::messages::{FlagKind, ObjectRef, SignedTx, Tx, TxRequest, now_ms, tx_id_hex};
 use serde_json::{Map, Value};
 
 /// A transaction before it has a sender, a timestamp and a signature.
@@ -24,6 +24,8 @@ pub struct TxDraft {
     pub continent: Option<String>,
     /// A JSON object carried with the transaction.
     pub payload: Option<Map<String, Value>>,
+    /// The objects it reads or writes (`tx.objects`).
+    pub objects: Option<Vec<ObjectRef>>,
     pub nonce: u64,
     /// `None`: the time of signing.
     pub timestamp_ms: Option<u64>,
@@ -40,6 +42,7 @@ impl TxDraft {
             city: city.into(),
             continent: None,
             payload: None,
+            objects: None,
             nonce,
             timestamp_ms: None,
         }
@@ -57,6 +60,11 @@ impl TxDraft {
 
     pub fn payload(mut self, payload: Map<String, Value>) -> Self {
         self.payload = Some(payload);
+        self
+    }
+
+    pub fn objects(mut self, objects: Vec<ObjectRef>) -> Self {
+        self.objects = Some(objects);
         self
     }
 
@@ -78,6 +86,7 @@ impl TxDraft {
             continent: self.continent.clone(),
             payload: self.payload.clone(),
             pop: None,
+            objects: self.objects.clone(),
         }
     }
 

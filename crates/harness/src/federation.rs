@@ -653,6 +653,7 @@ impl Federation {
             uplink: None,
             continent: Default::default(),
             global: Default::default(),
+            objects: Default::default(),
         }
     }
 

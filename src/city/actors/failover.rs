@@ -22,9 +22,11 @@ use crate::city::mailbox::Mailbox;
 use crate::city::msgs::{
     FailoverMsg, FlaggerMsg, IntakeMsg, PrioritizerMsg, SubmitError, Unavailable,
 };
+use crate::engines::objects::ObjectEngine;
+use crate::messages::ObjectRef;
 use crate::messages::{FlagKind, NonceKey, SealedBatch, StoreJob, StoreOutcome};
 use crate::storage::chain::TierChain;
-use crate::storage::city_store::{BatchRecord, CityStore, NewBatch, TxRecord};
+use crate::storage::city_store::{BatchRecord, CityStore, NewBatch, ObjectTouch, TxRecord};
 use crate::storage::tier::{Stored, TierResult};
 
 /// Mailbox capacity. Tier results are control messages (bounded by the batches in flight,
@@ -41,6 +43,8 @@ pub struct FailoverArgs {
     pub intake: Mailbox<IntakeMsg>,
     pub flagger: Mailbox<FlaggerMsg>,
     pub prioritizer: Mailbox<PrioritizerMsg>,
+    /// The object rules: whether a durable batch advances the object heads.
+    pub objects: Arc<dyn ObjectEngine>,
 }
 
 impl Failover {
@@ -128,9 +132,10 @@ impl Failover {
         let store = args.store.clone();
         let intake = args.intake.clone();
         let flagger = args.flagger.clone();
+        let track_objects = args.objects.tracks();
         tokio::spawn(async move {
             let sealed = &job.sealed;
-            let msg = match store.record(records(sealed, &outcome)).await {
+            let msg = match store.record(records(sealed, &outcome, track_objects)).await {
                 Ok(()) => IntakeMsg::Stored {
                     tx_ids: sealed.tx_ids.clone(),
                     outcome,
@@ -150,8 +155,10 @@ impl Failover {
 }
 
 /// The index records of a durable batch and its transactions, the `(sender, nonce)` pairs,
-/// its vault entries and its sealed bytes for the body cache.
-fn records(sealed: &SealedBatch, outcome: &StoreOutcome) -> NewBatch {
+/// its vault entries, its sealed bytes for the body cache and, when the object engine
+/// tracks objects, every object access in batch order (the heads advance in the same
+/// transaction).
+fn records(sealed: &SealedBatch, outcome: &StoreOutcome, track_objects: bool) -> NewBatch {
     #[derive(serde::Deserialize)]
     struct Kind {
         kind: FlagKind,
@@ -191,6 +198,11 @@ fn records(sealed: &SealedBatch, outcome: &StoreOutcome) -> NewBatch {
         .zip(&sealed.batch.body)
         .filter_map(|(id, stored)| NonceKey::of_canonical(&stored.canonical).map(|k| (k, *id)))
         .collect();
+    let objects = if track_objects {
+        object_touches(sealed)
+    } else {
+        Vec::new()
+    };
     NewBatch {
         batch,
         txs,
@@ -198,7 +210,31 @@ fn records(sealed: &SealedBatch, outcome: &StoreOutcome) -> NewBatch {
         capsule: sealed.capsule.as_ref().clone(),
         read_key: sealed.read_key.as_deref().cloned(),
         sealed: Some(sealed.bytes.clone()),
+        objects,
     }
+}
+
+/// Every object access of the batch's transactions, in batch order.
+fn object_touches(sealed: &SealedBatch) -> Vec<ObjectTouch> {
+    #[derive(serde::Deserialize)]
+    struct Declared {
+        sender: String,
+        #[serde(default)]
+        objects: Option<Vec<ObjectRef>>,
+    }
+    let mut out = Vec::new();
+    for (id, stored) in sealed.tx_ids.iter().zip(&sealed.batch.body) {
+        let declared = serde_json::from_str::<Declared>(&stored.canonical)
+            .expect("batched transactions were parsed before");
+        for object in declared.objects.unwrap_or_default() {
+            out.push(ObjectTouch {
+                tx: *id,
+                sender: declared.sender.clone(),
+                object,
+            });
+        }
+    }
+    out
 }
 
 impl Actor for Failover {
@@ -311,6 +347,7 @@ mod tests {
                 intake: Mailbox::new(intake, Depth::new("test_intake"), 64),
                 flagger: Mailbox::new(flagger, Depth::new("test_flagger"), 64),
                 prioritizer: Mailbox::new(prioritizer, Depth::new("test_prioritizer"), 64),
+                objects: crate::engines::objects::engine_from_config(&Default::default()),
             },
         )
         .await
