@@ -416,4 +416,32 @@ continent = "asia"
         );
         assert_eq!(Config::parse(&c.to_toml()).unwrap(), c, "it round-trips");
     }
+
+    #[test]
+    fn the_objects_section_names_an_engine_and_bounds_declarations() {
+        let c = Config::parse(&format!(
+            "{}\n[objects]\nengine = \"off\"\nmax_per_tx = 8\n",
+            *MINIMAL
+        ))
+        .unwrap();
+        assert_eq!(c.objects.engine, ObjectEngineName::Off);
+        assert_eq!(c.objects.max_per_tx, 8);
+        let c = Config::parse(&MINIMAL).unwrap();
+        assert_eq!(c.objects, ObjectsConfig::default());
+        let err = Config::parse(&format!(
+            "{}\n[objects]\nengine = \"sui\"\nmax_per_tx = 0\n",
+            *MINIMAL
+        ))
+        .unwrap_err();
+        assert!(
+            err.problems.iter().any(|p| p.starts_with("[objects]")),
+            "{err}"
+        );
+        let err =
+            Config::parse(&format!("{}\n[objects]\nmax_per_tx = 5000\n", *MINIMAL)).unwrap_err();
+        assert!(
+            err.problems.iter().any(|p| p.contains("max_per_tx")),
+            "{err}"
+        );
+    }
 }

@@ -450,6 +450,27 @@ mod tests {
         let b = SignedTx::from_request_bytes(&body).unwrap();
         assert_eq!(a.id, b.id);
         assert_eq!(a.tx, req.tx);
+        // Without objects, the field is not in the signed bytes (earlier ids stay); with
+        // them, it is signed like the rest.
+        assert!(!a.canonical.contains("objects"));
+        let mut tx = sample_tx(&key);
+        tx.objects = Some(vec![ObjectRef {
+            id: "coin".into(),
+            kind: super::super::ObjectKind::Owned,
+            access: super::super::ObjectAccess::Write,
+        }]);
+        let req = SignedTx::sign(tx, &key).unwrap();
+        let signed = SignedTx::from_request_bytes(&serde_json::to_vec(&req).unwrap()).unwrap();
+        assert!(
+            signed
+                .canonical
+                .contains(r#""objects":[{"access":"write","id":"coin","kind":"owned"}]"#)
+        );
+        assert_eq!(signed.tx.objects, req.tx.objects);
+        let mut forged = serde_json::to_value(&req).unwrap();
+        forged["tx"]["objects"][0]["access"] = "read".into();
+        let err = SignedTx::from_request_bytes(forged.to_string().as_bytes()).unwrap_err();
+        assert_eq!(err.code(), "bad_signature");
     }
 
     #[test]
@@ -508,6 +529,20 @@ mod tests {
         let mut v = base.clone();
         v["tx"]["receiver"] = "mallory".into();
         check(v, "bad_signature");
+
+        let mut v = base.clone();
+        v["tx"]["objects"] =
+            serde_json::json!([{"id": "coin", "kind": "owned", "access": "write", "extra": 1}]);
+        check(v, "unknown_field");
+
+        let mut v = base.clone();
+        v["tx"]["objects"] =
+            serde_json::json!([{"id": "coin", "kind": "borrowed", "access": "write"}]);
+        check(v, "invalid_field");
+
+        let mut v = base.clone();
+        v["tx"]["objects"] = serde_json::json!({"id": "coin"});
+        check(v, "invalid_field");
 
         let err = SignedTx::from_request_bytes(b"{\"tx\":").unwrap_err();
         assert_eq!(err.code(), "invalid_json");

@@ -949,6 +949,53 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn object_heads_advance_with_their_batch_records_and_survive_reopening() {
+        use crate::messages::{ObjectAccess, ObjectKind};
+        let dir = tempfile::tempdir().unwrap();
+        let touch = |tx: u8, sender: &str, id: &str, kind, access| ObjectTouch {
+            tx: [tx; 32],
+            sender: sender.into(),
+            object: ObjectRef {
+                id: id.into(),
+                kind,
+                access,
+            },
+        };
+        let (b1, t1) = record(1);
+        let id1 = b1.header.id();
+        {
+            let store = CityStore::open(dir.path()).unwrap();
+            assert_eq!(store.object_head("coin").unwrap(), None);
+            let new = || NewBatch {
+                objects: vec![
+                    touch(1, "alice", "coin", ObjectKind::Owned, ObjectAccess::Write),
+                    touch(1, "alice", "law", ObjectKind::Immutable, ObjectAccess::Read),
+                    touch(2, "bob", "coin", ObjectKind::Owned, ObjectAccess::Read),
+                ],
+                ..NewBatch::new(b1.clone(), t1.clone(), capsule(id1))
+            };
+            store.record(new()).await.unwrap();
+            // The same batch recorded again does not count its writes twice.
+            store.record(new()).await.unwrap();
+        }
+        let store = CityStore::open(dir.path()).unwrap();
+        let heads = store.object_heads(["coin", "law", "never"]).unwrap();
+        assert_eq!(heads.len(), 2);
+        let coin = &heads["coin"];
+        assert_eq!(coin.kind, ObjectKind::Owned);
+        assert_eq!(coin.owner.as_deref(), Some("alice"));
+        assert_eq!(
+            (coin.version, coin.last_tx, coin.last_batch),
+            (1, Some([1; 32]), Some(id1))
+        );
+        let law = &heads["law"];
+        assert_eq!(
+            (law.kind, law.version, law.last_tx),
+            (ObjectKind::Immutable, 0, None)
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn records_survive_reopening_and_give_the_resume_point() {
         let dir = tempfile::tempdir().unwrap();
         {
