@@ -33,6 +33,12 @@ use crate::messages::{
 /// past it the oldest are forgotten, so a hot object read forever holds bounded memory.
 pub const MAX_TRACKED_READERS: usize = 1024;
 
+/// Objects the batcher remembers the last writer of; past it the memory starts over, and
+/// the durable heads the Intake read stand in (exact for owned objects, whose previous
+/// writer is always durable; an edge to a shared object's writer still in flight can then
+/// be missing).
+pub const MAX_TRACKED_OBJECTS: usize = 1 << 20;
+
 /// Why a declaration is refused (400 `invalid_objects`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DeclarationError {
@@ -224,9 +230,35 @@ impl ObjectLocks {
 
 /// The last writer and the readers since of every object the batcher has seen, so that an
 /// edge can name a transaction of an earlier batch still in flight.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct EdgeTracker {
     objects: HashMap<String, Track>,
+    limit: usize,
+}
+
+impl Default for EdgeTracker {
+    fn default() -> Self {
+        Self::with_limit(MAX_TRACKED_OBJECTS)
+    }
+}
+
+impl EdgeTracker {
+    /// A tracker remembering at most `limit` objects ([`MAX_TRACKED_OBJECTS`] by default).
+    pub fn with_limit(limit: usize) -> Self {
+        Self {
+            objects: HashMap::new(),
+            limit,
+        }
+    }
+
+    /// Objects remembered.
+    pub fn len(&self) -> usize {
+        self.objects.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -336,6 +368,9 @@ impl ObjectEngine for OwnedExclusive {
             Some(i) => DepFrom::InBatch(*i),
             None => DepFrom::Earlier(tx),
         };
+        if tracker.objects.len() >= tracker.limit {
+            tracker.objects.clear();
+        }
         let mut deps = Vec::new();
         for (to, entry) in entries.iter().enumerate() {
             let to = to as u32;
@@ -828,6 +863,46 @@ mod tests {
         ];
         assert!(e.edges(&mut tracker, &entries).is_empty());
         assert!(Off.edges(&mut tracker, &first).is_empty());
+    }
+
+    #[test]
+    fn the_tracker_is_bounded_and_falls_back_on_durable_heads() {
+        let e = engine();
+        let mut tracker = EdgeTracker::with_limit(2);
+        let write = |id: &str| [shared(id, ObjectAccess::Write)];
+        for (n, id) in ["a", "b"].iter().enumerate() {
+            let objects = write(id);
+            e.edges(
+                &mut tracker,
+                &[BatchEntry {
+                    id: [n as u8; 32],
+                    objects: &objects,
+                    prior: &[],
+                }],
+            );
+        }
+        assert_eq!(tracker.len(), 2);
+        // Full: it starts over; the writer of "a" now comes from the durable head given.
+        let objects = write("a");
+        let prior = vec![("a".to_string(), [42u8; 32])];
+        let deps = e.edges(
+            &mut tracker,
+            &[BatchEntry {
+                id: [9; 32],
+                objects: &objects,
+                prior: &prior,
+            }],
+        );
+        assert_eq!(tracker.len(), 1);
+        assert_eq!(
+            deps,
+            vec![dep(
+                DepFrom::Earlier([42; 32]),
+                0,
+                "a",
+                DepKind::WriteAfterWrite
+            )]
+        );
     }
 
     #[test]
