@@ -14,6 +14,9 @@ pub const TX_REJECTED: &str = "citychain_tx_rejected_total";
 /// Counter (city nodes), label `outcome` (`inside`, `absent`, `unchecked`, or the refusal's
 /// code: `pop_outside_city`, `pop_required`, `invalid_field`): proof-of-place checks.
 pub const POP_CHECKS: &str = "citychain_pop_checks_total";
+/// Counter, label `rule` (`kind`, `in_flight`, `owner`): transactions refused 409
+/// `object_conflict` (`engines::objects`).
+pub const OBJECT_CONFLICTS: &str = "citychain_object_conflicts_total";
 /// Counter: transactions acknowledged durable (200 on first submission).
 pub const TX_ACCEPTED: &str = "citychain_tx_accepted_total";
 /// Counter, label `tier`: batches stored, by the tier they reached.

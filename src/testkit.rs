@@ -59,6 +59,7 @@ pub fn signed_tx(key: &SigningKey, nonce: u64, kind: FlagKind, amount: u64) -> S
         continent: None,
         payload: None,
         pop: None,
+        objects: None,
     };
     let req = SignedTx::sign(tx, key).expect("signing works");
     SignedTx::from_request_bytes(&serde_json::to_vec(&req).unwrap()).expect("a valid request")

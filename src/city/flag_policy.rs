@@ -96,6 +96,7 @@ mod tests {
             continent: None,
             payload: None,
             pop: None,
+            objects: None,
         }
     }
 

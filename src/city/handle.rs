@@ -15,8 +15,9 @@ use super::msgs::{IntakeMsg, Receipt, SubmitError, SubmitResult, SupervisorMsg};
 use super::node_policy::{NodeView, NodesSnapshot};
 use super::status::{StatusIndex, TxView};
 use crate::config::{ActorName, Config};
+use crate::engines::objects::ObjectEngine;
 use crate::engines::pop::PlaceEngine;
-use crate::messages::{BatchId, ParsedTx, SignedTx, TxId, TxValidationError, now_ms};
+use crate::messages::{BatchId, ObjectHead, ParsedTx, SignedTx, TxId, TxValidationError, now_ms};
 use crate::storage::city_store::{BatchRecord, CityStoreError, UplinkState};
 
 /// Why a request was refused before it reached the pipeline.
@@ -67,6 +68,8 @@ pub struct CityHandle {
     /// (`[intake] queue_capacity`).
     in_flight: Arc<AtomicUsize>,
     max_in_flight: usize,
+    /// The object rules, for the declaration check before the signature.
+    objects: Arc<dyn ObjectEngine>,
 }
 
 /// One of the `[intake] queue_capacity` places of a transaction admitted and not yet
@@ -88,6 +91,7 @@ impl CityHandle {
         intake: Mailbox<IntakeMsg>,
         index: Arc<StatusIndex>,
         nodes: NodesSnapshot,
+        objects: Arc<dyn ObjectEngine>,
         supervisor: Option<ActorRef<SupervisorMsg>>,
     ) -> Self {
         Self {
@@ -105,6 +109,7 @@ impl CityHandle {
             supervisor,
             in_flight: Arc::default(),
             max_in_flight: config.intake.queue_capacity,
+            objects,
         }
     }
 
@@ -133,6 +138,11 @@ impl CityHandle {
         }
         let parsed = ParsedTx::parse(body)?;
         check_request(&parsed)?;
+        if let Some(objects) = &parsed.tx.objects {
+            self.objects
+                .validate(objects)
+                .map_err(|e| TxValidationError::InvalidObjects(e.to_string()))?;
+        }
         let tx = parsed.verify()?;
         // Known before the clock is looked at: a re-submission is answered however long
         // ago the transaction was stored. One whose batch the log lost is not stored any
@@ -171,6 +181,11 @@ impl CityHandle {
 
     pub fn batch(&self, id: &BatchId) -> Result<Option<BatchRecord>, CityStoreError> {
         self.index.batch(id)
+    }
+
+    /// An object's durable head (`GET /v1/objects/{id}`).
+    pub fn object(&self, id: &str) -> Result<Option<ObjectHead>, CityStoreError> {
+        self.index.store.object_head(id)
     }
 
     /// Where batch `id` (sequence number `seq`) stands with the continent; `None` for a

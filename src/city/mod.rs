@@ -122,6 +122,7 @@ pub async fn start(
             .map_err(anyhow::Error::msg)?
             .into();
     let rewards = crate::engines::rewards::engine_from_config(&config.rewards);
+    let objects = crate::engines::objects::engine_from_config(&config.objects);
     // Validation guarantees a city's [vault] has a current key that decodes.
     let sealer = config
         .vault
@@ -142,6 +143,7 @@ pub async fn start(
         {
             let (b, chain, store) = (b.clone(), chain.clone(), store.clone());
             let rewards = rewards.clone();
+            let objects = objects.clone();
             move || FailoverArgs {
                 chain: chain.clone(),
                 store: store.clone(),
@@ -150,6 +152,7 @@ pub async fn start(
                 flagger: b.flagger.clone(),
                 prioritizer: b.prioritizer.clone(),
                 rewards: rewards.clone(),
+                objects: objects.clone(),
             }
         },
     ));
@@ -234,7 +237,9 @@ pub async fn start(
         &b.batcher,
         {
             let (b, cfg, store) = (b.clone(), config.clone(), store.clone());
+            let objects = objects.clone();
             move || BatcherArgs {
+                objects: objects.clone(),
                 config: cfg.batcher.clone(),
                 city: cfg.node.city.clone().unwrap_or_default(),
                 policy: flag_policy.clone(),
@@ -248,7 +253,9 @@ pub async fn start(
     // Intake: verified transactions in; admitted ones to the DagBatcher.
     children.push(ChildSpec::new(ActorName::Intake, || Intake, &b.intake, {
         let (b, cfg, index) = (b.clone(), config.clone(), index.clone());
+        let objects = objects.clone();
         move || IntakeArgs {
+            objects: objects.clone(),
             queue_capacity: cfg.intake.queue_capacity,
             sweep_after: cfg.intake.request_timeout * 2,
             index: index.clone(),
@@ -285,6 +292,7 @@ pub async fn start(
         boxes.intake,
         index,
         nodes,
+        objects,
         config
             .supervisor
             .fault_injection

@@ -13,6 +13,7 @@ use tokio::sync::oneshot;
 
 use super::mailbox::ActorMsg;
 use crate::config::ActorName;
+use crate::engines::objects::ObjectConflict;
 use crate::messages::{
     BatchId, FlagKind, NodeObservation, Placement, SealError, SealedBatch, SignedTx, StoreJob,
     StoreOutcome, Tier, TxId,
@@ -66,6 +67,10 @@ pub enum SubmitError {
     /// in flight. Not retryable: the client must pick another nonce.
     #[error("nonce already used by this sender for transaction {}", hex::encode(.taken_by))]
     NonceReused { taken_by: TxId },
+    /// The transaction's objects conflict with a transaction in flight or with what the
+    /// city holds durably (`engines::objects`). Nothing was recorded.
+    #[error("{0}")]
+    ObjectConflict(ObjectConflict),
 }
 
 impl SubmitError {
@@ -78,6 +83,7 @@ impl SubmitError {
             | SubmitError::Restarted
             | SubmitError::TimedOut(_) => "storage_unavailable",
             SubmitError::NonceReused { .. } => "nonce_reused",
+            SubmitError::ObjectConflict(_) => "object_conflict",
         }
     }
 }
@@ -147,7 +153,12 @@ pub enum BatcherMsg {
     /// Fault injection (`[supervisor] fault_injection`): the actor panics.
     Panic,
     /// An admitted transaction (from the Intake).
-    Add { tx: SignedTx, arrived: Instant },
+    Add {
+        tx: SignedTx,
+        arrived: Instant,
+        /// The durable last writer of each of its objects, as the Intake read it.
+        prior: Vec<(String, TxId)>,
+    },
     /// The window of the batch opened in generation `.0` has ended.
     Tick(u64),
 }

@@ -136,7 +136,12 @@ impl Reader {
                 .read_key(&id)
                 .map_err(|e| e.to_string())?
                 .ok_or("the read vault holds no key for this batch")?;
-            open_as_sealer(&bytes, &id, &wrapped, &key).map_err(|e| e.to_string())
+            let batch = open_as_sealer(&bytes, &id, &wrapped, &key).map_err(|e| e.to_string())?;
+            // Edges that do not replay (a cycle, a forward edge) mean forged or corrupted
+            // bytes, whatever their hash says.
+            crate::engines::objects::verify_edges(&batch.deps, batch.body.len())
+                .map_err(|e| format!("dependency edges: {e}"))?;
+            Ok(batch)
         })
         .await
         .map_err(|e| format!("opening panicked: {e}"))?

@@ -3,10 +3,11 @@
 //! Transactions in flight live in memory (written by the Intake); durable ones in the city
 //! store (written by the Failover actor, fsynced, before any client hears 200).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use dashmap::DashMap;
 
+use crate::engines::objects::ObjectLocks;
 use crate::messages::{BatchId, FlagKind, NonceKey, TxId};
 use crate::storage::city_store::{BatchRecord, CityStore, CityStoreError, TxRecord, UplinkState};
 
@@ -34,6 +35,9 @@ pub struct StatusIndex {
     /// transactions with one pair in flight at once only the first is admitted. Durable
     /// pairs are in the store.
     pub nonces: DashMap<NonceKey, TxId>,
+    /// The objects the pending transactions hold (`engines::objects`), released with
+    /// them. Here rather than in the Intake, so that a restarted Intake still sees them.
+    pub objects: Mutex<ObjectLocks>,
     pub store: Arc<CityStore>,
 }
 
@@ -42,6 +46,7 @@ impl StatusIndex {
         Self {
             pending: DashMap::new(),
             nonces: DashMap::new(),
+            objects: Mutex::default(),
             store,
         }
     }
@@ -53,11 +58,18 @@ impl StatusIndex {
         Ok(self.store.get_tx(id)?.map(TxView::Stored))
     }
 
-    /// Forgets a pending transaction (durable or failed now) and releases its pair.
+    /// Forgets a pending transaction (durable or failed now) and releases its pair and
+    /// its objects.
     pub fn forget(&self, id: &TxId) -> Option<PendingTx> {
         let (_, p) = self.pending.remove(id)?;
         self.nonces.remove_if(&p.nonce, |_, owner| owner == id);
+        self.objects().release(id);
         Some(p)
+    }
+
+    /// The object locks of the pending transactions.
+    pub fn objects(&self) -> std::sync::MutexGuard<'_, ObjectLocks> {
+        self.objects.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub fn batch(&self, id: &BatchId) -> Result<Option<BatchRecord>, CityStoreError> {

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 mod dpos;
 mod federation;
 mod limits;
+mod objects;
 mod pop;
 mod rewards;
 mod sections;
@@ -21,6 +22,7 @@ mod vault;
 pub use dpos::{ApprovalEngineName, DposConfig, RepresentativeEntry};
 pub use federation::{ContinentConfig, GlobalConfig, UplinkConfig};
 pub use limits::*;
+pub use objects::{MAX_OBJECTS_PER_TX_LIMIT, ObjectEngineName, ObjectsConfig};
 pub use pop::{MAX_FENCE_VERTICES, PlaceEngineName, PopConfig, parse_fence};
 pub use rewards::{RewardEngineName, RewardsConfig};
 pub use sections::*;
@@ -67,6 +69,8 @@ pub struct Config {
     /// Continent nodes: approval of continent batches by representatives.
     #[serde(default)]
     pub dpos: DposConfig,
+    #[serde(default)]
+    pub objects: ObjectsConfig,
 }
 
 /// Every problem found in a config file.
@@ -76,10 +80,11 @@ pub struct ConfigErrors {
     pub problems: Vec<String>,
 }
 
-const SECTIONS: [&str; 18] = [
+const SECTIONS: [&str; 19] = [
     "pop",
     "rewards",
     "dpos",
+    "objects",
     "uplink",
     "continent",
     "global",
@@ -175,6 +180,7 @@ impl Config {
             global: section(&table, "global", &mut problems),
             rewards: section(&table, "rewards", &mut problems),
             dpos: section(&table, "dpos", &mut problems),
+            objects: section(&table, "objects", &mut problems),
         });
         let mut config = config;
         if let Some(c) = &mut config {
@@ -439,5 +445,33 @@ continent = "asia"
             Some(&RestartType::Transient)
         );
         assert_eq!(Config::parse(&c.to_toml()).unwrap(), c, "it round-trips");
+    }
+
+    #[test]
+    fn the_objects_section_names_an_engine_and_bounds_declarations() {
+        let c = Config::parse(&format!(
+            "{}\n[objects]\nengine = \"off\"\nmax_per_tx = 8\n",
+            *MINIMAL
+        ))
+        .unwrap();
+        assert_eq!(c.objects.engine, ObjectEngineName::Off);
+        assert_eq!(c.objects.max_per_tx, 8);
+        let c = Config::parse(&MINIMAL).unwrap();
+        assert_eq!(c.objects, ObjectsConfig::default());
+        let err = Config::parse(&format!(
+            "{}\n[objects]\nengine = \"sui\"\nmax_per_tx = 0\n",
+            *MINIMAL
+        ))
+        .unwrap_err();
+        assert!(
+            err.problems.iter().any(|p| p.starts_with("[objects]")),
+            "{err}"
+        );
+        let err =
+            Config::parse(&format!("{}\n[objects]\nmax_per_tx = 5000\n", *MINIMAL)).unwrap_err();
+        assert!(
+            err.problems.iter().any(|p| p.contains("max_per_tx")),
+            "{err}"
+        );
     }
 }

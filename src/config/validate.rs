@@ -36,6 +36,7 @@ impl Config {
         if let Some(city) = &n.city {
             p.extend(bad_name("[node]", "node.city", city));
         }
+        p.extend(self.objects.problems());
         let i = &self.intake;
         if i.queue_capacity == 0 {
             p.push("[intake] queue_capacity must be at least 1".into());

@@ -16,7 +16,7 @@ use crate::city::handle::{AdmitError, Admitted, InjectError};
 use crate::city::msgs::{Receipt, SubmitError};
 use crate::city::reads::{ReadError, Reader};
 use crate::city::status::TxView;
-use crate::messages::{FlagKind, PohAck, Tier, hex32};
+use crate::messages::{Dep, DepFrom, FlagKind, ObjectHead, ObjectKind, PohAck, Tier, hex32};
 use crate::storage::city_store::{BatchRecord, CityStoreError, UplinkState};
 
 /// What the city routes need, registered as `web::Data<CityState>`.
@@ -31,6 +31,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/tx", web::post().to(submit))
         .route("/v1/tx/{tx_id}", web::get().to(get_tx))
         .route("/v1/batches/{batch_id}", web::get().to(get_batch))
+        .route("/v1/objects/{object_id}", web::get().to(get_object))
         .route("/v1/nodes", web::get().to(nodes))
         .route("/v1/rewards", web::get().to(all_rewards))
         .route("/v1/rewards/{node_id}", web::get().to(node_rewards))
@@ -119,6 +120,62 @@ pub struct BatchReply {
     /// With `?txs=true`: where the body came from (as for `GET /v1/tx/{id}`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub served_from: Option<&'static str>,
+    /// With `?txs=true`: the object dependency edges the batch records.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deps: Option<Vec<DepReply>>,
+}
+
+/// One dependency edge of `GET /v1/batches/{id}?txs=true`: transaction `to` (an index in
+/// `txs`) follows `from` on `object`; `from` is an index in `txs` (a number) or the id of
+/// a transaction of an earlier batch (a hex string).
+#[derive(Debug, Serialize)]
+pub struct DepReply {
+    pub from: serde_json::Value,
+    pub to: u32,
+    pub object: String,
+    /// `read_after_write`, `write_after_write` or `write_after_read`.
+    pub kind: &'static str,
+}
+
+impl From<&Dep> for DepReply {
+    fn from(d: &Dep) -> Self {
+        Self {
+            from: match d.from {
+                DepFrom::InBatch(i) => i.into(),
+                DepFrom::Earlier(tx) => hex32(&tx).into(),
+            },
+            to: d.to,
+            object: d.object.clone(),
+            kind: d.kind.as_str(),
+        }
+    }
+}
+
+/// `GET /v1/objects/{id}`: an object's durable head.
+#[derive(Debug, Serialize)]
+pub struct ObjectReply {
+    pub id: String,
+    pub kind: ObjectKind,
+    /// The sender who first wrote it (owned objects), else null.
+    pub owner: Option<String>,
+    /// Writes recorded so far.
+    pub version: u64,
+    /// The last transaction that wrote it and its batch (null before any write).
+    pub last_tx: Option<String>,
+    pub last_batch: Option<String>,
+}
+
+impl ObjectReply {
+    fn of(id: &str, h: ObjectHead) -> Self {
+        Self {
+            id: id.to_string(),
+            kind: h.kind,
+            owner: h.owner,
+            version: h.version,
+            last_tx: h.last_tx.as_ref().map(hex32),
+            last_batch: h.last_batch.as_ref().map(hex32),
+        }
+    }
 }
 
 /// Where a batch stands with the city's continent.
@@ -218,6 +275,7 @@ impl BatchReply {
             continent: continent.map(ContinentReply::from),
             txs: None,
             served_from: None,
+            deps: None,
         }
     }
 }
@@ -273,6 +331,9 @@ async fn submit(
         // Counted by the Intake.
         Err(e @ SubmitError::NonceReused { .. }) => {
             Err(ApiError::new(409, "nonce_reused", e.to_string()))
+        }
+        Err(e @ SubmitError::ObjectConflict(_)) => {
+            Err(ApiError::new(409, "object_conflict", e.to_string()))
         }
         Err(e @ (SubmitError::Restarted | SubmitError::TimedOut(_))) => {
             Err(rejected(ApiError::storage_unavailable(e.to_string())))
@@ -422,6 +483,7 @@ async fn get_batch(
                     .collect(),
             );
             reply.served_from = Some(opened.from.as_str());
+            reply.deps = Some(opened.batch.deps.iter().map(DepReply::from).collect());
             Ok(HttpResponse::Ok().json(reply))
         }
         Ok(_) => {
@@ -434,6 +496,29 @@ async fn get_batch(
         Err(e @ ReadError::Unavailable(_)) => Ok(unavailable(&e.to_string(), reply)),
         Err(e) => Err(read_refused(e)),
     }
+}
+
+/// `GET /v1/objects/{id}`: the object's durable head, 404 `unknown_object` when the city
+/// has recorded no transaction touching it.
+async fn get_object(
+    path: web::Path<String>,
+    state: web::Data<CityState>,
+) -> ApiResult<HttpResponse> {
+    let id = path.into_inner();
+    crate::messages::names::check_name("object_id", &id)
+        .map_err(|e| ApiError::bad_request("invalid_name", e.to_string()))?;
+    let head = state
+        .city
+        .object(&id)
+        .map_err(index_error)?
+        .ok_or_else(|| {
+            ApiError::new(
+                404,
+                "unknown_object",
+                format!("no transaction touched object {id:?}"),
+            )
+        })?;
+    Ok(HttpResponse::Ok().json(ObjectReply::of(&id, head)))
 }
 
 /// Fault injection: `POST /v1/actors/{name}/panic` makes that actor panic. 404 unless

@@ -3,9 +3,14 @@
 //! A batch id is BLAKE3 of its encoded header. The header commits to the body twice: the
 //! Merkle root of the transaction ids (what a client's proof needs) and the hash of the
 //! encoded body (so keys and signatures cannot be swapped under a valid root).
+//!
+//! The body is the transactions in batch order, then the batch's object dependency edges
+//! ([`Dep`], `engines::objects`): both are under the body hash (wire version 2; version 1
+//! bodies had no edges and are refused by [`super::decode`]).
 
 use serde::{Deserialize, Serialize};
 
+use super::objects::Dep;
 use super::tx::{FlagKind, SignedTx, TxId, signed_bytes};
 use crate::crypto::{self, Hash32};
 
@@ -48,16 +53,58 @@ impl StoredTx {
 pub struct Batch {
     pub header: BatchHeader,
     pub body: Vec<StoredTx>,
+    /// Dependency edges between the transactions (`to` and in-batch `from` are indexes in
+    /// `body`); empty when no transaction declares objects.
+    pub deps: Vec<Dep>,
+}
+
+/// The encoded body as it is hashed and sealed: the transactions, then the edges.
+#[derive(Serialize)]
+struct BodyRef<'a> {
+    txs: &'a [StoredTx],
+    deps: &'a [Dep],
+}
+
+#[derive(Deserialize)]
+struct BodyOwned {
+    txs: Vec<StoredTx>,
+    deps: Vec<Dep>,
+}
+
+/// The bytes of a batch body (unversioned postcard: it travels inside a versioned
+/// envelope or under a header that commits to it).
+pub fn encode_body(txs: &[StoredTx], deps: &[Dep]) -> Vec<u8> {
+    postcard::to_stdvec(&BodyRef { txs, deps }).expect("body encodes")
+}
+
+/// Reads bytes written by [`encode_body`].
+pub fn decode_body(bytes: &[u8]) -> Result<(Vec<StoredTx>, Vec<Dep>), postcard::Error> {
+    let body: BodyOwned = postcard::from_bytes(bytes)?;
+    Ok((body.txs, body.deps))
 }
 
 impl Batch {
-    /// Assembles a batch over `txs` (in order) and fills in its commitments.
+    /// Assembles a batch over `txs` (in order), with no dependency edges, and fills in its
+    /// commitments.
     pub fn build(
         city_id: &str,
         seq: u64,
         parents: Vec<BatchId>,
         flag: FlagKind,
         txs: &[SignedTx],
+        created_at_ms: u64,
+    ) -> Self {
+        Self::build_with_deps(city_id, seq, parents, flag, txs, Vec::new(), created_at_ms)
+    }
+
+    /// [`Batch::build`] with the dependency edges `deps`.
+    pub fn build_with_deps(
+        city_id: &str,
+        seq: u64,
+        parents: Vec<BatchId>,
+        flag: FlagKind,
+        txs: &[SignedTx],
+        deps: Vec<Dep>,
         created_at_ms: u64,
     ) -> Self {
         let body: Vec<StoredTx> = txs
@@ -75,11 +122,11 @@ impl Batch {
             parents,
             merkle_root: crypto::merkle_root(&ids),
             tx_count: txs.len() as u32,
-            body_hash: crypto::hash(&postcard::to_stdvec(&body).expect("body encodes")),
+            body_hash: crypto::hash(&encode_body(&body, &deps)),
             flag,
             created_at_ms,
         };
-        Self { header, body }
+        Self { header, body, deps }
     }
 
     pub fn id(&self) -> BatchId {
@@ -103,8 +150,7 @@ impl Batch {
         if crypto::merkle_root(&self.tx_ids()) != self.header.merkle_root {
             return Err("Merkle root does not match the transaction ids".into());
         }
-        let body = postcard::to_stdvec(&self.body).expect("body encodes");
-        if crypto::hash(&body) != self.header.body_hash {
+        if crypto::hash(&encode_body(&self.body, &self.deps)) != self.header.body_hash {
             return Err("body hash does not match".into());
         }
         Ok(())
@@ -142,6 +188,26 @@ mod tests {
         let mut swapped = b.clone();
         swapped.body.swap(0, 1);
         assert!(swapped.check_integrity().is_err());
+
+        // The edges are under the body hash too.
+        let dep = Dep {
+            from: crate::messages::DepFrom::InBatch(0),
+            to: 1,
+            object: "coin".into(),
+            kind: crate::messages::DepKind::WriteAfterWrite,
+        };
+        let with =
+            Batch::build_with_deps("tokyo", 0, vec![], FlagKind::FreshTx, &txs, vec![dep], 10);
+        with.check_integrity().unwrap();
+        assert_ne!(with.id(), b.id());
+        let (txs_back, deps_back) = decode_body(&encode_body(&with.body, &with.deps)).unwrap();
+        assert_eq!(
+            (txs_back, deps_back),
+            (with.body.clone(), with.deps.clone())
+        );
+        let mut stripped = with.clone();
+        stripped.deps.clear();
+        assert!(stripped.check_integrity().is_err());
 
         let mut child = Batch::build("tokyo", 1, vec![b.id()], FlagKind::FreshTx, &txs, 11);
         let id = child.id();

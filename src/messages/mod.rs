@@ -15,6 +15,7 @@ mod batch;
 pub mod dpos;
 pub mod federation;
 pub mod names;
+pub mod objects;
 mod outcome;
 pub mod piece;
 mod pipeline;
@@ -26,6 +27,7 @@ mod wire;
 
 pub use ack::{ACK_VALIDITY_MS, AckError, CHALLENGE_CHUNKS, HoldChallenge, HoldProof, PohAck};
 pub use batch::{Batch, BatchHeader, BatchId, StoredTx};
+pub use objects::{Dep, DepFrom, DepKind, ObjectAccess, ObjectHead, ObjectKind, ObjectRef};
 pub use outcome::{StoreOutcome, Tier};
 pub use piece::{Coding, Expected, Piece, PieceError, PieceHeader, PieceRef};
 pub use pipeline::{Flag, NodeObservation, Placement, SealedBatch, StoreJob, Target, Urgency};

@@ -21,7 +21,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::batch::{Batch, BatchHeader, BatchId, StoredTx};
+use super::batch::{Batch, BatchHeader, BatchId};
 use super::wire::{WireError, decode, encode};
 use crate::crypto::vault::{
     DataKey, KEY_ID_LEN, ReadKey, ReadWrapped, TAG_LEN, VaultError, VaultKey, VaultPublicKey,
@@ -237,7 +237,7 @@ impl Sealer {
             key_id,
             capsule: capsule.id(),
         };
-        let body = postcard::to_stdvec(&batch.body).expect("body encodes");
+        let body = super::batch::encode_body(&batch.body, &batch.deps);
         let (nonce, ciphertext) = data_key.seal(&header.aad(), body)?;
         Ok((
             SealedEnvelope {
@@ -301,10 +301,11 @@ pub fn open_as_sealer(
 fn open_body(envelope: &SealedEnvelope, data_key: &DataKey) -> Result<Batch, SealError> {
     let header = &envelope.header;
     let body = data_key.open(&envelope.nonce, &header.aad(), envelope.ciphertext.clone())?;
-    let body: Vec<StoredTx> = postcard::from_bytes(&body).map_err(SealError::Body)?;
+    let (body, deps) = super::batch::decode_body(&body).map_err(SealError::Body)?;
     let batch = Batch {
         header: header.batch.clone(),
         body,
+        deps,
     };
     batch.check_integrity().map_err(SealError::Integrity)?;
     Ok(batch)
@@ -333,6 +334,7 @@ mod tests {
                     continent: None,
                     payload: None,
                     pop: None,
+                    objects: None,
                 };
                 let req = SignedTx::sign(tx, &key).unwrap();
                 SignedTx::from_request_bytes(&serde_json::to_vec(&req).unwrap()).unwrap()

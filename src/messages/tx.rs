@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::names::NameError;
+use super::objects::ObjectRef;
 use super::strict_json::{StrictValue, is_duplicate_key};
 use crate::crypto::{self, Hash32};
 
@@ -116,6 +117,10 @@ pub struct Tx {
     pub payload: Option<Map<String, Value>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pop: Option<Pop>,
+    /// The objects the transaction reads or writes (`engines::objects`). Absent from the
+    /// signed bytes when not given, so transactions without it keep their ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objects: Option<Vec<ObjectRef>>,
 }
 
 /// The body of `POST /v1/tx`.
@@ -182,6 +187,8 @@ pub enum TxValidationError {
     PopOutsideCity { city: String, lat: f64, lon: f64 },
     #[error("city {city} requires pop (the sender's position) on every transaction")]
     PopRequired { city: String },
+    #[error("objects: {0}")]
+    InvalidObjects(String),
 }
 
 impl TxValidationError {
@@ -207,6 +214,7 @@ impl TxValidationError {
             Self::WrongContinent { .. } => "wrong_continent",
             Self::PopOutsideCity { .. } => "pop_outside_city",
             Self::PopRequired { .. } => "pop_required",
+            Self::InvalidObjects(_) => "invalid_objects",
         }
     }
 
@@ -435,6 +443,7 @@ mod tests {
                 lat: 35.68,
                 lon: 139.76,
             }),
+            objects: None,
         }
     }
 
@@ -447,6 +456,27 @@ mod tests {
         let b = SignedTx::from_request_bytes(&body).unwrap();
         assert_eq!(a.id, b.id);
         assert_eq!(a.tx, req.tx);
+        // Without objects, the field is not in the signed bytes (earlier ids stay); with
+        // them, it is signed like the rest.
+        assert!(!a.canonical.contains("objects"));
+        let mut tx = sample_tx(&key);
+        tx.objects = Some(vec![ObjectRef {
+            id: "coin".into(),
+            kind: super::super::ObjectKind::Owned,
+            access: super::super::ObjectAccess::Write,
+        }]);
+        let req = SignedTx::sign(tx, &key).unwrap();
+        let signed = SignedTx::from_request_bytes(&serde_json::to_vec(&req).unwrap()).unwrap();
+        assert!(
+            signed
+                .canonical
+                .contains(r#""objects":[{"access":"write","id":"coin","kind":"owned"}]"#)
+        );
+        assert_eq!(signed.tx.objects, req.tx.objects);
+        let mut forged = serde_json::to_value(&req).unwrap();
+        forged["tx"]["objects"][0]["access"] = "read".into();
+        let err = SignedTx::from_request_bytes(forged.to_string().as_bytes()).unwrap_err();
+        assert_eq!(err.code(), "bad_signature");
     }
 
     #[test]
@@ -505,6 +535,20 @@ mod tests {
         let mut v = base.clone();
         v["tx"]["receiver"] = "mallory".into();
         check(v, "bad_signature");
+
+        let mut v = base.clone();
+        v["tx"]["objects"] =
+            serde_json::json!([{"id": "coin", "kind": "owned", "access": "write", "extra": 1}]);
+        check(v, "unknown_field");
+
+        let mut v = base.clone();
+        v["tx"]["objects"] =
+            serde_json::json!([{"id": "coin", "kind": "borrowed", "access": "write"}]);
+        check(v, "invalid_field");
+
+        let mut v = base.clone();
+        v["tx"]["objects"] = serde_json::json!({"id": "coin"});
+        check(v, "invalid_field");
 
         let err = SignedTx::from_request_bytes(b"{\"tx\":").unwrap_err();
         assert_eq!(err.code(), "invalid_json");

@@ -5,13 +5,17 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use crate::crypto::Hash32;
 
-/// Version of every postcard encoding this build writes.
-pub const WIRE_VERSION: u16 = 1;
+/// Version of every postcard encoding this build writes: 2, whose batch bodies carry
+/// object dependency edges after the transactions. (1 had no edges; its bytes are refused,
+/// never misread.)
+pub const WIRE_VERSION: u16 = 2;
 
 /// Errors decoding bytes from the network or disk.
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
-    #[error("unsupported wire version {0} (this build reads {WIRE_VERSION})")]
+    #[error(
+        "unsupported wire version {0} (this build reads only {WIRE_VERSION}; version 1 batches had no object dependency edges)"
+    )]
     Version(u16),
     #[error("malformed encoding: {0}")]
     Malformed(#[from] postcard::Error),

@@ -23,8 +23,13 @@
 //! writes the capsule: the city can open what it sealed, and this file alone opens
 //! nothing.
 //!
-//! The file carries its format ([`SCHEMA`]); one written by a version that kept every
-//! transaction body in it is refused with [`CityStoreError::Legacy`].
+//! The file carries its format ([`SCHEMA`]); one written by an earlier format (1 kept
+//! every transaction body in it, 2 was written before batches carried object edges in
+//! wire version 2) is refused with [`CityStoreError::Legacy`].
+//!
+//! The **object heads** (`engines::objects`): object id → its kind, owner, last writer and
+//! version, advanced in the transaction that records the batch, so they are never ahead
+//! of or behind the batches.
 //!
 //! A city with a continent above it (`[uplink]`) keeps an **outbox**: each batch enters it
 //! in the transaction that records the batch, and leaves it when the continent has merged
@@ -45,14 +50,16 @@ use crate::crypto::vault::ReadWrapped;
 use crate::engines::rewards::{Account, Credit};
 use crate::messages::federation::ContinentPlacement;
 use crate::messages::{
-    BatchHeader, BatchId, Capsule, FlagKind, NonceKey, PohAck, Tier, TxId, WireError,
+    BatchHeader, BatchId, Capsule, FlagKind, NonceKey, ObjectHead, ObjectRef, PohAck, Tier, TxId,
+    WireError,
 };
 
 pub const FILE_NAME: &str = "city.redb";
 
-/// The format of `city.redb` this version writes: 2, an index with a bounded cache of
-/// sealed bodies. (1, with no format recorded, kept every transaction's signed JSON.)
-pub const SCHEMA: u64 = 2;
+/// The format of `city.redb` this version writes: 3, an index with a bounded cache of
+/// sealed bodies and object heads, its records in wire version 2. (1, with no format
+/// recorded, kept every transaction's signed JSON; 2 wrote wire version 1.)
+pub const SCHEMA: u64 = 3;
 const SCHEMA_KEY: &str = "schema";
 /// Bytes of sealed bodies in the body cache.
 const CACHE_USED_KEY: &str = "body_cache_bytes";
@@ -93,6 +100,8 @@ const READ_KEYS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("vault
 const BODIES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("body_cache");
 /// The body cache in eviction order: batch sequence number → batch id.
 const BODY_ORDER: TableDefinition<u64, &[u8; 32]> = TableDefinition::new("body_cache_order");
+/// The object heads: object id → its encoded [`ObjectHead`].
+const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("object_heads");
 /// Where a batch was before repair moved it (the copies stay): batch id → encoded
 /// `Vec<Home>`, oldest first.
 const PAST_HOMES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("past_homes");
@@ -125,7 +134,7 @@ pub enum CityStoreError {
     Closed,
     /// A `city.redb` of an earlier format, which this version does not read.
     #[error(
-        "{0} was written by an earlier citychain that kept every transaction body in it (format 1); this version keeps an index and a bounded cache of sealed bodies (format {SCHEMA}) and does not convert it: move it aside to start with an empty index (the batches stay on their tiers)"
+        "{0} was written by an earlier citychain (format 1 kept every transaction body in it; format 2 wrote records before batches carried object dependency edges); this version writes format {SCHEMA} and does not convert it: move it aside to start with an empty index (the batches stay on their tiers)"
     )]
     Legacy(String),
 }
@@ -185,6 +194,17 @@ pub struct NewBatch {
     /// The rewards ledger's entries for the batch's write acks: added with the record,
     /// only if the batch was not recorded before (so each is credited once).
     pub credits: Vec<Credit>,
+    /// Each object access of the batch's transactions, in batch order, to advance the
+    /// object heads with (empty with `[objects] engine = "off"`).
+    pub objects: Vec<ObjectTouch>,
+}
+
+/// One transaction's access to one object, as the heads record it.
+#[derive(Debug, Clone)]
+pub struct ObjectTouch {
+    pub tx: TxId,
+    pub sender: String,
+    pub object: ObjectRef,
 }
 
 impl NewBatch {
@@ -198,6 +218,7 @@ impl NewBatch {
             read_key: None,
             sealed: None,
             credits: Vec::new(),
+            objects: Vec::new(),
         }
     }
 }
@@ -219,6 +240,7 @@ struct WriteReq {
     read_key: Option<Vec<u8>>,
     sealed: Option<bytes::Bytes>,
     credits: Vec<Credit>,
+    objects: Vec<ObjectTouch>,
 }
 
 /// Dropping it lets the writer finish what it holds and releases the database, so it can be
@@ -321,6 +343,7 @@ impl CityStore {
             tx.open_table(BODY_ORDER)?;
             tx.open_table(PAST_HOMES)?;
             tx.open_table(ACCOUNTS)?;
+            tx.open_table(OBJECTS)?;
             tx.commit()?;
         }
         let options = Options {
@@ -389,6 +412,7 @@ impl CityStore {
                 read_key: new.read_key.as_ref().map(crate::messages::encode),
                 sealed: new.sealed,
                 credits: new.credits,
+                objects: new.objects,
             })
             .await
         {
@@ -423,6 +447,27 @@ impl CityStore {
             Some(owner) => Lookup::NonceUsedBy(*owner.value()),
             None => Lookup::Unknown,
         })
+    }
+
+    /// The durable heads of those of `ids` the city has seen, in one read.
+    pub fn object_heads<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a str>,
+    ) -> Result<std::collections::HashMap<String, ObjectHead>> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(OBJECTS)?;
+        let mut out = std::collections::HashMap::new();
+        for id in ids {
+            if let Some(v) = table.get(id)? {
+                out.insert(id.to_string(), crate::messages::decode(v.value())?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// One object's durable head.
+    pub fn object_head(&self, id: &str) -> Result<Option<ObjectHead>> {
+        Ok(self.object_heads([id])?.remove(id))
     }
 
     /// The batch's capsule from the key vault.
@@ -826,12 +871,32 @@ fn write_group(
         let mut meta = tx.open_table(META)?;
         let lost = tx.open_table(LOST)?;
         let mut accounts = tx.open_table(ACCOUNTS)?;
+        let mut objects = tx.open_table(OBJECTS)?;
         let mut used = meta.get(CACHE_USED_KEY)?.map_or(0, |v| v.value());
         for req in group {
-            // A batch's write acks are credited with its first record only.
-            if !req.credits.is_empty() && batches.get(&req.batch_id)?.is_none() {
+            // A batch recorded once already (never expected) neither credits its write
+            // acks nor advances object heads a second time.
+            let first = batches.get(&req.batch_id)?.is_none();
+            if first && !req.credits.is_empty() {
                 super::rewards::apply::<CityStoreError>(&mut accounts, &req.credits)?;
                 credited.extend(req.credits.iter().cloned());
+            }
+            if first {
+                for touch in &req.objects {
+                    let id = touch.object.id.as_str();
+                    let head = objects
+                        .get(id)?
+                        .map(|v| crate::messages::decode::<ObjectHead>(v.value()))
+                        .transpose()?;
+                    let head = crate::engines::objects::advance_head(
+                        head,
+                        &touch.object,
+                        &touch.sender,
+                        touch.tx,
+                        req.batch_id,
+                    );
+                    objects.insert(id, crate::messages::encode(&head).as_slice())?;
+                }
             }
             capsules.insert(&req.batch_id, req.capsule.as_slice())?;
             if let Some(read_key) = &req.read_key {
@@ -950,6 +1015,53 @@ mod tests {
                 },
             )],
         )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn object_heads_advance_with_their_batch_records_and_survive_reopening() {
+        use crate::messages::{ObjectAccess, ObjectKind};
+        let dir = tempfile::tempdir().unwrap();
+        let touch = |tx: u8, sender: &str, id: &str, kind, access| ObjectTouch {
+            tx: [tx; 32],
+            sender: sender.into(),
+            object: ObjectRef {
+                id: id.into(),
+                kind,
+                access,
+            },
+        };
+        let (b1, t1) = record(1);
+        let id1 = b1.header.id();
+        {
+            let store = CityStore::open(dir.path()).unwrap();
+            assert_eq!(store.object_head("coin").unwrap(), None);
+            let new = || NewBatch {
+                objects: vec![
+                    touch(1, "alice", "coin", ObjectKind::Owned, ObjectAccess::Write),
+                    touch(1, "alice", "law", ObjectKind::Immutable, ObjectAccess::Read),
+                    touch(2, "bob", "coin", ObjectKind::Owned, ObjectAccess::Read),
+                ],
+                ..NewBatch::new(b1.clone(), t1.clone(), capsule(id1))
+            };
+            store.record(new()).await.unwrap();
+            // The same batch recorded again does not count its writes twice.
+            store.record(new()).await.unwrap();
+        }
+        let store = CityStore::open(dir.path()).unwrap();
+        let heads = store.object_heads(["coin", "law", "never"]).unwrap();
+        assert_eq!(heads.len(), 2);
+        let coin = &heads["coin"];
+        assert_eq!(coin.kind, ObjectKind::Owned);
+        assert_eq!(coin.owner.as_deref(), Some("alice"));
+        assert_eq!(
+            (coin.version, coin.last_tx, coin.last_batch),
+            (1, Some([1; 32]), Some(id1))
+        );
+        let law = &heads["law"];
+        assert_eq!(
+            (law.kind, law.version, law.last_tx),
+            (ObjectKind::Immutable, 0, None)
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

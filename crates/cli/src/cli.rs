@@ -259,6 +259,10 @@ struct TxArgs {
     /// The sender's position (proof of place), checked against the city's fence.
     #[arg(long, value_name = "LAT,LON", value_parser = parse_pop)]
     pop: Option<citychain::messages::Pop>,
+    /// The objects the transaction reads or writes, a JSON array of
+    /// `{"id","kind":"owned"|"shared"|"immutable","access":"read"|"write"}`.
+    #[arg(long)]
+    objects: Option<String>,
     /// Default: the current time in microseconds, unique enough for one sender.
     #[arg(long)]
     nonce: Option<u64>,
@@ -329,6 +333,13 @@ impl TxArgs {
                 _ => anyhow::bail!("--payload must be a JSON object"),
             },
         };
+        let objects = match &self.objects {
+            None => None,
+            Some(text) => Some(
+                serde_json::from_str::<Vec<citychain::messages::ObjectRef>>(text)
+                    .context("--objects is not a JSON array of {\"id\",\"kind\",\"access\"}")?,
+            ),
+        };
         let nonce = self.nonce.unwrap_or_else(|| {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -344,6 +355,7 @@ impl TxArgs {
             continent,
             payload,
             pop: self.pop,
+            objects,
             nonce,
             timestamp_ms: None,
         };

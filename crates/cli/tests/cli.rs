@@ -93,6 +93,43 @@ fn keygen_then_tx_prints_a_request_the_node_accepts() {
     assert_eq!(tx.tx.amount, 1250);
     assert_eq!(tx.tx.nonce, 7);
     assert_eq!(tx.tx.payload.unwrap()["memo"], "lunch");
+    assert_eq!(tx.tx.objects, None);
+
+    // --objects is signed into the transaction; a malformed one is refused before signing.
+    let (code, body, err) = run(&[
+        "tx",
+        "--key",
+        key.to_str().unwrap(),
+        "--to",
+        "bob",
+        "--amount",
+        "5",
+        "--city",
+        "tokyo",
+        "--objects",
+        r#"[{"id":"coin-7","kind":"owned","access":"write"}]"#,
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let tx = citychain::messages::SignedTx::from_request_bytes(body.as_bytes()).unwrap();
+    let objects = tx.tx.objects.unwrap();
+    assert_eq!(objects.len(), 1);
+    assert_eq!(objects[0].id, "coin-7");
+    assert_eq!(objects[0].kind, citychain::messages::ObjectKind::Owned);
+    let (code, _, err) = run(&[
+        "tx",
+        "--key",
+        key.to_str().unwrap(),
+        "--to",
+        "bob",
+        "--amount",
+        "5",
+        "--city",
+        "tokyo",
+        "--objects",
+        r#"[{"id":"coin-7","kind":"borrowed","access":"write"}]"#,
+    ]);
+    assert_ne!(code, Some(0), "{err}");
+    assert!(err.contains("--objects"), "{err}");
 }
 
 #[test]

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use citychain::crypto::{self, SigningKey};
-use citychain::messages::{FlagKind, Pop, SignedTx, Tx, TxRequest, now_ms, tx_id_hex};
+use citychain::messages::{FlagKind, ObjectRef, Pop, SignedTx, Tx, TxRequest, now_ms, tx_id_hex};
 use serde_json::{Map, Value};
 
 /// A transaction before it has a sender, a timestamp and a signature.
@@ -26,6 +26,8 @@ pub struct TxDraft {
     pub payload: Option<Map<String, Value>>,
     /// Where the sender is (proof of place).
     pub pop: Option<Pop>,
+    /// The objects it reads or writes (`tx.objects`).
+    pub objects: Option<Vec<ObjectRef>>,
     pub nonce: u64,
     /// `None`: the time of signing.
     pub timestamp_ms: Option<u64>,
@@ -43,6 +45,7 @@ impl TxDraft {
             continent: None,
             payload: None,
             pop: None,
+            objects: None,
             nonce,
             timestamp_ms: None,
         }
@@ -69,6 +72,11 @@ impl TxDraft {
         self
     }
 
+    pub fn objects(mut self, objects: Vec<ObjectRef>) -> Self {
+        self.objects = Some(objects);
+        self
+    }
+
     pub fn timestamp_ms(mut self, timestamp_ms: u64) -> Self {
         self.timestamp_ms = Some(timestamp_ms);
         self
@@ -87,6 +95,7 @@ impl TxDraft {
             continent: self.continent.clone(),
             payload: self.payload.clone(),
             pop: self.pop,
+            objects: self.objects.clone(),
         }
     }
 

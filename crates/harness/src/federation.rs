@@ -787,6 +787,7 @@ impl Federation {
             global: Default::default(),
             rewards: Default::default(),
             dpos: Default::default(),
+            objects: Default::default(),
         }
     }
 

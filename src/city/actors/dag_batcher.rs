@@ -7,6 +7,11 @@
 //! batches fill. A batch of only `deferred` transactions waits up to `deferred_delay`.
 //! Each batch names up to `max_parents` of the city's most recent batches as parents.
 //! Sealed batches go to the Flagger.
+//!
+//! Inside a batch, transactions keep the order they were added in, which is the order the
+//! Intake admitted them (its mailbox to this actor is FIFO and this actor never reorders):
+//! the order is deterministic, and the batch records the object dependency edges between
+//! them (`engines::objects`) so that a reader replays the same order.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -18,6 +23,8 @@ use crate::city::flag_policy::FlagPolicy;
 use crate::city::mailbox::{Mailbox, SendError};
 use crate::city::msgs::{BatcherMsg, FailoverMsg, FlaggerMsg, SubmitError, Unavailable};
 use crate::config::BatcherConfig;
+use crate::engines::objects::{BatchEntry, EdgeTracker, ObjectEngine};
+use crate::messages::TxId;
 use crate::messages::{Batch, BatchId, FlagKind, SealedBatch, Sealer, SignedTx, Urgency, now_ms};
 use crate::storage::city_store::{CityStore, SEQ_BLOCK};
 
@@ -40,11 +47,17 @@ pub struct BatcherArgs {
     pub store: Arc<CityStore>,
     /// Seals every batch for the continent's key holder before it goes anywhere.
     pub sealer: Sealer,
+    /// The object rules: the dependency edges each batch records.
+    pub objects: Arc<dyn ObjectEngine>,
 }
 
 pub struct BatcherState {
     args: BatcherArgs,
     open: Vec<SignedTx>,
+    /// Per open transaction, the durable last writers of its objects (from the Intake).
+    open_prior: Vec<Vec<(String, TxId)>>,
+    /// The last writer and readers of each object, across the batches sealed since start.
+    edges: EdgeTracker,
     open_bytes: usize,
     open_flag: FlagKind,
     open_urgency: Urgency,
@@ -116,6 +129,7 @@ impl DagBatcher {
         state: &mut BatcherState,
         tx: SignedTx,
         arrived: Instant,
+        prior: Vec<(String, TxId)>,
     ) {
         state.rate.arrival();
         let flag = state.args.policy.compute_flag(&tx.tx);
@@ -132,6 +146,7 @@ impl DagBatcher {
         }
         state.open_bytes += tx_bytes(&tx);
         state.open.push(tx);
+        state.open_prior.push(prior);
 
         let c = &state.args.config;
         if state.open_urgency == Urgency::Immediate
@@ -154,6 +169,7 @@ impl DagBatcher {
 
     async fn close(state: &mut BatcherState) {
         let txs = std::mem::take(&mut state.open);
+        let prior = std::mem::take(&mut state.open_prior);
         state.open_bytes = 0;
         state.deadline = None;
         state.opened_at = None;
@@ -187,12 +203,23 @@ impl DagBatcher {
             state.reserved = upto;
         }
         let parents: Vec<BatchId> = state.recent.iter().rev().copied().collect();
-        let batch = Batch::build(
+        let entries: Vec<BatchEntry<'_>> = txs
+            .iter()
+            .zip(&prior)
+            .map(|(t, prior)| BatchEntry {
+                id: t.id,
+                objects: t.tx.objects.as_deref().unwrap_or_default(),
+                prior,
+            })
+            .collect();
+        let deps = state.args.objects.edges(&mut state.edges, &entries);
+        let batch = Batch::build_with_deps(
             &state.args.city,
             state.seq,
             parents,
             state.open_flag,
             &txs,
+            deps,
             now_ms(),
         );
         let tx_ids: Vec<_> = txs.iter().map(|t| t.id).collect();
@@ -266,6 +293,8 @@ impl Actor for DagBatcher {
             recent: recent.into_iter().collect(),
             args,
             open: Vec::new(),
+            open_prior: Vec::new(),
+            edges: EdgeTracker::default(),
             open_bytes: 0,
             open_flag: FlagKind::SystemTx,
             open_urgency: Urgency::Deferred,
@@ -284,7 +313,9 @@ impl Actor for DagBatcher {
         state: &mut BatcherState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            BatcherMsg::Add { tx, arrived } => Self::add(&myself, state, tx, arrived).await,
+            BatcherMsg::Add { tx, arrived, prior } => {
+                Self::add(&myself, state, tx, arrived, prior).await
+            }
             BatcherMsg::Panic => panic!("fault injected into dag_batcher"),
             BatcherMsg::Tick(generation) => {
                 if generation == state.generation && !state.open.is_empty() {
@@ -345,6 +376,7 @@ mod tests {
                     failover: Mailbox::new(failover, Depth::new("test_failover"), 64),
                     store: Arc::new(CityStore::open(dir.path()).unwrap()),
                     sealer: crate::testkit::sealer(),
+                    objects: crate::engines::objects::engine_from_config(&Default::default()),
                 },
             )
             .await
@@ -365,6 +397,7 @@ mod tests {
                 .cast(BatcherMsg::Add {
                     tx,
                     arrived: Instant::now(),
+                    prior: Vec::new(),
                 })
                 .unwrap();
         }

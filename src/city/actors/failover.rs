@@ -27,10 +27,11 @@ use crate::city::mailbox::Mailbox;
 use crate::city::msgs::{
     FailoverMsg, FlaggerMsg, IntakeMsg, PrioritizerMsg, SubmitError, Unavailable,
 };
+use crate::engines::objects::ObjectEngine;
 use crate::engines::rewards::{Credit, ProofKind, RewardEngine};
-use crate::messages::{FlagKind, NonceKey, SealedBatch, StoreJob, StoreOutcome, now_ms};
+use crate::messages::{FlagKind, NonceKey, ObjectRef, SealedBatch, StoreJob, StoreOutcome, now_ms};
 use crate::storage::chain::TierChain;
-use crate::storage::city_store::{BatchRecord, CityStore, NewBatch, TxRecord};
+use crate::storage::city_store::{BatchRecord, CityStore, NewBatch, ObjectTouch, TxRecord};
 use crate::storage::tier::{Stored, TierResult};
 
 /// Mailbox capacity. Tier results are control messages (bounded by the batches in flight,
@@ -49,6 +50,8 @@ pub struct FailoverArgs {
     pub prioritizer: Mailbox<PrioritizerMsg>,
     /// Decides what each ack of a stored batch earns.
     pub rewards: Arc<dyn RewardEngine>,
+    /// The object rules: whether a durable batch advances the object heads.
+    pub objects: Arc<dyn ObjectEngine>,
 }
 
 impl Failover {
@@ -137,11 +140,12 @@ impl Failover {
         let intake = args.intake.clone();
         let flagger = args.flagger.clone();
         let credits = write_credits(args, &job, &outcome);
+        let track_objects = args.objects.tracks();
         tokio::spawn(async move {
             let sealed = &job.sealed;
             let new = NewBatch {
                 credits,
-                ..records(sealed, &outcome)
+                ..records(sealed, &outcome, track_objects)
             };
             let msg = match store.record(new).await {
                 Ok(()) => IntakeMsg::Stored {
@@ -186,8 +190,10 @@ fn write_credits(args: &FailoverArgs, job: &StoreJob, outcome: &StoreOutcome) ->
 }
 
 /// The index records of a durable batch and its transactions, the `(sender, nonce)` pairs,
-/// its vault entries and its sealed bytes for the body cache.
-fn records(sealed: &SealedBatch, outcome: &StoreOutcome) -> NewBatch {
+/// its vault entries, its sealed bytes for the body cache and, when the object engine
+/// tracks objects, every object access in batch order (the heads advance in the same
+/// transaction).
+fn records(sealed: &SealedBatch, outcome: &StoreOutcome, track_objects: bool) -> NewBatch {
     #[derive(serde::Deserialize)]
     struct Kind {
         kind: FlagKind,
@@ -227,6 +233,11 @@ fn records(sealed: &SealedBatch, outcome: &StoreOutcome) -> NewBatch {
         .zip(&sealed.batch.body)
         .filter_map(|(id, stored)| NonceKey::of_canonical(&stored.canonical).map(|k| (k, *id)))
         .collect();
+    let objects = if track_objects {
+        object_touches(sealed)
+    } else {
+        Vec::new()
+    };
     NewBatch {
         batch,
         txs,
@@ -235,7 +246,31 @@ fn records(sealed: &SealedBatch, outcome: &StoreOutcome) -> NewBatch {
         read_key: sealed.read_key.as_deref().cloned(),
         sealed: Some(sealed.bytes.clone()),
         credits: Vec::new(),
+        objects,
     }
+}
+
+/// Every object access of the batch's transactions, in batch order.
+fn object_touches(sealed: &SealedBatch) -> Vec<ObjectTouch> {
+    #[derive(serde::Deserialize)]
+    struct Declared {
+        sender: String,
+        #[serde(default)]
+        objects: Option<Vec<ObjectRef>>,
+    }
+    let mut out = Vec::new();
+    for (id, stored) in sealed.tx_ids.iter().zip(&sealed.batch.body) {
+        let declared = serde_json::from_str::<Declared>(&stored.canonical)
+            .expect("batched transactions were parsed before");
+        for object in declared.objects.unwrap_or_default() {
+            out.push(ObjectTouch {
+                tx: *id,
+                sender: declared.sender.clone(),
+                object,
+            });
+        }
+    }
+    out
 }
 
 impl Actor for Failover {
@@ -349,6 +384,7 @@ mod tests {
                 flagger: Mailbox::new(flagger, Depth::new("test_flagger"), 64),
                 prioritizer: Mailbox::new(prioritizer, Depth::new("test_prioritizer"), 64),
                 rewards: crate::engines::rewards::engine_from_config(&Default::default()),
+                objects: crate::engines::objects::engine_from_config(&Default::default()),
             },
         )
         .await

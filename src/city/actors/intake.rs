@@ -19,6 +19,7 @@ use tokio::sync::oneshot;
 use crate::city::mailbox::{Mailbox, SendError};
 use crate::city::msgs::{BatcherMsg, IntakeMsg, Receipt, SubmitError, SubmitResult, Unavailable};
 use crate::city::status::{PendingTx, StatusIndex};
+use crate::engines::objects::ObjectEngine;
 use crate::messages::{FlagKind, SignedTx, StoreOutcome, TxId};
 use crate::storage::city_store::Lookup;
 
@@ -38,6 +39,8 @@ pub struct IntakeArgs {
     pub sweep_after: Duration,
     pub index: Arc<StatusIndex>,
     pub batcher: Mailbox<BatcherMsg>,
+    /// The object rules: conflicts with the transactions in flight and durable heads.
+    pub objects: Arc<dyn ObjectEngine>,
 }
 
 struct Waiter {
@@ -102,6 +105,13 @@ impl Intake {
             let _ = reply.send(Err(SubmitError::Overloaded(in_flight)));
             return;
         }
+        let prior = match Self::check_objects(state, &tx) {
+            Ok(prior) => prior,
+            Err(err) => {
+                let _ = reply.send(Err(err));
+                return;
+            }
+        };
         let id = tx.id;
         index.pending.insert(
             id,
@@ -112,7 +122,11 @@ impl Intake {
             },
         );
         index.nonces.insert(nonce, id);
-        match state.args.batcher.try_send(BatcherMsg::Add { tx, arrived }) {
+        match state
+            .args
+            .batcher
+            .try_send(BatcherMsg::Add { tx, arrived, prior })
+        {
             Ok(()) => {
                 state.waiters.insert(
                     id,
@@ -134,6 +148,39 @@ impl Intake {
                 let _ = reply.send(Err(err));
             }
         }
+    }
+
+    /// Checks the transaction's objects against those of the transactions in flight and
+    /// their durable heads (one read of the store) and takes its locks; returns the
+    /// durable last writer of each object, for the batcher's edges. A refusal leaves
+    /// nothing behind.
+    fn check_objects(
+        state: &IntakeState,
+        tx: &SignedTx,
+    ) -> Result<Vec<(String, TxId)>, SubmitError> {
+        let engine = &state.args.objects;
+        let objects = match tx.tx.objects.as_deref() {
+            Some(objects) if !objects.is_empty() && engine.tracks() => objects,
+            _ => return Ok(Vec::new()),
+        };
+        let index = &state.args.index;
+        let heads = index
+            .store
+            .object_heads(objects.iter().map(|o| o.id.as_str()))
+            .map_err(|e| SubmitError::StorageUnavailable(Unavailable::Index(Arc::new(e))))?;
+        if let Err(conflict) =
+            engine.admit(&mut index.objects(), tx.id, &tx.tx.sender, objects, &heads)
+        {
+            metrics::counter!(crate::metrics::OBJECT_CONFLICTS, "rule" => conflict.rule())
+                .increment(1);
+            metrics::counter!(crate::metrics::TX_REJECTED, "reason" => "object_conflict")
+                .increment(1);
+            return Err(SubmitError::ObjectConflict(conflict));
+        }
+        Ok(heads
+            .into_iter()
+            .filter_map(|(id, head)| head.last_tx.map(|tx| (id, tx)))
+            .collect())
     }
 
     fn nonce_reused(reply: oneshot::Sender<SubmitResult>, owner: TxId) {
@@ -288,6 +335,7 @@ mod tests {
                 sweep_after: Duration::from_secs(60),
                 index: index.clone(),
                 batcher: Mailbox::new(batcher, Depth::new("test_batcher"), 64),
+                objects: crate::engines::objects::engine_from_config(&Default::default()),
             },
         )
         .await
@@ -515,6 +563,63 @@ mod tests {
         })
         .await
         .expect("the condition holds in time");
+    }
+
+    #[tokio::test]
+    async fn an_object_conflict_records_nothing_and_the_lock_goes_with_its_holder() {
+        use crate::engines::objects::ObjectConflict;
+        use crate::messages::{ObjectAccess, ObjectKind, ObjectRef};
+        let dir = tempfile::tempdir().unwrap();
+        let (actor, index, mut added) = intake(10, dir.path()).await;
+        let coin = |key: &SigningKey, nonce| {
+            let mut tx = signed_tx(key, nonce, FlagKind::FreshTx, 10);
+            tx.tx.objects = Some(vec![ObjectRef {
+                id: "coin".into(),
+                kind: ObjectKind::Owned,
+                access: ObjectAccess::Write,
+            }]);
+            tx
+        };
+        let (alice, bob) = (
+            SigningKey::from_seed([3; 32]).unwrap(),
+            SigningKey::from_seed([4; 32]).unwrap(),
+        );
+        let first = coin(&alice, 1);
+        let rival = coin(&bob, 1);
+        let _a = submit(&actor, first.clone());
+        let Some(BatcherMsg::Add { tx, prior, .. }) = added.recv().await else {
+            panic!("the first writer is admitted")
+        };
+        assert_eq!((tx.id, prior.len()), (first.id, 0));
+        let refused = submit(&actor, rival.clone()).await.unwrap();
+        assert_eq!(
+            refused,
+            Err(SubmitError::ObjectConflict(ObjectConflict::InFlight {
+                object: "coin".into(),
+                tx: first.id
+            }))
+        );
+        assert!(!index.pending.contains_key(&rival.id));
+        assert!(
+            !index.nonces.contains_key(&rival.nonce_key()),
+            "a conflict uses no nonce"
+        );
+        assert!(!index.objects().holds(&rival.id));
+        // The same transaction again waits with itself.
+        let dup = submit(&actor, first.clone());
+        actor
+            .cast(IntakeMsg::Failed {
+                tx_ids: Arc::new(vec![first.id]),
+                reason: SubmitError::ShuttingDown,
+            })
+            .unwrap();
+        assert_eq!(dup.await.unwrap(), Err(SubmitError::ShuttingDown));
+        assert!(index.objects().is_empty(), "a failed writer releases");
+        let _b = submit(&actor, rival.clone());
+        let Some(BatcherMsg::Add { tx, .. }) = added.recv().await else {
+            panic!("the rival is admitted now")
+        };
+        assert_eq!(tx.id, rival.id);
     }
 
     #[tokio::test]
