@@ -556,6 +556,36 @@ fn city_actors_import_messages_never_each_other() {
 }
 
 #[test]
+fn the_domain_engines_are_rules_importing_only_settings_vocabulary_and_crypto() {
+    let krate = library();
+    let edges = krate.edges();
+    let engines: Vec<&Module> = krate
+        .sources
+        .iter()
+        .map(|s| &s.module)
+        .filter(|m| m.len() == 2 && m[0] == "engines")
+        .collect();
+    assert_eq!(engines.len(), 4, "{engines:?}");
+    let allowed = ["config", "messages", "crypto", "engines"];
+    let mut seen = BTreeSet::new();
+    for engine in engines {
+        for to in edges.get(engine).into_iter().flatten() {
+            seen.insert(to[0].clone());
+            assert!(
+                allowed.contains(&to[0].as_str()),
+                "{} imports {}",
+                show(engine),
+                show(to)
+            );
+        }
+    }
+    assert!(
+        seen.contains("config") && seen.contains("messages"),
+        "{seen:?}"
+    );
+}
+
+#[test]
 fn the_checker_sees_a_cycle() {
     let mut edges = BTreeMap::new();
     let (a, b, c): (Module, Module, Module) =
