@@ -179,6 +179,7 @@ pub async fn start(
             let client = chain.client().clone();
             let directory = chain.nodes().clone();
             let rewards = rewards.clone();
+            let store = store.clone();
             move || PrioritizerArgs {
                 config: cfg.prioritizer.clone(),
                 light_fanout: cfg.storage.erasure.pieces(),
@@ -186,6 +187,7 @@ pub async fn start(
                 nodes: directory.clone(),
                 policy: node_policy.clone(),
                 rewards: rewards.clone(),
+                store: store.clone(),
                 client: client.clone(),
                 snapshot: nodes.clone(),
                 writer: b.writer.clone(),

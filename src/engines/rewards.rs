@@ -67,7 +67,7 @@ pub struct Credit {
 }
 
 /// One node's standing in the ledger.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Account {
     /// The node's role when it was last seen; `None` before any entry.
     pub role: Option<Role>,
@@ -78,9 +78,29 @@ pub struct Account {
     pub challenges_failed: u64,
     /// When it was last credited (ms since the epoch).
     pub last_credit_ms: Option<u64>,
+    /// Its reliability after its last repair challenge (`None`: never challenged, 1). Kept
+    /// with the counts so that a restarted city, or a restarted Prioritizer, does not
+    /// forgive a node its failed challenges.
+    pub reliability: Option<f64>,
 }
 
 impl Account {
+    /// Its reliability now: 1 until it was challenged.
+    pub fn reliability(&self) -> f64 {
+        self.reliability.unwrap_or(1.0)
+    }
+
+    /// Moves its reliability by `engine`'s rule if `credit` is a repair challenge's result
+    /// (write and repair acks leave it alone).
+    pub fn challenged(&mut self, credit: &Credit, engine: &dyn RewardEngine) {
+        let passed = match credit.outcome {
+            Outcome::Proved(ProofKind::Challenge) => true,
+            Outcome::Failed => false,
+            Outcome::Proved(_) => return,
+        };
+        self.reliability = Some(engine.reliability_after(self.reliability(), passed));
+    }
+
     /// Adds `credit` to the account.
     pub fn apply(&mut self, credit: &Credit) {
         self.role = Some(credit.role);
@@ -285,8 +305,22 @@ mod tests {
                 challenges_passed: 1,
                 challenges_failed: 1,
                 last_credit_ms: Some(300),
+                // `apply` counts; only `challenged` moves reliability.
+                reliability: None,
             }
         );
+        // Challenge results move reliability by the engine's rule; acks do not.
+        let mut r = Account::default();
+        r.challenged(&credit(ProofKind::Write, 9, 1), &e);
+        r.challenged(&credit(ProofKind::Repair, 9, 1), &e);
+        assert_eq!(r.reliability, None);
+        r.challenged(&failed, &e);
+        r.challenged(&failed, &e);
+        assert_eq!(r.reliability(), 0.25);
+        r.challenged(&credit(ProofKind::Challenge, 9, 1), &e);
+        assert!((r.reliability() - 0.30).abs() < 1e-9, "{r:?}");
+        r.challenged(&failed, &Off);
+        assert!((r.reliability() - 0.30).abs() < 1e-9, "off moves nothing");
         // A failed challenge leaves the points and the last credit as they were.
         let before = a.clone();
         a.apply(&failed);

@@ -555,6 +555,9 @@ pub struct RewardReply {
     /// The node's score now (0–9), as `GET /v1/nodes` shows it; `null` for a node no
     /// longer configured.
     pub score: Option<u8>,
+    /// What its repair challenges left of its reliability (1 until it failed one), the
+    /// factor that multiplies its score.
+    pub reliability: f64,
     pub last_credit_ms: Option<u64>,
 }
 
@@ -573,6 +576,7 @@ impl RewardReply {
             repair_acks: account.repair_acks,
             challenges_passed: account.challenges_passed,
             challenges_failed: account.challenges_failed,
+            reliability: account.reliability(),
             last_credit_ms: account.last_credit_ms,
         }
     }

@@ -47,7 +47,7 @@ use serde::{Deserialize, Serialize};
 use super::group_commit::{GroupCommit, GroupError, Options};
 use super::rewards::ACCOUNTS;
 use crate::crypto::vault::ReadWrapped;
-use crate::engines::rewards::{Account, Credit};
+use crate::engines::rewards::{Account, Credit, RewardEngine};
 use crate::messages::federation::ContinentPlacement;
 use crate::messages::{
     BatchHeader, BatchId, Capsule, FlagKind, NonceKey, ObjectHead, ObjectRef, PohAck, Tier, TxId,
@@ -695,7 +695,8 @@ impl CityStore {
             rec.lost = false;
             let mut batches = tx.open_table(BATCHES)?;
             batches.insert(batch_id, crate::messages::encode(&rec).as_slice())?;
-            super::rewards::apply::<CityStoreError>(&mut tx.open_table(ACCOUNTS)?, credits)?;
+            // Repair acks: no challenge among them, no reliability to move.
+            super::rewards::apply::<CityStoreError>(&mut tx.open_table(ACCOUNTS)?, credits, None)?;
         }
         tx.commit()?;
         super::rewards::count(credits);
@@ -704,13 +705,17 @@ impl CityStore {
 
     /// Adds `credits` (a repair round's challenge results) to the rewards ledger, in one
     /// transaction; returns once fsynced. Blocks.
-    pub fn record_credits(&self, credits: &[Credit]) -> Result<()> {
+    pub fn record_credits(&self, credits: &[Credit], engine: &dyn RewardEngine) -> Result<()> {
         if credits.is_empty() {
             return Ok(());
         }
         let mut tx = self.db.begin_write()?;
         tx.set_durability(Durability::Immediate)?;
-        super::rewards::apply::<CityStoreError>(&mut tx.open_table(ACCOUNTS)?, credits)?;
+        super::rewards::apply::<CityStoreError>(
+            &mut tx.open_table(ACCOUNTS)?,
+            credits,
+            Some(engine),
+        )?;
         tx.commit()?;
         super::rewards::count(credits);
         Ok(())
@@ -878,7 +883,8 @@ fn write_group(
             // acks nor advances object heads a second time.
             let first = batches.get(&req.batch_id)?.is_none();
             if first && !req.credits.is_empty() {
-                super::rewards::apply::<CityStoreError>(&mut accounts, &req.credits)?;
+                // Write acks: no challenge among them, no reliability to move.
+                super::rewards::apply::<CityStoreError>(&mut accounts, &req.credits, None)?;
                 credited.extend(req.credits.iter().cloned());
             }
             if first {
@@ -1178,12 +1184,15 @@ mod tests {
                 )
                 .unwrap();
             store
-                .record_credits(&[
-                    engine
-                        .proved("light-1", ProofKind::Challenge, Role::Light, 9, 30)
-                        .unwrap(),
-                    engine.failed("light-2", Role::Light, 40).unwrap(),
-                ])
+                .record_credits(
+                    &[
+                        engine
+                            .proved("light-1", ProofKind::Challenge, Role::Light, 9, 30)
+                            .unwrap(),
+                        engine.failed("light-2", Role::Light, 40).unwrap(),
+                    ],
+                    &engine,
+                )
                 .unwrap();
         }
         let store = CityStore::open(dir.path()).unwrap();
@@ -1197,6 +1206,8 @@ mod tests {
                 challenges_passed: 1,
                 challenges_failed: 0,
                 last_credit_ms: Some(30),
+                // Passed at 1: stays 1.
+                reliability: Some(1.0),
             })
         );
         let full = store.reward_account("full-1").unwrap().unwrap();
@@ -1206,6 +1217,10 @@ mod tests {
             (l2.points, l2.repair_acks, l2.challenges_failed),
             (50, 1, 1)
         );
+        // Its failed challenge halved its reliability, kept across the reopen; write and
+        // repair acks never move it.
+        assert_eq!(l2.reliability, Some(0.5));
+        assert_eq!(full.reliability, None);
         assert_eq!(store.reward_account("nobody").unwrap(), None);
         let ids: Vec<String> = store
             .reward_accounts()

@@ -10,13 +10,18 @@
 
 use redb::{ReadableTable, TableDefinition};
 
-use crate::engines::rewards::{Account, Credit, Outcome};
+use crate::engines::rewards::{Account, Credit, Outcome, RewardEngine};
 
 /// Node id → its encoded [`Account`].
 pub(super) const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("reward_accounts");
 
-/// Adds `credits` to their nodes' accounts in `table`.
-pub(super) fn apply<E>(table: &mut redb::Table<&str, &[u8]>, credits: &[Credit]) -> Result<(), E>
+/// Adds `credits` to their nodes' accounts in `table`; with `engine`, repair challenge
+/// results also move each node's reliability by its rule.
+pub(super) fn apply<E>(
+    table: &mut redb::Table<&str, &[u8]>,
+    credits: &[Credit],
+    engine: Option<&dyn RewardEngine>,
+) -> Result<(), E>
 where
     E: From<redb::StorageError> + From<crate::messages::WireError>,
 {
@@ -26,6 +31,9 @@ where
             None => Account::default(),
         };
         account.apply(credit);
+        if let Some(engine) = engine {
+            account.challenged(credit, engine);
+        }
         table.insert(
             credit.node_id.as_str(),
             crate::messages::encode(&account).as_slice(),

@@ -262,6 +262,16 @@ async fn proofs_of_hold_earn_points_failed_challenges_cost_score_and_the_ledger_
     };
     let written: u64 = on_disk.values().map(|c| c.1).sum();
     assert_eq!(written, acked, "each write ack credited once");
+    let lost_reliability = CityStore::open(&fed.node(&city_id).config.node.data_dir)
+        .unwrap()
+        .reward_account(&lost)
+        .unwrap()
+        .unwrap()
+        .reliability();
+    assert!(
+        lost_reliability < 1.0,
+        "its failures are on disk: {lost_reliability}"
+    );
     let path = fed.node(&city_id).config_path.clone();
     let mut config = Config::load(&path).unwrap();
     config.repair.enabled = false;
@@ -283,6 +293,24 @@ async fn proofs_of_hold_earn_points_failed_challenges_cost_score_and_the_ledger_
             "{id}: the ledger is unchanged by the crash and restart"
         );
     }
+    // Nor does the restart forgive the failing node: the Prioritizer starts it where its
+    // challenges left it, and its score is multiplied by that.
+    assert_eq!(after[&lost]["reliability"].as_f64(), Some(lost_reliability));
+    let nodes = get(&client, &format!("{city}/v1/nodes")).await.1;
+    let view = |id: &str| {
+        nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["node_id"] == id)
+            .unwrap()
+            .clone()
+    };
+    let lost_view = view(&lost);
+    assert_eq!(
+        lost_view["factors"]["reliability"].as_f64(),
+        Some(lost_reliability)
+    );
     // A transaction stored again is a duplicate: no new batch, no new credit.
     let (status, dup) = post(&client, &city, &first).await;
     assert_eq!(

@@ -21,6 +21,7 @@ use crate::city::node_policy::{NodePolicy, NodeStats, NodeView, NodesSnapshot, S
 use crate::config::PrioritizerConfig;
 use crate::engines::rewards::RewardEngine;
 use crate::messages::StoreJob;
+use crate::storage::city_store::CityStore;
 use crate::storage::nodes::NodeDirectory;
 use crate::storage::peer::PeerClient;
 
@@ -38,6 +39,9 @@ pub struct PrioritizerArgs {
     pub policy: Arc<dyn NodePolicy>,
     /// Its rule moves a node's reliability after each repair challenge.
     pub rewards: Arc<dyn RewardEngine>,
+    /// The rewards ledger: each node's reliability as its last challenge left it, read at
+    /// every start so neither a restart nor a new process forgives a failing node.
+    pub store: Arc<CityStore>,
     pub client: PeerClient,
     pub snapshot: NodesSnapshot,
     pub writer: Mailbox<WriterMsg>,
@@ -117,7 +121,22 @@ impl Actor for Prioritizer {
         _myself: ActorRef<Self::Msg>,
         args: PrioritizerArgs,
     ) -> Result<PrioritizerState, ActorProcessingErr> {
-        let nodes = args.nodes.iter().cloned().map(NodeStats::new).collect();
+        let mut nodes: Vec<NodeStats> = args.nodes.iter().cloned().map(NodeStats::new).collect();
+        let store = args.store.clone();
+        match tokio::task::spawn_blocking(move || store.reward_accounts()).await? {
+            Ok(accounts) => {
+                for (id, account) in accounts {
+                    if let Some(n) = nodes.iter_mut().find(|n| n.node.entry.id == id) {
+                        n.reliability = account.reliability();
+                    }
+                }
+            }
+            // The ledger unreadable: start every node at full reliability rather than
+            // not start; the next challenges move it again.
+            Err(e) => {
+                tracing::error!(error = %e, "reading node reliability from the rewards ledger")
+            }
+        }
         let state = PrioritizerState {
             args,
             nodes,

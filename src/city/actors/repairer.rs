@@ -687,8 +687,10 @@ impl RepairContext {
         if credits.is_empty() {
             return;
         }
-        let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || store.record_credits(&credits)).await {
+        let (store, rules) = (self.store.clone(), self.rewards.clone());
+        match tokio::task::spawn_blocking(move || store.record_credits(&credits, rules.as_ref()))
+            .await
+        {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "recording repair challenge results in the rewards ledger")
