@@ -382,27 +382,19 @@ fn start_storage(
         max_batch_bytes: config.largest_request_body(),
         inflight: AtomicU64::new(0),
     });
-    let auth = web::Data::new(PeerAuth::new(config.node.id.clone(), &config.auth));
     // Not ready while the store is failing: the reason is the disk's or the database's.
     let readiness: ReadinessCheck = Arc::new(move || match store.failure() {
         None => Ok(()),
         Some(why) => Err(format!("the batch store is failing: {why}")),
     });
-    let readiness = web::Data::new(readiness);
-    let options = ServerOptions {
-        workers: 2,
-        shutdown_timeout_secs: 5,
-        limits: Limits::new(config.limits.clone()),
-        blocking_threads: None,
-    };
-    let server = serve(listener, options, move |app| {
-        app.app_data(state.clone())
-            .app_data(auth.clone())
-            .app_data(readiness.clone())
-            .app_data(identity.clone())
-            .configure(storage_api::configure)
-            .configure(common::configure);
-    })?;
+    let server = serve_internal(
+        &config,
+        listener,
+        state,
+        readiness,
+        identity,
+        storage_api::configure,
+    )?;
     tracing::info!(%addr, node = %config.node.id, %role, capacity, "storage node listening");
     Ok(RunningNode::without_actors(addr, role, server))
 }
@@ -446,8 +438,34 @@ fn start_representative(
         continents,
         store,
     });
+    let server = serve_internal(
+        &config,
+        listener,
+        state,
+        Arc::new(|| Ok(())),
+        identity,
+        crate::http::dpos_api::configure_representative,
+    )?;
+    tracing::info!(%addr, node = %config.node.id, "representative listening");
+    Ok(RunningNode::without_actors(
+        addr,
+        Role::Representative,
+        server,
+    ))
+}
+
+/// The HTTP server of a node that serves only signed internal requests (a storage node, a
+/// representative): two workers, its `[auth]` allow-list, its readiness, `routes`, and the
+/// routes every role has.
+fn serve_internal<S: Send + Sync + 'static>(
+    config: &Config,
+    listener: TcpListener,
+    state: web::Data<S>,
+    readiness: ReadinessCheck,
+    identity: web::Data<common::NodeIdentity>,
+    routes: fn(&mut web::ServiceConfig),
+) -> std::io::Result<actix_web::dev::Server> {
     let auth = web::Data::new(PeerAuth::new(config.node.id.clone(), &config.auth));
-    let readiness: ReadinessCheck = Arc::new(|| Ok(()));
     let readiness = web::Data::new(readiness);
     let options = ServerOptions {
         workers: 2,
@@ -455,20 +473,14 @@ fn start_representative(
         limits: Limits::new(config.limits.clone()),
         blocking_threads: None,
     };
-    let server = serve(listener, options, move |app| {
+    serve(listener, options, move |app| {
         app.app_data(state.clone())
             .app_data(auth.clone())
             .app_data(readiness.clone())
             .app_data(identity.clone())
-            .configure(crate::http::dpos_api::configure_representative)
+            .configure(routes)
             .configure(common::configure);
-    })?;
-    tracing::info!(%addr, node = %config.node.id, "representative listening");
-    Ok(RunningNode::without_actors(
-        addr,
-        Role::Representative,
-        server,
-    ))
+    })
 }
 
 fn uplink_parts(
