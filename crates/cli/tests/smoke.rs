@@ -123,6 +123,25 @@ async fn up_runs_two_cities_whose_transactions_reach_a_global_checkpoint() {
         ]);
         assert_eq!(code, Some(1), "{city} took a transaction of {other}: {out}");
         assert!(out.contains("wrong_continent"), "{out}");
+        // Each city is fenced by its example fence: a position in the other city is
+        // refused, one at its own centre is stored.
+        let centre = |c: &str| {
+            let fence: Value =
+                serde_json::from_str(citychain_harness::federation::example_fence(c).unwrap())
+                    .unwrap();
+            let c = &fence["properties"]["centre"];
+            format!("{},{}", c[1], c[0])
+        };
+        let elsewhere = if city == "tokyo" { "paris" } else { "tokyo" };
+        for (pop, want) in [(centre(city), Some(0)), (centre(elsewhere), Some(1))] {
+            let (code, out, err) = run(&[
+                "send", "--node", &url, "--key", key, "--to", "bob", "--amount", "2", "--pop", &pop,
+            ]);
+            assert_eq!(code, want, "{city}, pop {pop}: {out}{err}");
+            if want == Some(1) {
+                assert!(out.contains("pop_outside_city"), "{out}");
+            }
+        }
         // What `citychain tx --node` prints for this city names it and its continent.
         let (code, out, err) = run(&[
             "tx", "--node", &url, "--key", key, "--to", "bob", "--amount", "1",
@@ -166,6 +185,26 @@ async fn up_runs_two_cities_whose_transactions_reach_a_global_checkpoint() {
         assert_eq!(s, 200, "{cb}");
         assert_eq!(cb["city_id"], *city);
         assert_eq!(cb["continent_batch_id"], covered["continent_batch_id"]);
+        // Its continent batch is approved by the continent's three representatives.
+        let continent_batch = covered["continent_batch_id"].as_str().unwrap().to_string();
+        let approval = wait_for(
+            &format!("{continent}'s representatives to approve {continent_batch}"),
+            Duration::from_secs(30),
+            || async {
+                let (s, v) = get(
+                    &client,
+                    &format!("{continent_node}/v1/continent-batches/{continent_batch}"),
+                )
+                .await;
+                (s == 200 && v["approval"]["status"] == "approved").then(|| v["approval"].clone())
+            },
+        )
+        .await;
+        assert!(
+            approval["stake"].as_u64().unwrap() * 3
+                >= approval["total_stake"].as_u64().unwrap() * 2,
+            "{approval}"
+        );
         let (_, b) = get(&client, &format!("{url}/v1/batches/{batch}")).await;
         assert_eq!(b["continent"]["status"], "merged", "{b}");
         assert_eq!(
@@ -203,7 +242,8 @@ async fn up_runs_two_cities_whose_transactions_reach_a_global_checkpoint() {
         assert!(out.starts_with("ok"), "{out}");
     }
 
-    // The status line counts what both cities stored, once something changed.
+    // The status line counts what both cities stored (two each: one without a position,
+    // one at the city centre), once something changed.
     let stdout_path = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
     let reader = {
         let mut stdout = up.stdout.take().unwrap();
@@ -229,8 +269,8 @@ async fn up_runs_two_cities_whose_transactions_reach_a_global_checkpoint() {
                 text.lines()
                     .any(|l| {
                         l.starts_with("status:")
-                            && l.contains("tokyo 1")
-                            && l.contains("paris 1")
+                            && l.contains("tokyo 2")
+                            && l.contains("paris 2")
                             && l.contains("checkpoint #")
                     })
                     .then_some(())
