@@ -196,6 +196,36 @@ fn print_summary(fed: &Federation, dir: &Path, key: &Path) {
     );
     println!("  cargo run --release -- checkpoint verify --proof proof.json");
     println!("  cargo run --release -- bench --node {city} --rate 500 --duration 10s");
+    println!("\nthe domain engines (README: \"Domain engines\"):");
+    let mut engines = Vec::new();
+    if let Some(fence) = citychain_harness::federation::example_fence(&first.city)
+        && let Ok(fence) = serde_json::from_str::<serde_json::Value>(fence)
+    {
+        let centre = &fence["properties"]["centre"];
+        engines.push((
+            format!(
+                "cargo run --release -- send --node {city} --key {} --to bob --amount 5 --pop {},{}",
+                key.display(),
+                centre[1],
+                centre[0]
+            ),
+            format!("inside {}'s fence; elsewhere 400 pop_outside_city", first.city),
+        ));
+    }
+    engines.push((
+        format!("curl -s {city}/v1/rewards"),
+        "points per storage node for its proofs of hold".into(),
+    ));
+    if fed.spec.representatives_per_continent > 0 {
+        engines.push((
+            format!("curl -s {continent}/v1/dpos/representatives"),
+            "stake and votes; .approval of each continent batch".into(),
+        ));
+    }
+    let width = engines.iter().map(|(c, _)| c.len()).max().unwrap_or(0);
+    for (command, note) in engines {
+        println!("  {command:<width$}  # {note}");
+    }
     println!(
         "\nmanifest: {dir}/federation.json   logs: {dir}/logs/   key holders' keys (open sealed batches): {dir}/vault/"
     );

@@ -305,6 +305,10 @@ async fn up_runs_two_cities_whose_transactions_reach_a_global_checkpoint() {
         stdout.contains("checkpoint prove"),
         "and the proof: {stdout}"
     );
+    assert!(
+        stdout.contains("--pop 35.6812,139.7671") && stdout.contains("/v1/dpos/representatives"),
+        "and the domain engines: {stdout}"
+    );
     for m in manifest {
         let pid = m.pid.unwrap() as libc::pid_t;
         // SAFETY: signal 0 only checks whether the process exists.
