@@ -29,6 +29,10 @@ pub enum VoteRefusal {
     /// 400: it names a batch of this continent under another slot.
     #[error("continent batch {batch} is slot {want}, not {got}")]
     WrongSlot { batch: String, want: u64, got: u64 },
+    /// 400: a slot past the continent's last batch (the next one is `next`): nothing there
+    /// to vote on yet, and not kept, so votes cannot pile up ahead of the continent.
+    #[error("slot {slot} is past this continent's batches (the next is slot {next})")]
+    FutureSlot { slot: u64, next: u64 },
     /// 503: the store failed; nothing was recorded.
     #[error("the vote store failed: {0}")]
     Store(#[from] LedgerError),
@@ -132,7 +136,8 @@ impl DposBook {
             Err(VoteRefusal::Invalid(VoteError::BadSignature(_))) => "bad_signature",
             Err(VoteRefusal::Invalid(VoteError::UnknownRepresentative(_))) => "unknown",
             Err(VoteRefusal::Invalid(VoteError::WrongContinent { .. }))
-            | Err(VoteRefusal::WrongSlot { .. }) => "invalid",
+            | Err(VoteRefusal::WrongSlot { .. })
+            | Err(VoteRefusal::FutureSlot { .. }) => "invalid",
             Err(VoteRefusal::Store(_)) => "store_failed",
         };
         metrics::counter!(crate::metrics::DPOS_VOTES, "outcome" => label).increment(1);
@@ -151,6 +156,13 @@ impl DposBook {
                 batch: crate::messages::hex32(&vote.batch_id),
                 want: info.header.seq,
                 got: vote.slot,
+            });
+        }
+        let (next, _) = self.store.resume_point()?;
+        if vote.slot >= next {
+            return Err(VoteRefusal::FutureSlot {
+                slot: vote.slot,
+                next,
             });
         }
         let recorded =
@@ -323,5 +335,19 @@ mod tests {
             Err(VoteRefusal::Invalid(VoteError::UnknownRepresentative(_)))
         ));
         assert_eq!(book.store.dpos_evidence().unwrap().len(), 1);
+        // Votes for slots this continent has not produced are refused and not kept, so a
+        // representative cannot fill the store with votes for slots to come.
+        let cast = book.store.dpos_votes_cast().unwrap();
+        for slot in [1, 2, 1_000, u64::MAX] {
+            assert!(
+                matches!(
+                    book.accept(&vote(1, slot, [9; 32])),
+                    Err(VoteRefusal::FutureSlot { next: 1, .. })
+                ),
+                "{slot}"
+            );
+            assert_eq!(book.store.dpos_vote("rep-1", slot).unwrap(), None);
+        }
+        assert_eq!(book.store.dpos_votes_cast().unwrap(), cast);
     }
 }

@@ -172,6 +172,7 @@ fn refusal(r: VoteRefusal) -> ApiError {
         VoteRefusal::Invalid(VoteError::WrongContinent { .. }) | VoteRefusal::WrongSlot { .. } => {
             ApiError::bad_request("invalid_vote", message)
         }
+        VoteRefusal::FutureSlot { .. } => ApiError::bad_request("unknown_slot", message),
         VoteRefusal::Store(_) => ApiError::storage_unavailable(message),
     }
 }

@@ -56,8 +56,9 @@ pub enum Recorded {
     /// The same vote was recorded before.
     Duplicate,
     /// The representative had voted for another batch in this slot (`earlier`). The
-    /// vote is recorded as well; `offence` holds the evidence if this is the first
-    /// conflict of that slot (and so the stake was slashed now).
+    /// first such vote is recorded as well, with the evidence in `offence` (the stake was
+    /// slashed now); any later one for that slot is answered the same, with no offence,
+    /// and not kept.
     Conflict {
         earlier: Box<SignedVote>,
         offence: Option<Box<Evidence>>,
@@ -142,8 +143,13 @@ impl ContinentStore {
                         bump(tx, SLASHED, key.0, amount)?;
                         Some(Box::new(ev))
                     } else {
-                        // A third batch for a slot already proven: the offence is one.
-                        None
+                        // A third batch for a slot already proven: the offence is one,
+                        // and the evidence holds what proves it. Nothing more is kept, so
+                        // a representative cannot grow the store by signing batch ids.
+                        return Ok(Recorded::Conflict {
+                            earlier: Box::new(earlier),
+                            offence: None,
+                        });
                     };
                     let voters: Vec<String> =
                         match tx.open_table(BATCH_VOTERS)?.get(&vote.batch_id)? {
@@ -337,13 +343,23 @@ mod tests {
             panic!("a conflict with evidence")
         };
         assert_eq!(ev.slashed, 50);
-        // A third batch for the same slot is no second offence.
-        assert!(matches!(
-            store
-                .dpos_record_vote(&vote(&key, 1, 3), 100, half, 8)
-                .unwrap(),
-            Recorded::Conflict { offence: None, .. }
-        ));
+        // A third batch for the same slot is no second offence, and a representative
+        // flooding one slot with batch ids adds nothing to the store: what proves the
+        // offence is kept, the rest is not.
+        let cast = store.dpos_votes_cast().unwrap();
+        for batch in 3..=40 {
+            assert!(matches!(
+                store
+                    .dpos_record_vote(&vote(&key, 1, batch), 100, half, 8)
+                    .unwrap(),
+                Recorded::Conflict { offence: None, .. }
+            ));
+            assert!(
+                store.dpos_voters(&[batch; 32]).unwrap().is_empty(),
+                "{batch}"
+            );
+        }
+        assert_eq!(store.dpos_votes_cast().unwrap(), cast);
         drop(store);
         let store = open();
         assert_eq!(

@@ -240,6 +240,9 @@ async fn batches_are_approved_by_two_thirds_of_the_stake_and_equivocation_is_sla
         third_slot + 7,
         parse_hex32(&third).unwrap(),
     );
+    // A representative's own vote for a slot the continent has not produced: refused,
+    // so votes cannot pile up ahead of the continent.
+    let future_slot = vote(&rep_key(&fed, r2), r2, third_slot + 1_000_000, [3; 32]);
     let mut other_continent = vote(&stranger, r2, third_slot, [1; 32]);
     other_continent.continent = "europe".into();
     for (what, body, status, code) in [
@@ -260,6 +263,12 @@ async fn batches_are_approved_by_two_thirds_of_the_stake_and_equivocation_is_sla
             serde_json::to_vec(&wrong_slot).unwrap(),
             400,
             "invalid_vote",
+        ),
+        (
+            "future slot",
+            serde_json::to_vec(&future_slot).unwrap(),
+            400,
+            "unknown_slot",
         ),
         (
             "other continent",
