@@ -78,6 +78,9 @@ pub struct BenchArgs {
     pub continent: Option<String>,
     /// Cap on concurrent requests ([`DEFAULT_MAX_IN_FLIGHT`]).
     pub max_in_flight: usize,
+    /// Sign the whole run before the clock starts, on every core, so the client spends no
+    /// CPU on signatures while it sends (at most [`MAX_PRESIGNED`] transactions).
+    pub presign: bool,
 }
 
 impl BenchArgs {
@@ -93,6 +96,42 @@ impl BenchArgs {
             city: None,
             continent: None,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            presign: false,
+        }
+    }
+}
+
+/// Most transactions `--presign` holds (about 7.5 KB each signed: 7.5 GB).
+pub const MAX_PRESIGNED: u64 = 1_000_000;
+
+/// The node refuses timestamps further than this from its clock by default
+/// (`[intake] max_clock_skew`): a presigned run's first transactions are this old at most
+/// when the signing and the run each take no longer.
+pub const DEFAULT_CLOCK_SKEW: Duration = Duration::from_secs(60);
+
+/// What ran the client: the machine's cores and this binary's build.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClientInfo {
+    /// Cores this process may use.
+    pub cores: usize,
+    /// `release` or `debug`.
+    pub build: &'static str,
+    pub version: &'static str,
+    /// The whole run was signed before the clock started.
+    pub presigned: bool,
+}
+
+impl ClientInfo {
+    fn here(presigned: bool) -> Self {
+        Self {
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            build: if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "release"
+            },
+            version: env!("CARGO_PKG_VERSION"),
+            presigned,
         }
     }
 }
@@ -140,6 +179,8 @@ pub struct BenchReport {
     pub tiers: BTreeMap<String, u64>,
     /// Log-scale latency histogram of the 200 answers.
     pub histogram: Vec<Bucket>,
+    /// The machine and build of the client, and whether it presigned.
+    pub client: ClientInfo,
 }
 
 /// Runs the benchmark against `args.node` and summarizes it.
@@ -183,7 +224,28 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
         None => SigningKey::generate().context("generating a signing key")?,
     };
 
-    let capacity = channel_capacity(args.rate);
+    if args.presign && total > MAX_PRESIGNED {
+        bail!(
+            "--presign holds the whole run in memory: {total} transactions is more than {MAX_PRESIGNED}; lower --rate or --duration"
+        );
+    }
+    if args.presign && args.duration > DEFAULT_CLOCK_SKEW && !args.json {
+        eprintln!(
+            "warning: a presigned run longer than {}s sends its first transactions more than {}s after they were signed; a node with the default [intake] max_clock_skew refuses them (timestamp_skew)",
+            DEFAULT_CLOCK_SKEW.as_secs(),
+            DEFAULT_CLOCK_SKEW.as_secs()
+        );
+    }
+    let capacity = if args.presign {
+        usize::try_from(total).unwrap_or(usize::MAX)
+    } else {
+        channel_capacity(args.rate)
+    };
+    let threads = if args.presign {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        signer_threads(args.rate)
+    };
     let (body_tx, mut bodies) = mpsc::channel(capacity);
     // A sender uses each nonce once: a run with a key used before starts past the
     // nonces earlier runs used (the clock in microseconds, as `citychain tx` does).
@@ -196,22 +258,47 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
         continent,
         first_nonce,
         total,
-        signer_threads(args.rate),
+        threads,
         body_tx,
     );
     // Let the signers fill the channel before the clock starts, so the first sends do not
-    // wait on signatures.
+    // wait on signatures (with --presign: the whole run).
     let warm = capacity.min(usize::try_from(total).unwrap_or(usize::MAX));
+    let signing = args.presign.then(|| {
+        let bar = progress_bar(total, args.json, "signed")?;
+        anyhow::Ok(bar)
+    });
+    let signing = signing.transpose()?;
+    let started = std::time::Instant::now();
     let warm_up = async {
         while bodies.len() < warm && !bodies.is_closed() {
+            if let Some(bar) = &signing {
+                bar.set_position(bodies.len() as u64);
+            }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     };
-    tokio::time::timeout(Duration::from_secs(60), warm_up)
+    let limit = if args.presign {
+        Duration::from_secs(600)
+    } else {
+        Duration::from_secs(60)
+    };
+    tokio::time::timeout(limit, warm_up)
         .await
-        .context("signers did not produce the first transactions within 60 s")?;
+        .with_context(|| {
+            format!("signers did not produce the first transactions within {limit:?}")
+        })?;
+    if let Some(bar) = signing {
+        bar.finish_and_clear();
+        if !args.json {
+            eprintln!(
+                "signed {total} transactions in {:.1}s on {threads} threads before the clock started",
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
 
-    let progress = progress_bar(total, args.json)?;
+    let progress = progress_bar(total, args.json, "scheduled")?;
     let tally = Arc::new(Mutex::new(Tally::new()));
     let ticker = (!progress.is_hidden()).then(|| {
         let (progress, tally) = (progress.clone(), tally.clone());
@@ -251,11 +338,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
     if !finished_schedule {
         bail!("the signers stopped before the schedule ended");
     }
-    let report = lock(&tally).report(&node, args.rate, args.duration);
+    let mut report = lock(&tally).report(&node, args.rate, args.duration);
+    report.client = ClientInfo::here(args.presign);
     Ok(report)
 }
 
-fn progress_bar(total: u64, json: bool) -> anyhow::Result<ProgressBar> {
+fn progress_bar(total: u64, json: bool, what: &str) -> anyhow::Result<ProgressBar> {
     let target = if json || !std::io::stderr().is_terminal() {
         ProgressDrawTarget::hidden()
     } else {
@@ -263,9 +351,9 @@ fn progress_bar(total: u64, json: bool) -> anyhow::Result<ProgressBar> {
     };
     let bar = ProgressBar::with_draw_target(Some(total), target);
     bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} {elapsed_precise} [{bar:30}] {pos}/{len} scheduled  {msg}",
-        )?
+        ProgressStyle::with_template(&format!(
+            "{{spinner}} {{elapsed_precise}} [{{bar:30}}] {{pos}}/{{len}} {what}  {{msg}}"
+        ))?
         .progress_chars("=> "),
     );
     Ok(bar)

@@ -24,6 +24,19 @@ impl BenchReport {
         let list = format_counts;
         let l = &self.latency_ms;
         let _ = writeln!(s, "bench against {}", self.node);
+        let c = &self.client;
+        let _ = writeln!(
+            s,
+            "  client        {} cores, {} build {}{}",
+            c.cores,
+            c.build,
+            c.version,
+            if c.presigned {
+                ", whole run signed before the clock started"
+            } else {
+                ", signing while it sends"
+            }
+        );
         let _ = writeln!(s, "  target rate   {} tx/s", self.target_rate);
         let _ = writeln!(s, "  duration      {:.1} s", self.duration_s);
         let _ = writeln!(s, "  sent          {}", self.sent);

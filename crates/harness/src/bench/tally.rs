@@ -155,6 +155,7 @@ impl Tally {
             latency_ms: percentiles(&self.latency_us),
             tiers: self.tiers.clone(),
             histogram: buckets(&self.latency_us, HISTOGRAM_BUCKETS),
+            client: super::ClientInfo::here(false),
         }
     }
 }
