@@ -95,9 +95,10 @@ enum Command {
     Bench {
         #[arg(long)]
         node: String,
-        /// Transactions per second.
-        #[arg(long)]
-        rate: u64,
+        /// Transactions per second (with --closed-loop: a ceiling, optional unless
+        /// --presign).
+        #[arg(long, required_unless_present = "closed_loop")]
+        rate: Option<u64>,
         /// How long to send, e.g. 10s.
         #[arg(long, value_parser = humantime::parse_duration)]
         duration: Duration,
@@ -118,6 +119,11 @@ enum Command {
         /// node's default clock-skew window.
         #[arg(long)]
         presign: bool,
+        /// A closed loop: N requests outstanding at all times, each sent when the one
+        /// before it on its worker was answered (latency from the send), instead of the
+        /// open loop's schedule.
+        #[arg(long, value_name = "N")]
+        closed_loop: Option<usize>,
     },
     /// Immutable log tools.
     Log {
@@ -481,8 +487,10 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             city,
             continent,
             presign,
+            closed_loop,
         } => {
-            anyhow::ensure!(rate > 0, "--rate must be positive");
+            anyhow::ensure!(rate != Some(0), "--rate must be positive");
+            let rate = rate.unwrap_or(0);
             let key = key.map(|k| SigningKey::load(&k)).transpose()?;
             let report = bench::run(BenchArgs {
                 node,
@@ -494,6 +502,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 continent,
                 max_in_flight: 4096,
                 presign,
+                closed_loop,
             })
             .await?;
             if json {

@@ -16,6 +16,7 @@
 //! - the tally (`tally`): outcomes and an HDR histogram of latencies, summarized in a
 //!   [`BenchReport`] (`report` renders it).
 
+mod closed;
 mod report;
 mod schedule;
 mod signers;
@@ -81,6 +82,9 @@ pub struct BenchArgs {
     /// Sign the whole run before the clock starts, on every core, so the client spends no
     /// CPU on signatures while it sends (at most [`MAX_PRESIGNED`] transactions).
     pub presign: bool,
+    /// A closed loop of this many requests outstanding at all times instead of the open
+    /// loop's schedule; `rate` is then a ceiling (how many to presign), 0 for none.
+    pub closed_loop: Option<usize>,
 }
 
 impl BenchArgs {
@@ -97,6 +101,7 @@ impl BenchArgs {
             continent: None,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             presign: false,
+            closed_loop: None,
         }
     }
 }
@@ -181,12 +186,27 @@ pub struct BenchReport {
     pub histogram: Vec<Bucket>,
     /// The machine and build of the client, and whether it presigned.
     pub client: ClientInfo,
+    /// `open` (requests on a schedule at `target_rate`) or `closed` (`concurrency`
+    /// requests outstanding at all times).
+    pub mode: &'static str,
+    /// The closed loop's requests outstanding; null in the open loop.
+    pub concurrency: Option<usize>,
 }
+
+/// Transactions a closed loop that signs while it sends may sign at most (it stops when
+/// the run ends).
+const CLOSED_LOOP_CEILING: u64 = 1_000_000_000;
 
 /// Runs the benchmark against `args.node` and summarizes it.
 pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
-    if args.rate == 0 {
+    if args.closed_loop == Some(0) {
+        bail!("--closed-loop needs at least 1 request outstanding");
+    }
+    if args.rate == 0 && args.closed_loop.is_none() {
         bail!("--rate must be at least 1 tx/s");
+    }
+    if args.rate == 0 && args.presign {
+        bail!("a presigned closed loop signs --rate × --duration transactions first: give --rate");
     }
     if args.max_in_flight == 0 {
         bail!("max in flight must be at least 1");
@@ -195,7 +215,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
     if !node.starts_with("http://") {
         bail!("--node must be an http:// URL (this build has no TLS), got {node:?}");
     }
-    let total = Schedule::total_for(args.rate, args.duration);
+    let total = if args.closed_loop.is_some() && args.rate == 0 {
+        CLOSED_LOOP_CEILING
+    } else {
+        Schedule::total_for(args.rate, args.duration)
+    };
     if total == 0 {
         bail!(
             "{} tx/s for {:?} schedules no transaction; raise --rate or --duration",
@@ -236,15 +260,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
             DEFAULT_CLOCK_SKEW.as_secs()
         );
     }
-    let capacity = if args.presign {
-        usize::try_from(total).unwrap_or(usize::MAX)
-    } else {
-        channel_capacity(args.rate)
-    };
-    let threads = if args.presign {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    } else {
-        signer_threads(args.rate)
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (capacity, threads) = match (args.presign, args.closed_loop) {
+        (true, _) => (usize::try_from(total).unwrap_or(usize::MAX), cores),
+        (false, Some(n)) => (n.saturating_mul(4).max(64), (cores / 2).max(1)),
+        (false, None) => (channel_capacity(args.rate), signer_threads(args.rate)),
     };
     let (body_tx, mut bodies) = mpsc::channel(capacity);
     // A sender uses each nonce once: a run with a key used before starts past the
@@ -298,7 +318,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
         }
     }
 
-    let progress = progress_bar(total, args.json, "scheduled")?;
+    let progress = match args.closed_loop {
+        None => progress_bar(total, args.json, "scheduled")?,
+        Some(_) => {
+            let expected = args.rate.saturating_mul(args.duration.as_secs().max(1));
+            progress_bar(expected, args.json, "sent")?
+        }
+    };
     let tally = Arc::new(Mutex::new(Tally::new()));
     let ticker = (!progress.is_hidden()).then(|| {
         let (progress, tally) = (progress.clone(), tally.clone());
@@ -313,20 +339,31 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
 
     let client = TxClient::new(client, &node);
     let send = move |body: Vec<u8>| post_tx(client.clone(), body);
-    let mut schedule = Schedule::new(Instant::now(), args.rate, args.duration);
-    let outstanding = dispatch(
-        &TokioClock,
-        &mut schedule,
-        &mut bodies,
-        args.max_in_flight,
-        &tally,
-        &progress,
-        send,
-    )
-    .await;
-    let finished_schedule = schedule.remaining() == 0;
-    drop(bodies);
-    drain(outstanding, &tally, DRAIN_TIMEOUT).await;
+    let finished_schedule = match args.closed_loop {
+        Some(workers) => {
+            let until = Instant::now() + args.duration;
+            let loops = closed::closed_loop(workers, until, bodies, &tally, &progress, send);
+            tokio::time::sleep_until(until).await;
+            drain(loops, &tally, DRAIN_TIMEOUT).await;
+            true
+        }
+        None => {
+            let mut schedule = Schedule::new(Instant::now(), args.rate, args.duration);
+            let outstanding = dispatch(
+                &TokioClock,
+                &mut schedule,
+                &mut bodies,
+                args.max_in_flight,
+                &tally,
+                &progress,
+                send,
+            )
+            .await;
+            drop(bodies);
+            drain(outstanding, &tally, DRAIN_TIMEOUT).await;
+            schedule.remaining() == 0
+        }
+    };
     if let Some(ticker) = ticker {
         ticker.abort();
     }
@@ -340,6 +377,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
     }
     let mut report = lock(&tally).report(&node, args.rate, args.duration);
     report.client = ClientInfo::here(args.presign);
+    if let Some(n) = args.closed_loop {
+        report.mode = "closed";
+        report.concurrency = Some(n);
+    }
     Ok(report)
 }
 

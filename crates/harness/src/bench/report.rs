@@ -37,7 +37,14 @@ impl BenchReport {
                 ", signing while it sends"
             }
         );
-        let _ = writeln!(s, "  target rate   {} tx/s", self.target_rate);
+        match self.concurrency {
+            Some(n) => {
+                let _ = writeln!(s, "  mode          closed loop, {n} requests outstanding");
+            }
+            None => {
+                let _ = writeln!(s, "  target rate   {} tx/s", self.target_rate);
+            }
+        }
         let _ = writeln!(s, "  duration      {:.1} s", self.duration_s);
         let _ = writeln!(s, "  sent          {}", self.sent);
         let _ = writeln!(s, "  ok            {}", self.ok);

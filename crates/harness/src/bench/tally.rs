@@ -156,6 +156,8 @@ impl Tally {
             tiers: self.tiers.clone(),
             histogram: buckets(&self.latency_us, HISTOGRAM_BUCKETS),
             client: super::ClientInfo::here(false),
+            mode: "open",
+            concurrency: None,
         }
     }
 }
