@@ -37,14 +37,16 @@ fn url_of<'a>(manifest: &'a [ManifestEntry], id: &str) -> &'a str {
 async fn up_runs_two_cities_whose_transactions_reach_a_global_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let fed_dir = dir.path().join("fed");
-    let mut up = Command::new(binary())
-        .args(["up", "--status-every", "1s", "--dir"])
+    let mut up = Command::new(binary());
+    up.args(["up", "--status-every", "1s", "--dir"])
         .arg(&fed_dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::null());
+    // A failing assertion ends the test's thread: `up` then gets Ctrl-C and stops its
+    // nodes, instead of outliving the test with all of them.
+    citychain_harness::die_with_parent(&mut up, libc::SIGINT);
+    let mut up = up.spawn().unwrap();
 
     // federation.json is written once every node listens; `up` is ready when all answer.
     let manifest_path = fed_dir.join("federation.json");

@@ -18,9 +18,9 @@ pub mod mongo_stand_in;
 pub mod testkit;
 
 /// Asks the kernel to send `signal` to the child `cmd` starts when the thread that starts
-/// it ends (the process, for `up`; the test's thread, for tests), so no node or server
-/// outlives what started it.
-pub(crate) fn die_with_parent(cmd: &mut std::process::Command, signal: i32) {
+/// it ends (the process, for `up`; the test's thread, for tests, also when the test
+/// fails), so no node or server outlives what started it.
+pub fn die_with_parent(cmd: &mut std::process::Command, signal: i32) {
     #[cfg(target_os = "linux")]
     {
         use std::os::unix::process::CommandExt;
