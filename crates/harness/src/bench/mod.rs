@@ -1,18 +1,22 @@
-//! `citychain bench`: open-loop signed load against one city node.
+//! `citychain bench`: signed load against one city node, open loop by default.
 //!
-//! Requests start on a fixed schedule — the i-th at `start + i / rate` — whether or not
-//! earlier ones have answered, and each latency is measured from the moment its request
-//! was *due*, not from when the client got round to sending it. A slow node or a busy
-//! client therefore shows up in the percentiles instead of silently lowering the offered
-//! load ("coordinated omission").
+//! In the open loop, requests start on a fixed schedule — the i-th at `start + i / rate` —
+//! whether or not earlier ones have answered, and each latency is measured from the moment
+//! its request was *due*, not from when the client got round to sending it. A slow node or
+//! a busy client therefore shows up in the percentiles instead of silently lowering the
+//! offered load ("coordinated omission"). `--closed-loop N` measures the other way
+//! (`closed`): N requests outstanding, latency from each send.
 //!
-//! Three parts, so each can be tested without a server:
+//! Parts that can each be tested without a server:
 //! - the signers (`signers`): blocking threads that sign ML-DSA-65 transactions ahead of
 //!   the schedule into a small bounded channel, so signing CPU never delays a send and
-//!   timestamps stay fresh (the node refuses more than 60 s of clock skew);
+//!   timestamps stay fresh (the node refuses more than 60 s of clock skew); with
+//!   `--presign`, the channel holds the whole run, signed on every core before the clock
+//!   starts;
 //! - the dispatcher (`schedule`: `Schedule` and `dispatch`): takes a pre-signed body at
 //!   each due time and starts its request, or counts `client_saturated` when
 //!   `max_in_flight` requests are already outstanding;
+//! - the closed loop (`closed`): N workers, each sending when its previous answer arrived;
 //! - the tally (`tally`): outcomes and an HDR histogram of latencies, summarized in a
 //!   [`BenchReport`] (`report` renders it).
 
@@ -127,7 +131,7 @@ pub struct ClientInfo {
 }
 
 impl ClientInfo {
-    fn here(presigned: bool) -> Self {
+    pub(super) fn here(presigned: bool) -> Self {
         Self {
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             build: if cfg!(debug_assertions) {
@@ -375,12 +379,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
     if !finished_schedule {
         bail!("the signers stopped before the schedule ended");
     }
-    let mut report = lock(&tally).report(&node, args.rate, args.duration);
-    report.client = ClientInfo::here(args.presign);
-    if let Some(n) = args.closed_loop {
-        report.mode = "closed";
-        report.concurrency = Some(n);
-    }
+    let report = lock(&tally).report(
+        &node,
+        args.rate,
+        args.duration,
+        ClientInfo::here(args.presign),
+        args.closed_loop,
+    );
     Ok(report)
 }
 

@@ -126,7 +126,13 @@ mod tests {
         }
         t.error(CLIENT_SATURATED);
         t.close();
-        let r = t.report("http://127.0.0.1:1", 5, Duration::from_secs(1));
+        let r = t.report(
+            "http://127.0.0.1:1",
+            5,
+            Duration::from_secs(1),
+            super::super::ClientInfo::here(false),
+            None,
+        );
         assert_eq!((r.sent, r.ok, r.duplicates), (4, 3, 1));
         assert!(
             (r.throughput_tps - 75.0).abs() < 1e-9,

@@ -266,7 +266,13 @@ mod tests {
             assert_eq!(t.errors.get(CLIENT_SATURATED), Some(&90));
         }
         drain(outstanding, &tally, Duration::ZERO).await;
-        let report = lock(&tally).report("http://n", 100, Duration::from_secs(1));
+        let report = lock(&tally).report(
+            "http://n",
+            100,
+            Duration::from_secs(1),
+            super::super::ClientInfo::here(false),
+            None,
+        );
         assert_eq!(report.errors.get(UNANSWERED), Some(&10));
         assert_eq!(report.ok, 0);
         assert_eq!(report.throughput_tps, 0.0);

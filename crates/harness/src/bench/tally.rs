@@ -134,7 +134,15 @@ impl Tally {
         )
     }
 
-    pub(super) fn report(&self, node: &str, rate: u64, duration: Duration) -> BenchReport {
+    /// The summary, for a run by `client` that was open (`concurrency` `None`) or closed.
+    pub(super) fn report(
+        &self,
+        node: &str,
+        rate: u64,
+        duration: Duration,
+        client: super::ClientInfo,
+        concurrency: Option<usize>,
+    ) -> BenchReport {
         let wall = match (self.first_send, self.last_answer) {
             (Some(first), Some(last)) => last.saturating_duration_since(first).as_secs_f64(),
             _ => 0.0,
@@ -155,9 +163,13 @@ impl Tally {
             latency_ms: percentiles(&self.latency_us),
             tiers: self.tiers.clone(),
             histogram: buckets(&self.latency_us, HISTOGRAM_BUCKETS),
-            client: super::ClientInfo::here(false),
-            mode: "open",
-            concurrency: None,
+            client,
+            mode: if concurrency.is_some() {
+                "closed"
+            } else {
+                "open"
+            },
+            concurrency,
         }
     }
 }
