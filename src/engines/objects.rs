@@ -516,13 +516,19 @@ pub fn verify_edges(deps: &[Dep], tx_count: usize) -> Result<(), EdgeError> {
 
 /// An object's durable head after transaction `tx` of `sender` (in batch `batch`) used it
 /// as `r` says: the kind is kept from the first time; a write counts a version, names
-/// the writer and, for an owned object without an owner, makes `sender` its owner.
+/// the writer (if it is `later` in admission order than the head's last writer) and, for
+/// an owned object without an owner, makes `sender` its owner.
+///
+/// Batches are recorded in the order their storage completes, which for a shared object
+/// written in several batches in flight at once is not the order they were admitted in:
+/// a write recorded after a later one counts, but does not become the last writer.
 pub fn advance_head(
     head: Option<ObjectHead>,
     r: &ObjectRef,
     sender: &str,
     tx: TxId,
     batch: BatchId,
+    later: bool,
 ) -> ObjectHead {
     let mut head = head.unwrap_or(ObjectHead {
         kind: r.kind,
@@ -533,8 +539,10 @@ pub fn advance_head(
     });
     if r.writes() {
         head.version += 1;
-        head.last_tx = Some(tx);
-        head.last_batch = Some(batch);
+        if later || head.last_tx.is_none() {
+            head.last_tx = Some(tx);
+            head.last_batch = Some(batch);
+        }
         if head.kind == ObjectKind::Owned && head.owner.is_none() {
             head.owner = Some(sender.to_string());
         }
@@ -755,10 +763,17 @@ mod tests {
     fn owned_objects_belong_to_their_first_writer() {
         let e = engine();
         let mut locks = ObjectLocks::default();
-        let head = advance_head(None, &owned_w("coin"), "alice", [1; 32], [9; 32]);
+        let head = advance_head(None, &owned_w("coin"), "alice", [1; 32], [9; 32], true);
         assert_eq!(head.owner.as_deref(), Some("alice"));
         assert_eq!((head.version, head.last_tx), (1, Some([1; 32])));
-        let head = advance_head(Some(head), &owned_w("coin"), "alice", [2; 32], [8; 32]);
+        let head = advance_head(
+            Some(head),
+            &owned_w("coin"),
+            "alice",
+            [2; 32],
+            [8; 32],
+            true,
+        );
         assert_eq!(head.version, 2);
         assert_eq!(head.last_batch, Some([8; 32]));
         let read = advance_head(
@@ -767,6 +782,7 @@ mod tests {
             "bob",
             [3; 32],
             [7; 32],
+            true,
         );
         assert_eq!(read, head, "a read changes nothing");
         let heads = HashMap::from([("coin".to_string(), head)]);
@@ -789,8 +805,23 @@ mod tests {
             "bob",
             [6; 32],
             [1; 32],
+            true,
         );
         assert_eq!(s.owner, None);
+        // A write recorded after a later one (its batch's storage finished last) counts a
+        // version but does not become the last writer.
+        let s = advance_head(
+            Some(s),
+            &shared("pool", ObjectAccess::Write),
+            "carol",
+            [7; 32],
+            [0; 32],
+            false,
+        );
+        assert_eq!(
+            (s.version, s.last_tx, s.last_batch),
+            (2, Some([6; 32]), Some([1; 32]))
+        );
     }
 
     #[test]

@@ -894,12 +894,25 @@ fn write_group(
                         .get(id)?
                         .map(|v| crate::messages::decode::<ObjectHead>(v.value()))
                         .transpose()?;
+                    // Admission order is batch sequence order: whether this write comes
+                    // after the head's last writer, whose batch may be recorded later.
+                    let later = match head.as_ref().and_then(|h| h.last_batch) {
+                        Some(last) if last != req.batch_id => match batches.get(&last)? {
+                            Some(v) => {
+                                let rec: BatchRecord = crate::messages::decode(v.value())?;
+                                rec.header.seq < req.batch.header.seq
+                            }
+                            None => true,
+                        },
+                        _ => true,
+                    };
                     let head = crate::engines::objects::advance_head(
                         head,
                         &touch.object,
                         &touch.sender,
                         touch.tx,
                         req.batch_id,
+                        later,
                     );
                     objects.insert(id, crate::messages::encode(&head).as_slice())?;
                 }
@@ -1067,6 +1080,40 @@ mod tests {
         assert_eq!(
             (law.kind, law.version, law.last_tx),
             (ObjectKind::Immutable, 0, None)
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_shared_object_s_last_writer_is_the_latest_admitted_whatever_the_record_order() {
+        use crate::messages::{ObjectAccess, ObjectKind};
+        let dir = tempfile::tempdir().unwrap();
+        let store = CityStore::open(dir.path()).unwrap();
+        let write = |tx: u8| ObjectTouch {
+            tx: [tx; 32],
+            sender: "alice".into(),
+            object: ObjectRef {
+                id: "pool".into(),
+                kind: ObjectKind::Shared,
+                access: ObjectAccess::Write,
+            },
+        };
+        // Batches 1, 2 and 3 each write the pool; 3's storage finishes first, then 1, then 2.
+        let batches: Vec<_> = (1..=3u64).map(record).collect();
+        for i in [2usize, 0, 1] {
+            let (b, t) = batches[i].clone();
+            let id = b.header.id();
+            store
+                .record(NewBatch {
+                    objects: vec![write(i as u8 + 1)],
+                    ..NewBatch::new(b, t, capsule(id))
+                })
+                .await
+                .unwrap();
+        }
+        let pool = store.object_head("pool").unwrap().unwrap();
+        assert_eq!(
+            (pool.version, pool.last_tx, pool.last_batch),
+            (3, Some([3; 32]), Some(batches[2].0.header.id()))
         );
     }
 
