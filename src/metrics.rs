@@ -50,6 +50,8 @@ pub const REPAIRS: &str = "citychain_repairs_total";
 /// Counter (storage nodes), label `reason` (an API error code): node-to-node requests
 /// refused by authentication or rate limiting.
 pub const AUTH_REFUSED: &str = "citychain_auth_refused_total";
+/// Counter (storage nodes): request sessions opened for the nodes it serves.
+pub const SESSIONS_OPENED: &str = "citychain_sessions_opened_total";
 /// Counter (city nodes), label `outcome` (`proved`, `refused`, `unreachable`, `missing`):
 /// possession challenges sent to storage nodes.
 pub const HOLD_CHALLENGES: &str = "citychain_hold_challenges_total";

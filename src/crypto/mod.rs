@@ -5,11 +5,13 @@
 //! for one purpose can never be replayed as another.
 //!
 //! [`vault`] holds the envelope-encryption primitives: per-batch AES-256-GCM data keys,
-//! wrapped with ML-KEM-768 (FIPS 203) for a key holder.
+//! wrapped with ML-KEM-768 (FIPS 203) for a key holder. [`session`] holds the session keys
+//! nodes authenticate their requests to each other with after one ML-KEM-768 exchange.
 
 mod keys;
 mod merkle;
 mod primitives;
+pub mod session;
 pub mod vault;
 
 pub use keys::{KeyFile, SigningKey, address_of, verify};

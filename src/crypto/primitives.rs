@@ -16,6 +16,8 @@ pub enum CryptoError {
     BadPublicKey,
     #[error("the signature does not verify")]
     BadSignature,
+    #[error("the session offer is not an ML-KEM-768 encapsulation key")]
+    BadSessionOffer,
     #[error("key generation or signing failed in the crypto library")]
     Library,
     #[error("key file {path}: {reason}")]

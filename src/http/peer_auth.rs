@@ -8,12 +8,20 @@
 //! 2. its node id is on the allow-list (`[[auth.peers]]`), else 401 `unknown_peer`;
 //! 3. its time is within `max_clock_skew` of ours, else 401 `stale_request`;
 //! 4. its signature verifies with that node's key over the method, the path, our node id,
-//!    the time, the nonce and the body hash, else 401 `bad_signature`;
+//!    the time, the nonce and the body hash, else 401 `bad_signature`; or, for a request
+//!    made in a session, the session is one this node opened with that node and has not
+//!    expired, else 401 `unknown_session`, and the MAC of the same fields under the
+//!    session key matches, else 401 `bad_mac`;
 //! 5. its nonce was not seen from that node in the window, else 401 `replayed_request`
 //!    (nonces are remembered only once a signature verified, so strangers cannot fill the
 //!    memory of them);
 //! 6. the body it then sends hashes to what it signed, else 400 `body_mismatch`
 //!    ([`AuthenticatedPeer::check_body`], called by the handler once it has read the body).
+//!
+//! Sessions are opened by a signed `POST /internal/v1/sessions` ([`PeerAuth::open_session`];
+//! the protocol in [`crate::crypto::session`]). They live in memory only, for
+//! [`SESSION_LIFETIME`], at most [`SESSIONS_PER_PEER`] per allowed node (opening one more
+//! drops that node's oldest), so their memory is bounded by the allow-list.
 //!
 //! Each refusal changes nothing. Possession proofs cost this node an ML-DSA signature and a
 //! pass over the bytes held, so they are also rate-limited per peer
@@ -31,11 +39,14 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use super::ApiError;
 use crate::config::{AuthConfig, decode_public_key};
+use crate::crypto::session::{self, SessionKey, Transcript};
 use crate::crypto::{self, Hash32};
 use crate::messages::auth::{
-    BODY_HASH_HEADER, NODE_HEADER, NONCE_HEADER, RequestClaim, SIGNATURE_HEADER, TIME_HEADER,
+    BODY_HASH_HEADER, MAC_HEADER, NODE_HEADER, NONCE_HEADER, RequestClaim, SESSION_HEADER,
+    SIGNATURE_HEADER, TIME_HEADER,
 };
 use crate::messages::now_ms;
+use crate::messages::storage::SessionOpened;
 
 /// The allow-list and the replay window of one node; register it as `web::Data<PeerAuth>`.
 pub struct PeerAuth {
@@ -46,6 +57,38 @@ pub struct PeerAuth {
     max_skew_ms: u64,
     seen: Mutex<ReplayWindow>,
     challenges: DefaultKeyedRateLimiter<String>,
+    sessions: Mutex<Sessions>,
+}
+
+/// How long a session opened with this node lasts; requesters renew well before.
+pub const SESSION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Sessions kept per allowed node: opening one more drops its oldest.
+pub const SESSIONS_PER_PEER: usize = 4;
+
+/// The sessions this node opened, by id, and per peer in the order they were opened.
+#[derive(Default)]
+struct Sessions {
+    by_id: HashMap<[u8; 16], ServerSession>,
+    by_peer: HashMap<String, VecDeque<[u8; 16]>>,
+}
+
+struct ServerSession {
+    peer: String,
+    key: SessionKey,
+    expires_ms: u64,
+}
+
+impl Sessions {
+    fn insert(&mut self, id: [u8; 16], session: ServerSession) {
+        let mine = self.by_peer.entry(session.peer.clone()).or_default();
+        mine.push_back(id);
+        while mine.len() > SESSIONS_PER_PEER {
+            if let Some(old) = mine.pop_front() {
+                self.by_id.remove(&old);
+            }
+        }
+        self.by_id.insert(id, session);
+    }
 }
 
 /// Nonces seen in the last window, oldest first, so that expired ones leave cheaply.
@@ -90,7 +133,43 @@ impl PeerAuth {
             max_skew_ms: config.max_clock_skew.as_millis() as u64,
             seen: Mutex::new(ReplayWindow::default()),
             challenges: RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
+            sessions: Mutex::new(Sessions::default()),
         }
+    }
+
+    /// Opens a session for `peer` (already authenticated) from its ML-KEM-768 `offer`:
+    /// what the route `POST /internal/v1/sessions` answers.
+    pub fn open_session(
+        &self,
+        peer: &AuthenticatedPeer,
+        offer: &[u8],
+    ) -> Result<SessionOpened, ApiError> {
+        let mut id = [0u8; 16];
+        aws_lc_rs::rand::fill(&mut id)
+            .map_err(|_| ApiError::new(500, "internal", "no randomness for a session id"))?;
+        let transcript = Transcript {
+            requester: &peer.id,
+            server: &self.me,
+            session_id: &id,
+        };
+        let (ciphertext, key) = session::accept(offer, &transcript).map_err(|e| {
+            ApiError::bad_request("invalid_session_offer", format!("refused session: {e}"))
+        })?;
+        let lifetime_ms = SESSION_LIFETIME.as_millis() as u64;
+        lock(&self.sessions).insert(
+            id,
+            ServerSession {
+                peer: peer.id.clone(),
+                key,
+                expires_ms: now_ms() + lifetime_ms,
+            },
+        );
+        metrics::counter!(crate::metrics::SESSIONS_OPENED).increment(1);
+        Ok(SessionOpened {
+            session: hex::encode(id),
+            ciphertext: B64.encode(ciphertext),
+            expires_in_ms: lifetime_ms,
+        })
     }
 
     /// Whether `peer` may have one more possession proof now.
@@ -128,9 +207,24 @@ impl PeerAuth {
             .ok_or_else(|| {
                 unauthenticated(format!("{BODY_HASH_HEADER} must be 64 hex characters"))
             })?;
-        let signature = B64
-            .decode(header(SIGNATURE_HEADER)?)
-            .map_err(|_| unauthenticated(format!("{SIGNATURE_HEADER} must be base64")))?;
+        let proof = match req.headers().get(SESSION_HEADER) {
+            None => Proof::Signature(
+                B64.decode(header(SIGNATURE_HEADER)?)
+                    .map_err(|_| unauthenticated(format!("{SIGNATURE_HEADER} must be base64")))?,
+            ),
+            Some(_) => {
+                let session: [u8; 16] = hex::decode(header(SESSION_HEADER)?)
+                    .ok()
+                    .and_then(|n| n.try_into().ok())
+                    .ok_or_else(|| {
+                        unauthenticated(format!("{SESSION_HEADER} must be 32 hex characters"))
+                    })?;
+                let mac = crate::messages::parse_hex32(header(MAC_HEADER)?).ok_or_else(|| {
+                    unauthenticated(format!("{MAC_HEADER} must be 64 hex characters"))
+                })?;
+                Proof::Mac { session, mac }
+            }
+        };
 
         let Some(key) = self.peers.get(requester) else {
             return Err(refused(
@@ -162,17 +256,39 @@ impl PeerAuth {
             nonce,
             body_hash,
         };
-        if crypto::verify(key, &claim.signed_bytes(), &signature).is_err() {
-            return Err(refused(
-                "bad_signature",
-                format!("the request signature does not verify with {requester}'s key"),
-            ));
+        match proof {
+            Proof::Signature(signature) => {
+                if crypto::verify(key, &claim.signed_bytes(), &signature).is_err() {
+                    return Err(refused(
+                        "bad_signature",
+                        format!("the request signature does not verify with {requester}'s key"),
+                    ));
+                }
+            }
+            Proof::Mac { session, mac } => {
+                let sessions = lock(&self.sessions);
+                let live = sessions
+                    .by_id
+                    .get(&session)
+                    .filter(|s| s.peer == requester && s.expires_ms > now);
+                let Some(live) = live else {
+                    return Err(refused(
+                        "unknown_session",
+                        format!(
+                            "no live session {} of {requester} on this node; open a new one",
+                            hex::encode(session)
+                        ),
+                    ));
+                };
+                if !live.key.verify(&claim.signed_bytes(), &mac) {
+                    return Err(refused(
+                        "bad_mac",
+                        format!("the request MAC does not verify under {requester}'s session"),
+                    ));
+                }
+            }
         }
-        let first = self
-            .seen
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .first_use(requester, nonce, now, 2 * self.max_skew_ms);
+        let first = lock(&self.seen).first_use(requester, nonce, now, 2 * self.max_skew_ms);
         if !first {
             return Err(refused(
                 "replayed_request",
@@ -184,6 +300,16 @@ impl PeerAuth {
             body_hash,
         })
     }
+}
+
+/// How a request proves its requester.
+enum Proof {
+    Signature(Vec<u8>),
+    Mac { session: [u8; 16], mac: Hash32 },
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn unauthenticated(message: String) -> ApiError {
@@ -285,6 +411,147 @@ mod tests {
     }
 
     const PATH: &str = "/internal/v1/batches/00";
+
+    /// Opens a session for `signer` (signed as `city-1`), as the route does: returns the
+    /// session id and the requester's key.
+    fn open(auth: &PeerAuth, signer: &RequestSigner) -> ([u8; 16], SessionKey) {
+        use crate::crypto::session::SessionOffer;
+        let offer = SessionOffer::new().unwrap();
+        let path = crate::messages::storage::SESSIONS_PATH;
+        let h = signer
+            .headers("POST", path, "light-1", offer.public())
+            .unwrap();
+        let peer = auth.authenticate(&request(&h, "POST", path)).unwrap();
+        peer.check_body(offer.public()).unwrap();
+        let opened = auth.open_session(&peer, offer.public()).unwrap();
+        let id: [u8; 16] = hex::decode(&opened.session).unwrap().try_into().unwrap();
+        let ct = B64.decode(&opened.ciphertext).unwrap();
+        let t = Transcript {
+            requester: "city-1",
+            server: "light-1",
+            session_id: &id,
+        };
+        (id, offer.finish(&ct, &t).unwrap())
+    }
+
+    #[test]
+    fn a_session_request_passes_with_its_mac_once_and_binds_what_a_signature_binds() {
+        let (auth, city, _) = setup();
+        let (id, key) = open(&auth, &city);
+        let h = city
+            .session_headers(&id, &key, "PUT", PATH, "light-1", b"body")
+            .unwrap();
+        assert!(h.iter().all(|(k, _)| *k != SIGNATURE_HEADER));
+        let req = request(&h, "PUT", PATH);
+        let peer = auth.authenticate(&req).unwrap();
+        assert_eq!(peer.id, "city-1");
+        peer.check_body(b"body").unwrap();
+        assert_eq!(peer.check_body(b"other").unwrap_err().code, "body_mismatch");
+        assert_eq!(code(auth.authenticate(&req)), "replayed_request");
+
+        // Another path, method or audience under the same MAC fails.
+        let h = city
+            .session_headers(&id, &key, "GET", PATH, "light-1", b"")
+            .unwrap();
+        assert_eq!(
+            code(auth.authenticate(&request(&h, "GET", "/internal/v1/batches/01"))),
+            "bad_mac"
+        );
+        assert_eq!(
+            code(auth.authenticate(&request(&h, "PUT", PATH))),
+            "bad_mac"
+        );
+        let h = city
+            .session_headers(&id, &key, "GET", PATH, "light-2", b"")
+            .unwrap();
+        assert_eq!(
+            code(auth.authenticate(&request(&h, "GET", PATH))),
+            "bad_mac"
+        );
+    }
+
+    #[test]
+    fn sessions_are_the_opener_s_only_unknown_ones_are_refused_and_each_peer_keeps_a_few() {
+        let (auth, city, forger) = setup();
+        let (id, key) = open(&auth, &city);
+
+        // A key that is not the session's (another session's): a forger who knows the id.
+        let (_, wrong) = open(&auth, &city);
+        let h = city
+            .session_headers(&id, &wrong, "GET", PATH, "light-1", b"")
+            .unwrap();
+        assert_eq!(
+            code(auth.authenticate(&request(&h, "GET", PATH))),
+            "bad_mac"
+        );
+
+        // The forger (claiming the city's id) cannot open a session: its offer is signed
+        // with another key.
+        let offer = crate::crypto::session::SessionOffer::new().unwrap();
+        let path = crate::messages::storage::SESSIONS_PATH;
+        let h = forger
+            .headers("POST", path, "light-1", offer.public())
+            .unwrap();
+        assert_eq!(
+            code(auth.authenticate(&request(&h, "POST", path))),
+            "bad_signature"
+        );
+
+        // An id this node never opened (or forgot, restarting) is refused as unknown.
+        let h = city
+            .session_headers(&[9u8; 16], &key, "GET", PATH, "light-1", b"")
+            .unwrap();
+        assert_eq!(
+            code(auth.authenticate(&request(&h, "GET", PATH))),
+            "unknown_session"
+        );
+        // Another node cannot use the city's session id.
+        let h = RequestSigner::new("city-2", Arc::new(SigningKey::generate().unwrap()))
+            .session_headers(&id, &key, "GET", PATH, "light-1", b"")
+            .unwrap();
+        assert_eq!(
+            code(auth.authenticate(&request(&h, "GET", PATH))),
+            "unknown_peer"
+        );
+
+        // Opening more than SESSIONS_PER_PEER drops the oldest: memory stays bounded.
+        for _ in 0..SESSIONS_PER_PEER {
+            open(&auth, &city);
+        }
+        assert_eq!(lock(&auth.sessions).by_id.len(), SESSIONS_PER_PEER);
+        let h = city
+            .session_headers(&id, &key, "GET", PATH, "light-1", b"")
+            .unwrap();
+        assert_eq!(
+            code(auth.authenticate(&request(&h, "GET", PATH))),
+            "unknown_session"
+        );
+
+        // An expired session is refused.
+        let (id, key) = open(&auth, &city);
+        lock(&auth.sessions).by_id.get_mut(&id).unwrap().expires_ms = now_ms() - 1;
+        let h = city
+            .session_headers(&id, &key, "GET", PATH, "light-1", b"")
+            .unwrap();
+        assert_eq!(
+            code(auth.authenticate(&request(&h, "GET", PATH))),
+            "unknown_session"
+        );
+    }
+
+    #[test]
+    fn an_offer_that_is_no_key_opens_nothing() {
+        let (auth, city, _) = setup();
+        let path = crate::messages::storage::SESSIONS_PATH;
+        let h = city.headers("POST", path, "light-1", b"junk").unwrap();
+        let peer = auth.authenticate(&request(&h, "POST", path)).unwrap();
+        let err = auth.open_session(&peer, b"junk").unwrap_err();
+        assert_eq!(
+            (err.status.as_u16(), err.code),
+            (400, "invalid_session_offer")
+        );
+        assert!(lock(&auth.sessions).by_id.is_empty());
+    }
 
     #[test]
     fn a_signed_request_passes_once_and_its_body_is_bound() {

@@ -40,6 +40,7 @@ use crate::http::peer_auth::{AuthenticatedPeer, PeerAuth};
 use crate::http::{ApiError, ApiResult};
 use crate::messages::storage::{
     BATCHES_PATH, HEALTH_PATH, HealthReport, OCTET_STREAM, PIECES_SEGMENT, POH_SUFFIX,
+    SESSIONS_PATH,
 };
 use crate::messages::{self, BatchId, HoldChallenge, HoldProof, Piece, PohAck, SealedEnvelope};
 use crate::storage::store::{BatchStore, PutOutcome, StoreError};
@@ -98,7 +99,24 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         ))
         .route(web::post().to(prove_piece)),
     )
+    .service(web::resource(SESSIONS_PATH).route(web::post().to(open_session)))
     .service(web::resource(HEALTH_PATH).route(web::get().to(health)));
+}
+
+/// An ML-KEM-768 encapsulation key is 1,184 bytes.
+const MAX_SESSION_OFFER_BYTES: usize = 2048;
+
+/// Opens a request session for the (signed) requester: later requests carry a MAC under
+/// the session key instead of a signature.
+async fn open_session(
+    peer: AuthenticatedPeer,
+    auth: web::Data<PeerAuth>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> ApiResult<HttpResponse> {
+    let body = read_body(&req, payload, MAX_SESSION_OFFER_BYTES).await?;
+    peer.check_body(&body)?;
+    Ok(HttpResponse::Ok().json(auth.open_session(&peer, &body)?))
 }
 
 /// Counts a request in `inflight` for as long as it lives, whichever way it ends.

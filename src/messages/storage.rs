@@ -10,6 +10,8 @@
 //! - `GET {BATCHES_PATH}/{id}{PIECES_SEGMENT}/{index}`: the stored piece.
 //! - `POST {BATCHES_PATH}/{id}{PIECES_SEGMENT}/{index}{POH_SUFFIX}`: a fresh proof of hold
 //!   of that piece.
+//! - `POST {SESSIONS_PATH}`: open a session (body: an ML-KEM-768 encapsulation key; answer:
+//!   a [`SessionOpened`], JSON); see [`crate::messages::auth`].
 //! - `GET {HEALTH_PATH}`: a [`HealthReport`] (JSON).
 
 use serde::{Deserialize, Serialize};
@@ -22,6 +24,8 @@ pub const BATCHES_PATH: &str = "/internal/v1/batches";
 pub const POH_SUFFIX: &str = "/poh";
 /// Between a batch's path and a piece index: `{BATCHES_PATH}/{id}{PIECES_SEGMENT}/{index}`.
 pub const PIECES_SEGMENT: &str = "/pieces";
+/// Where sessions are opened.
+pub const SESSIONS_PATH: &str = "/internal/v1/sessions";
 /// A storage node's health report.
 pub const HEALTH_PATH: &str = "/internal/v1/health";
 /// Content type of batch bodies and of acks (postcard).
@@ -46,4 +50,15 @@ pub struct HealthReport {
     /// then answers its health with 503 and takes no batch until the store is reopened.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store_error: Option<String>,
+}
+
+/// What `POST /internal/v1/sessions` answers (JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionOpened {
+    /// The session id, hex (16 bytes).
+    pub session: String,
+    /// The ML-KEM-768 ciphertext to the offered key, base64.
+    pub ciphertext: String,
+    /// How long the node keeps the session.
+    pub expires_in_ms: u64,
 }

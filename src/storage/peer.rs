@@ -3,20 +3,31 @@
 //! (`/internal/v1/...`, described in [`crate::messages::storage`]).
 //!
 //! One [`PeerClient`] wraps one connection pool shared by every storage node; it is cheap
-//! to clone. Every request but the health probe is signed as this node
-//! ([`RequestSigner`], the protocol in [`crate::messages::auth`]) for the node it goes to.
+//! to clone. Every request but the health probe is authenticated as this node for the node
+//! it goes to (the protocol in [`crate::messages::auth`]): the first one to a node is signed
+//! ([`RequestSigner`]) and opens a session with it, and the later ones carry a MAC under
+//! the session key, renewed every [`SESSION_RENEW_AFTER`]. When a node answers that it no
+//! longer knows the session (it restarted), the request is sent again, signed, and the next
+//! one opens a new session; a node that cannot open one is asked again after
+//! [`SESSION_RETRY_AFTER`], its requests signed meanwhile.
 //! It reports what happened and leaves judgement to the caller: an ack or a possession
 //! proof is returned as received, and verifying it against the holder's key is the
 //! caller's job.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
 use serde::Deserialize;
 
+use crate::crypto::session::{SessionKey, SessionOffer, Transcript};
 use crate::messages::auth::RequestSigner;
 pub use crate::messages::storage::HealthReport;
 use crate::messages::storage::{
-    BATCHES_PATH, HEALTH_PATH, OCTET_STREAM, PIECES_SEGMENT, POH_SUFFIX,
+    BATCHES_PATH, HEALTH_PATH, OCTET_STREAM, PIECES_SEGMENT, POH_SUFFIX, SESSIONS_PATH,
+    SessionOpened,
 };
 use crate::messages::{self, HoldChallenge, HoldProof, PohAck};
 
@@ -53,11 +64,44 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How much of a non-JSON error body is kept in [`PeerError::Refused`]'s message.
 const ERROR_SNIPPET_CHARS: usize = 200;
 
+/// A session is renewed once this old (nodes keep one an hour).
+pub const SESSION_RENEW_AFTER: Duration = Duration::from_secs(30 * 60);
+/// After a node failed to open a session, how long its requests are signed before asking
+/// again.
+pub const SESSION_RETRY_AFTER: Duration = Duration::from_secs(5);
+
 /// The HTTP client of the storage tiers.
 #[derive(Clone, Debug)]
 pub struct PeerClient {
     http: reqwest::Client,
     signer: RequestSigner,
+    /// Per storage node id, the session this client holds with it.
+    sessions: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<SessionSlot>>>>>,
+}
+
+/// What this client knows of its session with one node.
+#[derive(Debug, Default)]
+enum SessionSlot {
+    #[default]
+    None,
+    Open(Arc<ClientSession>),
+    /// Opening one failed at this time; requests are signed until [`SESSION_RETRY_AFTER`].
+    Failed(Instant),
+}
+
+#[derive(Debug)]
+struct ClientSession {
+    id: [u8; 16],
+    key: SessionKey,
+    opened: Instant,
+}
+
+/// How a request proves its requester.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Auth {
+    /// The session's MAC if there is one (opening one if needed), else a signature.
+    Session,
+    Signed,
 }
 
 /// The JSON error body every endpoint answers with: `{"error":{"code":..,"message":..}}`.
@@ -118,24 +162,174 @@ impl PeerClient {
             .build()
             // Only TLS backend or resolver set-up can fail, and this build has neither.
             .expect("an HTTP client without TLS always builds");
-        Self { http, signer }
+        Self {
+            http,
+            signer,
+            sessions: Arc::default(),
+        }
     }
 
-    /// A request to `peer` signed for it; `body` is what will be sent.
-    fn signed(
+    /// Sends `method path` with `body` to `peer`, authenticated for it, the whole exchange
+    /// bounded by `timeout`. A session the node no longer knows is dropped and the request
+    /// sent again, signed.
+    async fn send(
         &self,
         method: reqwest::Method,
         peer: Peer<'_>,
         path: &str,
-        body: &[u8],
+        body: bytes::Bytes,
         timeout: Duration,
+    ) -> Result<reqwest::Response> {
+        let (resp, in_session) = self
+            .send_once(
+                method.clone(),
+                peer,
+                path,
+                body.clone(),
+                timeout,
+                Auth::Session,
+            )
+            .await?;
+        if !in_session || resp.status() != reqwest::StatusCode::UNAUTHORIZED {
+            return Ok(resp);
+        }
+        match success_body(resp).await {
+            Err(PeerError::Refused { code, .. })
+                if code == "unknown_session" || code == "bad_mac" =>
+            {
+                tracing::debug!(node = peer.id, %code, "session refused; signing and reopening");
+                *self.slot(peer.id).lock().await = SessionSlot::None;
+                let (resp, _) = self
+                    .send_once(method, peer, path, body, timeout, Auth::Signed)
+                    .await?;
+                Ok(resp)
+            }
+            Err(e) => Err(e),
+            Ok(_) => Err(PeerError::Malformed("401 with a success body".into())),
+        }
+    }
+
+    /// One attempt; also says whether it went in a session.
+    async fn send_once(
+        &self,
+        method: reqwest::Method,
+        peer: Peer<'_>,
+        path: &str,
+        body: bytes::Bytes,
+        timeout: Duration,
+        auth: Auth,
+    ) -> Result<(reqwest::Response, bool)> {
+        let session = match auth {
+            Auth::Session => self.session(peer, timeout).await,
+            Auth::Signed => None,
+        };
+        let req = self.request(method, peer, path, body, timeout, session.as_deref())?;
+        let resp = req.send().await.map_err(unreachable)?;
+        Ok((resp, session.is_some()))
+    }
+
+    /// The request, with a MAC under `session` or else signed.
+    fn request(
+        &self,
+        method: reqwest::Method,
+        peer: Peer<'_>,
+        path: &str,
+        body: bytes::Bytes,
+        timeout: Duration,
+        session: Option<&ClientSession>,
     ) -> Result<reqwest::RequestBuilder> {
-        let headers = self.signer.headers(method.as_str(), path, peer.id, body)?;
+        let m = method.as_str();
+        let headers = match session {
+            Some(s) => self
+                .signer
+                .session_headers(&s.id, &s.key, m, path, peer.id, &body)?,
+            None => self.signer.headers(m, path, peer.id, &body)?,
+        };
         let mut req = self.http.request(method, peer.url(path)).timeout(timeout);
         for (name, value) in headers {
             req = req.header(name, value);
         }
+        if !body.is_empty() {
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, OCTET_STREAM)
+                .body(body);
+        }
         Ok(req)
+    }
+
+    fn slot(&self, node: &str) -> Arc<tokio::sync::Mutex<SessionSlot>> {
+        let mut all = self
+            .sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        all.entry(node.to_owned()).or_default().clone()
+    }
+
+    /// The live session with `peer`, opened now if there is none or it is due for renewal;
+    /// `None` (sign instead) if it cannot be opened.
+    async fn session(&self, peer: Peer<'_>, timeout: Duration) -> Option<Arc<ClientSession>> {
+        let slot = self.slot(peer.id);
+        // One request per node opens the session; the others wait for it.
+        let mut slot = slot.lock().await;
+        match &*slot {
+            SessionSlot::Open(s) if s.opened.elapsed() < SESSION_RENEW_AFTER => {
+                return Some(s.clone());
+            }
+            SessionSlot::Failed(at) if at.elapsed() < SESSION_RETRY_AFTER => return None,
+            _ => {}
+        }
+        match self.open_session(peer, timeout).await {
+            Ok(session) => {
+                let session = Arc::new(session);
+                *slot = SessionSlot::Open(session.clone());
+                Some(session)
+            }
+            Err(e) => {
+                tracing::debug!(node = peer.id, error = %e, "opening a session failed; signing");
+                *slot = SessionSlot::Failed(Instant::now());
+                None
+            }
+        }
+    }
+
+    async fn open_session(&self, peer: Peer<'_>, timeout: Duration) -> Result<ClientSession> {
+        let offer = SessionOffer::new()?;
+        let body = bytes::Bytes::copy_from_slice(offer.public());
+        let resp = self
+            .request(
+                reqwest::Method::POST,
+                peer,
+                SESSIONS_PATH,
+                body,
+                timeout,
+                None,
+            )?
+            .send()
+            .await
+            .map_err(unreachable)?;
+        let body = success_body(resp).await?;
+        let opened: SessionOpened = serde_json::from_slice(&body)
+            .map_err(|e| PeerError::Malformed(format!("session: {e}")))?;
+        let id: [u8; 16] = hex::decode(&opened.session)
+            .ok()
+            .and_then(|id| id.try_into().ok())
+            .ok_or_else(|| PeerError::Malformed("session id is not 16 hex bytes".into()))?;
+        let ciphertext = B64
+            .decode(&opened.ciphertext)
+            .map_err(|_| PeerError::Malformed("session ciphertext is not base64".into()))?;
+        let transcript = Transcript {
+            requester: self.signer.node_id(),
+            server: peer.id,
+            session_id: &id,
+        };
+        let key = offer
+            .finish(&ciphertext, &transcript)
+            .map_err(|e| PeerError::Malformed(format!("session ciphertext: {e}")))?;
+        Ok(ClientSession {
+            id,
+            key,
+            opened: Instant::now(),
+        })
     }
 
     /// Writes `bytes` as batch `batch_id` to `peer` (`PUT /internal/v1/batches/{hex id}`),
@@ -178,12 +372,8 @@ impl PeerClient {
         timeout: Duration,
     ) -> Result<PohAck> {
         let resp = self
-            .signed(reqwest::Method::PUT, peer, path, &bytes, timeout)?
-            .header(reqwest::header::CONTENT_TYPE, OCTET_STREAM)
-            .body(bytes)
-            .send()
-            .await
-            .map_err(unreachable)?;
+            .send(reqwest::Method::PUT, peer, path, bytes, timeout)
+            .await?;
         let body = success_body(resp).await?;
         messages::decode::<PohAck>(&body).map_err(|e| PeerError::Malformed(format!("ack: {e}")))
     }
@@ -212,10 +402,14 @@ impl PeerClient {
 
     async fn get(&self, peer: Peer<'_>, path: &str, timeout: Duration) -> Result<Option<Vec<u8>>> {
         let resp = self
-            .signed(reqwest::Method::GET, peer, path, &[], timeout)?
-            .send()
-            .await
-            .map_err(unreachable)?;
+            .send(
+                reqwest::Method::GET,
+                peer,
+                path,
+                bytes::Bytes::new(),
+                timeout,
+            )
+            .await?;
         if resp.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }
@@ -259,14 +453,10 @@ impl PeerClient {
         challenge: &HoldChallenge,
         timeout: Duration,
     ) -> Result<Option<HoldProof>> {
-        let body = messages::encode(challenge);
+        let body = bytes::Bytes::from(messages::encode(challenge));
         let resp = self
-            .signed(reqwest::Method::POST, peer, path, &body, timeout)?
-            .header(reqwest::header::CONTENT_TYPE, OCTET_STREAM)
-            .body(body)
-            .send()
-            .await
-            .map_err(unreachable)?;
+            .send(reqwest::Method::POST, peer, path, body, timeout)
+            .await?;
         if resp.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }

@@ -367,3 +367,86 @@ async fn forged_replayed_and_stale_acks_are_rejected_by_a_real_city() {
         s.stop(false).await;
     }
 }
+
+/// The value of an unlabelled counter in a `/metrics` text, 0 when absent.
+fn counter(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The city signs its first request to each storage node and opens a session with it; its
+/// later requests carry MACs. A storage node that restarts forgets every session: the city's
+/// next request to it is refused as `unknown_session`, sent again signed, and a new session
+/// is opened, so writes keep reaching the light tier and no transaction is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_city_works_in_sessions_and_a_restarted_node_that_forgot_them_still_takes_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut fed = federation(dir.path()).await;
+    let city = fed.city_url();
+    let client = client();
+    let key = SigningKey::generate().unwrap();
+
+    let (status, stored) = post(&client, &city, &signed(&key, 1)).await;
+    assert_eq!(status, 200, "{stored}");
+    assert_eq!(stored["tier"], "light", "{stored}");
+    let lights = fed.ids(citychain::config::Role::Light);
+    let light = lights[0].clone();
+    let url = fed.node(&light).url.clone();
+    // Sessions opened, and later writes pass in them: no signature refused, none replayed.
+    let text = metrics(&client, &url).await;
+    assert_eq!(
+        counter(&text, "citychain_sessions_opened_total"),
+        1.0,
+        "{text}"
+    );
+    for nonce in 2..=6 {
+        let (status, stored) = post(&client, &city, &signed(&key, nonce)).await;
+        assert_eq!(status, 200, "{stored}");
+    }
+    let text = metrics(&client, &url).await;
+    assert_eq!(
+        counter(&text, "citychain_sessions_opened_total"),
+        1.0,
+        "one session serves every later request: {text}"
+    );
+    assert!(
+        !text.contains("citychain_auth_refused_total"),
+        "nothing refused: {text}"
+    );
+
+    // The node crashes and comes back with no memory of the session.
+    fed.kill(&light).unwrap();
+    fed.restart(&light).await.unwrap();
+    wait_nodes(&client, &city, std::slice::from_ref(&light), true).await;
+    let mut nonce = 7;
+    let reopened = wait_for(
+        "the city to reopen a session with the restarted node",
+        Duration::from_secs(20),
+        || {
+            nonce += 1;
+            let (client, city, url, key) = (&client, &city, &url, &key);
+            let n = nonce;
+            async move {
+                let (status, stored) = post(client, city, &signed(key, n)).await;
+                assert_eq!(status, 200, "{stored}");
+                let text = metrics(client, url).await;
+                (counter(&text, "citychain_sessions_opened_total") >= 1.0).then_some(text)
+            }
+        },
+    )
+    .await;
+    assert!(
+        reopened.contains(r#"citychain_auth_refused_total{reason="unknown_session"}"#),
+        "the first request after the restart was in the forgotten session: {reopened}"
+    );
+    // Its pieces are acked again: a batch written now names the restarted node as a holder
+    // whenever the Prioritizer chose it; every write still reaches the light tier.
+    for _ in 0..5 {
+        nonce += 1;
+        let (status, stored) = post(&client, &city, &signed(&key, nonce)).await;
+        assert_eq!(status, 200, "{stored}");
+        assert_eq!(stored["tier"], "light", "{stored}");
+    }
+    fed.shutdown().await.unwrap();
+}
