@@ -10,6 +10,8 @@
 //! - `GET {BATCHES_PATH}/{id}{PIECES_SEGMENT}/{index}`: the stored piece.
 //! - `POST {BATCHES_PATH}/{id}{PIECES_SEGMENT}/{index}{POH_SUFFIX}`: a fresh proof of hold
 //!   of that piece.
+//! - `DELETE {BATCHES_PATH}/{id}{PIECES_SEGMENT}/{index}`: release the piece (204, or 404
+//!   `unknown_piece` when it is not held).
 //! - `GET {HEALTH_PATH}`: a [`HealthReport`] (JSON).
 
 use serde::{Deserialize, Serialize};
