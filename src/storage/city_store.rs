@@ -31,6 +31,14 @@
 //! version, advanced in the transaction that records the batch, so they are never ahead
 //! of or behind the batches.
 //!
+//! **Retention** (`[storage] light_retention`): the batches whose home is the light tier are
+//! indexed by sequence number (`light_by_seq`, built once from the records when a file
+//! written before it is opened); [`CityStore::archive_candidates`] walks it oldest first
+//! for those the rule [`archivable`] lets go, and [`CityStore::archive`] records one as
+//! home on full nodes (`archived`: repair upward leaves it there) with its light pieces
+//! pending release (`light_releases`), in one fsynced transaction, before any piece is
+//! released.
+//!
 //! A city with a continent above it (`[uplink]`) keeps an **outbox**: each batch enters it
 //! in the transaction that records the batch, and leaves it when the continent has merged
 //! it (its place is kept, [`CityStore::uplink_delivered`]); so nothing acknowledged misses
