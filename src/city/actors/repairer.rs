@@ -58,6 +58,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::city::mailbox::Mailbox;
@@ -71,7 +72,7 @@ use crate::messages::{
     hex32, now_ms,
 };
 use crate::storage::chain::TierChain;
-use crate::storage::city_store::{BatchRecord, CityStore};
+use crate::storage::city_store::{BatchRecord, CityStore, PendingRelease};
 use crate::storage::immutable_log::{ImmutableLog, RecordKind};
 use crate::storage::mongo::MongoTier;
 use crate::storage::nodes::{KnownNode, NodeDirectory};
@@ -81,6 +82,9 @@ use crate::storage::readback::ReadBack;
 
 /// Mailbox capacity: only timer ticks and round reports, one round at a time.
 pub const MAILBOX_CAPACITY: usize = 64;
+
+/// Light batches archived, and archived batches' pieces released, at once.
+const ARCHIVE_CONCURRENCY: usize = 4;
 
 /// Least time between two searches for the same batch lost from the log: a search asks
 /// every configured storage node.
@@ -549,43 +553,75 @@ impl RepairContext {
                 return 0;
             }
         };
-        let mut archived = 0;
-        for rec in candidates {
-            let id = rec.header.id();
-            let bytes = match self.store.cached_body(&id) {
-                Ok(Some(bytes)) => Some(Bytes::from(bytes)),
-                _ => self.fetch(&rec).await,
-            };
-            let Some(bytes) = bytes else {
-                tracing::warn!(batch = %hex32(&id), "cannot read a light batch back to archive it yet");
-                continue;
-            };
-            let Some((stored, credits)) = self
-                .write_to(Tier::Full, &rec, &bytes, Vec::new(), self.min_full_acks)
+        // A few at once: each is a read, a write to full nodes and an fsync.
+        let full_refused = std::sync::atomic::AtomicBool::new(false);
+        futures::stream::iter(candidates)
+            .map(|rec| self.archive_one(rec, &full_refused))
+            .buffer_unordered(ARCHIVE_CONCURRENCY)
+            .filter(|done| std::future::ready(*done))
+            .count()
+            .await
+    }
+
+    /// Archives one light batch (see [`RepairContext::archive`]); true if it did. Once full
+    /// nodes refused one, the rest of the round's window is left for the next round.
+    async fn archive_one(
+        &self,
+        rec: BatchRecord,
+        full_refused: &std::sync::atomic::AtomicBool,
+    ) -> bool {
+        use std::sync::atomic::Ordering;
+        if full_refused.load(Ordering::Relaxed) {
+            return false;
+        }
+        let id = rec.header.id();
+        let cached = {
+            let store = self.store.clone();
+            tokio::task::spawn_blocking(move || store.cached_body(&id))
                 .await
-            else {
-                // Full nodes cannot take it now: the batch stays on light nodes, whole, and
-                // retention tries again next round.
-                tracing::debug!(batch = %hex32(&id), "full nodes did not take a light batch to archive; it stays on light nodes");
-                break;
-            };
-            match self
-                .store
-                .archive(&id, stored.holders, stored.acks, &credits, now_ms())
-            {
-                Ok(true) => {
-                    archived += 1;
-                    metrics::counter!(crate::metrics::ARCHIVED_BATCHES).increment(1);
-                    tracing::debug!(batch = %hex32(&id), "light batch archived to full nodes");
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::error!(batch = %hex32(&id), error = %e, "recording an archived batch");
-                    break;
-                }
+                .ok()
+                .and_then(Result::ok)
+                .flatten()
+        };
+        let bytes = match cached {
+            Some(bytes) => Some(Bytes::from(bytes)),
+            None => self.fetch(&rec).await,
+        };
+        let Some(bytes) = bytes else {
+            tracing::warn!(batch = %hex32(&id), "cannot read a light batch back to archive it yet");
+            return false;
+        };
+        let Some((stored, credits)) = self
+            .write_to(Tier::Full, &rec, &bytes, Vec::new(), self.min_full_acks)
+            .await
+        else {
+            // Full nodes cannot take it now: the batch stays on light nodes, whole, and
+            // retention tries again next round.
+            full_refused.store(true, Ordering::Relaxed);
+            tracing::debug!(batch = %hex32(&id), "full nodes did not take a light batch to archive; it stays on light nodes");
+            return false;
+        };
+        let store = self.store.clone();
+        let recorded = tokio::task::spawn_blocking(move || {
+            store.archive(&id, stored.holders, stored.acks, &credits, now_ms())
+        })
+        .await;
+        match recorded {
+            Ok(Ok(true)) => {
+                metrics::counter!(crate::metrics::ARCHIVED_BATCHES).increment(1);
+                tracing::debug!(batch = %hex32(&id), "light batch archived to full nodes");
+                true
+            }
+            Ok(Ok(false)) => false,
+            Ok(Err(e)) => {
+                tracing::error!(batch = %hex32(&id), error = %e, "recording an archived batch");
+                false
+            }
+            Err(e) => {
+                tracing::error!(batch = %hex32(&id), error = %e, "recording an archived batch panicked");
+                false
             }
         }
-        archived
     }
 
     /// Releases the light pieces of archived batches still pending (a window, oldest
@@ -615,42 +651,14 @@ impl RepairContext {
             .map(|v| v.node_id.clone())
             .collect();
         let timeout = self.light_deadline * 4;
-        let mut released = 0;
-        let mut left = Vec::with_capacity(pending.len());
-        for (seq, mut entry) in pending {
-            let id = entry.batch_id;
-            let attempts = entry.pieces.iter().map(|(holder, index)| {
-                let node = self.nodes.get(holder);
-                let skip = down.contains(holder);
-                async move {
-                    let Some(node) = node else {
-                        tracing::warn!(batch = %hex32(&id), %holder, index, "the holder of an archived piece is no longer configured; its piece is left there");
-                        return Release::Dropped;
-                    };
-                    if skip {
-                        return Release::Later;
-                    }
-                    match self.client.delete_piece(node.peer(), &id, *index, timeout).await {
-                        Ok(_) => Release::Done,
-                        Err(e) => {
-                            tracing::debug!(batch = %hex32(&id), %holder, index, error = %e, "releasing a light piece failed; trying again next round");
-                            Release::Later
-                        }
-                    }
-                }
-            });
-            let outcomes = futures::future::join_all(attempts).await;
-            let n = outcomes.iter().filter(|o| **o == Release::Done).count();
-            released += n;
-            metrics::counter!(crate::metrics::LIGHT_PIECES_RELEASED).increment(n as u64);
-            if outcomes.iter().any(|o| *o != Release::Later) {
-                let mut outcomes = outcomes.into_iter();
-                entry
-                    .pieces
-                    .retain(|_| outcomes.next() == Some(Release::Later));
-                left.push((seq, entry));
-            }
-        }
+        let results: Vec<(usize, Option<(u64, PendingRelease)>)> = futures::stream::iter(pending)
+            .map(|(seq, entry)| self.release_one(seq, entry, &down, timeout))
+            .buffer_unordered(ARCHIVE_CONCURRENCY)
+            .collect()
+            .await;
+        let released = results.iter().map(|(n, _)| n).sum();
+        let left: Vec<(u64, PendingRelease)> =
+            results.into_iter().filter_map(|(_, left)| left).collect();
         let store = self.store.clone();
         match tokio::task::spawn_blocking(move || store.update_releases(&left)).await {
             Ok(Ok(())) => {}
@@ -658,6 +666,49 @@ impl RepairContext {
             Err(e) => tracing::error!(error = %e, "recording released light pieces panicked"),
         }
         released
+    }
+
+    /// Asks each holder of an archived batch's pending pieces to release its piece; returns
+    /// how many did and, if anything changed, what is left to release.
+    async fn release_one(
+        &self,
+        seq: u64,
+        mut entry: PendingRelease,
+        down: &HashSet<String>,
+        timeout: Duration,
+    ) -> (usize, Option<(u64, PendingRelease)>) {
+        let id = entry.batch_id;
+        let attempts = entry.pieces.iter().map(|(holder, index)| {
+            let node = self.nodes.get(holder);
+            let skip = down.contains(holder);
+            async move {
+                let Some(node) = node else {
+                    tracing::warn!(batch = %hex32(&id), %holder, index, "the holder of an archived piece is no longer configured; its piece is left there");
+                    return Release::Dropped;
+                };
+                if skip {
+                    return Release::Later;
+                }
+                match self.client.delete_piece(node.peer(), &id, *index, timeout).await {
+                    Ok(_) => Release::Done,
+                    Err(e) => {
+                        tracing::debug!(batch = %hex32(&id), %holder, index, error = %e, "releasing a light piece failed; trying again next round");
+                        Release::Later
+                    }
+                }
+            }
+        });
+        let outcomes = futures::future::join_all(attempts).await;
+        let n = outcomes.iter().filter(|o| **o == Release::Done).count();
+        metrics::counter!(crate::metrics::LIGHT_PIECES_RELEASED).increment(n as u64);
+        if outcomes.iter().all(|o| *o == Release::Later) {
+            return (n, None);
+        }
+        let mut outcomes = outcomes.into_iter();
+        entry
+            .pieces
+            .retain(|_| outcomes.next() == Some(Release::Later));
+        (n, Some((seq, entry)))
     }
 
     /// REPAIR_REQ to every holder for the piece it holds: each must prove it still holds
