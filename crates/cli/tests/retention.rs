@@ -233,7 +233,17 @@ async fn with_full_nodes_down_nothing_is_released_and_nothing_is_lost() {
         .await;
         batches.push(batch);
     }
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let newest = batches
+        .iter()
+        .filter_map(|b| b["created_at_ms"].as_u64())
+        .max()
+        .unwrap();
+    wait_for(
+        "the batches to pass retention",
+        Duration::from_secs(10),
+        || async { (citychain::messages::now_ms() > newest + 1_100).then_some(()) },
+    )
+    .await;
     let used_before = light_used(&client, &city).await;
     // Several repair rounds later (each challenges every light piece after its retention
     // step), nothing has moved: the full nodes cannot take the batches.
