@@ -47,6 +47,14 @@ pub const ACTOR_FAILURES: &str = "citychain_actor_failures_total";
 pub const ACTOR_RESTARTS: &str = "citychain_actor_restarts_total";
 /// Counter, labels `kind` (`upward`, `rereplicate`) and `from` (tier): batches repaired.
 pub const REPAIRS: &str = "citychain_repairs_total";
+/// Counter (city nodes): light batches archived to full nodes once past `[storage]
+/// light_retention` and acknowledged upstream (their light pieces are then released).
+pub const ARCHIVED_BATCHES: &str = "citychain_archived_batches_total";
+/// Counter (city nodes): light pieces of archived batches released on their light nodes
+/// (removed, or found already gone).
+pub const LIGHT_PIECES_RELEASED: &str = "citychain_light_pieces_released_total";
+/// Counter (storage nodes): pieces this node removed at the city's request.
+pub const STORE_PIECES_RELEASED: &str = "citychain_store_pieces_released_total";
 /// Counter (storage nodes), label `reason` (an API error code): node-to-node requests
 /// refused by authentication or rate limiting.
 pub const AUTH_REFUSED: &str = "citychain_auth_refused_total";

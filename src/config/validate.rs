@@ -161,8 +161,14 @@ impl Config {
         {
             p.push("[supervisor] within must be positive, backoff_multiplier at least 1, backoff_initial at most backoff_max".into());
         }
-        if self.repair.interval.is_zero() || self.repair.batches_per_round == 0 {
-            p.push("[repair] interval and batches_per_round must be positive".into());
+        if self.repair.interval.is_zero()
+            || self.repair.batches_per_round == 0
+            || self.repair.archive_per_round == 0
+        {
+            p.push(
+                "[repair] interval, batches_per_round and archive_per_round must be positive"
+                    .into(),
+            );
         }
         let r = &self.reads;
         if [

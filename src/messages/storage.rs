@@ -10,6 +10,8 @@
 //! - `GET {BATCHES_PATH}/{id}{PIECES_SEGMENT}/{index}`: the stored piece.
 //! - `POST {BATCHES_PATH}/{id}{PIECES_SEGMENT}/{index}{POH_SUFFIX}`: a fresh proof of hold
 //!   of that piece.
+//! - `DELETE {BATCHES_PATH}/{id}{PIECES_SEGMENT}/{index}`: release the piece (204, or 404
+//!   `unknown_piece` when it is not held).
 //! - `POST {SESSIONS_PATH}`: open a session (body: an ML-KEM-768 encapsulation key; answer:
 //!   a [`SessionOpened`], JSON); see [`crate::messages::auth`].
 //! - `GET {HEALTH_PATH}`: a [`HealthReport`] (JSON).

@@ -31,6 +31,14 @@
 //! version, advanced in the transaction that records the batch, so they are never ahead
 //! of or behind the batches.
 //!
+//! **Retention** (`[storage] light_retention`): the batches whose home is the light tier are
+//! indexed by sequence number (`light_by_seq`, built once from the records when a file
+//! written before it is opened); [`CityStore::archive_candidates`] walks it oldest first
+//! for those the rule [`archivable`] lets go, and [`CityStore::archive`] records one as
+//! home on full nodes (`archived`: repair upward leaves it there) with its light pieces
+//! pending release (`light_releases`), in one fsynced transaction, before any piece is
+//! released.
+//!
 //! A city with a continent above it (`[uplink]`) keeps an **outbox**: each batch enters it
 //! in the transaction that records the batch, and leaves it when the continent has merged
 //! it (its place is kept, [`CityStore::uplink_delivered`]); so nothing acknowledged misses
@@ -105,6 +113,19 @@ const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("object_heads
 /// Where a batch was before repair moved it (the copies stay): batch id → encoded
 /// `Vec<Home>`, oldest first.
 const PAST_HOMES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("past_homes");
+/// Batches whose home is the light tier, by sequence number: what retention archives
+/// (oldest first) and repair challenges, without scanning every batch.
+const LIGHT_BY_SEQ: TableDefinition<u64, &[u8; 32]> = TableDefinition::new("light_by_seq");
+/// Light batches archived to full nodes by retention: batch id → when (ms). Their home
+/// is full by policy: repair upward leaves them there.
+const ARCHIVED: TableDefinition<&[u8; 32], u64> = TableDefinition::new("archived");
+/// Light pieces of archived batches not released yet: batch sequence number → encoded
+/// [`PendingRelease`]. Written with the archive record, so a crash before the releases
+/// loses none of them.
+const RELEASES: TableDefinition<u64, &[u8]> = TableDefinition::new("light_releases");
+/// Key in `META`: set once `LIGHT_BY_SEQ` holds every light batch (it is built from the
+/// records the first time a `city.redb` written before it is opened).
+const LIGHT_INDEX_KEY: &str = "light_index_built";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CityStoreError {
@@ -223,6 +244,45 @@ impl NewBatch {
     }
 }
 
+/// The light pieces of an archived batch still to release: (holder, piece index).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingRelease {
+    pub batch_id: BatchId,
+    pub pieces: Vec<(String, u8)>,
+}
+
+/// Where a batch stands with the continent, as retention sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upstream {
+    /// The city has no `[uplink]`: there is no federation checkpoint to wait for.
+    NoUplink,
+    /// In the outbox: the continent has not acknowledged it yet.
+    Waiting,
+    /// The continent acknowledged (merged) it: it is in the federation's checkpoint flow.
+    Acknowledged,
+}
+
+/// The retention rule: a light batch may be archived to full nodes (and its pieces
+/// released) once it is at least `retention` old and, with an uplink, the continent has
+/// acknowledged its header. A `retention` of zero archives nothing.
+pub fn archivable(
+    created_at_ms: u64,
+    now_ms: u64,
+    retention: std::time::Duration,
+    upstream: Upstream,
+) -> bool {
+    if retention.is_zero() {
+        return false;
+    }
+    let old_enough = now_ms.saturating_sub(created_at_ms) >= retention.as_millis() as u64;
+    old_enough && upstream != Upstream::Waiting
+}
+
+/// Entries of the light index a retention window looks at, per batch it may return: the
+/// oldest light batches may be waiting for the continent (skipped, not archived), so a
+/// window looks a little past them, but never far.
+const ARCHIVE_LOOKAHEAD: usize = 4;
+
 /// One place a batch was held.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Home {
@@ -252,6 +312,8 @@ pub struct CityStore {
     failure: Arc<Mutex<Option<String>>>,
     /// Notified when batches enter the outbox (only with an uplink).
     outbox_added: Arc<tokio::sync::Notify>,
+    /// Whether recorded batches enter the outbox for a continent.
+    uplink: bool,
 }
 
 /// Where a batch stands with the continent (`GET /v1/batches/{id}`).
@@ -344,6 +406,9 @@ impl CityStore {
             tx.open_table(PAST_HOMES)?;
             tx.open_table(ACCOUNTS)?;
             tx.open_table(OBJECTS)?;
+            tx.open_table(ARCHIVED)?;
+            tx.open_table(RELEASES)?;
+            build_light_index(&tx)?;
             tx.commit()?;
         }
         let options = Options {
@@ -381,6 +446,7 @@ impl CityStore {
             writer,
             failure,
             outbox_added,
+            uplink,
         })
     }
 
@@ -641,12 +707,50 @@ impl CityStore {
         acks: Vec<PohAck>,
         credits: &[Credit],
     ) -> Result<()> {
-        let Some(mut rec) = self.get_batch(batch_id)? else {
-            return Err(CityStoreError::NoBatch(*batch_id));
-        };
+        self.move_batch(batch_id, tier, holders, acks, credits, None)
+            .map(|_| ())
+    }
+
+    /// Retention: records light batch `batch_id` as moved to the full nodes `holders`
+    /// (their `acks`), its home full by policy (repair upward leaves it there), the light
+    /// tier among its past homes, and every light piece its record names as pending
+    /// release, in one fsynced transaction, before any piece is released. `false` (and
+    /// nothing written) if the batch is no longer on light nodes.
+    pub fn archive(
+        &self,
+        batch_id: &BatchId,
+        holders: Vec<String>,
+        acks: Vec<PohAck>,
+        credits: &[Credit],
+        now_ms: u64,
+    ) -> Result<bool> {
+        self.move_batch(batch_id, Tier::Full, holders, acks, credits, Some(now_ms))
+    }
+
+    /// Moves a batch to `tier`; with `archived_at`, as [`CityStore::archive`] (only from
+    /// the light tier: `false` otherwise).
+    fn move_batch(
+        &self,
+        batch_id: &BatchId,
+        tier: Tier,
+        holders: Vec<String>,
+        acks: Vec<PohAck>,
+        credits: &[Credit],
+        archived_at: Option<u64>,
+    ) -> Result<bool> {
         let mut tx = self.db.begin_write()?;
         tx.set_durability(Durability::Immediate)?;
         {
+            let mut batches = tx.open_table(BATCHES)?;
+            let mut rec: BatchRecord = match batches.get(batch_id)? {
+                Some(v) => crate::messages::decode(v.value())?,
+                None => return Err(CityStoreError::NoBatch(*batch_id)),
+            };
+            if archived_at.is_some() && rec.tier != Tier::Light {
+                drop(batches);
+                tx.abort()?;
+                return Ok(false);
+            }
             let mut txs = tx.open_table(TXS)?;
             for id in &rec.tx_ids {
                 let updated = match txs.get(id)? {
@@ -665,11 +769,40 @@ impl CityStore {
                 };
                 txs.insert(id, crate::messages::encode(&updated).as_slice())?;
             }
+            let mut archived = tx.open_table(ARCHIVED)?;
+            if let Some(at) = archived_at {
+                archived.insert(batch_id, at)?;
+                let pieces: Vec<(String, u8)> = rec
+                    .acks
+                    .iter()
+                    .filter_map(|a| a.piece.map(|p| (a.holder_id.clone(), p.index)))
+                    .collect();
+                if !pieces.is_empty() {
+                    let pending = PendingRelease {
+                        batch_id: *batch_id,
+                        pieces,
+                    };
+                    tx.open_table(RELEASES)?
+                        .insert(rec.header.seq, crate::messages::encode(&pending).as_slice())?;
+                }
+            } else if tier == Tier::Light {
+                archived.remove(batch_id)?;
+            }
+            // An archived batch on full nodes is home; anything else off the light tier
+            // is a fallback that repair upward works through.
+            let home_below =
+                tier != Tier::Light && !(tier == Tier::Full && archived.get(batch_id)?.is_some());
             let mut below = tx.open_table(BELOW_LIGHT)?;
-            if tier == Tier::Light {
-                below.remove(batch_id)?;
-            } else {
+            if home_below {
                 below.insert(batch_id, ())?;
+            } else {
+                below.remove(batch_id)?;
+            }
+            let mut light = tx.open_table(LIGHT_BY_SEQ)?;
+            if tier == Tier::Light {
+                light.insert(rec.header.seq, batch_id)?;
+            } else {
+                light.remove(rec.header.seq)?;
             }
             // A new home ends a loss.
             tx.open_table(LOST)?.remove(batch_id)?;
@@ -693,14 +826,113 @@ impl CityStore {
             rec.holders = holders;
             rec.acks = acks;
             rec.lost = false;
-            let mut batches = tx.open_table(BATCHES)?;
             batches.insert(batch_id, crate::messages::encode(&rec).as_slice())?;
             // Repair acks: no challenge among them, no reliability to move.
             super::rewards::apply::<CityStoreError>(&mut tx.open_table(ACCOUNTS)?, credits, None)?;
         }
         tx.commit()?;
         super::rewards::count(credits);
-        Ok(())
+        Ok(true)
+    }
+
+    /// Whether retention archived batch `id` to full nodes (its home is full by policy).
+    pub fn is_archived(&self, id: &BatchId) -> Result<bool> {
+        let tx = self.db.begin_read()?;
+        Ok(tx.open_table(ARCHIVED)?.get(id)?.is_some())
+    }
+
+    /// Up to `limit` light batches the retention rule ([`archivable`]) lets go now, oldest
+    /// first, from the light index: it stops at the first batch too young and looks at no
+    /// more than [`ARCHIVE_LOOKAHEAD`] entries per batch asked for.
+    pub fn archive_candidates(
+        &self,
+        now_ms: u64,
+        retention: std::time::Duration,
+        limit: usize,
+    ) -> Result<Vec<BatchRecord>> {
+        if retention.is_zero() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let tx = self.db.begin_read()?;
+        let light = tx.open_table(LIGHT_BY_SEQ)?;
+        let batches = tx.open_table(BATCHES)?;
+        let placed = tx.open_table(UPLINK_PLACED)?;
+        let lost = tx.open_table(LOST)?;
+        let mut out = Vec::new();
+        for entry in light.iter()?.take(limit.saturating_mul(ARCHIVE_LOOKAHEAD)) {
+            let (_, id) = entry?;
+            let id = *id.value();
+            let Some(v) = batches.get(&id)? else {
+                continue;
+            };
+            let rec: BatchRecord = crate::messages::decode(v.value())?;
+            if rec.tier != Tier::Light || lost.get(&id)?.is_some() {
+                continue;
+            }
+            let upstream = if !self.uplink {
+                Upstream::NoUplink
+            } else if placed.get(&id)?.is_some() {
+                Upstream::Acknowledged
+            } else {
+                Upstream::Waiting
+            };
+            if !archivable(
+                rec.header.created_at_ms,
+                now_ms,
+                retention,
+                Upstream::NoUplink,
+            ) {
+                // Too young; the batches after it are younger still.
+                break;
+            }
+            if archivable(rec.header.created_at_ms, now_ms, retention, upstream) {
+                out.push(rec);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` archived batches whose light pieces are not all released yet, oldest
+    /// first: (sequence number, what is left to release).
+    pub fn pending_releases(&self, limit: usize) -> Result<Vec<(u64, PendingRelease)>> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(RELEASES)?;
+        let mut out = Vec::new();
+        for entry in table.iter()?.take(limit) {
+            let (seq, v) = entry?;
+            out.push((seq.value(), crate::messages::decode(v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Archived batches whose light pieces are not all released yet.
+    pub fn pending_release_count(&self) -> Result<u64> {
+        let tx = self.db.begin_read()?;
+        Ok(tx.open_table(RELEASES)?.len()?)
+    }
+
+    /// What is left to release of each archived batch after a round of releases (an empty
+    /// list: all released, the entry goes), in one transaction. Blocks.
+    pub fn update_releases(&self, left: &[(u64, PendingRelease)]) -> Result<()> {
+        if left.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(Durability::Immediate)?;
+        {
+            let mut table = tx.open_table(RELEASES)?;
+            for (seq, pending) in left {
+                if pending.pieces.is_empty() {
+                    table.remove(seq)?;
+                } else {
+                    table.insert(seq, crate::messages::encode(pending).as_slice())?;
+                }
+            }
+        }
+        Ok(tx.commit()?)
     }
 
     /// Adds `credits` (a repair round's challenge results) to the rewards ledger, in one
@@ -745,7 +977,12 @@ impl CityStore {
     /// Up to `limit` batches on `tier` with sequence numbers from `from_seq` on, in order.
     pub fn batches_on(&self, tier: Tier, from_seq: u64, limit: usize) -> Result<Vec<BatchRecord>> {
         let tx = self.db.begin_read()?;
-        let by_seq = tx.open_table(BY_SEQ)?;
+        // Light batches have an index of their own; the other tiers are found by a walk.
+        let by_seq = tx.open_table(if tier == Tier::Light {
+            LIGHT_BY_SEQ
+        } else {
+            BY_SEQ
+        })?;
         let batches = tx.open_table(BATCHES)?;
         let mut out = Vec::new();
         for entry in by_seq.range(from_seq..)? {
@@ -867,6 +1104,7 @@ fn write_group(
         let mut batches = tx.open_table(BATCHES)?;
         let mut by_seq = tx.open_table(BY_SEQ)?;
         let mut below = tx.open_table(BELOW_LIGHT)?;
+        let mut light = tx.open_table(LIGHT_BY_SEQ)?;
         let mut nonces = tx.open_table(NONCES)?;
         let mut capsules = tx.open_table(CAPSULES)?;
         let mut outbox = tx.open_table(UPLINK_OUTBOX)?;
@@ -933,6 +1171,8 @@ fn write_group(
             }
             if req.batch.tier != Tier::Light {
                 below.insert(&req.batch_id, ())?;
+            } else {
+                light.insert(req.batch.header.seq, &req.batch_id)?;
             }
             batches.insert(
                 &req.batch_id,
@@ -970,6 +1210,29 @@ fn write_group(
     tx.commit()?;
     super::rewards::count(&credited);
     Ok(cached)
+}
+
+/// Fills the light index from the records once, in the opening transaction, for a
+/// `city.redb` written before it existed (a walk of every batch, at that one start only).
+fn build_light_index(tx: &redb::WriteTransaction) -> Result<()> {
+    let mut meta = tx.open_table(META)?;
+    if meta.get(LIGHT_INDEX_KEY)?.is_some() {
+        return Ok(());
+    }
+    let mut light = tx.open_table(LIGHT_BY_SEQ)?;
+    let by_seq = tx.open_table(BY_SEQ)?;
+    let batches = tx.open_table(BATCHES)?;
+    for entry in by_seq.iter()? {
+        let (seq, id) = entry?;
+        if let Some(v) = batches.get(id.value())? {
+            let rec: BatchRecord = crate::messages::decode(v.value())?;
+            if rec.tier == Tier::Light {
+                light.insert(seq.value(), id.value())?;
+            }
+        }
+    }
+    meta.insert(LIGHT_INDEX_KEY, 1)?;
+    Ok(())
 }
 
 /// Evicts the oldest cached bodies, at least `excess` bytes of them if there are, never
@@ -1495,5 +1758,217 @@ mod tests {
             "signed JSON the earlier format also kept per transaction: {:.0} bytes/tx on average",
             canonical as f64 / txs as f64
         );
+    }
+
+    #[test]
+    fn the_retention_rule_wants_age_and_the_continents_acknowledgement() {
+        use std::time::Duration;
+        let r = Duration::from_secs(30);
+        let now = 100_000;
+        // Old enough and acknowledged upstream (or no continent above): archivable.
+        assert!(archivable(70_000, now, r, Upstream::Acknowledged));
+        assert!(archivable(10_000, now, r, Upstream::NoUplink));
+        // Still in the outbox: never, however old.
+        assert!(!archivable(0, now, r, Upstream::Waiting));
+        // Too young: not yet, whatever the continent said.
+        assert!(!archivable(70_001, now, r, Upstream::Acknowledged));
+        assert!(!archivable(99_000, now, r, Upstream::NoUplink));
+        // A clock that went back reads as young, not as old.
+        assert!(!archivable(200_000, now, r, Upstream::Acknowledged));
+        // Retention 0: light batches stay on light nodes.
+        assert!(!archivable(0, now, Duration::ZERO, Upstream::Acknowledged));
+    }
+
+    /// A light record of batch `seq` whose two pieces' acks name `light-1` and `light-2`.
+    fn light_record(seq: u64) -> (BatchRecord, Vec<(TxId, TxRecord)>) {
+        let (mut b, t) = record(seq);
+        let key = crate::crypto::SigningKey::generate().unwrap();
+        let coding = crate::messages::Coding::new(1, 1).unwrap();
+        b.acks = (0..2u8)
+            .map(|index| {
+                let piece = crate::messages::PieceRef {
+                    index,
+                    coding,
+                    sealed_len: 10,
+                    sealed_hash: [7; 32],
+                };
+                PohAck::sign_piece(
+                    &key,
+                    &format!("light-{}", index + 1),
+                    b.header.id(),
+                    piece,
+                    [index; 32],
+                    seq,
+                )
+                .unwrap()
+            })
+            .collect();
+        b.holders = vec!["light-1".into(), "light-2".into()];
+        (b, t)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn retention_picks_old_acknowledged_light_batches_oldest_first_from_the_light_index() {
+        use std::time::Duration;
+        let dir = tempfile::tempdir().unwrap();
+        let store = CityStore::open_with(dir.path(), 1 << 20, true).unwrap();
+        // Batches 1..=6 created at 1..=6 s; 4 on full nodes (a fallback, not light).
+        let mut ids = Vec::new();
+        for seq in 1..=6u64 {
+            let (mut b, t) = light_record(seq);
+            b.header =
+                Batch::build("tokyo", seq, vec![], FlagKind::FreshTx, &[], seq * 1000).header;
+            if seq == 4 {
+                b.tier = Tier::Full;
+            }
+            ids.push(b.header.id());
+            store
+                .record(NewBatch::new(b.clone(), t, capsule(b.header.id())))
+                .await
+                .unwrap();
+        }
+        let retention = Duration::from_secs(2);
+        let picked = |now| {
+            store
+                .archive_candidates(now, retention, 10)
+                .unwrap()
+                .iter()
+                .map(|r| r.header.seq)
+                .collect::<Vec<_>>()
+        };
+        // Nothing acknowledged by the continent yet: nothing goes.
+        assert_eq!(picked(100_000), Vec::<u64>::new());
+        // The continent acknowledged 1, 2, 3, 5: at 6 s those 4 s old or more go (1, 2).
+        let placement = ContinentPlacement {
+            node: "continent-asia".into(),
+            continent_batch_id: [1; 32],
+            continent_seq: 1,
+            entry_index: 0,
+            time_ms: 0,
+        };
+        let done: Vec<_> = [1u64, 2, 3, 5]
+            .iter()
+            .map(|&seq| (seq, ids[seq as usize - 1], placement.clone()))
+            .collect();
+        store.uplink_delivered(&done).unwrap();
+        assert_eq!(picked(4_000), vec![1, 2]);
+        // Later, every acknowledged light one, never 4 (full) nor 6 (waiting).
+        assert_eq!(picked(100_000), vec![1, 2, 3, 5]);
+        assert_eq!(
+            store
+                .archive_candidates(100_000, retention, 2)
+                .unwrap()
+                .len(),
+            2
+        );
+        assert!(
+            store
+                .archive_candidates(100_000, Duration::ZERO, 10)
+                .unwrap()
+                .is_empty()
+        );
+        // A city with no continent above archives on age alone.
+        drop(store);
+        let store = CityStore::open_with(dir.path(), 1 << 20, false).unwrap();
+        let seqs: Vec<u64> = store
+            .archive_candidates(100_000, retention, 10)
+            .unwrap()
+            .iter()
+            .map(|r| r.header.seq)
+            .collect();
+        assert_eq!(seqs, vec![1, 2, 3, 5, 6]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_archived_batch_is_home_on_full_nodes_with_its_pieces_pending_release() {
+        use std::time::Duration;
+        let dir = tempfile::tempdir().unwrap();
+        let (b, t) = light_record(1);
+        let id = b.header.id();
+        let tx_id = b.tx_ids[0];
+        {
+            let store = CityStore::open(dir.path()).unwrap();
+            store
+                .record(NewBatch::new(b.clone(), t, capsule(id)))
+                .await
+                .unwrap();
+            assert_eq!(store.batches_on(Tier::Light, 0, 10).unwrap().len(), 1);
+            assert!(
+                store
+                    .archive(&id, vec!["full-1".into()], vec![], &[], 5)
+                    .unwrap()
+            );
+            // Only once: it is no longer on light nodes.
+            assert!(
+                !store
+                    .archive(&id, vec!["full-2".into()], vec![], &[], 6)
+                    .unwrap()
+            );
+        }
+        // Durable: a restart finds it archived, its releases still pending.
+        let store = CityStore::open(dir.path()).unwrap();
+        let rec = store.get_batch(&id).unwrap().unwrap();
+        assert_eq!(
+            (rec.tier, rec.holders.clone()),
+            (Tier::Full, vec!["full-1".to_string()])
+        );
+        let tx = store.get_tx(&tx_id).unwrap().unwrap();
+        assert_eq!(tx.tier, Tier::Full);
+        assert!(store.is_archived(&id).unwrap());
+        assert_eq!(
+            store.past_homes(&id).unwrap(),
+            vec![Home {
+                tier: Tier::Light,
+                holders: vec!["light-1".into(), "light-2".into()],
+            }]
+        );
+        // Home by policy: repair upward does not see it, challenges do not either, and
+        // retention does not pick it again.
+        assert!(store.batches_below_light(10).unwrap().is_empty());
+        assert!(store.batches_on(Tier::Light, 0, 10).unwrap().is_empty());
+        assert!(
+            store
+                .archive_candidates(u64::MAX, Duration::from_secs(1), 10)
+                .unwrap()
+                .is_empty()
+        );
+        let pending = store.pending_releases(10).unwrap();
+        assert_eq!(
+            pending,
+            vec![(
+                1,
+                PendingRelease {
+                    batch_id: id,
+                    pieces: vec![("light-1".into(), 0), ("light-2".into(), 1)],
+                }
+            )]
+        );
+        // One released, one left; then the other: the entry goes.
+        store
+            .update_releases(&[(
+                1,
+                PendingRelease {
+                    batch_id: id,
+                    pieces: vec![("light-2".into(), 1)],
+                },
+            )])
+            .unwrap();
+        assert_eq!(store.pending_releases(10).unwrap()[0].1.pieces.len(), 1);
+        store
+            .update_releases(&[(
+                1,
+                PendingRelease {
+                    batch_id: id,
+                    pieces: vec![],
+                },
+            )])
+            .unwrap();
+        assert_eq!(store.pending_release_count().unwrap(), 0);
+        // A later move to full nodes that are not its archive (repair of a fallback) would
+        // be below light; the archived one stays home even when relocated among full nodes.
+        store
+            .relocate(&id, Tier::Full, vec!["full-2".into()], vec![])
+            .unwrap();
+        assert!(store.batches_below_light(10).unwrap().is_empty());
     }
 }

@@ -265,6 +265,50 @@ impl BatchStore {
         self.get_from(PIECES, &piece_key(batch_id, index))
     }
 
+    /// Removes piece `index` of batch `batch_id` and frees its bytes from the used
+    /// capacity, in one fsynced transaction (the city releases the light pieces of a batch
+    /// it archived to full nodes). Returns the bytes freed, or `None` if the piece was not
+    /// held (nothing changes: a release is idempotent). Blocking.
+    pub fn delete_piece(&self, batch_id: &[u8; 32], index: u8) -> Result<Option<u64>> {
+        let _guard = self
+            .write_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.recover_locked()?;
+        let db = self.handle()?;
+        let result = self.delete_in(&db, PIECES, &piece_key(batch_id, index));
+        self.watch(result, db)
+    }
+
+    fn delete_in(
+        &self,
+        db: &Database,
+        table: TableDefinition<'static, &'static [u8; 32], &'static [u8]>,
+        key: &[u8; 32],
+    ) -> Result<Option<u64>> {
+        let mut tx = db.begin_write()?;
+        tx.set_durability(Durability::Immediate)?;
+        let (freed, used) = {
+            let mut values = tx.open_table(table)?;
+            let freed = values.remove(key)?.map(|g| g.value().len() as u64);
+            let Some(freed) = freed else {
+                drop(values);
+                tx.abort()?;
+                return Ok(None);
+            };
+            let used = self
+                .used_bytes
+                .load(Ordering::Acquire)
+                .saturating_sub(freed);
+            tx.open_table(META)?.insert(USED_BYTES_KEY, used)?;
+            (freed, used)
+        };
+        tx.commit()?;
+        self.used_bytes.store(used, Ordering::Release);
+        self.batch_count.fetch_sub(1, Ordering::AcqRel);
+        Ok(Some(freed))
+    }
+
     fn put_into(
         &self,
         table: TableDefinition<'static, &'static [u8; 32], &'static [u8]>,
@@ -790,6 +834,36 @@ mod tests {
         assert_eq!((store.used_bytes(), store.batch_count()), (17, 3));
         assert_ne!(piece_key(&id(1), 0), piece_key(&id(1), 1));
         assert_ne!(piece_key(&id(1), 0), id(1));
+    }
+
+    #[test]
+    fn deleting_a_piece_frees_its_bytes_for_new_puts_and_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = BatchStore::open(dir.path(), 12).unwrap();
+            store.put_piece(&id(1), 0, b"piece0").unwrap();
+            store.put_piece(&id(1), 1, b"piece1").unwrap();
+            assert!(matches!(
+                store.put_piece(&id(2), 0, b"x"),
+                Err(StoreError::CapacityExceeded { needed: 1, free: 0 })
+            ));
+            assert_eq!(store.delete_piece(&id(1), 0).unwrap(), Some(6));
+            assert_eq!((store.used_bytes(), store.batch_count()), (6, 1));
+            assert_eq!(store.get_piece(&id(1), 0).unwrap(), None);
+            // Idempotent: an absent piece frees nothing and changes nothing.
+            assert_eq!(store.delete_piece(&id(1), 0).unwrap(), None);
+            assert_eq!(store.delete_piece(&id(9), 3).unwrap(), None);
+            assert_eq!((store.used_bytes(), store.batch_count()), (6, 1));
+            // The space is there for new pieces.
+            assert_eq!(
+                store.put_piece(&id(2), 0, b"piece2").unwrap(),
+                PutOutcome::Stored
+            );
+            assert_eq!(store.used_bytes(), 12);
+        }
+        let store = BatchStore::open(dir.path(), 12).unwrap();
+        assert_eq!((store.used_bytes(), store.batch_count()), (12, 2));
+        assert_eq!(store.get_piece(&id(1), 0).unwrap(), None);
     }
 
     #[test]

@@ -19,6 +19,18 @@
 //!    piece of the batch; the batch's holders are updated. A holder whose challenge was
 //!    refused for its rate (429) proves nothing either way and is left as it is.
 //!
+//! 3. **Retention** (between 1 and 2): light batches older than `[storage]
+//!    light_retention` whose header the continent has acknowledged (with `[uplink]`: it
+//!    left the outbox; see [`crate::storage::city_store::archivable`]) are archived, oldest
+//!    first, at most `[repair] archive_per_round` per round, from the light index: their
+//!    sealed bytes (the body cache, else rebuilt from k pieces) are written to full nodes
+//!    (`min_full_acks` valid acks, as for the full tier), the move is recorded (tier full,
+//!    the light tier a past home, the batch's home full by policy so repair upward leaves
+//!    it, its pieces pending release), fsynced, and only then are its light pieces
+//!    released (`DELETE /internal/v1/batches/{id}/pieces/{index}`). Releases a node did
+//!    not answer stay pending in `city.redb` and are tried again each round; a holder no
+//!    longer configured is dropped from them (its piece stays there as garbage).
+//!
 //! 0. **Lost from the log** (first): batches the start audit found missing from the
 //!    immutable log (`storage::log_audit`) are searched for on every configured light and
 //!    full node, in MongoDB and in the city's body cache (each at most every [`LOST_SEARCH_INTERVAL`]). A sound copy
@@ -46,6 +58,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::city::mailbox::Mailbox;
@@ -59,7 +72,7 @@ use crate::messages::{
     hex32, now_ms,
 };
 use crate::storage::chain::TierChain;
-use crate::storage::city_store::{BatchRecord, CityStore};
+use crate::storage::city_store::{BatchRecord, CityStore, PendingRelease};
 use crate::storage::immutable_log::{ImmutableLog, RecordKind};
 use crate::storage::mongo::MongoTier;
 use crate::storage::nodes::{KnownNode, NodeDirectory};
@@ -70,6 +83,9 @@ use crate::storage::readback::ReadBack;
 /// Mailbox capacity: only timer ticks and round reports, one round at a time.
 pub const MAILBOX_CAPACITY: usize = 64;
 
+/// Light batches archived, and archived batches' pieces released, at once.
+const ARCHIVE_CONCURRENCY: usize = 4;
+
 /// Least time between two searches for the same batch lost from the log: a search asks
 /// every configured storage node.
 pub const LOST_SEARCH_INTERVAL: Duration = Duration::from_secs(10);
@@ -79,6 +95,10 @@ pub const LOST_SEARCH_INTERVAL: Duration = Duration::from_secs(10);
 pub struct RoundReport {
     pub moved_up: usize,
     pub rereplicated: usize,
+    /// Light batches archived to full nodes by retention.
+    pub archived: usize,
+    /// Light pieces of archived batches released.
+    pub released: usize,
     /// Batches lost from the log that were found elsewhere and given a new home.
     pub recovered: usize,
 }
@@ -100,6 +120,10 @@ pub struct RepairContext {
     pub light_deadline: Duration,
     pub full_deadline: Duration,
     pub per_round: usize,
+    /// How long a batch stays on light nodes before retention archives it (0: never).
+    pub light_retention: Duration,
+    /// Light batches archived per round, at most.
+    pub archive_per_round: usize,
     /// This node's id: the holder of what it appends to its own log.
     pub holder: String,
     /// Decides what each repair ack and challenge result earns.
@@ -138,6 +162,8 @@ impl RepairContext {
             light_deadline: config.storage.light_deadline,
             full_deadline: config.storage.full_deadline,
             per_round: config.repair.batches_per_round,
+            light_retention: config.storage.light_retention,
+            archive_per_round: config.repair.archive_per_round,
             holder: config.node.id.clone(),
             rewards,
             scores,
@@ -488,6 +514,9 @@ impl RepairContext {
             }
         }
 
+        report.archived = self.archive().await;
+        report.released = self.release_pending().await;
+
         let window = self
             .store
             .batches_on(Tier::Light, cursor, self.per_round)
@@ -504,6 +533,182 @@ impl RepairContext {
         }
         self.record_challenges(challenged).await;
         (report, next_cursor)
+    }
+
+    /// Retention: archives the light batches the rule lets go (oldest first, at most
+    /// `archive_per_round`) to full nodes and records each, fsynced, with its pieces
+    /// pending release. Returns how many were archived.
+    async fn archive(&self) -> usize {
+        if self.light_retention.is_zero() {
+            return 0;
+        }
+        let candidates = match self.store.archive_candidates(
+            now_ms(),
+            self.light_retention,
+            self.archive_per_round,
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the light index for retention");
+                return 0;
+            }
+        };
+        // A few at once: each is a read, a write to full nodes and an fsync.
+        let full_refused = std::sync::atomic::AtomicBool::new(false);
+        futures::stream::iter(candidates)
+            .map(|rec| self.archive_one(rec, &full_refused))
+            .buffer_unordered(ARCHIVE_CONCURRENCY)
+            .filter(|done| std::future::ready(*done))
+            .count()
+            .await
+    }
+
+    /// Archives one light batch (see [`RepairContext::archive`]); true if it did. Once full
+    /// nodes refused one, the rest of the round's window is left for the next round.
+    async fn archive_one(
+        &self,
+        rec: BatchRecord,
+        full_refused: &std::sync::atomic::AtomicBool,
+    ) -> bool {
+        use std::sync::atomic::Ordering;
+        if full_refused.load(Ordering::Relaxed) {
+            return false;
+        }
+        let id = rec.header.id();
+        let cached = {
+            let store = self.store.clone();
+            tokio::task::spawn_blocking(move || store.cached_body(&id))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .flatten()
+        };
+        let bytes = match cached {
+            Some(bytes) => Some(Bytes::from(bytes)),
+            None => self.fetch(&rec).await,
+        };
+        let Some(bytes) = bytes else {
+            tracing::warn!(batch = %hex32(&id), "cannot read a light batch back to archive it yet");
+            return false;
+        };
+        let Some((stored, credits)) = self
+            .write_to(Tier::Full, &rec, &bytes, Vec::new(), self.min_full_acks)
+            .await
+        else {
+            // Full nodes cannot take it now: the batch stays on light nodes, whole, and
+            // retention tries again next round.
+            full_refused.store(true, Ordering::Relaxed);
+            tracing::debug!(batch = %hex32(&id), "full nodes did not take a light batch to archive; it stays on light nodes");
+            return false;
+        };
+        let store = self.store.clone();
+        let recorded = tokio::task::spawn_blocking(move || {
+            store.archive(&id, stored.holders, stored.acks, &credits, now_ms())
+        })
+        .await;
+        match recorded {
+            Ok(Ok(true)) => {
+                metrics::counter!(crate::metrics::ARCHIVED_BATCHES).increment(1);
+                tracing::debug!(batch = %hex32(&id), "light batch archived to full nodes");
+                true
+            }
+            Ok(Ok(false)) => false,
+            Ok(Err(e)) => {
+                tracing::error!(batch = %hex32(&id), error = %e, "recording an archived batch");
+                false
+            }
+            Err(e) => {
+                tracing::error!(batch = %hex32(&id), error = %e, "recording an archived batch panicked");
+                false
+            }
+        }
+    }
+
+    /// Releases the light pieces of archived batches still pending (a window, oldest
+    /// first): a piece removed, or already gone (404), is done; one whose node did not
+    /// answer stays pending for the next round; one whose holder is no longer configured
+    /// is dropped (its piece stays there as garbage). Returns the pieces released.
+    async fn release_pending(&self) -> usize {
+        let pending = match self
+            .store
+            .pending_releases(self.archive_per_round.saturating_mul(2))
+        {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the pending light releases");
+                return 0;
+            }
+        };
+        if pending.is_empty() {
+            return 0;
+        }
+        let down: HashSet<String> = self
+            .scores
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|v| !v.up)
+            .map(|v| v.node_id.clone())
+            .collect();
+        let timeout = self.light_deadline * 4;
+        let results: Vec<(usize, Option<(u64, PendingRelease)>)> = futures::stream::iter(pending)
+            .map(|(seq, entry)| self.release_one(seq, entry, &down, timeout))
+            .buffer_unordered(ARCHIVE_CONCURRENCY)
+            .collect()
+            .await;
+        let released = results.iter().map(|(n, _)| n).sum();
+        let left: Vec<(u64, PendingRelease)> =
+            results.into_iter().filter_map(|(_, left)| left).collect();
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.update_releases(&left)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "recording released light pieces"),
+            Err(e) => tracing::error!(error = %e, "recording released light pieces panicked"),
+        }
+        released
+    }
+
+    /// Asks each holder of an archived batch's pending pieces to release its piece; returns
+    /// how many did and, if anything changed, what is left to release.
+    async fn release_one(
+        &self,
+        seq: u64,
+        mut entry: PendingRelease,
+        down: &HashSet<String>,
+        timeout: Duration,
+    ) -> (usize, Option<(u64, PendingRelease)>) {
+        let id = entry.batch_id;
+        let attempts = entry.pieces.iter().map(|(holder, index)| {
+            let node = self.nodes.get(holder);
+            let skip = down.contains(holder);
+            async move {
+                let Some(node) = node else {
+                    tracing::warn!(batch = %hex32(&id), %holder, index, "the holder of an archived piece is no longer configured; its piece is left there");
+                    return Release::Dropped;
+                };
+                if skip {
+                    return Release::Later;
+                }
+                match self.client.delete_piece(node.peer(), &id, *index, timeout).await {
+                    Ok(_) => Release::Done,
+                    Err(e) => {
+                        tracing::debug!(batch = %hex32(&id), %holder, index, error = %e, "releasing a light piece failed; trying again next round");
+                        Release::Later
+                    }
+                }
+            }
+        });
+        let outcomes = futures::future::join_all(attempts).await;
+        let n = outcomes.iter().filter(|o| **o == Release::Done).count();
+        metrics::counter!(crate::metrics::LIGHT_PIECES_RELEASED).increment(n as u64);
+        if outcomes.iter().all(|o| *o == Release::Later) {
+            return (n, None);
+        }
+        let mut outcomes = outcomes.into_iter();
+        entry
+            .pieces
+            .retain(|_| outcomes.next() == Some(Release::Later));
+        (n, Some((seq, entry)))
     }
 
     /// REPAIR_REQ to every holder for the piece it holds: each must prove it still holds
@@ -700,6 +905,17 @@ impl RepairContext {
     }
 }
 
+/// What asking a light node to release an archived piece came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Release {
+    /// It removed the piece, or did not hold it.
+    Done,
+    /// The holder is no longer configured: the piece is left there, not asked for again.
+    Dropped,
+    /// The node is down or did not answer: asked again next round.
+    Later,
+}
+
 /// What a possession challenge showed of one holder's piece.
 enum Held {
     /// It holds it: its fresh ack.
@@ -829,7 +1045,8 @@ impl Actor for Repairer {
                     if report != RoundReport::default() {
                         tracing::info!(?report, "repair round");
                     }
-                    let backlog = report.moved_up >= ctx.per_round;
+                    let backlog = report.moved_up >= ctx.per_round
+                        || report.archived >= ctx.archive_per_round;
                     let _ = myself.cast(RepairMsg::RoundDone {
                         next_cursor,
                         backlog,

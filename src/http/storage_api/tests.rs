@@ -871,3 +871,71 @@ async fn pieces_count_against_the_capacity() {
     );
     node.server.stop(true).await;
 }
+
+#[actix_web::test]
+async fn only_the_city_releases_a_piece_and_its_bytes_are_free_again() {
+    let (id, _, pieces) = pieces(0, 3);
+    let one = pieces[0].to_bytes().len() as u64;
+    let node = Node::start(one + one / 2, 1 << 20);
+    let client = crate::testkit::peer_client();
+    client
+        .put_piece(node.peer(), &id, 0, pieces[0].to_bytes(), T)
+        .await
+        .unwrap();
+    let r = client
+        .put_piece(node.peer(), &id, 1, pieces[1].to_bytes(), T)
+        .await;
+    assert_eq!(refusal(r), (507, "capacity_exceeded".to_string()));
+
+    // Strangers, impostors and unsigned requests are refused and release nothing.
+    let stranger = PeerClient::new(RequestSigner::new(
+        "city-elsewhere",
+        Arc::new(SigningKey::generate().unwrap()),
+    ));
+    let impostor = PeerClient::new(RequestSigner::new(
+        crate::testkit::TEST_CITY_ID,
+        Arc::new(SigningKey::generate().unwrap()),
+    ));
+    for (who, c, code) in [
+        ("stranger", &stranger, "unknown_peer"),
+        ("impostor", &impostor, "bad_signature"),
+    ] {
+        let r = c.delete_piece(node.peer(), &id, 0, T).await;
+        assert_eq!(refusal(r), (401, code.to_string()), "{who} delete");
+    }
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let url = format!(
+        "{}/internal/v1/batches/{}/pieces/0",
+        node.url,
+        messages::hex32(&id)
+    );
+    let resp = http.delete(&url).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unauthenticated", "{body}");
+    assert_eq!(node.state.health().used_bytes, one);
+    assert!(
+        client
+            .get_piece(node.peer(), &id, 0, T)
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    // The city releases it: 204, the bytes are free, and the next piece fits.
+    assert!(client.delete_piece(node.peer(), &id, 0, T).await.unwrap());
+    let h = node.state.health();
+    assert_eq!((h.used_bytes, h.batches), (0, 0), "{h:?}");
+    assert_eq!(
+        client.get_piece(node.peer(), &id, 0, T).await.unwrap(),
+        None
+    );
+    client
+        .put_piece(node.peer(), &id, 1, pieces[1].to_bytes(), T)
+        .await
+        .expect("the freed space takes a new piece");
+
+    // Releasing again: 404 unknown_piece, which the client reads as already gone.
+    assert!(!client.delete_piece(node.peer(), &id, 0, T).await.unwrap());
+    node.server.stop(true).await;
+}

@@ -1,6 +1,7 @@
 //! Verification: every promise must be stored per the city, and its batch must hold it
-//! where the status says — fetched from a holder for the light and full tiers, found among
-//! the city's immutable-log records for the log tier.
+//! where the status says — fetched from a holder for the light and full tiers (where the
+//! batch's record says it is at the read: retention moves old light batches to full
+//! nodes), found among the city's immutable-log records for the log tier.
 //!
 //! Batches are sealed, so what is held is read without the key holder's key: the held
 //! copy's clear header must hash to the batch id and carry the Merkle root of the
@@ -153,17 +154,39 @@ pub(super) async fn verify_promises(
         };
         let held: Result<HashSet<String>, Why> = match (tier.as_str(), listed) {
             (_, Err(why)) => Err(why),
-            ("light", Ok((listed, batch))) => {
-                let (found, misses) = rebuild_from_pieces(fed, &peers, &batch, &listed).await;
-                out.holder_misses += misses;
-                found.map_err(|e| ("batch_unavailable", e))
-            }
-            ("full", Ok((listed, _))) => {
-                let holders = &statuses[&members[0].tx_id].holders;
-                let (found, misses) =
-                    fetch_from_holders(fed, &peers, &batch_id, holders, &listed).await;
-                out.holder_misses += misses;
-                found.map_err(|e| ("batch_unavailable", e))
+            ("light" | "full", Ok((listed, mut batch))) => {
+                // Retention moves old light batches to full nodes and releases their
+                // pieces, maybe between the status read and now, or during the read: the
+                // batch is verified where its record says it is now, and once more if a
+                // read fails and the record moved meanwhile.
+                let mut retried = false;
+                loop {
+                    let (found, misses) = match batch["tier"].as_str().unwrap_or(&tier) {
+                        "light" => rebuild_from_pieces(fed, &peers, &batch, &listed).await,
+                        _ => {
+                            let holders: Vec<String> = batch["holders"]
+                                .as_array()
+                                .map(|a| {
+                                    a.iter()
+                                        .filter_map(|h| h.as_str().map(str::to_string))
+                                        .collect()
+                                })
+                                .unwrap_or_else(|| statuses[&members[0].tx_id].holders.clone());
+                            fetch_from_holders(fed, &peers, &batch_id, &holders, &listed).await
+                        }
+                    };
+                    if found.is_err() && !retried {
+                        retried = true;
+                        if let Ok((_, again)) = batch_tx_ids(&client, city_url, &batch_id).await
+                            && again["tier"] != batch["tier"]
+                        {
+                            batch = again;
+                            continue;
+                        }
+                    }
+                    out.holder_misses += misses;
+                    break found.map_err(|e| ("batch_unavailable", e));
+                }
             }
             ("log", Ok((listed, _))) => match &log_batches {
                 Ok(map) => match map.get(&batch_id) {
