@@ -79,6 +79,10 @@ struct Mailboxes {
     failover: Mailbox<msgs::FailoverMsg>,
     repairer: Mailbox<msgs::RepairMsg>,
     uplink: Mailbox<msgs::UplinkMsg>,
+    /// Sealed batches not yet durable, as the Flagger counts them: the DagBatcher holds a
+    /// batch open while this is high ([`crate::config::BatcherConfig::busy_batches`]).
+    /// Like the mailboxes, it outlives the actors.
+    unfinished: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Mailboxes {
@@ -96,6 +100,7 @@ impl Mailboxes {
             failover: detached(Failover, actors::failover::MAILBOX_CAPACITY),
             repairer: detached(Repairer, actors::repairer::MAILBOX_CAPACITY),
             uplink: detached(Uplink, actors::uplink::MAILBOX_CAPACITY),
+            unfinished: Arc::default(),
         }
     }
 }
@@ -229,6 +234,7 @@ pub async fn start(
                 max_inflight,
                 prioritizer: b.prioritizer.clone(),
                 failover: b.failover.clone(),
+                unfinished: b.unfinished.clone(),
             }
         },
     ));
@@ -247,6 +253,7 @@ pub async fn start(
                 policy: flag_policy.clone(),
                 flagger: b.flagger.clone(),
                 failover: b.failover.clone(),
+                unfinished: b.unfinished.clone(),
                 store: store.clone(),
                 sealer: sealer.clone(),
             }

@@ -192,6 +192,16 @@ pub struct BatcherConfig {
     /// Parents per batch: the previous batch plus up to this many − 1 recent batches still
     /// without a child.
     pub max_parents: usize,
+    /// The storage pipeline counts as busy while at least this many sealed batches are not
+    /// yet durable (in storage, or waiting for it in the Flagger). While it is, a batch
+    /// whose window ended stays open (up to `busy_max_delay`): closing it would only add
+    /// one more small batch to the queue, and every batch costs six proofs of hold to sign
+    /// and verify whatever its size, so holding it makes batches fuller exactly when the
+    /// machine is short of CPU. 0 turns the hold off.
+    pub busy_batches: usize,
+    /// Longest a batch stays open while the pipeline is busy.
+    #[serde(with = "humantime_serde")]
+    pub busy_max_delay: Duration,
 }
 
 impl Default for BatcherConfig {
@@ -203,6 +213,8 @@ impl Default for BatcherConfig {
             min_delay: Duration::from_millis(1),
             deferred_delay: Duration::from_millis(100),
             max_parents: 2,
+            busy_batches: 4,
+            busy_max_delay: Duration::from_millis(25),
         }
     }
 }

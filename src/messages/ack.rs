@@ -38,7 +38,9 @@ pub struct PohAck {
     /// piece's data.
     pub held_hash: Hash32,
     pub time_ms: u64,
-    /// ML-DSA-65 signature by the holder's node key.
+    /// ML-DSA-65 signature by the holder's node key. (`serde_bytes`: the same postcard
+    /// bytes as a plain `Vec<u8>`, written at once rather than byte by byte.)
+    #[serde(with = "serde_bytes")]
     pub signature: Vec<u8>,
     /// For a light node's ack: which piece of which coding of which sealed bytes it holds
     /// (signed with the rest under [`POH_PIECE_TAG`]). `None` for a whole batch.

@@ -42,6 +42,8 @@ pub struct BatcherArgs {
     pub policy: Arc<dyn FlagPolicy>,
     pub flagger: Mailbox<FlaggerMsg>,
     pub failover: Mailbox<FailoverMsg>,
+    /// Sealed batches not yet finished, as the Flagger counts them.
+    pub unfinished: Arc<std::sync::atomic::AtomicUsize>,
     /// Where sequence numbers are reserved before use, and where every start resumes the
     /// DAG from: past every reserved number, on the most recent durable batches.
     pub store: Arc<CityStore>,
@@ -120,6 +122,29 @@ impl BatcherState {
                 c.min_delay + (c.max_delay - c.min_delay).mul_f64(fill)
             }
         }
+    }
+}
+
+impl BatcherState {
+    /// Whether a batch whose window ended stays open because the pipeline is busy, and
+    /// when to look again: only normal-urgency batches, while at least `busy_batches`
+    /// sealed batches are unfinished, until `busy_max_delay` after the batch opened.
+    fn hold(&self) -> Option<Duration> {
+        let c = &self.args.config;
+        let busy = c.busy_batches > 0
+            && self
+                .args
+                .unfinished
+                .load(std::sync::atomic::Ordering::Relaxed)
+                >= c.busy_batches;
+        if !busy || self.open_urgency != Urgency::Normal {
+            return None;
+        }
+        let opened = self.opened_at?;
+        let left =
+            (opened + c.busy_max_delay).saturating_duration_since(tokio::time::Instant::now());
+        // Never a zero delay: a timer that fires at once would spin.
+        (!left.is_zero()).then(|| left.min(c.min_delay.max(Duration::from_millis(1))))
     }
 }
 
@@ -319,7 +344,12 @@ impl Actor for DagBatcher {
             BatcherMsg::Panic => panic!("fault injected into dag_batcher"),
             BatcherMsg::Tick(generation) => {
                 if generation == state.generation && !state.open.is_empty() {
-                    Self::close(state).await;
+                    if let Some(poll) = state.hold() {
+                        // Still busy: look again shortly, with the same generation.
+                        myself.send_after(poll, move || BatcherMsg::Tick(generation));
+                    } else {
+                        Self::close(state).await;
+                    }
                 }
             }
         }
@@ -351,6 +381,7 @@ mod tests {
 
     struct Harness {
         batcher: ActorRef<BatcherMsg>,
+        unfinished: Arc<std::sync::atomic::AtomicUsize>,
         sealed: UnboundedReceiver<FlaggerMsg>,
         key: SigningKey,
         nonce: u64,
@@ -362,6 +393,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let (flagger, sealed) = recorder::<FlaggerMsg>().await;
             let (failover, _) = recorder::<FailoverMsg>().await;
+            let unfinished = Arc::new(std::sync::atomic::AtomicUsize::new(0));
             let (batcher, _) = Actor::spawn(
                 None,
                 DagBatcher,
@@ -374,6 +406,7 @@ mod tests {
                     }),
                     flagger: Mailbox::new(flagger, Depth::new("test_flagger"), 64),
                     failover: Mailbox::new(failover, Depth::new("test_failover"), 64),
+                    unfinished: unfinished.clone(),
                     store: Arc::new(CityStore::open(dir.path()).unwrap()),
                     sealer: crate::testkit::sealer(),
                     objects: crate::engines::objects::engine_from_config(&Default::default()),
@@ -383,6 +416,7 @@ mod tests {
             .unwrap();
             Self {
                 batcher,
+                unfinished,
                 sealed,
                 key: SigningKey::from_seed([9; 32]).unwrap(),
                 nonce: 0,
@@ -463,6 +497,59 @@ mod tests {
             waited >= Duration::from_millis(2) && waited < Duration::from_millis(50),
             "light load uses min_delay: {waited:?}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_pipeline_holds_the_open_batch_until_it_frees_or_busy_max_delay() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut cfg = config(100, 2, 50);
+        cfg.busy_batches = 4;
+        cfg.busy_max_delay = Duration::from_millis(30);
+        let mut h = Harness::start(cfg).await;
+
+        // Busy throughout: the batch stays open past its 2 ms window, gathers what comes
+        // meanwhile, and closes at busy_max_delay.
+        h.unfinished.store(4, Relaxed);
+        h.send(FlagKind::FreshTx, 10);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        h.send(FlagKind::FreshTx, 10);
+        let (batch, waited) = h.next().await;
+        assert_eq!(
+            batch.batch.header.tx_count, 2,
+            "held open, it took the second"
+        );
+        assert!(
+            waited >= Duration::from_millis(19) && waited < Duration::from_millis(25),
+            "closed at busy_max_delay after opening: {waited:?} after the second"
+        );
+
+        // Busy, then free: it closes within a poll of the pipeline freeing.
+        h.send(FlagKind::FreshTx, 10);
+        let freed = tokio::spawn({
+            let unfinished = h.unfinished.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(8)).await;
+                unfinished.store(3, Relaxed);
+            }
+        });
+        let (batch, waited) = h.next().await;
+        freed.await.unwrap();
+        assert_eq!(batch.batch.header.tx_count, 1);
+        assert!(
+            waited >= Duration::from_millis(8) && waited < Duration::from_millis(12),
+            "closed once the pipeline freed: {waited:?}"
+        );
+
+        // Not busy: the ordinary window.
+        h.send(FlagKind::FreshTx, 10);
+        let (_, waited) = h.next().await;
+        assert!(waited < Duration::from_millis(5), "{waited:?}");
+
+        // Immediate transactions are never held.
+        h.unfinished.store(100, Relaxed);
+        h.send(FlagKind::FreshTx, 1_000_000);
+        let (_, waited) = h.next().await;
+        assert_eq!(waited, Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]

@@ -10,6 +10,8 @@
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
@@ -26,6 +28,9 @@ pub struct FlaggerArgs {
     pub max_inflight: usize,
     pub prioritizer: Mailbox<PrioritizerMsg>,
     pub failover: Mailbox<FailoverMsg>,
+    /// Where the Flagger publishes how many sealed batches are not yet finished (in
+    /// storage or waiting here), for the DagBatcher.
+    pub unfinished: Arc<AtomicUsize>,
 }
 
 pub struct FlaggerState {
@@ -127,6 +132,10 @@ impl Actor for Flagger {
             FlaggerMsg::Panic => panic!("fault injected into flagger"),
         }
         Self::release(state);
+        state.args.unfinished.store(
+            state.inflight + state.waiting.len(),
+            AtomicOrdering::Relaxed,
+        );
         Ok(())
     }
 }
@@ -164,6 +173,7 @@ mod tests {
                 max_inflight: 1,
                 prioritizer: Mailbox::new(prioritizer, Depth::new("test_prioritizer"), 64),
                 failover: Mailbox::new(failover, Depth::new("test_failover"), 64),
+                unfinished: Arc::default(),
             },
         )
         .await
