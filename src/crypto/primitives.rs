@@ -26,6 +26,15 @@ pub enum CryptoError {
 
 pub type Result<T> = std::result::Result<T, CryptoError>;
 
+/// Overwrites secret bytes with zeros in a way the compiler keeps (a volatile write per
+/// byte, so it is not optimized away as a dead store): what every key type does on drop.
+pub fn zeroize(secret: &mut [u8]) {
+    for b in secret {
+        // SAFETY: a plain write through a valid, aligned, exclusive &mut u8.
+        unsafe { std::ptr::write_volatile(b, 0) };
+    }
+}
+
 /// The bytes to sign for `payload` under a domain-separation `tag`.
 pub fn tagged(tag: &str, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(tag.len() + 1 + payload.len());

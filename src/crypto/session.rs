@@ -37,11 +37,7 @@ impl SessionKey {
 
 impl Drop for SessionKey {
     fn drop(&mut self) {
-        // Volatile so the zeroing is not optimized away as a dead store.
-        for b in &mut self.0 {
-            // SAFETY: `b` is a valid, aligned, exclusive reference.
-            unsafe { std::ptr::write_volatile(b, 0) };
-        }
+        super::primitives::zeroize(&mut self.0);
     }
 }
 

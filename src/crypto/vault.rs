@@ -66,11 +66,7 @@ pub struct DataKey([u8; DATA_KEY_LEN]);
 
 impl Drop for DataKey {
     fn drop(&mut self) {
-        for b in &mut self.0 {
-            // SAFETY: a plain write through a valid, aligned &mut u8; volatile so the
-            // zeroing is not optimized away as a dead store.
-            unsafe { std::ptr::write_volatile(b, 0) };
-        }
+        super::primitives::zeroize(&mut self.0);
     }
 }
 
@@ -366,10 +362,7 @@ pub struct ReadKey([u8; DATA_KEY_LEN]);
 
 impl Drop for ReadKey {
     fn drop(&mut self) {
-        for b in &mut self.0 {
-            // SAFETY: as for `DataKey`: a volatile write through a valid &mut u8.
-            unsafe { std::ptr::write_volatile(b, 0) };
-        }
+        super::primitives::zeroize(&mut self.0);
     }
 }
 
