@@ -124,6 +124,13 @@ enum Command {
         /// open loop's schedule.
         #[arg(long, value_name = "N")]
         closed_loop: Option<usize>,
+        /// Most requests outstanding at once in the open loop, each on its own connection;
+        /// a send due while this many are outstanding is skipped and counted as
+        /// `client_saturated`. The default is a node's default `[limits]
+        /// max_connections_per_peer`: connections past it are answered 503 and closed,
+        /// so a client that opens more spends the node's CPU on TCP churn, not work.
+        #[arg(long, value_name = "N", default_value_t = bench::DEFAULT_MAX_IN_FLIGHT)]
+        max_in_flight: usize,
     },
     /// Immutable log tools.
     Log {
@@ -488,6 +495,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             continent,
             presign,
             closed_loop,
+            max_in_flight,
         } => {
             anyhow::ensure!(rate != Some(0), "--rate must be positive");
             let rate = rate.unwrap_or(0);
@@ -500,7 +508,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 key,
                 city,
                 continent,
-                max_in_flight: 4096,
+                max_in_flight,
                 presign,
                 closed_loop,
             })

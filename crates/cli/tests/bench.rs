@@ -54,6 +54,7 @@ async fn open_closed_and_presigned_runs_store_every_transaction_and_say_how_they
         assert_eq!(report["tiers"]["log"], 200, "{report}");
         assert_eq!(report["mode"], "open", "{report}");
         assert_eq!(report["concurrency"], Value::Null, "{report}");
+        assert_eq!(report["max_in_flight"], 1024, "{report}");
         let info = &report["client"];
         assert_eq!(info["presigned"], presigned, "{report}");
         assert_eq!(info["cores"].as_u64(), Some(cores), "{report}");
@@ -72,6 +73,17 @@ async fn open_closed_and_presigned_runs_store_every_transaction_and_say_how_they
             .map_or(0, |v| v.trim().parse().unwrap());
         assert_eq!(accepted, stored, "{m}");
     }
+
+    // One request outstanding at most: a send due while one is outstanding is skipped and
+    // counted, never sent on a second connection.
+    let report = bench(&node.url, &["--max-in-flight", "1"]);
+    assert_eq!(report["max_in_flight"], 1, "{report}");
+    let sent = report["sent"].as_u64().unwrap();
+    let skipped = report["errors"]["client_saturated"].as_u64().unwrap_or(0);
+    assert_eq!(sent + skipped, 200, "{report}");
+    assert_eq!(report["ok"].as_u64(), Some(sent), "{report}");
+    assert_eq!(report["tiers"]["log"].as_u64(), Some(sent), "{report}");
+    stored += sent;
 
     // A closed loop: four requests outstanding for 2 s, each answered before its worker
     // sends again; with --presign and a --rate ceiling it sends at most rate × duration.
@@ -127,6 +139,9 @@ async fn open_closed_and_presigned_runs_store_every_transaction_and_say_how_they
     let (code, err) = usage(&["--closed-loop", "2", "--presign"]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("give --rate"), "{err}");
+    let (code, err) = usage(&["--rate", "10", "--max-in-flight", "0"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("--max-in-flight must be at least 1"), "{err}");
 
     // A presigned run too large to hold is refused before anything is signed or sent.
     let out = Command::new(binary())

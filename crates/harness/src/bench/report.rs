@@ -42,7 +42,11 @@ impl BenchReport {
                 let _ = writeln!(s, "  mode          closed loop, {n} requests outstanding");
             }
             None => {
-                let _ = writeln!(s, "  target rate   {} tx/s", self.target_rate);
+                let _ = write!(s, "  target rate   {} tx/s", self.target_rate);
+                if let Some(n) = self.max_in_flight {
+                    let _ = write!(s, ", at most {n} outstanding");
+                }
+                s.push('\n');
             }
         }
         let _ = writeln!(s, "  duration      {:.1} s", self.duration_s);

@@ -170,6 +170,7 @@ impl Tally {
                 "open"
             },
             concurrency,
+            max_in_flight: None,
         }
     }
 }
