@@ -11,6 +11,9 @@
 //! - `GET /internal/v1/batches/{id}/pieces/{index}`: the stored piece, or a JSON 404.
 //! - `POST /internal/v1/batches/{id}/pieces/{index}/poh`: a possession proof of that piece's
 //!   data, or a JSON 404.
+//! - `POST /internal/v1/pieces/release`: release many pieces in one fsynced transaction
+//!   (an encoded list of batch id and index, at most 1,024; the answer: one `bool` each,
+//!   true if removed, false if not held).
 //! - `DELETE /internal/v1/batches/{id}/pieces/{index}`: release the piece (the city archived
 //!   its batch to full nodes): 204 once it is removed and its bytes are free for new pieces,
 //!   404 `unknown_piece` when it is not held (a release is idempotent: the city counts both
@@ -43,8 +46,8 @@ use crate::http::common::{BodyError, BoundedBody, read_limited_body};
 use crate::http::peer_auth::{AuthenticatedPeer, PeerAuth};
 use crate::http::{ApiError, ApiResult};
 use crate::messages::storage::{
-    BATCHES_PATH, HEALTH_PATH, HealthReport, OCTET_STREAM, PIECES_SEGMENT, POH_SUFFIX,
-    SESSIONS_PATH,
+    BATCHES_PATH, HEALTH_PATH, HealthReport, MAX_RELEASE_PIECES, OCTET_STREAM, PIECES_SEGMENT,
+    POH_SUFFIX, PieceId, RELEASE_PATH, SESSIONS_PATH,
 };
 use crate::messages::{self, BatchId, HoldChallenge, HoldProof, Piece, PohAck, SealedEnvelope};
 use crate::storage::store::{BatchStore, PutOutcome, StoreError};
@@ -104,6 +107,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         ))
         .route(web::post().to(prove_piece)),
     )
+    .service(web::resource(RELEASE_PATH).route(web::post().to(release_pieces)))
     .service(web::resource(SESSIONS_PATH).route(web::post().to(open_session)))
     .service(web::resource(HEALTH_PATH).route(web::get().to(health)));
 }
@@ -445,6 +449,53 @@ async fn delete_piece(
             ),
         )),
     }
+}
+
+/// Largest release body: [`MAX_RELEASE_PIECES`] pieces of 33 bytes each, and the framing.
+const MAX_RELEASE_BYTES: usize = MAX_RELEASE_PIECES * 40 + 64;
+
+/// Releases many pieces at once (the city archived their batches to full nodes): removes
+/// those held and frees their bytes in one fsynced transaction, then answers one `bool`
+/// per piece named, true if it was removed, false if it was not held (gone either way).
+/// Only the allowed cities may ask, as for every internal route.
+async fn release_pieces(
+    peer: AuthenticatedPeer,
+    state: web::Data<StorageState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> ApiResult<HttpResponse> {
+    let body = read_body(&req, payload, MAX_RELEASE_BYTES).await?;
+    peer.check_body(&body)?;
+    let pieces: Vec<PieceId> = messages::decode(&body).map_err(|e| {
+        ApiError::bad_request("invalid_release", format!("refused release list: {e}"))
+    })?;
+    if pieces.len() > MAX_RELEASE_PIECES {
+        return Err(ApiError::bad_request(
+            "invalid_release",
+            format!(
+                "{} pieces named; at most {MAX_RELEASE_PIECES} per request",
+                pieces.len()
+            ),
+        ));
+    }
+    let store = state.store.clone();
+    let freed = web::block(move || store.release_pieces(&pieces))
+        .await
+        .map_err(|e| internal("storage worker", e))?
+        .map_err(|e| store_failing("releasing pieces", e))?;
+    let released = freed.iter().flatten().count();
+    metrics::gauge!(crate::metrics::STORE_USED_BYTES).set(state.store.used_bytes() as f64);
+    metrics::counter!(crate::metrics::STORE_PIECES_RELEASED).increment(released as u64);
+    tracing::debug!(
+        asked = freed.len(),
+        released,
+        bytes = freed.iter().flatten().sum::<u64>(),
+        "pieces released"
+    );
+    let removed: Vec<bool> = freed.iter().map(Option::is_some).collect();
+    Ok(HttpResponse::Ok()
+        .insert_header((CONTENT_TYPE, OCTET_STREAM))
+        .body(messages::encode(&removed)))
 }
 
 /// Largest possession challenge body accepted (a challenge is a nonce and its envelope).

@@ -12,6 +12,9 @@
 //!   of that piece.
 //! - `DELETE {BATCHES_PATH}/{id}{PIECES_SEGMENT}/{index}`: release the piece (204, or 404
 //!   `unknown_piece` when it is not held).
+//! - `POST {RELEASE_PATH}`: release many pieces at once, in one fsynced transaction (body:
+//!   an encoded `Vec<`[`PieceId`]`>` of at most [`MAX_RELEASE_PIECES`]; answer: an encoded
+//!   `Vec<bool>`, one per piece, true if it was removed, false if it was not held).
 //! - `POST {SESSIONS_PATH}`: open a session (body: an ML-KEM-768 encapsulation key; answer:
 //!   a [`SessionOpened`], JSON); see [`crate::messages::auth`].
 //! - `GET {HEALTH_PATH}`: a [`HealthReport`] (JSON).
@@ -28,10 +31,21 @@ pub const POH_SUFFIX: &str = "/poh";
 pub const PIECES_SEGMENT: &str = "/pieces";
 /// Where sessions are opened.
 pub const SESSIONS_PATH: &str = "/internal/v1/sessions";
+/// Where a city releases many light pieces in one request.
+pub const RELEASE_PATH: &str = "/internal/v1/pieces/release";
+/// Most pieces one release request names.
+pub const MAX_RELEASE_PIECES: usize = 1024;
 /// A storage node's health report.
 pub const HEALTH_PATH: &str = "/internal/v1/health";
 /// Content type of batch bodies and of acks (postcard).
 pub const OCTET_STREAM: &str = "application/octet-stream";
+
+/// One piece of one batch, as a release request names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PieceId {
+    pub batch_id: [u8; 32],
+    pub index: u8,
+}
 
 /// What a storage node reports on `GET /internal/v1/health` (JSON).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

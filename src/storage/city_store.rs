@@ -251,6 +251,17 @@ pub struct PendingRelease {
     pub pieces: Vec<(String, u8)>,
 }
 
+/// A light batch retention copied to full nodes, to record as archived
+/// ([`CityStore::archive_many`]): the full nodes that hold it, their acks, and the credits
+/// those acks earn.
+#[derive(Debug, Clone)]
+pub struct Archived {
+    pub batch_id: BatchId,
+    pub holders: Vec<String>,
+    pub acks: Vec<PohAck>,
+    pub credits: Vec<Credit>,
+}
+
 /// Where a batch stands with the continent, as retention sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Upstream {
@@ -724,7 +735,13 @@ impl CityStore {
         credits: &[Credit],
         now_ms: u64,
     ) -> Result<bool> {
-        self.move_batch(batch_id, Tier::Full, holders, acks, credits, Some(now_ms))
+        let batch = Archived {
+            batch_id: *batch_id,
+            holders,
+            acks,
+            credits: credits.to_vec(),
+        };
+        Ok(self.archive_many(&[batch], now_ms)?[0])
     }
 
     /// Moves a batch to `tier`; with `archived_at`, as [`CityStore::archive`] (only from
@@ -740,99 +757,46 @@ impl CityStore {
     ) -> Result<bool> {
         let mut tx = self.db.begin_write()?;
         tx.set_durability(Durability::Immediate)?;
-        {
-            let mut batches = tx.open_table(BATCHES)?;
-            let mut rec: BatchRecord = match batches.get(batch_id)? {
-                Some(v) => crate::messages::decode(v.value())?,
-                None => return Err(CityStoreError::NoBatch(*batch_id)),
-            };
-            if archived_at.is_some() && rec.tier != Tier::Light {
-                drop(batches);
-                tx.abort()?;
-                return Ok(false);
-            }
-            let mut txs = tx.open_table(TXS)?;
-            for id in &rec.tx_ids {
-                let updated = match txs.get(id)? {
-                    Some(v) => {
-                        let mut t: TxRecord = crate::messages::decode(v.value())?;
-                        // A transaction re-batched later keeps its newer home.
-                        if t.batch_id != *batch_id {
-                            continue;
-                        }
-                        t.tier = tier;
-                        t.holders = holders.clone();
-                        t.acks = acks.len() as u32;
-                        t
-                    }
-                    None => continue,
-                };
-                txs.insert(id, crate::messages::encode(&updated).as_slice())?;
-            }
-            let mut archived = tx.open_table(ARCHIVED)?;
-            if let Some(at) = archived_at {
-                archived.insert(batch_id, at)?;
-                let pieces: Vec<(String, u8)> = rec
-                    .acks
-                    .iter()
-                    .filter_map(|a| a.piece.map(|p| (a.holder_id.clone(), p.index)))
-                    .collect();
-                if !pieces.is_empty() {
-                    let pending = PendingRelease {
-                        batch_id: *batch_id,
-                        pieces,
-                    };
-                    tx.open_table(RELEASES)?
-                        .insert(rec.header.seq, crate::messages::encode(&pending).as_slice())?;
-                }
-            } else if tier == Tier::Light {
-                archived.remove(batch_id)?;
-            }
-            // An archived batch on full nodes is home; anything else off the light tier
-            // is a fallback that repair upward works through.
-            let home_below =
-                tier != Tier::Light && !(tier == Tier::Full && archived.get(batch_id)?.is_some());
-            let mut below = tx.open_table(BELOW_LIGHT)?;
-            if home_below {
-                below.insert(batch_id, ())?;
-            } else {
-                below.remove(batch_id)?;
-            }
-            let mut light = tx.open_table(LIGHT_BY_SEQ)?;
-            if tier == Tier::Light {
-                light.insert(rec.header.seq, batch_id)?;
-            } else {
-                light.remove(rec.header.seq)?;
-            }
-            // A new home ends a loss.
-            tx.open_table(LOST)?.remove(batch_id)?;
-            // The old home keeps its copy: remembered, for reads.
-            let old = Home {
-                tier: rec.tier,
-                holders: rec.holders.clone(),
-            };
-            if old.tier != tier || old.holders != holders {
-                let mut past = tx.open_table(PAST_HOMES)?;
-                let mut homes: Vec<Home> = match past.get(batch_id)? {
-                    Some(v) => crate::messages::decode(v.value())?,
-                    None => Vec::new(),
-                };
-                if !homes.contains(&old) {
-                    homes.push(old);
-                    past.insert(batch_id, crate::messages::encode(&homes).as_slice())?;
-                }
-            }
-            rec.tier = tier;
-            rec.holders = holders;
-            rec.acks = acks;
-            rec.lost = false;
-            batches.insert(batch_id, crate::messages::encode(&rec).as_slice())?;
-            // Repair acks: no challenge among them, no reliability to move.
-            super::rewards::apply::<CityStoreError>(&mut tx.open_table(ACCOUNTS)?, credits, None)?;
+        let moved = move_batch_in(&tx, batch_id, tier, holders, acks, credits, archived_at)?;
+        if !moved {
+            tx.abort()?;
+            return Ok(false);
         }
         tx.commit()?;
         super::rewards::count(credits);
         Ok(true)
+    }
+
+    /// Retention for many batches at once: [`CityStore::archive`] for each of `batches`, all
+    /// in one fsynced transaction. For each, whether it was archived (`false`: no longer on
+    /// light nodes, nothing written for it). Blocks.
+    pub fn archive_many(&self, batches: &[Archived], now_ms: u64) -> Result<Vec<bool>> {
+        if batches.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(Durability::Immediate)?;
+        let mut done = Vec::with_capacity(batches.len());
+        for b in batches {
+            done.push(move_batch_in(
+                &tx,
+                &b.batch_id,
+                Tier::Full,
+                b.holders.clone(),
+                b.acks.clone(),
+                &b.credits,
+                Some(now_ms),
+            )?);
+        }
+        if !done.contains(&true) {
+            tx.abort()?;
+            return Ok(done);
+        }
+        tx.commit()?;
+        for (b, _) in batches.iter().zip(&done).filter(|(_, d)| **d) {
+            super::rewards::count(&b.credits);
+        }
+        Ok(done)
     }
 
     /// Whether retention archived batch `id` to full nodes (its home is full by policy).
@@ -1086,6 +1050,108 @@ impl CityStore {
         let tx = self.db.begin_read()?;
         Ok(tx.open_table(UPLINK_OUTBOX)?.len()?)
     }
+}
+
+/// The writes of [`CityStore::move_batch`] in `tx`; `false`, and nothing written, when
+/// `archived_at` is given and the batch is no longer on light nodes.
+fn move_batch_in(
+    tx: &redb::WriteTransaction,
+    batch_id: &BatchId,
+    tier: Tier,
+    holders: Vec<String>,
+    acks: Vec<PohAck>,
+    credits: &[Credit],
+    archived_at: Option<u64>,
+) -> Result<bool> {
+    {
+        let mut batches = tx.open_table(BATCHES)?;
+        let mut rec: BatchRecord = match batches.get(batch_id)? {
+            Some(v) => crate::messages::decode(v.value())?,
+            None => return Err(CityStoreError::NoBatch(*batch_id)),
+        };
+        if archived_at.is_some() && rec.tier != Tier::Light {
+            return Ok(false);
+        }
+        let mut txs = tx.open_table(TXS)?;
+        for id in &rec.tx_ids {
+            let updated = match txs.get(id)? {
+                Some(v) => {
+                    let mut t: TxRecord = crate::messages::decode(v.value())?;
+                    // A transaction re-batched later keeps its newer home.
+                    if t.batch_id != *batch_id {
+                        continue;
+                    }
+                    t.tier = tier;
+                    t.holders = holders.clone();
+                    t.acks = acks.len() as u32;
+                    t
+                }
+                None => continue,
+            };
+            txs.insert(id, crate::messages::encode(&updated).as_slice())?;
+        }
+        let mut archived = tx.open_table(ARCHIVED)?;
+        if let Some(at) = archived_at {
+            archived.insert(batch_id, at)?;
+            let pieces: Vec<(String, u8)> = rec
+                .acks
+                .iter()
+                .filter_map(|a| a.piece.map(|p| (a.holder_id.clone(), p.index)))
+                .collect();
+            if !pieces.is_empty() {
+                let pending = PendingRelease {
+                    batch_id: *batch_id,
+                    pieces,
+                };
+                tx.open_table(RELEASES)?
+                    .insert(rec.header.seq, crate::messages::encode(&pending).as_slice())?;
+            }
+        } else if tier == Tier::Light {
+            archived.remove(batch_id)?;
+        }
+        // An archived batch on full nodes is home; anything else off the light tier
+        // is a fallback that repair upward works through.
+        let home_below =
+            tier != Tier::Light && !(tier == Tier::Full && archived.get(batch_id)?.is_some());
+        let mut below = tx.open_table(BELOW_LIGHT)?;
+        if home_below {
+            below.insert(batch_id, ())?;
+        } else {
+            below.remove(batch_id)?;
+        }
+        let mut light = tx.open_table(LIGHT_BY_SEQ)?;
+        if tier == Tier::Light {
+            light.insert(rec.header.seq, batch_id)?;
+        } else {
+            light.remove(rec.header.seq)?;
+        }
+        // A new home ends a loss.
+        tx.open_table(LOST)?.remove(batch_id)?;
+        // The old home keeps its copy: remembered, for reads.
+        let old = Home {
+            tier: rec.tier,
+            holders: rec.holders.clone(),
+        };
+        if old.tier != tier || old.holders != holders {
+            let mut past = tx.open_table(PAST_HOMES)?;
+            let mut homes: Vec<Home> = match past.get(batch_id)? {
+                Some(v) => crate::messages::decode(v.value())?,
+                None => Vec::new(),
+            };
+            if !homes.contains(&old) {
+                homes.push(old);
+                past.insert(batch_id, crate::messages::encode(&homes).as_slice())?;
+            }
+        }
+        rec.tier = tier;
+        rec.holders = holders;
+        rec.acks = acks;
+        rec.lost = false;
+        batches.insert(batch_id, crate::messages::encode(&rec).as_slice())?;
+        // Repair acks: no challenge among them, no reliability to move.
+        super::rewards::apply::<CityStoreError>(&mut tx.open_table(ACCOUNTS)?, credits, None)?;
+    }
+    Ok(true)
 }
 
 /// Writes a group in one transaction; returns the bytes in the body cache after it.
@@ -1970,5 +2036,52 @@ mod tests {
             .relocate(&id, Tier::Full, vec!["full-2".into()], vec![])
             .unwrap();
         assert!(store.batches_below_light(10).unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn many_batches_are_archived_in_one_transaction_and_one_no_longer_light_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CityStore::open(dir.path()).unwrap();
+        let mut ids = Vec::new();
+        for seq in 1..=3 {
+            let (b, t) = light_record(seq);
+            let id = b.header.id();
+            store
+                .record(NewBatch::new(b, t, capsule(id)))
+                .await
+                .unwrap();
+            ids.push(id);
+        }
+        assert!(
+            store
+                .archive(&ids[1], vec!["full-1".into()], vec![], &[], 5)
+                .unwrap()
+        );
+        let archived = |id: BatchId| Archived {
+            batch_id: id,
+            holders: vec!["full-2".into()],
+            acks: vec![],
+            credits: vec![],
+        };
+        let done = store
+            .archive_many(&[archived(ids[0]), archived(ids[1]), archived(ids[2])], 7)
+            .unwrap();
+        assert_eq!(done, vec![true, false, true]);
+        for (id, holder) in [(ids[0], "full-2"), (ids[1], "full-1"), (ids[2], "full-2")] {
+            let rec = store.get_batch(&id).unwrap().unwrap();
+            assert_eq!(
+                (rec.tier, rec.holders),
+                (Tier::Full, vec![holder.to_string()])
+            );
+            assert!(store.is_archived(&id).unwrap());
+        }
+        assert!(store.batches_on(Tier::Light, 0, 10).unwrap().is_empty());
+        assert_eq!(store.pending_release_count().unwrap(), 3);
+        assert_eq!(store.archive_many(&[], 8).unwrap(), Vec::<bool>::new());
+        // Nothing left to archive: nothing written, every one refused.
+        assert_eq!(
+            store.archive_many(&[archived(ids[0])], 9).unwrap(),
+            vec![false]
+        );
     }
 }

@@ -26,8 +26,8 @@ use crate::crypto::session::{SessionKey, SessionOffer, Transcript};
 use crate::messages::auth::RequestSigner;
 pub use crate::messages::storage::HealthReport;
 use crate::messages::storage::{
-    BATCHES_PATH, HEALTH_PATH, OCTET_STREAM, PIECES_SEGMENT, POH_SUFFIX, SESSIONS_PATH,
-    SessionOpened,
+    BATCHES_PATH, HEALTH_PATH, OCTET_STREAM, PIECES_SEGMENT, POH_SUFFIX, PieceId, RELEASE_PATH,
+    SESSIONS_PATH, SessionOpened,
 };
 use crate::messages::{self, HoldChallenge, HoldProof, PohAck};
 
@@ -424,6 +424,33 @@ impl PeerClient {
             return Ok(false);
         }
         success_body(resp).await.map(|_| true)
+    }
+
+    /// Releases `pieces` on `peer` in one request and one fsynced transaction there (`POST
+    /// /internal/v1/pieces/release`, at most
+    /// [`MAX_RELEASE_PIECES`](crate::messages::storage::MAX_RELEASE_PIECES)): for each, `true` when
+    /// the node removed it, `false` when it did not hold it, both meaning it is gone.
+    pub async fn release_pieces(
+        &self,
+        peer: Peer<'_>,
+        pieces: &[PieceId],
+        timeout: Duration,
+    ) -> Result<Vec<bool>> {
+        let body = bytes::Bytes::from(messages::encode(&pieces));
+        let resp = self
+            .send(reqwest::Method::POST, peer, RELEASE_PATH, body, timeout)
+            .await?;
+        let body = success_body(resp).await?;
+        let removed: Vec<bool> = messages::decode(&body)
+            .map_err(|e| PeerError::Malformed(format!("release answer: {e}")))?;
+        if removed.len() != pieces.len() {
+            return Err(PeerError::Malformed(format!(
+                "release answer names {} pieces, {} were asked",
+                removed.len(),
+                pieces.len()
+            )));
+        }
+        Ok(removed)
     }
 
     async fn get(&self, peer: Peer<'_>, path: &str, timeout: Duration) -> Result<Option<Vec<u8>>> {

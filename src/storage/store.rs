@@ -30,6 +30,8 @@ use redb::{
     TableDefinition,
 };
 
+use crate::messages::storage::PieceId;
+
 /// Batch id → the exact bytes received.
 const BATCHES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("batches");
 /// Erasure-coded pieces (light nodes): [`piece_key`] → the encoded piece received.
@@ -266,47 +268,59 @@ impl BatchStore {
     }
 
     /// Removes piece `index` of batch `batch_id` and frees its bytes from the used
-    /// capacity, in one fsynced transaction (the city releases the light pieces of a batch
-    /// it archived to full nodes). Returns the bytes freed, or `None` if the piece was not
-    /// held (nothing changes: a release is idempotent). Blocking.
+    /// capacity, in one fsynced transaction. Returns the bytes freed, or `None` if the
+    /// piece was not held (nothing changes: a release is idempotent). Blocking.
     pub fn delete_piece(&self, batch_id: &[u8; 32], index: u8) -> Result<Option<u64>> {
+        let piece = PieceId {
+            batch_id: *batch_id,
+            index,
+        };
+        Ok(self.release_pieces(&[piece])?.pop().flatten())
+    }
+
+    /// Removes the pieces `pieces` names and frees their bytes from the used capacity, all
+    /// in one fsynced transaction (the city releases the light pieces of the batches it
+    /// archived to full nodes, many at a time). Returns, for each, the bytes freed, or
+    /// `None` if it was not held (a release is idempotent). Blocking.
+    pub fn release_pieces(&self, pieces: &[PieceId]) -> Result<Vec<Option<u64>>> {
         let _guard = self
             .write_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         self.recover_locked()?;
         let db = self.handle()?;
-        let result = self.delete_in(&db, PIECES, &piece_key(batch_id, index));
+        let result = self.release_in(&db, pieces);
         self.watch(result, db)
     }
 
-    fn delete_in(
-        &self,
-        db: &Database,
-        table: TableDefinition<'static, &'static [u8; 32], &'static [u8]>,
-        key: &[u8; 32],
-    ) -> Result<Option<u64>> {
+    fn release_in(&self, db: &Database, pieces: &[PieceId]) -> Result<Vec<Option<u64>>> {
         let mut tx = db.begin_write()?;
         tx.set_durability(Durability::Immediate)?;
         let (freed, used) = {
-            let mut values = tx.open_table(table)?;
-            let freed = values.remove(key)?.map(|g| g.value().len() as u64);
-            let Some(freed) = freed else {
+            let mut values = tx.open_table(PIECES)?;
+            let mut freed = Vec::with_capacity(pieces.len());
+            for p in pieces {
+                let key = piece_key(&p.batch_id, p.index);
+                freed.push(values.remove(&key)?.map(|g| g.value().len() as u64));
+            }
+            if freed.iter().all(Option::is_none) {
                 drop(values);
                 tx.abort()?;
-                return Ok(None);
-            };
+                return Ok(freed);
+            }
+            let total: u64 = freed.iter().flatten().sum();
             let used = self
                 .used_bytes
                 .load(Ordering::Acquire)
-                .saturating_sub(freed);
+                .saturating_sub(total);
             tx.open_table(META)?.insert(USED_BYTES_KEY, used)?;
             (freed, used)
         };
         tx.commit()?;
         self.used_bytes.store(used, Ordering::Release);
-        self.batch_count.fetch_sub(1, Ordering::AcqRel);
-        Ok(Some(freed))
+        let removed = freed.iter().flatten().count() as u64;
+        self.batch_count.fetch_sub(removed, Ordering::AcqRel);
+        Ok(freed)
     }
 
     fn put_into(
@@ -863,6 +877,42 @@ mod tests {
         }
         let store = BatchStore::open(dir.path(), 12).unwrap();
         assert_eq!((store.used_bytes(), store.batch_count()), (12, 2));
+        assert_eq!(store.get_piece(&id(1), 0).unwrap(), None);
+    }
+
+    #[test]
+    fn a_release_of_many_pieces_frees_those_held_in_one_transaction_and_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let piece = |batch: u8, index: u8| PieceId {
+            batch_id: id(batch),
+            index,
+        };
+        {
+            let store = BatchStore::open(dir.path(), 100).unwrap();
+            store.put_piece(&id(1), 0, b"piece0").unwrap();
+            store.put_piece(&id(1), 1, b"piece1").unwrap();
+            store.put_piece(&id(2), 4, b"p2").unwrap();
+            // Held, never held, held, and the same piece named twice.
+            let freed = store
+                .release_pieces(&[piece(1, 0), piece(3, 0), piece(2, 4), piece(1, 0)])
+                .unwrap();
+            assert_eq!(freed, vec![Some(6), None, Some(2), None]);
+            assert_eq!((store.used_bytes(), store.batch_count()), (6, 1));
+            assert_eq!(store.get_piece(&id(2), 4).unwrap(), None);
+            assert!(store.get_piece(&id(1), 1).unwrap().is_some());
+            // Nothing held among them: nothing changes.
+            assert_eq!(
+                store.release_pieces(&[piece(1, 0), piece(9, 9)]).unwrap(),
+                vec![None, None]
+            );
+            assert_eq!(
+                store.release_pieces(&[]).unwrap(),
+                Vec::<Option<u64>>::new()
+            );
+            assert_eq!((store.used_bytes(), store.batch_count()), (6, 1));
+        }
+        let store = BatchStore::open(dir.path(), 100).unwrap();
+        assert_eq!((store.used_bytes(), store.batch_count()), (6, 1));
         assert_eq!(store.get_piece(&id(1), 0).unwrap(), None);
     }
 

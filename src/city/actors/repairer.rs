@@ -27,7 +27,8 @@
 //!    (`min_full_acks` valid acks, as for the full tier), the move is recorded (tier full,
 //!    the light tier a past home, the batch's home full by policy so repair upward leaves
 //!    it, its pieces pending release), fsynced, and only then are its light pieces
-//!    released (`DELETE /internal/v1/batches/{id}/pieces/{index}`). Releases a node did
+//!    released, one request per holder for all of its pieces of the round
+//!    (`POST /internal/v1/pieces/release`, one fsync there). Releases a node did
 //!    not answer stay pending in `city.redb` and are tried again each round; a holder no
 //!    longer configured is dropped from them (its piece stays there as garbage).
 //!
@@ -67,12 +68,13 @@ use crate::city::node_policy::NodesSnapshot;
 use crate::config::Config;
 use crate::crypto::{self, Hash32};
 use crate::engines::rewards::{Credit, ProofKind, RewardEngine};
+use crate::messages::storage::{MAX_RELEASE_PIECES, PieceId};
 use crate::messages::{
     BatchId, Coding, Expected, HoldChallenge, Piece, Placement, PohAck, SealedEnvelope, Tier,
     hex32, now_ms,
 };
 use crate::storage::chain::TierChain;
-use crate::storage::city_store::{BatchRecord, CityStore, PendingRelease};
+use crate::storage::city_store::{Archived, BatchRecord, CityStore, PendingRelease};
 use crate::storage::immutable_log::{ImmutableLog, RecordKind};
 use crate::storage::mongo::MongoTier;
 use crate::storage::nodes::{KnownNode, NodeDirectory};
@@ -536,8 +538,8 @@ impl RepairContext {
     }
 
     /// Retention: archives the light batches the rule lets go (oldest first, at most
-    /// `archive_per_round`) to full nodes and records each, fsynced, with its pieces
-    /// pending release. Returns how many were archived.
+    /// `archive_per_round`) to full nodes and records them all in one fsynced transaction,
+    /// each with its pieces pending release. Returns how many were archived.
     async fn archive(&self) -> usize {
         if self.light_retention.is_zero() {
             return 0;
@@ -553,26 +555,50 @@ impl RepairContext {
                 return 0;
             }
         };
-        // A few at once: each is a read, a write to full nodes and an fsync.
+        // A few at once: each is a read and a write to full nodes; then all of them are
+        // recorded in one fsynced transaction.
         let full_refused = std::sync::atomic::AtomicBool::new(false);
-        futures::stream::iter(candidates)
-            .map(|rec| self.archive_one(rec, &full_refused))
+        let copied: Vec<Archived> = futures::stream::iter(candidates)
+            .map(|rec| self.copy_to_full(rec, &full_refused))
             .buffer_unordered(ARCHIVE_CONCURRENCY)
-            .filter(|done| std::future::ready(*done))
-            .count()
-            .await
+            .filter_map(std::future::ready)
+            .collect()
+            .await;
+        if copied.is_empty() {
+            return 0;
+        }
+        let store = self.store.clone();
+        let recorded =
+            tokio::task::spawn_blocking(move || store.archive_many(&copied, now_ms())).await;
+        match recorded {
+            Ok(Ok(done)) => {
+                let n = done.iter().filter(|d| **d).count();
+                metrics::counter!(crate::metrics::ARCHIVED_BATCHES).increment(n as u64);
+                tracing::debug!(archived = n, "light batches archived to full nodes");
+                n
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "recording archived batches");
+                0
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "recording archived batches panicked");
+                0
+            }
+        }
     }
 
-    /// Archives one light batch (see [`RepairContext::archive`]); true if it did. Once full
-    /// nodes refused one, the rest of the round's window is left for the next round.
-    async fn archive_one(
+    /// Copies one light batch to full nodes, for [`RepairContext::archive`] to record; its
+    /// full holders, if they took it. Once full nodes refused one, the rest of the round's
+    /// window is left for the next round.
+    async fn copy_to_full(
         &self,
         rec: BatchRecord,
         full_refused: &std::sync::atomic::AtomicBool,
-    ) -> bool {
+    ) -> Option<Archived> {
         use std::sync::atomic::Ordering;
         if full_refused.load(Ordering::Relaxed) {
-            return false;
+            return None;
         }
         let id = rec.header.id();
         let cached = {
@@ -589,7 +615,7 @@ impl RepairContext {
         };
         let Some(bytes) = bytes else {
             tracing::warn!(batch = %hex32(&id), "cannot read a light batch back to archive it yet");
-            return false;
+            return None;
         };
         let Some((stored, credits)) = self
             .write_to(Tier::Full, &rec, &bytes, Vec::new(), self.min_full_acks)
@@ -599,29 +625,14 @@ impl RepairContext {
             // retention tries again next round.
             full_refused.store(true, Ordering::Relaxed);
             tracing::debug!(batch = %hex32(&id), "full nodes did not take a light batch to archive; it stays on light nodes");
-            return false;
+            return None;
         };
-        let store = self.store.clone();
-        let recorded = tokio::task::spawn_blocking(move || {
-            store.archive(&id, stored.holders, stored.acks, &credits, now_ms())
+        Some(Archived {
+            batch_id: id,
+            holders: stored.holders,
+            acks: stored.acks,
+            credits,
         })
-        .await;
-        match recorded {
-            Ok(Ok(true)) => {
-                metrics::counter!(crate::metrics::ARCHIVED_BATCHES).increment(1);
-                tracing::debug!(batch = %hex32(&id), "light batch archived to full nodes");
-                true
-            }
-            Ok(Ok(false)) => false,
-            Ok(Err(e)) => {
-                tracing::error!(batch = %hex32(&id), error = %e, "recording an archived batch");
-                false
-            }
-            Err(e) => {
-                tracing::error!(batch = %hex32(&id), error = %e, "recording an archived batch panicked");
-                false
-            }
-        }
     }
 
     /// Releases the light pieces of archived batches still pending (a window, oldest
@@ -651,14 +662,61 @@ impl RepairContext {
             .map(|v| v.node_id.clone())
             .collect();
         let timeout = self.light_deadline * 4;
-        let results: Vec<(usize, Option<(u64, PendingRelease)>)> = futures::stream::iter(pending)
-            .map(|(seq, entry)| self.release_one(seq, entry, &down, timeout))
+        // One request per holder (per MAX_RELEASE_PIECES of its pieces), not one per piece:
+        // each is one fsynced transaction on the node, whatever the number of pieces.
+        let mut by_holder: HashMap<String, Vec<(usize, usize)>> = HashMap::new();
+        for (e, (_, entry)) in pending.iter().enumerate() {
+            for (p, (holder, _)) in entry.pieces.iter().enumerate() {
+                by_holder.entry(holder.clone()).or_default().push((e, p));
+            }
+        }
+        let requests: Vec<(String, Vec<(usize, usize)>)> = by_holder
+            .into_iter()
+            .flat_map(|(holder, refs)| {
+                refs.chunks(MAX_RELEASE_PIECES)
+                    .map(|chunk| (holder.clone(), chunk.to_vec()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let (pending_ref, down_ref) = (&pending, &down);
+        let answers: Vec<(Vec<(usize, usize)>, Release)> = futures::stream::iter(requests)
+            .map(|(holder, refs)| async move {
+                let outcome = self
+                    .release_on(&holder, &refs, pending_ref, down_ref, timeout)
+                    .await;
+                (refs, outcome)
+            })
             .buffer_unordered(ARCHIVE_CONCURRENCY)
             .collect()
             .await;
-        let released = results.iter().map(|(n, _)| n).sum();
-        let left: Vec<(u64, PendingRelease)> =
-            results.into_iter().filter_map(|(_, left)| left).collect();
+        let mut outcomes: Vec<Vec<Release>> = pending
+            .iter()
+            .map(|(_, entry)| vec![Release::Later; entry.pieces.len()])
+            .collect();
+        for (refs, outcome) in answers {
+            for (e, p) in refs {
+                outcomes[e][p] = outcome;
+            }
+        }
+        let released = outcomes
+            .iter()
+            .flatten()
+            .filter(|o| **o == Release::Done)
+            .count();
+        metrics::counter!(crate::metrics::LIGHT_PIECES_RELEASED).increment(released as u64);
+        // What is left of each entry whose pieces changed (none left: the entry goes).
+        let left: Vec<(u64, PendingRelease)> = pending
+            .into_iter()
+            .zip(outcomes)
+            .filter(|(_, outcome)| outcome.iter().any(|o| *o != Release::Later))
+            .map(|((seq, mut entry), outcome)| {
+                let mut outcome = outcome.into_iter();
+                entry
+                    .pieces
+                    .retain(|_| outcome.next() == Some(Release::Later));
+                (seq, entry)
+            })
+            .collect();
         let store = self.store.clone();
         match tokio::task::spawn_blocking(move || store.update_releases(&left)).await {
             Ok(Ok(())) => {}
@@ -668,47 +726,41 @@ impl RepairContext {
         released
     }
 
-    /// Asks each holder of an archived batch's pending pieces to release its piece; returns
-    /// how many did and, if anything changed, what is left to release.
-    async fn release_one(
+    /// Asks `holder` to release the pieces `refs` names (entry and piece positions in
+    /// `pending`), in one request; what came of it, for all of them alike.
+    async fn release_on(
         &self,
-        seq: u64,
-        mut entry: PendingRelease,
+        holder: &str,
+        refs: &[(usize, usize)],
+        pending: &[(u64, PendingRelease)],
         down: &HashSet<String>,
         timeout: Duration,
-    ) -> (usize, Option<(u64, PendingRelease)>) {
-        let id = entry.batch_id;
-        let attempts = entry.pieces.iter().map(|(holder, index)| {
-            let node = self.nodes.get(holder);
-            let skip = down.contains(holder);
-            async move {
-                let Some(node) = node else {
-                    tracing::warn!(batch = %hex32(&id), %holder, index, "the holder of an archived piece is no longer configured; its piece is left there");
-                    return Release::Dropped;
-                };
-                if skip {
-                    return Release::Later;
-                }
-                match self.client.delete_piece(node.peer(), &id, *index, timeout).await {
-                    Ok(_) => Release::Done,
-                    Err(e) => {
-                        tracing::debug!(batch = %hex32(&id), %holder, index, error = %e, "releasing a light piece failed; trying again next round");
-                        Release::Later
-                    }
-                }
-            }
-        });
-        let outcomes = futures::future::join_all(attempts).await;
-        let n = outcomes.iter().filter(|o| **o == Release::Done).count();
-        metrics::counter!(crate::metrics::LIGHT_PIECES_RELEASED).increment(n as u64);
-        if outcomes.iter().all(|o| *o == Release::Later) {
-            return (n, None);
+    ) -> Release {
+        let Some(node) = self.nodes.get(holder) else {
+            tracing::warn!(%holder, pieces = refs.len(), "the holder of archived pieces is no longer configured; its pieces are left there");
+            return Release::Dropped;
+        };
+        if down.contains(holder) {
+            return Release::Later;
         }
-        let mut outcomes = outcomes.into_iter();
-        entry
-            .pieces
-            .retain(|_| outcomes.next() == Some(Release::Later));
-        (n, Some((seq, entry)))
+        let pieces: Vec<PieceId> = refs
+            .iter()
+            .map(|&(e, p)| PieceId {
+                batch_id: pending[e].1.batch_id,
+                index: pending[e].1.pieces[p].1,
+            })
+            .collect();
+        match self
+            .client
+            .release_pieces(node.peer(), &pieces, timeout)
+            .await
+        {
+            Ok(_) => Release::Done,
+            Err(e) => {
+                tracing::debug!(%holder, pieces = pieces.len(), error = %e, "releasing light pieces failed; trying again next round");
+                Release::Later
+            }
+        }
     }
 
     /// REPAIR_REQ to every holder for the piece it holds: each must prove it still holds
@@ -905,12 +957,12 @@ impl RepairContext {
     }
 }
 
-/// What asking a light node to release an archived piece came to.
+/// What asking a light node to release archived pieces came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Release {
-    /// It removed the piece, or did not hold it.
+    /// It removed the pieces, or did not hold them.
     Done,
-    /// The holder is no longer configured: the piece is left there, not asked for again.
+    /// The holder is no longer configured: the pieces are left there, not asked for again.
     Dropped,
     /// The node is down or did not answer: asked again next round.
     Later,

@@ -939,3 +939,109 @@ async fn only_the_city_releases_a_piece_and_its_bytes_are_free_again() {
     assert!(!client.delete_piece(node.peer(), &id, 0, T).await.unwrap());
     node.server.stop(true).await;
 }
+
+#[actix_web::test]
+async fn the_city_releases_many_pieces_in_one_request_and_hostile_releases_change_nothing() {
+    let (id, _, pieces) = pieces(0, 3);
+    let node = Node::start(1 << 20, 1 << 20);
+    let client = crate::testkit::peer_client();
+    for (i, p) in pieces.iter().enumerate().take(3) {
+        client
+            .put_piece(node.peer(), &id, i as u8, p.to_bytes(), T)
+            .await
+            .unwrap();
+    }
+    let held = node.state.health();
+    assert_eq!(held.batches, 3);
+    let piece = |index: u8| PieceId {
+        batch_id: id,
+        index,
+    };
+
+    // Strangers, impostors, unsigned and re-bodied requests release nothing.
+    let stranger = PeerClient::new(RequestSigner::new(
+        "city-elsewhere",
+        Arc::new(SigningKey::generate().unwrap()),
+    ));
+    let impostor = PeerClient::new(RequestSigner::new(
+        crate::testkit::TEST_CITY_ID,
+        Arc::new(SigningKey::generate().unwrap()),
+    ));
+    for (who, c, code) in [
+        ("stranger", &stranger, "unknown_peer"),
+        ("impostor", &impostor, "bad_signature"),
+    ] {
+        let r = c.release_pieces(node.peer(), &[piece(0)], T).await;
+        assert_eq!(refusal(r), (401, code.to_string()), "{who}");
+    }
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let url = format!("{}{RELEASE_PATH}", node.url);
+    let body = messages::encode(&vec![piece(0)]);
+    let resp = http.post(&url).body(body.clone()).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    let signer = RequestSigner::new(
+        crate::testkit::TEST_CITY_ID,
+        crate::testkit::test_city_key(),
+    );
+    let post = |signed_body: Vec<u8>, sent_body: Vec<u8>| {
+        let mut req = http.post(&url).body(sent_body);
+        for (k, v) in signer
+            .headers("POST", RELEASE_PATH, "light-test", &signed_body)
+            .unwrap()
+        {
+            req = req.header(k, v);
+        }
+        req.send()
+    };
+    // Signed for one list, sent with another.
+    let other = messages::encode(&vec![piece(1)]);
+    let resp = post(body.clone(), other).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    let answer: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(answer["error"]["code"], "body_mismatch", "{answer}");
+    // Not a list of pieces, or more than one request may name.
+    let too_many = messages::encode(&vec![piece(0); MAX_RELEASE_PIECES + 1]);
+    for (what, bad) in [("garbage", b"not a list".to_vec()), ("too many", too_many)] {
+        let resp = post(bad.clone(), bad).await.unwrap();
+        assert_eq!(resp.status().as_u16(), 400, "{what}");
+        let answer: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(
+            answer["error"]["code"], "invalid_release",
+            "{what}: {answer}"
+        );
+    }
+    // Larger than any list may be: 413 before anything is decoded.
+    let big = vec![0u8; MAX_RELEASE_BYTES + 1];
+    let resp = post(big.clone(), big).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 413);
+    assert_eq!(node.state.health(), held);
+
+    // The city releases two held pieces and one never held, in one request.
+    let removed = client
+        .release_pieces(node.peer(), &[piece(0), piece(9), piece(2)], T)
+        .await
+        .unwrap();
+    assert_eq!(removed, vec![true, false, true]);
+    let h = node.state.health();
+    assert_eq!(h.batches, 1, "{h:?}");
+    assert_eq!(h.used_bytes, pieces[1].to_bytes().len() as u64, "{h:?}");
+    assert_eq!(
+        client.get_piece(node.peer(), &id, 0, T).await.unwrap(),
+        None
+    );
+    assert!(
+        client
+            .get_piece(node.peer(), &id, 1, T)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // Again: gone already, nothing changes.
+    let again = client
+        .release_pieces(node.peer(), &[piece(0), piece(2)], T)
+        .await
+        .unwrap();
+    assert_eq!(again, vec![false, false]);
+    assert_eq!(node.state.health(), h);
+    node.server.stop(true).await;
+}
