@@ -25,6 +25,12 @@ pub const BATCHES_STORED: &str = "citychain_batches_stored_total";
 pub const BATCHES_FAILED: &str = "citychain_batches_failed_total";
 /// Histogram (seconds): from a transaction's arrival to its batch being durable.
 pub const STORE_LATENCY: &str = "citychain_store_latency_seconds";
+/// Histogram (seconds), label `stage`: where a batch's time goes on its way to durable, in
+/// the order it passes them: `batch` (its oldest transaction's arrival to the batch sealed:
+/// the batch window and sealing), `queue` (sealed to its write started: flagging, placing),
+/// `first_tier` (the write to the first tier of the chain, until its acks are in or it
+/// failed) and `index` (the tier answered to the city's index record fsynced).
+pub const STAGE_LATENCY: &str = "citychain_stage_seconds";
 /// Histogram: transactions per batch.
 pub const BATCH_SIZE: &str = "citychain_batch_txs";
 /// Gauge, label `actor`: messages waiting in the actor's mailbox.
@@ -142,6 +148,14 @@ pub fn handle() -> PrometheusHandle {
                 .set_buckets_for_metric(Matcher::Full(STORE_LATENCY.into()), &buckets)
                 .expect("buckets are non-empty")
                 .set_buckets_for_metric(Matcher::Full(READ_LATENCY.into()), &buckets)
+                .expect("buckets are non-empty")
+                .set_buckets_for_metric(
+                    Matcher::Full(STAGE_LATENCY.into()),
+                    &[
+                        0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2,
+                        0.5, 1.0,
+                    ],
+                )
                 .expect("buckets are non-empty")
                 .set_buckets_for_metric(
                     Matcher::Full(BATCH_SIZE.into()),

@@ -198,6 +198,9 @@ pub enum PrioritizerMsg {
 }
 
 /// To the StorageWriter.
+// `Write` is nearly every message this mailbox carries, so boxing it would add an
+// allocation per batch and save nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum WriterMsg {
     /// A placed batch (from the Prioritizer).
     Write(StoreJob),

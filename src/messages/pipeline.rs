@@ -52,6 +52,8 @@ pub struct SealedBatch {
     pub urgency: Urgency,
     /// When the batch's oldest transaction arrived, for the end-to-end latency histogram.
     pub first_arrival: Instant,
+    /// When it was sealed, for the stage latencies.
+    pub sealed_at: Instant,
 }
 
 impl SealedBatch {
@@ -74,6 +76,7 @@ impl SealedBatch {
             tx_ids: Arc::new(tx_ids),
             urgency,
             first_arrival,
+            sealed_at: Instant::now(),
         })
     }
 

@@ -72,6 +72,20 @@ async fn open_closed_and_presigned_runs_store_every_transaction_and_say_how_they
             .find_map(|l| l.strip_prefix("citychain_tx_accepted_total "))
             .map_or(0, |v| v.trim().parse().unwrap());
         assert_eq!(accepted, stored, "{m}");
+        // Every stored batch went through each stage once, timed.
+        let value = |prefix: &str| -> u64 {
+            m.lines()
+                .find_map(|l| l.strip_prefix(prefix))
+                .map_or(0, |v| v.trim().parse::<f64>().unwrap() as u64)
+        };
+        let batches = value("citychain_batches_stored_total{tier=\"log\"} ");
+        assert!(batches > 0, "{m}");
+        for stage in ["batch", "queue", "first_tier", "index"] {
+            let timed = value(&format!(
+                "citychain_stage_seconds_count{{stage=\"{stage}\"}} "
+            ));
+            assert_eq!(timed, batches, "stage {stage}: {m}");
+        }
     }
 
     // One request outstanding at most: a send due while one is outstanding is skipped and

@@ -268,6 +268,8 @@ impl DagBatcher {
                 return;
             }
         };
+        metrics::histogram!(crate::metrics::STAGE_LATENCY, "stage" => "batch")
+            .record(sealed.sealed_at.duration_since(first_arrival).as_secs_f64());
         state.seq += 1;
         state.recent.push_back(sealed.id);
         while state.recent.len() > state.args.config.max_parents {

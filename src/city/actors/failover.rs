@@ -141,13 +141,17 @@ impl Failover {
         let flagger = args.flagger.clone();
         let credits = write_credits(args, &job, &outcome);
         let track_objects = args.objects.tracks();
+        let answered = Instant::now();
         tokio::spawn(async move {
             let sealed = &job.sealed;
             let new = NewBatch {
                 credits,
                 ..records(sealed, &outcome, track_objects)
             };
-            let msg = match store.record(new).await {
+            let recorded = store.record(new).await;
+            metrics::histogram!(crate::metrics::STAGE_LATENCY, "stage" => "index")
+                .record(answered.elapsed().as_secs_f64());
+            let msg = match recorded {
                 Ok(()) => IntakeMsg::Stored {
                     tx_ids: sealed.tx_ids.clone(),
                     outcome,

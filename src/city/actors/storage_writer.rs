@@ -51,7 +51,12 @@ impl Actor for StorageWriter {
         let tier = state.first_tier.clone();
         let failover = state.failover.clone();
         tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            metrics::histogram!(crate::metrics::STAGE_LATENCY, "stage" => "queue")
+                .record(started.duration_since(job.sealed.sealed_at).as_secs_f64());
             let result = tier.store(&job).await;
+            metrics::histogram!(crate::metrics::STAGE_LATENCY, "stage" => "first_tier")
+                .record(started.elapsed().as_secs_f64());
             // Through the mailbox, so a restarted Failover actor still hears it. If it is
             // gone for good the node is stopping; the Intake answers the waiting clients.
             let _ = failover.cast(FailoverMsg::TierDone {
