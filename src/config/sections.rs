@@ -54,8 +54,9 @@ pub struct RepairConfig {
     pub interval: Duration,
     /// Batches moved up, and light holdings checked, per round.
     pub batches_per_round: usize,
-    /// Light batches archived to full nodes per round, at most (oldest first; see
-    /// `[storage] light_retention`).
+    /// Light batches archived to full nodes per window, at most (oldest first; see
+    /// `[storage] light_retention`). A round takes windows in a row, for up to
+    /// `interval`, while they come back full.
     pub archive_per_round: usize,
 }
 

@@ -28,6 +28,9 @@ fn retentive(c: &mut Config) {
         Role::City => {
             c.storage.light_retention = Duration::from_secs(1);
             c.reads.body_cache_bytes = 1;
+            // Windows of one batch: a round that found several eligible must take
+            // window after window to keep pace.
+            c.repair.archive_per_round = 1;
         }
         Role::Light => {
             c.storage.capacity_bytes = citychain::city::node_policy::MIN_FREE_BYTES + ROOM;
@@ -182,6 +185,27 @@ async fn retention_empties_light_nodes_and_every_transaction_stays_readable_from
         counter(&m, "citychain_light_pieces_released_total") >= batches * 5.0,
         "their pieces released"
     );
+    // Some round archived more than one window's worth, window after window.
+    let log = std::fs::read_to_string(
+        dir.path()
+            .join("logs")
+            .join(format!("{}.log", fed.ids(Role::City)[0])),
+    )
+    .unwrap();
+    let most = log
+        .lines()
+        .filter(|l| l.contains("repair round"))
+        .filter_map(|l| {
+            l.split("archived: ")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .max()
+        .unwrap_or(0);
+    assert!(most > 1, "no round took more than one window of one batch");
     // Repair upward leaves archived batches on full nodes: they stay there, light nodes
     // stay empty, a few rounds later.
     let rounds_before = counter(&m, "citychain_hold_challenges_total");

@@ -124,8 +124,11 @@ pub struct RepairContext {
     pub per_round: usize,
     /// How long a batch stays on light nodes before retention archives it (0: never).
     pub light_retention: Duration,
-    /// Light batches archived per round, at most.
+    /// Light batches archived per window, at most; a round takes windows in a row for
+    /// up to `interval` while they come back full.
     pub archive_per_round: usize,
+    /// `[repair] interval`: the time a round spends on retention at most.
+    pub interval: Duration,
     /// This node's id: the holder of what it appends to its own log.
     pub holder: String,
     /// Decides what each repair ack and challenge result earns.
@@ -166,6 +169,7 @@ impl RepairContext {
             per_round: config.repair.batches_per_round,
             light_retention: config.storage.light_retention,
             archive_per_round: config.repair.archive_per_round,
+            interval: config.repair.interval,
             holder: config.node.id.clone(),
             rewards,
             scores,
@@ -516,8 +520,27 @@ impl RepairContext {
             }
         }
 
-        report.archived = self.archive().await;
-        report.released = self.release_pending().await;
+        // Retention keeps pace with writing: window after window while each comes back
+        // full, for up to one interval, so a busy city does not archive only one window
+        // per round (the holder checks below make a round much longer than a window).
+        let started = Instant::now();
+        loop {
+            let archived = self.archive().await;
+            report.archived += archived;
+            if archived < self.archive_per_round || started.elapsed() >= self.interval {
+                break;
+            }
+        }
+        // Releases are one request per holder and window: cheap, so they get their own
+        // interval, and what was archived above is released in this round.
+        let started = Instant::now();
+        loop {
+            let (released, full_window) = self.release_pending().await;
+            report.released += released;
+            if !full_window || released == 0 || started.elapsed() >= self.interval {
+                break;
+            }
+        }
 
         let window = self
             .store
@@ -638,21 +661,21 @@ impl RepairContext {
     /// Releases the light pieces of archived batches still pending (a window, oldest
     /// first): a piece removed, or already gone (404), is done; one whose node did not
     /// answer stays pending for the next round; one whose holder is no longer configured
-    /// is dropped (its piece stays there as garbage). Returns the pieces released.
-    async fn release_pending(&self) -> usize {
-        let pending = match self
-            .store
-            .pending_releases(self.archive_per_round.saturating_mul(2))
-        {
+    /// is dropped (its piece stays there as garbage). Returns the pieces released, and
+    /// whether the window read was full (more may be pending).
+    async fn release_pending(&self) -> (usize, bool) {
+        let window = self.archive_per_round.saturating_mul(2);
+        let pending = match self.store.pending_releases(window) {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(error = %e, "reading the pending light releases");
-                return 0;
+                return (0, false);
             }
         };
         if pending.is_empty() {
-            return 0;
+            return (0, false);
         }
+        let full_window = pending.len() >= window;
         let down: HashSet<String> = self
             .scores
             .read()
@@ -723,7 +746,7 @@ impl RepairContext {
             Ok(Err(e)) => tracing::error!(error = %e, "recording released light pieces"),
             Err(e) => tracing::error!(error = %e, "recording released light pieces panicked"),
         }
-        released
+        (released, full_window)
     }
 
     /// Asks `holder` to release the pieces `refs` names (entry and piece positions in
