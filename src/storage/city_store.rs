@@ -718,8 +718,7 @@ impl CityStore {
         acks: Vec<PohAck>,
         credits: &[Credit],
     ) -> Result<()> {
-        self.move_batch(batch_id, tier, holders, acks, credits, None)
-            .map(|_| ())
+        self.move_batch(batch_id, tier, holders, acks, credits)
     }
 
     /// Retention: records light batch `batch_id` as moved to the full nodes `holders`
@@ -744,8 +743,7 @@ impl CityStore {
         Ok(self.archive_many(&[batch], now_ms)?[0])
     }
 
-    /// Moves a batch to `tier`; with `archived_at`, as [`CityStore::archive`] (only from
-    /// the light tier: `false` otherwise).
+    /// Moves a batch to `tier`, in one fsynced transaction.
     fn move_batch(
         &self,
         batch_id: &BatchId,
@@ -753,18 +751,13 @@ impl CityStore {
         holders: Vec<String>,
         acks: Vec<PohAck>,
         credits: &[Credit],
-        archived_at: Option<u64>,
-    ) -> Result<bool> {
+    ) -> Result<()> {
         let mut tx = self.db.begin_write()?;
         tx.set_durability(Durability::Immediate)?;
-        let moved = move_batch_in(&tx, batch_id, tier, holders, acks, credits, archived_at)?;
-        if !moved {
-            tx.abort()?;
-            return Ok(false);
-        }
+        move_batch_in(&tx, batch_id, tier, holders, acks, credits, None)?;
         tx.commit()?;
         super::rewards::count(credits);
-        Ok(true)
+        Ok(())
     }
 
     /// Retention for many batches at once: [`CityStore::archive`] for each of `batches`, all

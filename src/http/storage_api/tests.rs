@@ -382,6 +382,15 @@ async fn acked_batches_survive_a_node_restart() {
         );
         actix_web::rt::time::sleep(Duration::from_millis(5)).await;
     }
+    // The last holder may still be inside the store's drop, closing its file: wait until
+    // the file can be opened again.
+    while let Err(e) = BatchStore::open(dir.path(), 1 << 20) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the store's file never closed: {e}"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(5)).await;
+    }
 
     let node = Node::start_in(dir.path(), 1 << 20, 1 << 20);
     assert_eq!(
@@ -410,6 +419,23 @@ fn refusal<T: std::fmt::Debug>(r: Result<T, PeerError>) -> (u16, String) {
         Err(PeerError::Refused { status, code, .. }) => (status, code),
         other => panic!("expected a refusal, got {other:?}"),
     }
+}
+
+/// A city not on the allow-list and one that signs as the allowed city with another key,
+/// each with the code its requests are refused with.
+fn outsiders() -> [(&'static str, PeerClient, &'static str); 2] {
+    let stranger = PeerClient::new(RequestSigner::new(
+        "city-elsewhere",
+        Arc::new(SigningKey::generate().unwrap()),
+    ));
+    let impostor = PeerClient::new(RequestSigner::new(
+        crate::testkit::TEST_CITY_ID,
+        Arc::new(SigningKey::generate().unwrap()),
+    ));
+    [
+        ("stranger", stranger, "unknown_peer"),
+        ("impostor", impostor, "bad_signature"),
+    ]
 }
 
 #[actix_web::test]
@@ -888,18 +914,7 @@ async fn only_the_city_releases_a_piece_and_its_bytes_are_free_again() {
     assert_eq!(refusal(r), (507, "capacity_exceeded".to_string()));
 
     // Strangers, impostors and unsigned requests are refused and release nothing.
-    let stranger = PeerClient::new(RequestSigner::new(
-        "city-elsewhere",
-        Arc::new(SigningKey::generate().unwrap()),
-    ));
-    let impostor = PeerClient::new(RequestSigner::new(
-        crate::testkit::TEST_CITY_ID,
-        Arc::new(SigningKey::generate().unwrap()),
-    ));
-    for (who, c, code) in [
-        ("stranger", &stranger, "unknown_peer"),
-        ("impostor", &impostor, "bad_signature"),
-    ] {
+    for (who, c, code) in outsiders() {
         let r = c.delete_piece(node.peer(), &id, 0, T).await;
         assert_eq!(refusal(r), (401, code.to_string()), "{who} delete");
     }
@@ -959,18 +974,7 @@ async fn the_city_releases_many_pieces_in_one_request_and_hostile_releases_chang
     };
 
     // Strangers, impostors, unsigned and re-bodied requests release nothing.
-    let stranger = PeerClient::new(RequestSigner::new(
-        "city-elsewhere",
-        Arc::new(SigningKey::generate().unwrap()),
-    ));
-    let impostor = PeerClient::new(RequestSigner::new(
-        crate::testkit::TEST_CITY_ID,
-        Arc::new(SigningKey::generate().unwrap()),
-    ));
-    for (who, c, code) in [
-        ("stranger", &stranger, "unknown_peer"),
-        ("impostor", &impostor, "bad_signature"),
-    ] {
+    for (who, c, code) in outsiders() {
         let r = c.release_pieces(node.peer(), &[piece(0)], T).await;
         assert_eq!(refusal(r), (401, code.to_string()), "{who}");
     }
