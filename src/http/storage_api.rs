@@ -11,13 +11,11 @@
 //! - `GET /internal/v1/batches/{id}/pieces/{index}`: the stored piece, or a JSON 404.
 //! - `POST /internal/v1/batches/{id}/pieces/{index}/poh`: a possession proof of that piece's
 //!   data, or a JSON 404.
-//! - `POST /internal/v1/pieces/release`: release many pieces in one fsynced transaction
-//!   (an encoded list of batch id and index, at most 1,024; the answer: one `bool` each,
-//!   true if removed, false if not held).
-//! - `DELETE /internal/v1/batches/{id}/pieces/{index}`: release the piece (the city archived
-//!   its batch to full nodes): 204 once it is removed and its bytes are free for new pieces,
-//!   404 `unknown_piece` when it is not held (a release is idempotent: the city counts both
-//!   as done).
+//! - `POST /internal/v1/pieces/release`: release pieces (the city archived their batches
+//!   to full nodes), many in one fsynced transaction (an encoded list of batch id and
+//!   index, at most 1,024; the answer: one `bool` each, true if removed, false if not held:
+//!   a release is idempotent, the city counts both as done), their bytes free for new
+//!   pieces.
 //! - `GET /internal/v1/health`: a [`HealthReport`] (JSON), what the city's probes read.
 //!
 //! Every route but health serves only the nodes on this node's allow-list, by signed
@@ -98,8 +96,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource(format!("{BATCHES_PATH}/{{id}}{PIECES_SEGMENT}/{{index}}"))
             .route(web::put().to(put_piece))
-            .route(web::get().to(get_piece))
-            .route(web::delete().to(delete_piece)),
+            .route(web::get().to(get_piece)),
     )
     .service(
         web::resource(format!(
@@ -413,41 +410,6 @@ async fn get_piece(
             .insert_header((CONTENT_TYPE, OCTET_STREAM))
             .body(bytes)),
         None => Err(not_held(&id, Some(index))),
-    }
-}
-
-/// Releases a piece: removes it and frees its bytes from the used capacity (fsynced before
-/// the answer). 204 when removed, 404 `unknown_piece` when not held; only the allowed
-/// cities may ask, as for every internal route.
-async fn delete_piece(
-    peer: AuthenticatedPeer,
-    state: web::Data<StorageState>,
-    path: web::Path<(String, String)>,
-) -> ApiResult<HttpResponse> {
-    peer.check_body(&[])?;
-    let (id, index) = path.into_inner();
-    let id = parse_id(&id)?;
-    let index = parse_index(&index)?;
-    let store = state.store.clone();
-    let freed = web::block(move || store.delete_piece(&id, index))
-        .await
-        .map_err(|e| internal("storage worker", e))?
-        .map_err(|e| store_failing("releasing the piece", e))?;
-    metrics::gauge!(crate::metrics::STORE_USED_BYTES).set(state.store.used_bytes() as f64);
-    match freed {
-        Some(bytes) => {
-            metrics::counter!(crate::metrics::STORE_PIECES_RELEASED).increment(1);
-            tracing::debug!(batch = %messages::hex32(&id), index, bytes, "piece released");
-            Ok(HttpResponse::NoContent().finish())
-        }
-        None => Err(ApiError::new(
-            404,
-            "unknown_piece",
-            format!(
-                "piece {index} of batch {} is not held here",
-                messages::hex32(&id)
-            ),
-        )),
     }
 }
 

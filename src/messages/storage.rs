@@ -10,8 +10,6 @@
 //! - `GET {BATCHES_PATH}/{id}{PIECES_SEGMENT}/{index}`: the stored piece.
 //! - `POST {BATCHES_PATH}/{id}{PIECES_SEGMENT}/{index}{POH_SUFFIX}`: a fresh proof of hold
 //!   of that piece.
-//! - `DELETE {BATCHES_PATH}/{id}{PIECES_SEGMENT}/{index}`: release the piece (204, or 404
-//!   `unknown_piece` when it is not held).
 //! - `POST {RELEASE_PATH}`: release many pieces at once, in one fsynced transaction (body:
 //!   an encoded `Vec<`[`PieceId`]`>` of at most [`MAX_RELEASE_PIECES`]; answer: an encoded
 //!   `Vec<bool>`, one per piece, true if it was removed, false if it was not held).

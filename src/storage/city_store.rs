@@ -34,7 +34,7 @@
 //! **Retention** (`[storage] light_retention`): the batches whose home is the light tier are
 //! indexed by sequence number (`light_by_seq`, built once from the records when a file
 //! written before it is opened); [`CityStore::archive_candidates`] walks it oldest first
-//! for those the rule [`archivable`] lets go, and [`CityStore::archive`] records one as
+//! for those the rule [`archivable`] lets go, and [`CityStore::archive`] records them as
 //! home on full nodes (`archived`: repair upward leaves it there) with its light pieces
 //! pending release (`light_releases`), in one fsynced transaction, before any piece is
 //! released.
@@ -252,7 +252,7 @@ pub struct PendingRelease {
 }
 
 /// A light batch retention copied to full nodes, to record as archived
-/// ([`CityStore::archive_many`]): the full nodes that hold it, their acks, and the credits
+/// ([`CityStore::archive`]): the full nodes that hold it, their acks, and the credits
 /// those acks earn.
 #[derive(Debug, Clone)]
 pub struct Archived {
@@ -718,40 +718,6 @@ impl CityStore {
         acks: Vec<PohAck>,
         credits: &[Credit],
     ) -> Result<()> {
-        self.move_batch(batch_id, tier, holders, acks, credits)
-    }
-
-    /// Retention: records light batch `batch_id` as moved to the full nodes `holders`
-    /// (their `acks`), its home full by policy (repair upward leaves it there), the light
-    /// tier among its past homes, and every light piece its record names as pending
-    /// release, in one fsynced transaction, before any piece is released. `false` (and
-    /// nothing written) if the batch is no longer on light nodes.
-    pub fn archive(
-        &self,
-        batch_id: &BatchId,
-        holders: Vec<String>,
-        acks: Vec<PohAck>,
-        credits: &[Credit],
-        now_ms: u64,
-    ) -> Result<bool> {
-        let batch = Archived {
-            batch_id: *batch_id,
-            holders,
-            acks,
-            credits: credits.to_vec(),
-        };
-        Ok(self.archive_many(&[batch], now_ms)?[0])
-    }
-
-    /// Moves a batch to `tier`, in one fsynced transaction.
-    fn move_batch(
-        &self,
-        batch_id: &BatchId,
-        tier: Tier,
-        holders: Vec<String>,
-        acks: Vec<PohAck>,
-        credits: &[Credit],
-    ) -> Result<()> {
         let mut tx = self.db.begin_write()?;
         tx.set_durability(Durability::Immediate)?;
         move_batch_in(&tx, batch_id, tier, holders, acks, credits, None)?;
@@ -760,10 +726,12 @@ impl CityStore {
         Ok(())
     }
 
-    /// Retention for many batches at once: [`CityStore::archive`] for each of `batches`, all
-    /// in one fsynced transaction. For each, whether it was archived (`false`: no longer on
-    /// light nodes, nothing written for it). Blocks.
-    pub fn archive_many(&self, batches: &[Archived], now_ms: u64) -> Result<Vec<bool>> {
+    /// Retention: records each light batch of `batches` as moved to its full holders (their
+    /// acks), its home full by policy (repair upward leaves it there), the light tier among
+    /// its past homes, and every light piece its record names as pending release, all in
+    /// one fsynced transaction, before any piece is released. For each, whether it was
+    /// archived (`false`, and nothing written for it: no longer on light nodes). Blocks.
+    pub fn archive(&self, batches: &[Archived], now_ms: u64) -> Result<Vec<bool>> {
         if batches.is_empty() {
             return Ok(Vec::new());
         }
@@ -1045,7 +1013,8 @@ impl CityStore {
     }
 }
 
-/// The writes of [`CityStore::move_batch`] in `tx`; `false`, and nothing written, when
+/// The writes of a batch's move to `tier` in `tx` ([`CityStore::relocate_credited`], and
+/// [`CityStore::archive`] with `archived_at`); `false`, and nothing written, when
 /// `archived_at` is given and the batch is no longer on light nodes.
 fn move_batch_in(
     tx: &redb::WriteTransaction,
@@ -1938,6 +1907,16 @@ mod tests {
         assert_eq!(seqs, vec![1, 2, 3, 5, 6]);
     }
 
+    /// Batch `id` as copied to full node `holder`, to archive (no acks, no credits).
+    fn archived(id: BatchId, holder: &str) -> Archived {
+        Archived {
+            batch_id: id,
+            holders: vec![holder.into()],
+            acks: vec![],
+            credits: vec![],
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_archived_batch_is_home_on_full_nodes_with_its_pieces_pending_release() {
         use std::time::Duration;
@@ -1952,16 +1931,11 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(store.batches_on(Tier::Light, 0, 10).unwrap().len(), 1);
-            assert!(
-                store
-                    .archive(&id, vec!["full-1".into()], vec![], &[], 5)
-                    .unwrap()
-            );
+            assert_eq!(store.archive(&[archived(id, "full-1")], 5).unwrap(), [true]);
             // Only once: it is no longer on light nodes.
-            assert!(
-                !store
-                    .archive(&id, vec!["full-2".into()], vec![], &[], 6)
-                    .unwrap()
+            assert_eq!(
+                store.archive(&[archived(id, "full-2")], 6).unwrap(),
+                [false]
             );
         }
         // Durable: a restart finds it archived, its releases still pending.
@@ -2045,19 +2019,19 @@ mod tests {
                 .unwrap();
             ids.push(id);
         }
-        assert!(
-            store
-                .archive(&ids[1], vec!["full-1".into()], vec![], &[], 5)
-                .unwrap()
+        assert_eq!(
+            store.archive(&[archived(ids[1], "full-1")], 5).unwrap(),
+            [true]
         );
-        let archived = |id: BatchId| Archived {
-            batch_id: id,
-            holders: vec!["full-2".into()],
-            acks: vec![],
-            credits: vec![],
-        };
         let done = store
-            .archive_many(&[archived(ids[0]), archived(ids[1]), archived(ids[2])], 7)
+            .archive(
+                &[
+                    archived(ids[0], "full-2"),
+                    archived(ids[1], "full-2"),
+                    archived(ids[2], "full-2"),
+                ],
+                7,
+            )
             .unwrap();
         assert_eq!(done, vec![true, false, true]);
         for (id, holder) in [(ids[0], "full-2"), (ids[1], "full-1"), (ids[2], "full-2")] {
@@ -2070,11 +2044,11 @@ mod tests {
         }
         assert!(store.batches_on(Tier::Light, 0, 10).unwrap().is_empty());
         assert_eq!(store.pending_release_count().unwrap(), 3);
-        assert_eq!(store.archive_many(&[], 8).unwrap(), Vec::<bool>::new());
+        assert_eq!(store.archive(&[], 8).unwrap(), Vec::<bool>::new());
         // Nothing left to archive: nothing written, every one refused.
         assert_eq!(
-            store.archive_many(&[archived(ids[0])], 9).unwrap(),
-            vec![false]
+            store.archive(&[archived(ids[0], "full-2")], 9).unwrap(),
+            [false]
         );
     }
 }

@@ -400,32 +400,6 @@ impl PeerClient {
         self.get(peer, &piece_path(batch_id, index), timeout).await
     }
 
-    /// Releases piece `index` of batch `batch_id` on `peer` (`DELETE
-    /// /internal/v1/batches/{hex id}/pieces/{index}`): `true` when the node removed it,
-    /// `false` when it did not hold it (404), both meaning it is gone.
-    pub async fn delete_piece(
-        &self,
-        peer: Peer<'_>,
-        batch_id: &[u8; 32],
-        index: u8,
-        timeout: Duration,
-    ) -> Result<bool> {
-        let path = piece_path(batch_id, index);
-        let resp = self
-            .send(
-                reqwest::Method::DELETE,
-                peer,
-                &path,
-                bytes::Bytes::new(),
-                timeout,
-            )
-            .await?;
-        if resp.status() == reqwest::StatusCode::NOT_FOUND {
-            return Ok(false);
-        }
-        success_body(resp).await.map(|_| true)
-    }
-
     /// Releases `pieces` on `peer` in one request and one fsynced transaction there (`POST
     /// /internal/v1/pieces/release`, at most
     /// [`MAX_RELEASE_PIECES`](crate::messages::storage::MAX_RELEASE_PIECES)): for each, `true` when

@@ -267,29 +267,26 @@ impl BatchStore {
         self.get_from(PIECES, &piece_key(batch_id, index))
     }
 
-    /// Removes piece `index` of batch `batch_id` and frees its bytes from the used
-    /// capacity, in one fsynced transaction. Returns the bytes freed, or `None` if the
-    /// piece was not held (nothing changes: a release is idempotent). Blocking.
-    pub fn delete_piece(&self, batch_id: &[u8; 32], index: u8) -> Result<Option<u64>> {
-        let piece = PieceId {
-            batch_id: *batch_id,
-            index,
-        };
-        Ok(self.release_pieces(&[piece])?.pop().flatten())
-    }
-
     /// Removes the pieces `pieces` names and frees their bytes from the used capacity, all
     /// in one fsynced transaction (the city releases the light pieces of the batches it
     /// archived to full nodes, many at a time). Returns, for each, the bytes freed, or
     /// `None` if it was not held (a release is idempotent). Blocking.
     pub fn release_pieces(&self, pieces: &[PieceId]) -> Result<Vec<Option<u64>>> {
+        self.write(|db| self.release_in(db, pieces))
+    }
+
+    /// Runs `f` as the store's one writer on its database (reopened first if it failed
+    /// and is due), and watches the result for a failing disk.
+    fn write<T>(&self, f: impl FnOnce(&Database) -> Result<T>) -> Result<T> {
+        // A panic under this lock can only come from redb itself, before our counters are
+        // touched, so a poisoned lock still guards consistent state.
         let _guard = self
             .write_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         self.recover_locked()?;
         let db = self.handle()?;
-        let result = self.release_in(&db, pieces);
+        let result = f(&db);
         self.watch(result, db)
     }
 
@@ -329,16 +326,7 @@ impl BatchStore {
         key: &[u8; 32],
         bytes: &[u8],
     ) -> Result<PutOutcome> {
-        // A panic under this lock can only come from redb itself, before our counters are
-        // touched, so a poisoned lock still guards consistent state.
-        let _guard = self
-            .write_lock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        self.recover_locked()?;
-        let db = self.handle()?;
-        let result = self.put_in(&db, table, key, bytes);
-        self.watch(result, db)
+        self.write(|db| self.put_in(db, table, key, bytes))
     }
 
     fn put_in(
@@ -851,8 +839,14 @@ mod tests {
     }
 
     #[test]
-    fn deleting_a_piece_frees_its_bytes_for_new_puts_and_survives_reopening() {
+    fn releasing_a_piece_frees_its_bytes_for_new_puts_and_survives_reopening() {
         let dir = tempfile::tempdir().unwrap();
+        let piece = |batch: u8, index: u8| {
+            [PieceId {
+                batch_id: id(batch),
+                index,
+            }]
+        };
         {
             let store = BatchStore::open(dir.path(), 12).unwrap();
             store.put_piece(&id(1), 0, b"piece0").unwrap();
@@ -861,12 +855,12 @@ mod tests {
                 store.put_piece(&id(2), 0, b"x"),
                 Err(StoreError::CapacityExceeded { needed: 1, free: 0 })
             ));
-            assert_eq!(store.delete_piece(&id(1), 0).unwrap(), Some(6));
+            assert_eq!(store.release_pieces(&piece(1, 0)).unwrap(), [Some(6)]);
             assert_eq!((store.used_bytes(), store.batch_count()), (6, 1));
             assert_eq!(store.get_piece(&id(1), 0).unwrap(), None);
             // Idempotent: an absent piece frees nothing and changes nothing.
-            assert_eq!(store.delete_piece(&id(1), 0).unwrap(), None);
-            assert_eq!(store.delete_piece(&id(9), 3).unwrap(), None);
+            assert_eq!(store.release_pieces(&piece(1, 0)).unwrap(), [None]);
+            assert_eq!(store.release_pieces(&piece(9, 3)).unwrap(), [None]);
             assert_eq!((store.used_bytes(), store.batch_count()), (6, 1));
             // The space is there for new pieces.
             assert_eq!(

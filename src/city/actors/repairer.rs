@@ -27,7 +27,7 @@
 //!    (`min_full_acks` valid acks, as for the full tier), the move is recorded (tier full,
 //!    the light tier a past home, the batch's home full by policy so repair upward leaves
 //!    it, its pieces pending release), fsynced, and only then are its light pieces
-//!    released, one request per holder for all of its pieces of the round
+//!    released, one request per holder for all of its pieces in a window
 //!    (`POST /internal/v1/pieces/release`, one fsync there). Releases a node did
 //!    not answer stay pending in `city.redb` and are tried again each round; a holder no
 //!    longer configured is dropped from them (its piece stays there as garbage).
@@ -591,8 +591,7 @@ impl RepairContext {
             return 0;
         }
         let store = self.store.clone();
-        let recorded =
-            tokio::task::spawn_blocking(move || store.archive_many(&copied, now_ms())).await;
+        let recorded = tokio::task::spawn_blocking(move || store.archive(&copied, now_ms())).await;
         match recorded {
             Ok(Ok(done)) => {
                 let n = done.iter().filter(|d| **d).count();

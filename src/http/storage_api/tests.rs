@@ -443,20 +443,9 @@ async fn strangers_cannot_write_read_or_challenge_and_change_nothing() {
     let node = Node::start(1 << 20, 1 << 20);
     let (b, bytes) = batch(0, 2);
     let id = b.id();
-    let stranger = PeerClient::new(RequestSigner::new(
-        "city-elsewhere",
-        Arc::new(SigningKey::generate().unwrap()),
-    ));
-    // The right name with the wrong key.
-    let impostor = PeerClient::new(RequestSigner::new(
-        crate::testkit::TEST_CITY_ID,
-        Arc::new(SigningKey::generate().unwrap()),
-    ));
+    let outsiders = outsiders();
     let challenge = HoldChallenge::fresh().unwrap();
-    for (who, client, code) in [
-        ("stranger", &stranger, "unknown_peer"),
-        ("impostor", &impostor, "bad_signature"),
-    ] {
+    for (who, client, code) in &outsiders {
         let r = client.put_batch(node.peer(), &id, bytes.clone(), T).await;
         assert_eq!(refusal(r), (401, code.to_string()), "{who} put");
         let r = client.get_batch(node.peer(), &id, T).await;
@@ -486,6 +475,7 @@ async fn strangers_cannot_write_read_or_challenge_and_change_nothing() {
         .put_batch(node.peer(), &id, bytes.clone(), T)
         .await
         .unwrap();
+    let stranger = &outsiders[0].1;
     let r = stranger.get_batch(node.peer(), &id, T).await;
     assert_eq!(refusal(r).0, 401);
     let r = stranger.challenge(node.peer(), &id, &challenge, T).await;
@@ -815,19 +805,9 @@ async fn strangers_cannot_write_read_or_challenge_pieces() {
     let node = Node::start(1 << 20, 1 << 20);
     let (id, _, pieces) = pieces(0, 2);
     let p = &pieces[0];
-    let stranger = PeerClient::new(RequestSigner::new(
-        "city-elsewhere",
-        Arc::new(SigningKey::generate().unwrap()),
-    ));
-    let impostor = PeerClient::new(RequestSigner::new(
-        crate::testkit::TEST_CITY_ID,
-        Arc::new(SigningKey::generate().unwrap()),
-    ));
+    let outsiders = outsiders();
     let challenge = HoldChallenge::fresh().unwrap();
-    for (who, client, code) in [
-        ("stranger", &stranger, "unknown_peer"),
-        ("impostor", &impostor, "bad_signature"),
-    ] {
+    for (who, client, code) in &outsiders {
         let r = client.put_piece(node.peer(), &id, 0, p.to_bytes(), T).await;
         assert_eq!(refusal(r), (401, code.to_string()), "{who} put");
         let r = client.get_piece(node.peer(), &id, 0, T).await;
@@ -861,6 +841,7 @@ async fn strangers_cannot_write_read_or_challenge_pieces() {
         .put_piece(node.peer(), &id, 0, p.to_bytes(), T)
         .await
         .unwrap();
+    let stranger = &outsiders[0].1;
     assert_eq!(
         refusal(stranger.get_piece(node.peer(), &id, 0, T).await).0,
         401
@@ -899,66 +880,11 @@ async fn pieces_count_against_the_capacity() {
 }
 
 #[actix_web::test]
-async fn only_the_city_releases_a_piece_and_its_bytes_are_free_again() {
-    let (id, _, pieces) = pieces(0, 3);
-    let one = pieces[0].to_bytes().len() as u64;
-    let node = Node::start(one + one / 2, 1 << 20);
-    let client = crate::testkit::peer_client();
-    client
-        .put_piece(node.peer(), &id, 0, pieces[0].to_bytes(), T)
-        .await
-        .unwrap();
-    let r = client
-        .put_piece(node.peer(), &id, 1, pieces[1].to_bytes(), T)
-        .await;
-    assert_eq!(refusal(r), (507, "capacity_exceeded".to_string()));
-
-    // Strangers, impostors and unsigned requests are refused and release nothing.
-    for (who, c, code) in outsiders() {
-        let r = c.delete_piece(node.peer(), &id, 0, T).await;
-        assert_eq!(refusal(r), (401, code.to_string()), "{who} delete");
-    }
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let url = format!(
-        "{}/internal/v1/batches/{}/pieces/0",
-        node.url,
-        messages::hex32(&id)
-    );
-    let resp = http.delete(&url).send().await.unwrap();
-    assert_eq!(resp.status().as_u16(), 401);
-    let body: serde_json::Value = resp.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "unauthenticated", "{body}");
-    assert_eq!(node.state.health().used_bytes, one);
-    assert!(
-        client
-            .get_piece(node.peer(), &id, 0, T)
-            .await
-            .unwrap()
-            .is_some()
-    );
-
-    // The city releases it: 204, the bytes are free, and the next piece fits.
-    assert!(client.delete_piece(node.peer(), &id, 0, T).await.unwrap());
-    let h = node.state.health();
-    assert_eq!((h.used_bytes, h.batches), (0, 0), "{h:?}");
-    assert_eq!(
-        client.get_piece(node.peer(), &id, 0, T).await.unwrap(),
-        None
-    );
-    client
-        .put_piece(node.peer(), &id, 1, pieces[1].to_bytes(), T)
-        .await
-        .expect("the freed space takes a new piece");
-
-    // Releasing again: 404 unknown_piece, which the client reads as already gone.
-    assert!(!client.delete_piece(node.peer(), &id, 0, T).await.unwrap());
-    node.server.stop(true).await;
-}
-
-#[actix_web::test]
 async fn the_city_releases_many_pieces_in_one_request_and_hostile_releases_change_nothing() {
     let (id, _, pieces) = pieces(0, 3);
-    let node = Node::start(1 << 20, 1 << 20);
+    let one = pieces[0].to_bytes().len() as u64;
+    // Room for three pieces and a half.
+    let node = Node::start(3 * one + one / 2, 1 << 20);
     let client = crate::testkit::peer_client();
     for (i, p) in pieces.iter().enumerate().take(3) {
         client
@@ -966,6 +892,10 @@ async fn the_city_releases_many_pieces_in_one_request_and_hostile_releases_chang
             .await
             .unwrap();
     }
+    let r = client
+        .put_piece(node.peer(), &id, 3, pieces[3].to_bytes(), T)
+        .await;
+    assert_eq!(refusal(r), (507, "capacity_exceeded".to_string()));
     let held = node.state.health();
     assert_eq!(held.batches, 3);
     let piece = |index: u8| PieceId {
@@ -983,6 +913,8 @@ async fn the_city_releases_many_pieces_in_one_request_and_hostile_releases_chang
     let body = messages::encode(&vec![piece(0)]);
     let resp = http.post(&url).body(body.clone()).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 401);
+    let answer: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(answer["error"]["code"], "unauthenticated", "{answer}");
     let signer = RequestSigner::new(
         crate::testkit::TEST_CITY_ID,
         crate::testkit::test_city_key(),
@@ -1028,7 +960,7 @@ async fn the_city_releases_many_pieces_in_one_request_and_hostile_releases_chang
     assert_eq!(removed, vec![true, false, true]);
     let h = node.state.health();
     assert_eq!(h.batches, 1, "{h:?}");
-    assert_eq!(h.used_bytes, pieces[1].to_bytes().len() as u64, "{h:?}");
+    assert_eq!(h.used_bytes, one, "{h:?}");
     assert_eq!(
         client.get_piece(node.peer(), &id, 0, T).await.unwrap(),
         None
@@ -1047,5 +979,10 @@ async fn the_city_releases_many_pieces_in_one_request_and_hostile_releases_chang
         .unwrap();
     assert_eq!(again, vec![false, false]);
     assert_eq!(node.state.health(), h);
+    // The freed bytes take new pieces.
+    client
+        .put_piece(node.peer(), &id, 3, pieces[3].to_bytes(), T)
+        .await
+        .expect("the freed space takes a new piece");
     node.server.stop(true).await;
 }
