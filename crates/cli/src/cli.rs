@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use citychain::config::Config;
 use citychain::crypto::SigningKey;
@@ -23,8 +23,38 @@ use crate::{checkpoint_cmd, log_cmd};
     about = "One binary for every node role of the City Chain federation"
 )]
 struct Cli {
+    /// How log lines are written: `text` for people, `json` for log shippers (one JSON
+    /// object per line: timestamp, level, target, fields). The nodes `up` starts write
+    /// their logs the same way.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = LOG_FORMAT_VAR,
+        default_value_t = LogFormat::Text
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The environment variable that sets `--log-format`.
+const LOG_FORMAT_VAR: &str = "CITYCHAIN_LOG_FORMAT";
+
+/// The format of log lines on stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    fn name(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -146,6 +176,19 @@ enum Command {
     Vault {
         #[command(subcommand)]
         command: crate::vault::VaultCommand,
+    },
+    /// Print a shell completion script, e.g. `citychain completions bash >
+    /// /etc/bash_completion.d/citychain`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages (citychain.1 and one per subcommand, such as citychain-up.1)
+    /// into a directory, e.g. `citychain man --out /usr/local/share/man/man1`.
+    Man {
+        /// The directory to write them to (created if missing).
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -406,12 +449,13 @@ pub fn main() -> ExitCode {
         }
     };
     let verbose = matches!(cli.command, Command::Node { .. } | Command::Up { .. });
-    init_tracing(if verbose { "info" } else { "warn" });
+    init_tracing(if verbose { "info" } else { "warn" }, cli.log_format);
+    let log_format = cli.log_format;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("a tokio runtime");
-    match runtime.block_on(dispatch(cli.command)) {
+    match runtime.block_on(dispatch(cli.command, log_format)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             match e.downcast_ref::<Failed>() {
@@ -427,25 +471,34 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(default: &str) {
+fn init_tracing(default: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     use std::io::IsTerminal;
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(std::io::stderr);
+    let _ = match format {
         // Node logs usually go to files (`up` writes DIR/logs/ID.log): no colour codes there.
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        // The event's fields at the top level, beside timestamp, level and target, so a
+        // shipper indexes `tx`, `batch` or `error` without unpacking anything.
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
 }
 
-async fn dispatch(command: Command) -> anyhow::Result<()> {
+async fn dispatch(command: Command, log_format: LogFormat) -> anyhow::Result<()> {
     match command {
         Command::Node { config } => {
             let config = Config::load(&config)
                 .map_err(|e| anyhow::anyhow!("{}: invalid config:\n{e}", config.display()))?;
+            // Caught from before the start: a Ctrl-C or SIGTERM while the node starts
+            // stops it cleanly once it has, instead of killing it half-started.
+            let mut shutdown = Shutdown::install();
             let node = citychain::node::start(config).await?;
-            node.run_until(shutdown_signal()).await
+            node.run_until(shutdown.wait()).await
         }
         Command::Config {
             command: ConfigCommand::Check { file },
@@ -590,9 +643,29 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 fulls_per_continent: full_per_continent,
                 representatives_per_continent: representatives,
             };
-            crate::up_cmd::up(dir, topology, status_every).await
+            let node_args = vec!["--log-format".to_string(), log_format.name().to_string()];
+            crate::up_cmd::up(dir, topology, status_every, node_args).await
         }
         Command::Vault { command } => crate::vault::run(command),
+        Command::Completions { shell } => {
+            // Into a buffer first: the generator panics on a failed write, and a reader
+            // that closes the pipe early (`| head`) is no error.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "citychain", &mut script);
+            match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    Err(anyhow::Error::new(e).context("writing the completion script"))
+                }
+                _ => Ok(()),
+            }
+        }
+        Command::Man { out } => {
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            clap_mangen::generate_to(Cli::command(), &out)
+                .with_context(|| format!("writing manual pages to {}", out.display()))?;
+            println!("manual pages written to {}", out.display());
+            Ok(())
+        }
     }
 }
 
@@ -617,10 +690,6 @@ async fn send(node: &str, tx: &TxArgs) -> anyhow::Result<()> {
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
-    Shutdown::install().wait().await
-}
-
 /// SIGINT (Ctrl-C) and SIGTERM, caught from the moment it is installed: one that arrives
 /// before [`Shutdown::wait`] is awaited is kept, not the end of the process.
 pub(crate) struct Shutdown {

@@ -16,9 +16,11 @@ pub(crate) async fn up(
     dir: PathBuf,
     topology: Topology,
     status_every: Duration,
+    node_args: Vec<String>,
 ) -> anyhow::Result<()> {
     let binary = std::env::current_exe().context("locating the citychain binary")?;
-    let spec = FederationSpec::world(dir.clone(), binary, topology).map_err(Failed::Usage)?;
+    let mut spec = FederationSpec::world(dir.clone(), binary, topology).map_err(Failed::Usage)?;
+    spec.node_args = node_args;
     let continents = spec.continents();
     eprintln!(
         "starting a local federation in {}/: {} ({} on {} continent(s)), {} light node(s) per city, {} full node(s) and {} representative(s) per continent, {} processes...",

@@ -38,11 +38,18 @@ async fn up_runs_two_cities_whose_transactions_reach_a_global_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let fed_dir = dir.path().join("fed");
     let mut up = Command::new(binary());
-    up.args(["up", "--status-every", "1s", "--dir"])
-        .arg(&fed_dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+    up.args([
+        "up",
+        "--log-format",
+        "json",
+        "--status-every",
+        "1s",
+        "--dir",
+    ])
+    .arg(&fed_dir)
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null());
     // A failing assertion ends the test's thread: `up` then gets Ctrl-C and stops its
     // nodes, instead of outliving the test with all of them.
     citychain_harness::die_with_parent(&mut up, libc::SIGINT);
@@ -311,6 +318,20 @@ async fn up_runs_two_cities_whose_transactions_reach_a_global_checkpoint() {
         stdout.contains("--pop 35.6812,139.7671") && stdout.contains("/v1/dpos/representatives"),
         "and the domain engines: {stdout}"
     );
+    // `up --log-format json` starts every node with it: each log is JSON lines.
+    for m in &manifest {
+        let log = std::fs::read_to_string(fed_dir.join("logs").join(format!("{}.log", m.node_id)))
+            .unwrap_or_else(|e| panic!("{}'s log: {e}", m.node_id));
+        assert!(log.lines().next().is_some(), "{} logged nothing", m.node_id);
+        for line in log.lines().filter(|l| !l.trim().is_empty()) {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{}'s log line is not JSON ({e}): {line}", m.node_id));
+            assert!(
+                v["level"].is_string() && v["timestamp"].is_string(),
+                "{line}"
+            );
+        }
+    }
     for m in manifest {
         let pid = m.pid.unwrap() as libc::pid_t;
         // SAFETY: signal 0 only checks whether the process exists.

@@ -206,6 +206,9 @@ pub struct FederationSpec {
     pub tweak: fn(&mut Config),
     /// How long to wait for every node to be ready.
     pub ready_timeout: Duration,
+    /// More arguments for every `citychain node --config FILE` started (`up` passes its
+    /// `--log-format` on).
+    pub node_args: Vec<String>,
 }
 
 impl FederationSpec {
@@ -222,6 +225,7 @@ impl FederationSpec {
             representative_stakes: Vec::new(),
             tweak: |_| {},
             ready_timeout: Duration::from_secs(30),
+            node_args: Vec::new(),
         }
     }
 
@@ -861,6 +865,7 @@ impl Federation {
     pub fn spawn(&mut self, id: &str) -> anyhow::Result<()> {
         let dir = self.spec.dir.clone();
         let binary = self.spec.binary.clone();
+        let node_args = self.spec.node_args.clone();
         let node = self.node_mut(id);
         if node.child.is_some() {
             bail!("node {id} is already running");
@@ -874,6 +879,7 @@ impl Federation {
         cmd.arg("node")
             .arg("--config")
             .arg(&node.config_path)
+            .args(&node_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
