@@ -3,11 +3,20 @@
 //! One named metric per thing worth watching. `/metrics` renders the recorder's handle from
 //! our own actix-web route; a background task runs the handle's upkeep so histograms do not
 //! grow without bound.
+//!
+//! Names follow the Prometheus conventions (base units in the name: `_seconds`, `_bytes`;
+//! `_total` on counters only). Every metric has a help text ([`DESCRIPTIONS`], the `# HELP`
+//! lines), and each role registers the counters and gauges it exports at start
+//! ([`register_role`]), so dashboards and alerts read 0 rather than "no data" before the
+//! first event. `deploy/prometheus` and `deploy/grafana` use these names;
+//! `scripts/check-monitoring` holds them to what a running federation exports.
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::config::{Config, Role};
 
 /// Counter, label `reason`: transactions refused (an API error code).
 pub const TX_REJECTED: &str = "citychain_tx_rejected_total";
@@ -95,6 +104,12 @@ pub const HTTP_REFUSED: &str = "citychain_http_refused_total";
 pub const BODY_BUDGET_USED: &str = "citychain_body_budget_used_bytes";
 /// Gauge: transactions admitted and not yet answered (a city's admission bound).
 pub const TX_IN_FLIGHT: &str = "citychain_tx_in_flight";
+/// Gauge (storage nodes): the most the store can hold now: its `[storage]` capacity, or
+/// less when its disk has less room left.
+pub const STORE_CAPACITY_BYTES: &str = "citychain_store_capacity_bytes";
+/// Gauge (city nodes): batches held below their home tier (on full nodes, MongoDB or the
+/// log in place of light nodes), waiting for the Repairer to move them up; set each round.
+pub const REPAIR_BACKLOG: &str = "citychain_repair_backlog_batches";
 /// Gauge (storage nodes): 1 while the store fails (an I/O error) and is being reopened.
 pub const STORE_FAILING: &str = "citychain_store_failing";
 
@@ -134,6 +149,361 @@ pub const DPOS_APPROVED: &str = "citychain_dpos_approved_batches_total";
 /// Gauge (continent): stake slashed from equivocating representatives, in all.
 pub const DPOS_SLASHED: &str = "citychain_dpos_slashed_stake";
 
+/// What kind of metric a name is, for its description.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Every metric's kind and help text (its `# HELP` line on `/metrics`).
+pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
+    (
+        TX_REJECTED,
+        Kind::Counter,
+        "Transactions refused, by API error code (reason).",
+    ),
+    (
+        POP_CHECKS,
+        Kind::Counter,
+        "Proof-of-place checks on a city node, by outcome.",
+    ),
+    (
+        OBJECT_CONFLICTS,
+        Kind::Counter,
+        "Transactions refused 409 object_conflict, by rule.",
+    ),
+    (
+        TX_ACCEPTED,
+        Kind::Counter,
+        "Transactions acknowledged durable (200 on first submission).",
+    ),
+    (
+        BATCHES_STORED,
+        Kind::Counter,
+        "Batches made durable, by the storage tier they reached.",
+    ),
+    (
+        BATCHES_FAILED,
+        Kind::Counter,
+        "Batches no storage tier could store.",
+    ),
+    (
+        STORE_LATENCY,
+        Kind::Histogram,
+        "Seconds from a transaction's arrival to its batch being durable.",
+    ),
+    (
+        STAGE_LATENCY,
+        Kind::Histogram,
+        "Seconds a batch spends in each stage on its way to durable (batch, queue, first_tier, index).",
+    ),
+    (
+        BATCH_SIZE,
+        Kind::Histogram,
+        "Transactions per sealed batch.",
+    ),
+    (
+        MAILBOX_DEPTH,
+        Kind::Gauge,
+        "Messages waiting in each pipeline actor's mailbox.",
+    ),
+    (
+        STORAGE_NODE_UP,
+        Kind::Gauge,
+        "1 while the city sees a storage node up, 0 while down, by node.",
+    ),
+    (
+        STORAGE_NODE_SCORE,
+        Kind::Gauge,
+        "The 0-9 placement score the city gives each storage node.",
+    ),
+    (
+        TIER_FAILURES,
+        Kind::Counter,
+        "Tier attempts that failed and fell through to the next tier, by tier.",
+    ),
+    (
+        ACKS_REJECTED,
+        Kind::Counter,
+        "Storage acks refused by verification, by reason.",
+    ),
+    (
+        STORE_REQUESTS,
+        Kind::Counter,
+        "Batches and pieces offered to this storage node, by outcome.",
+    ),
+    (
+        STORE_USED_BYTES,
+        Kind::Gauge,
+        "Bytes this storage node holds.",
+    ),
+    (
+        STORE_CAPACITY_BYTES,
+        Kind::Gauge,
+        "Bytes this storage node can hold now: its capacity, or less when its disk has less room.",
+    ),
+    (
+        REPAIR_BACKLOG,
+        Kind::Gauge,
+        "Batches held below their home tier, waiting for the Repairer to move them up.",
+    ),
+    (
+        ACTOR_FAILURES,
+        Kind::Counter,
+        "Pipeline actor exits (panic, error or stop), by actor.",
+    ),
+    (
+        ACTOR_RESTARTS,
+        Kind::Counter,
+        "Pipeline actor restarts by the supervisor, by actor.",
+    ),
+    (
+        REPAIRS,
+        Kind::Counter,
+        "Batches repaired, by kind and the tier they came from.",
+    ),
+    (
+        ARCHIVED_BATCHES,
+        Kind::Counter,
+        "Light batches archived to full nodes once past their light retention.",
+    ),
+    (
+        LIGHT_PIECES_RELEASED,
+        Kind::Counter,
+        "Light pieces of archived batches released on their light nodes.",
+    ),
+    (
+        STORE_PIECES_RELEASED,
+        Kind::Counter,
+        "Pieces this storage node removed at its city's request.",
+    ),
+    (
+        AUTH_REFUSED,
+        Kind::Counter,
+        "Node-to-node requests refused by authentication or rate limiting, by reason.",
+    ),
+    (
+        SESSIONS_OPENED,
+        Kind::Counter,
+        "Request sessions this storage node opened for the nodes it serves.",
+    ),
+    (
+        HOLD_CHALLENGES,
+        Kind::Counter,
+        "Possession challenges sent to storage nodes, by outcome.",
+    ),
+    (
+        REWARD_POINTS,
+        Kind::Counter,
+        "Reward points credited to storage nodes, by role.",
+    ),
+    (
+        REPAIR_CHALLENGES,
+        Kind::Counter,
+        "Repair challenges whose result entered the rewards ledger, by outcome.",
+    ),
+    (
+        LOG_APPENDS,
+        Kind::Counter,
+        "Records appended to the immutable log.",
+    ),
+    (
+        LOG_HEADS_SIGNED,
+        Kind::Counter,
+        "Tree heads of the immutable log signed.",
+    ),
+    (
+        LOG_HEAD_FAILURES,
+        Kind::Counter,
+        "Tree heads of the immutable log that could not be signed or written.",
+    ),
+    (
+        LOG_RECORDS_LOST,
+        Kind::Gauge,
+        "Records a signed head covered that the log no longer held at this start.",
+    ),
+    (
+        LOG_LOST_BATCHES,
+        Kind::Gauge,
+        "Batches acknowledged on the immutable log that it no longer holds and no other copy was found for yet.",
+    ),
+    (
+        HTTP_REFUSED,
+        Kind::Counter,
+        "Requests the HTTP layer refused to protect connections, memory or time, by reason.",
+    ),
+    (
+        BODY_BUDGET_USED,
+        Kind::Gauge,
+        "Bytes of request bodies granted by the body budget now.",
+    ),
+    (
+        TX_IN_FLIGHT,
+        Kind::Gauge,
+        "Transactions admitted and not yet answered.",
+    ),
+    (
+        STORE_FAILING,
+        Kind::Gauge,
+        "1 while this storage node's store fails and is being reopened.",
+    ),
+    (
+        READS,
+        Kind::Counter,
+        "Attempts to read a transaction body, by tier and outcome.",
+    ),
+    (
+        READ_LATENCY,
+        Kind::Histogram,
+        "Seconds from the start of a body read to its answer, by the tier that served it.",
+    ),
+    (
+        BODY_CACHE_BYTES,
+        Kind::Gauge,
+        "Bytes of sealed bodies in the city's body cache.",
+    ),
+    (
+        UPLINK_FORWARDED,
+        Kind::Counter,
+        "Items the node above acknowledged.",
+    ),
+    (
+        UPLINK_FAILURES,
+        Kind::Counter,
+        "Forwarding attempts to the node above that failed, by reason.",
+    ),
+    (
+        UPLINK_WAITING,
+        Kind::Gauge,
+        "Items in the outbox not acknowledged by the node above yet.",
+    ),
+    (
+        CITY_BATCHES_RECEIVED,
+        Kind::Counter,
+        "City batches submitted to this continent node, by outcome.",
+    ),
+    (
+        CONTINENT_BATCHES,
+        Kind::Counter,
+        "Continent batches made durable.",
+    ),
+    (
+        CONTINENT_BATCHES_RECEIVED,
+        Kind::Counter,
+        "Continent batches submitted to the global node, by outcome.",
+    ),
+    (
+        CHECKPOINTS,
+        Kind::Counter,
+        "Checkpoints signed and written to the global log.",
+    ),
+    (
+        DPOS_VOTES,
+        Kind::Counter,
+        "Representatives' votes on continent batches, by outcome.",
+    ),
+    (
+        DPOS_APPROVED,
+        Kind::Counter,
+        "Continent batches approved by two thirds of the stake.",
+    ),
+    (
+        DPOS_SLASHED,
+        Kind::Gauge,
+        "Stake slashed from equivocating representatives, in all.",
+    ),
+];
+
+/// Gives every metric its help text. Called once the recorder is installed.
+fn describe_all() {
+    for &(name, kind, help) in DESCRIPTIONS {
+        match kind {
+            Kind::Counter => metrics::describe_counter!(name, help),
+            Kind::Gauge => metrics::describe_gauge!(name, help),
+            Kind::Histogram => metrics::describe_histogram!(name, help),
+        }
+    }
+}
+
+/// Registers, at 0, the counters and gauges a node of `config`'s role exports, with the
+/// label values known in advance, so a rate or a sum has a series before its first event.
+pub fn register_role(config: &Config) {
+    let counter = |name: &'static str| metrics::counter!(name).increment(0);
+    let counter_by = |name: &'static str, label: &'static str, values: &[&'static str]| {
+        for v in values {
+            metrics::counter!(name, label => *v).increment(0);
+        }
+    };
+    let gauge = |name: &'static str| metrics::gauge!(name).increment(0.0);
+    counter_by(
+        HTTP_REFUSED,
+        "reason",
+        &["peer_connections", "body_budget", "body_timeout"],
+    );
+    gauge(BODY_BUDGET_USED);
+    let tiers = ["light", "full", "mongo", "log"];
+    match config.node.role {
+        Role::City => {
+            counter(TX_ACCEPTED);
+            counter_by(TX_REJECTED, "reason", &["overloaded"]);
+            counter_by(BATCHES_STORED, "tier", &tiers);
+            counter_by(TIER_FAILURES, "tier", &tiers);
+            counter(BATCHES_FAILED);
+            for (kind, from) in [
+                ("upward", "full"),
+                ("upward", "mongo"),
+                ("upward", "log"),
+                ("rereplicate", "light"),
+                ("recovered", "log"),
+            ] {
+                metrics::counter!(REPAIRS, "kind" => kind, "from" => from).increment(0);
+            }
+            counter(ARCHIVED_BATCHES);
+            counter(LIGHT_PIECES_RELEASED);
+            counter(LOG_APPENDS);
+            counter(LOG_HEADS_SIGNED);
+            counter(LOG_HEAD_FAILURES);
+            gauge(TX_IN_FLIGHT);
+            gauge(REPAIR_BACKLOG);
+        }
+        Role::Light | Role::Full => {
+            counter_by(
+                STORE_REQUESTS,
+                "outcome",
+                &["stored", "duplicate", "full", "rejected", "error"],
+            );
+            counter(STORE_PIECES_RELEASED);
+            counter(SESSIONS_OPENED);
+        }
+        Role::Continent => {
+            counter_by(
+                CITY_BATCHES_RECEIVED,
+                "outcome",
+                &["merged", "duplicate", "refused"],
+            );
+            counter(CONTINENT_BATCHES);
+            counter(LOG_APPENDS);
+        }
+        Role::Global => {
+            counter_by(
+                CONTINENT_BATCHES_RECEIVED,
+                "outcome",
+                &["received", "duplicate", "refused"],
+            );
+            counter(CHECKPOINTS);
+            counter(LOG_APPENDS);
+        }
+        Role::Representative => {}
+    }
+    if config.uplink.is_some() && matches!(config.node.role, Role::City | Role::Continent) {
+        counter(UPLINK_FORWARDED);
+        counter_by(UPLINK_FAILURES, "reason", &["unreachable"]);
+        gauge(UPLINK_WAITING);
+    }
+}
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the recorder on first use and returns its handle. Safe to call from every
@@ -168,6 +538,7 @@ pub fn handle() -> PrometheusHandle {
             // then ours still renders whatever is recorded through it, which is nothing,
             // and the embedding application owns its metrics.
             let _ = metrics::set_global_recorder(recorder);
+            describe_all();
             handle
         })
         .clone()
@@ -183,4 +554,51 @@ pub fn spawn_upkeep() {
             handle.run_upkeep();
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_described_once_and_named_by_the_conventions() {
+        let mut seen = std::collections::HashSet::new();
+        for &(name, kind, help) in DESCRIPTIONS {
+            assert!(seen.insert(name), "{name} described twice");
+            assert!(name.starts_with("citychain_"), "{name}");
+            assert!(!help.is_empty() && help.ends_with('.'), "{name}: {help:?}");
+            // `_total` marks a counter and only a counter.
+            assert_eq!(name.ends_with("_total"), kind == Kind::Counter, "{name}");
+            if help.contains("Seconds") || help.starts_with("Bytes") {
+                let unit = if help.contains("Seconds") {
+                    "_seconds"
+                } else {
+                    "_bytes"
+                };
+                assert!(name.ends_with(unit), "{name} should end with {unit}");
+            }
+        }
+        // Every constant of this module is in the table.
+        let source = include_str!("metrics.rs");
+        let constants = source
+            .lines()
+            .filter(|l| l.starts_with("pub const ") && l.contains(": &str = \"citychain_"))
+            .count();
+        assert_eq!(constants, DESCRIPTIONS.len());
+    }
+
+    #[test]
+    fn metrics_render_with_help_lines_and_latencies_as_histograms() {
+        let handle = handle();
+        metrics::counter!(BATCHES_FAILED).increment(0);
+        metrics::histogram!(STORE_LATENCY).record(0.003);
+        let text = handle.render();
+        for line in [
+            "# HELP citychain_batches_failed_total Batches no storage tier could store.",
+            "# TYPE citychain_store_latency_seconds histogram",
+            "citychain_store_latency_seconds_bucket{le=\"0.005\"} 1",
+        ] {
+            assert!(text.contains(line), "no {line:?} in:\n{text}");
+        }
+    }
 }

@@ -171,6 +171,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<RunningNode> {
     );
     crate::metrics::handle();
     crate::metrics::spawn_upkeep();
+    crate::metrics::register_role(&config);
     let identity = web::Data::new(common::NodeIdentity::of(&config));
     let listener = TcpListener::bind(config.node.listen)
         .with_context(|| format!("binding {}", config.node.listen))?;
@@ -363,6 +364,12 @@ fn start_storage(
         )
     })?;
     let store = Arc::new(store);
+    storage_api::publish_usage(&store);
+    metrics::gauge!(crate::metrics::STORE_FAILING).set(if store.failure().is_some() {
+        1.0
+    } else {
+        0.0
+    });
     // After a disk or database error the store reopens itself, without waiting for a write.
     store::spawn_recovery(&store);
     let key = load_or_create_key(&config.node.key_path())?;

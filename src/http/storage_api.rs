@@ -217,6 +217,14 @@ async fn put_piece(
 }
 
 /// Counts and logs a write of a batch or piece, and answers it with the ack.
+/// Publishes the bytes the store holds and the most it can hold now (its capacity, or less
+/// when its disk has less room), so an alert can warn before writes are refused `full`.
+pub fn publish_usage(store: &BatchStore) {
+    metrics::gauge!(crate::metrics::STORE_USED_BYTES).set(store.used_bytes() as f64);
+    metrics::gauge!(crate::metrics::STORE_CAPACITY_BYTES)
+        .set(store.effective_capacity_bytes() as f64);
+}
+
 fn answer_put(
     state: &StorageState,
     what: &'static str,
@@ -231,7 +239,7 @@ fn answer_put(
         Err(_) => "rejected",
     };
     metrics::counter!(crate::metrics::STORE_REQUESTS, "outcome" => outcome).increment(1);
-    metrics::gauge!(crate::metrics::STORE_USED_BYTES).set(state.store.used_bytes() as f64);
+    publish_usage(&state.store);
     match &result {
         Ok(_) => tracing::debug!(%what, %name, outcome, "accepted"),
         Err(e) if e.status.as_u16() == 503 => {
@@ -446,7 +454,7 @@ async fn release_pieces(
         .map_err(|e| internal("storage worker", e))?
         .map_err(|e| store_failing("releasing pieces", e))?;
     let released = freed.iter().flatten().count();
-    metrics::gauge!(crate::metrics::STORE_USED_BYTES).set(state.store.used_bytes() as f64);
+    publish_usage(&state.store);
     metrics::counter!(crate::metrics::STORE_PIECES_RELEASED).increment(released as u64);
     tracing::debug!(
         asked = freed.len(),

@@ -833,6 +833,13 @@ impl CityStore {
         Ok(out)
     }
 
+    /// Batches held below their home tier (full nodes, MongoDB or the log in place of light
+    /// nodes), not marked lost: what repair upward has yet to move.
+    pub fn below_light_count(&self) -> Result<u64> {
+        let tx = self.db.begin_read()?;
+        Ok(tx.open_table(BELOW_LIGHT)?.len()?)
+    }
+
     /// Archived batches whose light pieces are not all released yet.
     pub fn pending_release_count(&self) -> Result<u64> {
         let tx = self.db.begin_read()?;

@@ -231,6 +231,9 @@ fn print_summary(fed: &Federation, dir: &Path, key: &Path) {
     println!(
         "\nmanifest: {dir}/federation.json   logs: {dir}/logs/   key holders' keys (open sealed batches): {dir}/vault/"
     );
+    println!(
+        "Prometheus targets (file_sd): {dir}/prometheus-targets.json   scrape config, alerts, dashboard: deploy/"
+    );
     println!("a status line when something changed; Ctrl-C stops every node.\n");
 }
 

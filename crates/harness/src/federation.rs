@@ -12,10 +12,12 @@
 //! node and a continent the keys of the continent's cities, the global node the
 //! continents'; a config file written under `DIR/configs/`), starts each as its own
 //! `citychain node --config FILE` process with its output in `DIR/logs/`, writes
-//! `DIR/federation.json` (API.md) and waits until every node answers `/readyz`. Any node
+//! `DIR/federation.json` (API.md) with, for Prometheus, `DIR/prometheus-targets.json` (its
+//! `file_sd` format: every node's address and labels) and waits until every node answers `/readyz`. Any node
 //! can then be stopped, killed or started again by id, by this code or by an operator with
 //! the pid and config path from `federation.json`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -1012,20 +1014,68 @@ impl Federation {
             .collect()
     }
 
-    /// Writes `DIR/federation.json` atomically (write, fsync, rename).
-    pub fn write_manifest(&self) -> anyhow::Result<()> {
-        let path = self.spec.dir.join("federation.json");
-        let tmp = self.spec.dir.join("federation.json.tmp");
-        let text = serde_json::to_string_pretty(&self.manifest())?;
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(text.as_bytes())?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, &path)?;
-        Ok(())
+    /// What Prometheus scrapes: one `file_sd` target group per node that has an address,
+    /// labelled with its `role`, `node_id` and, where it has them, `city` and `continent`.
+    /// A stopped node stays listed, so its target reads `up == 0`.
+    pub fn prometheus_targets(&self) -> Vec<TargetGroup> {
+        self.nodes
+            .iter()
+            .filter_map(|n| {
+                let target = n.url.strip_prefix("http://")?.trim_end_matches('/');
+                let mut labels = BTreeMap::from([
+                    ("role".to_string(), n.role.to_string()),
+                    ("node_id".to_string(), n.id.clone()),
+                ]);
+                if let Some(city) = &n.city {
+                    labels.insert("city".into(), city.clone());
+                }
+                if let Some(continent) = &n.continent {
+                    labels.insert("continent".into(), continent.clone());
+                }
+                Some(TargetGroup {
+                    targets: vec![target.to_string()],
+                    labels,
+                })
+            })
+            .collect()
     }
+
+    /// Writes `DIR/federation.json` and, for Prometheus, `DIR/prometheus-targets.json`,
+    /// each atomically (write, fsync, rename), so a reader never sees half a file.
+    pub fn write_manifest(&self) -> anyhow::Result<()> {
+        let manifest = serde_json::to_string_pretty(&self.manifest())?;
+        write_atomically(&self.spec.dir.join(MANIFEST_FILE), &manifest)?;
+        let targets = serde_json::to_string_pretty(&self.prometheus_targets())?;
+        write_atomically(&self.spec.dir.join(PROMETHEUS_TARGETS_FILE), &targets)
+    }
+}
+
+/// The federation's manifest in its directory (API.md).
+pub const MANIFEST_FILE: &str = "federation.json";
+
+/// The federation's scrape targets in its directory, in Prometheus `file_sd` format.
+pub const PROMETHEUS_TARGETS_FILE: &str = "prometheus-targets.json";
+
+/// One group of a Prometheus `file_sd` file: addresses to scrape and the labels their
+/// series get.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TargetGroup {
+    pub targets: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Writes `text` to `path` by way of a temporary file beside it (write, fsync, rename).
+fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("json.tmp");
+    {
+        let mut f =
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }
 
 impl Drop for Federation {
@@ -1274,5 +1324,77 @@ mod tests {
         assert_eq!(sealed_for("city-paris"), holder("europe"));
         assert_ne!(holder("asia"), holder("europe"));
         assert_eq!(fed.nodes.len(), 3 * 7 + 2 * (3 + 3) + 1);
+    }
+
+    #[test]
+    fn prometheus_targets_name_every_node_of_the_manifest_with_its_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = FederationSpec::world(
+            dir.path().to_path_buf(),
+            "citychain".into(),
+            Topology {
+                cities: 2,
+                representatives_per_continent: 1,
+                ..Topology::default()
+            },
+        )
+        .unwrap();
+        let mut fed = Federation::plan(spec).unwrap();
+        for (i, node) in fed.nodes.iter_mut().enumerate() {
+            node.url = format!("http://127.0.0.1:{}", 20000 + i);
+        }
+        fed.write_manifest().unwrap();
+        let read = |name: &str| -> serde_json::Value {
+            serde_json::from_slice(&std::fs::read(dir.path().join(name)).unwrap()).unwrap()
+        };
+        let manifest = read(MANIFEST_FILE);
+        let targets = read(PROMETHEUS_TARGETS_FILE);
+        let groups = targets.as_array().expect("file_sd is a list of groups");
+        let nodes = manifest.as_array().unwrap();
+        assert_eq!(groups.len(), nodes.len());
+        assert_eq!(nodes.len(), fed.nodes.len());
+        for node in nodes {
+            let id = node["node_id"].as_str().unwrap();
+            let group = groups
+                .iter()
+                .find(|g| g["labels"]["node_id"] == id)
+                .unwrap_or_else(|| panic!("no target group for {id}"));
+            // file_sd: exactly `targets` (host:port strings) and `labels` (strings).
+            let mut keys: Vec<&String> = group.as_object().unwrap().keys().collect();
+            keys.sort();
+            assert_eq!(keys, ["labels", "targets"], "{id}");
+            let url = node["url"].as_str().unwrap();
+            assert_eq!(
+                group["targets"],
+                serde_json::json!([&url["http://".len()..]])
+            );
+            assert_eq!(group["labels"]["role"], node["role"], "{id}");
+            for optional in ["city", "continent"] {
+                assert_eq!(group["labels"][optional], node[optional], "{id} {optional}");
+            }
+            assert!(
+                group["labels"]
+                    .as_object()
+                    .unwrap()
+                    .values()
+                    .all(|v| v.is_string())
+            );
+        }
+        let labels = |id: &str| {
+            groups
+                .iter()
+                .find(|g| g["labels"]["node_id"] == id)
+                .unwrap()["labels"]
+                .clone()
+        };
+        assert_eq!(
+            labels("light-paris-2"),
+            serde_json::json!({"role": "light", "node_id": "light-paris-2", "city": "paris", "continent": "europe"})
+        );
+        assert_eq!(
+            labels("global"),
+            serde_json::json!({"role": "global", "node_id": "global"})
+        );
+        assert_eq!(labels("rep-asia-1")["role"], "representative");
     }
 }

@@ -520,6 +520,8 @@ impl RepairContext {
             }
         }
 
+        self.report_backlog();
+
         // Retention keeps pace with writing: window after window while each comes back
         // full, for up to one interval, so a busy city does not archive only one window
         // per round (the holder checks below make a round much longer than a window).
@@ -558,6 +560,14 @@ impl RepairContext {
         }
         self.record_challenges(challenged).await;
         (report, next_cursor)
+    }
+
+    /// Publishes how many batches still wait below their home tier.
+    fn report_backlog(&self) {
+        match self.store.below_light_count() {
+            Ok(n) => metrics::gauge!(crate::metrics::REPAIR_BACKLOG).set(n as f64),
+            Err(e) => tracing::error!(error = %e, "counting the batches below their home tier"),
+        }
     }
 
     /// Retention: archives the light batches the rule lets go (oldest first, at most

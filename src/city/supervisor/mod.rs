@@ -79,6 +79,9 @@ impl FailoverSupervisor {
         let child = state.child(name).expect("a child of the table");
         let cell = child.start(myself.get_cell()).await?;
         let depth = child.depth();
+        // Zero from the first start, so a restart rate reads 0, not "no data".
+        metrics::counter!(crate::metrics::ACTOR_RESTARTS, "actor" => name.as_str()).increment(0);
+        metrics::counter!(crate::metrics::ACTOR_FAILURES, "actor" => name.as_str()).increment(0);
         state.names.insert(cell.get_id(), name);
         state
             .args
