@@ -61,11 +61,46 @@ impl Endpoint {
     }
 }
 
-/// Registers `endpoints` on `cfg`.
+/// Registers `endpoints` on `cfg`: one resource per path, which answers any other method
+/// with 405 `method_not_allowed` and an `Allow` header naming the methods it has.
 pub fn register(cfg: &mut web::ServiceConfig, endpoints: Vec<Endpoint>) {
+    let mut paths: Vec<(&'static str, Vec<Endpoint>)> = Vec::new();
     for e in endpoints {
-        cfg.route(e.path, e.route);
+        match paths.iter_mut().find(|(path, _)| *path == e.path) {
+            Some((_, group)) => group.push(e),
+            None => paths.push((e.path, vec![e])),
+        }
     }
+    for (path, group) in paths {
+        let allow: Vec<&str> = group.iter().map(|e| e.method.as_str()).collect();
+        let allow = allow.join(", ");
+        let resource = group
+            .into_iter()
+            .fold(web::resource(path), |r, e| r.route(e.route))
+            .default_service(web::to(move |req: HttpRequest| {
+                let allow = allow.clone();
+                async move { method_not_allowed(&req, &allow) }
+            }));
+        cfg.service(resource);
+    }
+}
+
+/// 405 `method_not_allowed` for a method the path does not have.
+fn method_not_allowed(req: &HttpRequest, allow: &str) -> HttpResponse {
+    let mut res = actix_web::ResponseError::error_response(&ApiError::new(
+        405,
+        "method_not_allowed",
+        format!(
+            "{} {} is not served; allowed: {allow}",
+            req.method(),
+            req.path()
+        ),
+    ));
+    if let Ok(value) = actix_web::http::header::HeaderValue::from_str(allow) {
+        res.headers_mut()
+            .insert(actix_web::http::header::ALLOW, value);
+    }
+    res
 }
 
 /// `/healthz`, `/readyz`, `/metrics`.

@@ -2,7 +2,8 @@
 //! document the code generates, an OpenAPI 3 document listing every public route; and
 //! schemathesis (`scripts/check-openapi`, which installs it on first use) sends requests
 //! generated from it, valid and invalid, and finds every answer documented: no 5xx but
-//! documented 503s, no undocumented status, every content type and body as documented.
+//! documented 503s, no undocumented status, every content type and body as documented,
+//! and 405 with `Allow` for a method a path does not have.
 
 mod common;
 
