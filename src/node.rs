@@ -321,11 +321,7 @@ async fn start_city(
             .app_data(identity.clone())
             .app_data(actors.clone())
             .app_data(log_state.clone())
-            .configure(crate::http::city_api::configure)
-            .configure(log_api::configure)
-            .configure(common::configure)
-            .configure(common::configure_actors)
-            .configure(common::configure_uplink);
+            .configure(crate::http::openapi::configure_city);
         if let Some(info) = &uplink_info {
             app.app_data(info.clone());
         }

@@ -98,7 +98,7 @@ pub struct SelectContext {
 }
 
 /// Each factor in [0, 1], higher is better.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Factors {
     pub latency: f64,
     pub uptime: f64,
@@ -229,7 +229,7 @@ pub fn policy_from_config(cfg: &PrioritizerConfig) -> Arc<dyn NodePolicy> {
 }
 
 /// One node as `GET /v1/nodes` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct NodeView {
     pub node_id: String,
     pub role: Role,

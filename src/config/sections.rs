@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::messages::{FlagKind, Tier};
 
 /// The role a node plays in the federation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     City,

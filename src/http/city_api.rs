@@ -1,15 +1,20 @@
 //! The public API of a city node (docs/API.md): submit a transaction, read transactions,
 //! batches, storage nodes and the supervision tree. Every answer is a `Serialize` type
-//! below, so the contract is visible in the code.
+//! below, so the contract is visible in the code; each handler's `#[utoipa::path]` says
+//! which statuses it answers with which body, and [`super::openapi`] gathers them into the
+//! city's OpenAPI document.
 
 use std::time::Instant;
 
+use actix_web::http::Method;
 use actix_web::{HttpRequest, HttpResponse, web};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde::Serialize;
 
-use super::common::{parse_id, read_body, require_json};
+use super::common::{Endpoint, parse_id, read_body, register, require_json};
+use super::error::ErrorReply;
+use super::openapi::OrError;
 use super::{ApiError, ApiResult};
 use crate::city::CityHandle;
 use crate::city::handle::{AdmitError, Admitted, InjectError};
@@ -27,21 +32,29 @@ pub struct CityState {
     pub max_body_bytes: usize,
 }
 
+/// The city's own routes.
+pub fn endpoints() -> Vec<Endpoint> {
+    vec![
+        Endpoint::new(Method::POST, "/v1/tx", submit),
+        Endpoint::new(Method::GET, "/v1/tx/{tx_id}", get_tx),
+        Endpoint::new(Method::GET, "/v1/batches/{batch_id}", get_batch),
+        Endpoint::new(Method::GET, "/v1/objects/{object_id}", get_object),
+        Endpoint::new(Method::GET, "/v1/nodes", nodes),
+        Endpoint::new(Method::GET, "/v1/rewards", all_rewards),
+        Endpoint::new(Method::GET, "/v1/rewards/{node_id}", node_rewards),
+        Endpoint::new(Method::POST, "/v1/actors/{name}/panic", inject_panic),
+    ]
+}
+
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/tx", web::post().to(submit))
-        .route("/v1/tx/{tx_id}", web::get().to(get_tx))
-        .route("/v1/batches/{batch_id}", web::get().to(get_batch))
-        .route("/v1/objects/{object_id}", web::get().to(get_object))
-        .route("/v1/nodes", web::get().to(nodes))
-        .route("/v1/rewards", web::get().to(all_rewards))
-        .route("/v1/rewards/{node_id}", web::get().to(node_rewards))
-        .route("/v1/actors/{name}/panic", web::post().to(inject_panic));
+    register(cfg, endpoints());
 }
 
 /// `POST /v1/tx` → 200: the transaction is durable.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ReceiptReply {
     pub tx_id: String,
+    /// Always `stored`.
     pub status: &'static str,
     pub tier: Tier,
     pub batch_id: String,
@@ -65,15 +78,17 @@ impl From<&Receipt> for ReceiptReply {
 }
 
 /// `GET /v1/tx/{id}`: a pending or stored transaction with its signed JSON.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TxReply {
     pub tx_id: String,
+    /// `pending`, `stored` or `lost`.
     pub status: &'static str,
     pub tier: Option<Tier>,
     pub batch_id: Option<String>,
     pub holders: Vec<String>,
     pub flag: FlagKind,
     /// The signed transaction; null only in a 503 `body_unavailable` answer.
+    #[schema(value_type = Option<Object>)]
     pub tx: Option<serde_json::Value>,
     /// Where `tx` came from: `pending` (in memory, not durable yet), `cache`, `light`,
     /// `full`, `mongo` or `log`; null when no source answered.
@@ -81,7 +96,7 @@ pub struct TxReply {
 }
 
 /// 503 `body_unavailable`: the error, with every field the index still answers.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct UnavailableReply<'a, T: Serialize> {
     pub error: super::error::ErrorBody<'a>,
     #[serde(flatten)]
@@ -89,14 +104,15 @@ pub struct UnavailableReply<'a, T: Serialize> {
 }
 
 /// One transaction of `GET /v1/batches/{id}?txs=true`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct BatchTxReply {
     pub tx_id: String,
+    #[schema(value_type = Object)]
     pub tx: serde_json::Value,
 }
 
 /// `GET /v1/batches/{id}`: a durable batch, where it is and the acks that prove it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct BatchReply {
     pub batch_id: String,
     /// `stored`, or `lost` when its only copy was lost from the immutable log and is not
@@ -125,11 +141,22 @@ pub struct BatchReply {
     pub deps: Option<Vec<DepReply>>,
 }
 
+/// Where a dependency edge starts, as `DepReply::from` is written: an index in `txs`, or
+/// the id of a transaction of an earlier batch.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // Only describes `DepReply::from` in the OpenAPI document.
+pub enum DepFromReply {
+    InBatch(u32),
+    Earlier(String),
+}
+
 /// One dependency edge of `GET /v1/batches/{id}?txs=true`: transaction `to` (an index in
 /// `txs`) follows `from` on `object`; `from` is an index in `txs` (a number) or the id of
 /// a transaction of an earlier batch (a hex string).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DepReply {
+    #[schema(value_type = DepFromReply)]
     pub from: serde_json::Value,
     pub to: u32,
     pub object: String,
@@ -152,7 +179,7 @@ impl From<&Dep> for DepReply {
 }
 
 /// `GET /v1/objects/{id}`: an object's durable head.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ObjectReply {
     pub id: String,
     pub kind: ObjectKind,
@@ -179,7 +206,7 @@ impl ObjectReply {
 }
 
 /// Where a batch stands with the city's continent.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ContinentReply {
     /// `waiting` (in the outbox) or `merged`.
     pub status: &'static str,
@@ -216,7 +243,7 @@ impl From<UplinkState> for ContinentReply {
 }
 
 /// One signed proof-of-hold ack.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AckReply {
     pub holder_id: String,
     pub held_hash: String,
@@ -229,7 +256,7 @@ pub struct AckReply {
 }
 
 /// Which piece of the batch a light holder acked, as its ack binds it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PieceReply {
     pub index: u8,
     pub data_pieces: u8,
@@ -281,7 +308,7 @@ impl BatchReply {
 }
 
 /// `POST /v1/actors/{name}/panic` → 202.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct InjectedReply {
     pub injected: String,
 }
@@ -292,7 +319,23 @@ fn rejected(e: ApiError) -> ApiError {
     e
 }
 
-async fn submit(
+/// Submits a signed transaction; answers once it is durable.
+#[utoipa::path(post, path = "/v1/tx", tag = "transactions",
+    request_body(content = crate::messages::TxRequest, content_type = "application/json",
+        description = "A signed transaction (docs/API.md, \"Transaction request\")."),
+    responses(
+        (status = 200, description = "Durable (or a known transaction sent again: `duplicate` true).", body = ReceiptReply),
+        (status = 400, description = "Not a valid request: `invalid_json`, `duplicate_key`, `unknown_field`, `missing_field`, `invalid_field`, `invalid_name`, `invalid_objects`, `sender_mismatch`, `timestamp_skew`, `payload_too_large`, `wrong_city`, `wrong_continent`, `pop_required`, `pop_outside_city`, `invalid_body`, ...", body = ErrorReply),
+        (status = 401, description = "`bad_signature`.", body = ErrorReply),
+        (status = 403, description = "`kind_not_allowed`: a node-internal kind.", body = ErrorReply),
+        (status = 408, description = "`request_timeout`: the body stopped arriving.", body = ErrorReply),
+        (status = 409, description = "`nonce_reused` or `object_conflict`; nothing changed.", body = ErrorReply),
+        (status = 413, description = "`payload_too_large`: the body is over `[intake] max_body_bytes`.", body = ErrorReply),
+        (status = 415, description = "`unsupported_media_type`: the content type is not application/json.", body = ErrorReply),
+        (status = 500, description = "`internal`: the node could not run the check (a fault of the node).", body = ErrorReply),
+        (status = 503, description = "`overloaded` or `storage_unavailable` (with `Retry-After`): nothing was acknowledged; retry.", body = ErrorReply),
+    ))]
+pub(crate) async fn submit(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<CityState>,
@@ -384,7 +427,20 @@ fn parse_canonical(canonical: &str) -> serde_json::Value {
     serde_json::from_str(canonical).expect("stored transactions are canonical JSON")
 }
 
-async fn get_tx(path: web::Path<String>, state: web::Data<CityState>) -> ApiResult<HttpResponse> {
+/// A transaction: where it is, and its signed body.
+#[utoipa::path(get, path = "/v1/tx/{tx_id}", tag = "transactions",
+    params(("tx_id" = String, Path, description = "The transaction id (64 hex characters).", pattern = "^[0-9a-fA-F]{64}$")),
+    responses(
+        (status = 200, description = "Pending or stored, with its signed body.", body = TxReply),
+        (status = 400, description = "`invalid_id`: not 64 hex characters.", body = ErrorReply),
+        (status = 404, description = "`not_found`: unknown transaction.", body = ErrorReply),
+        (status = 500, description = "`internal`: the status index could not be read.", body = ErrorReply),
+        (status = 503, description = "`body_unavailable` (no source answered in time; the index fields are in the answer) or `overloaded`, with `Retry-After`.", body = OrError<UnavailableReply<TxReply>>),
+    ))]
+pub(crate) async fn get_tx(
+    path: web::Path<String>,
+    state: web::Data<CityState>,
+) -> ApiResult<HttpResponse> {
     let id = parse_id(&path, "tx_id")?;
     let view = state
         .city
@@ -438,7 +494,20 @@ async fn get_tx(path: web::Path<String>, state: web::Data<CityState>) -> ApiResu
     }
 }
 
-async fn get_batch(
+/// A durable batch, where it is and the acks that prove it.
+#[utoipa::path(get, path = "/v1/batches/{batch_id}", tag = "transactions",
+    params(
+        ("batch_id" = String, Path, description = "The batch id (64 hex characters).", pattern = "^[0-9a-fA-F]{64}$"),
+        ("txs" = Option<bool>, Query, description = "Also the batch's transactions and their dependency edges."),
+    ),
+    responses(
+        (status = 200, description = "The batch.", body = BatchReply),
+        (status = 400, description = "`invalid_id`, `invalid_parameter` (`txs` not `true` or `false`, an unknown or repeated parameter) or `invalid_query`.", body = ErrorReply),
+        (status = 404, description = "`not_found`: unknown batch.", body = ErrorReply),
+        (status = 500, description = "`internal`: the status index could not be read.", body = ErrorReply),
+        (status = 503, description = "With `txs=true`: `body_unavailable` (the batch fields are in the answer) or `overloaded`, with `Retry-After`.", body = OrError<UnavailableReply<BatchReply>>),
+    ))]
+pub(crate) async fn get_batch(
     req: HttpRequest,
     path: web::Path<String>,
     state: web::Data<CityState>,
@@ -500,7 +569,15 @@ async fn get_batch(
 
 /// `GET /v1/objects/{id}`: the object's durable head, 404 `unknown_object` when the city
 /// has recorded no transaction touching it.
-async fn get_object(
+#[utoipa::path(get, path = "/v1/objects/{object_id}", tag = "transactions",
+    params(("object_id" = String, Path, description = "The object's id (the name rule of docs/API.md).")),
+    responses(
+        (status = 200, description = "The object's durable head.", body = ObjectReply),
+        (status = 400, description = "`invalid_name`: the id breaks the name rule.", body = ErrorReply),
+        (status = 404, description = "`unknown_object`: no stored transaction touched it.", body = ErrorReply),
+        (status = 500, description = "`internal`: the status index could not be read.", body = ErrorReply),
+    ))]
+pub(crate) async fn get_object(
     path: web::Path<String>,
     state: web::Data<CityState>,
 ) -> ApiResult<HttpResponse> {
@@ -523,7 +600,14 @@ async fn get_object(
 
 /// Fault injection: `POST /v1/actors/{name}/panic` makes that actor panic. 404 unless
 /// `[supervisor] fault_injection = true`.
-async fn inject_panic(
+#[utoipa::path(post, path = "/v1/actors/{name}/panic", tag = "operations",
+    params(("name" = String, Path, description = "The actor (`GET /v1/actors`).")),
+    responses(
+        (status = 202, description = "The actor was told to panic.", body = InjectedReply),
+        (status = 404, description = "`not_found`: fault injection is off, or no such actor.", body = ErrorReply),
+        (status = 503, description = "`storage_unavailable`: the supervisor is down.", body = ErrorReply),
+    ))]
+pub(crate) async fn inject_panic(
     path: web::Path<String>,
     state: web::Data<CityState>,
 ) -> ApiResult<HttpResponse> {
@@ -538,12 +622,15 @@ async fn inject_panic(
     }
 }
 
-async fn nodes(state: web::Data<CityState>) -> HttpResponse {
+/// The storage nodes this city knows, with their scores.
+#[utoipa::path(get, path = "/v1/nodes", tag = "storage",
+    responses((status = 200, description = "Every configured storage node.", body = Vec<crate::city::node_policy::NodeView>)))]
+pub(crate) async fn nodes(state: web::Data<CityState>) -> HttpResponse {
     HttpResponse::Ok().json(state.city.nodes())
 }
 
 /// `GET /v1/rewards/{node_id}`: one storage node's standing in the rewards ledger.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RewardReply {
     pub node_id: String,
     pub role: Option<crate::config::Role>,
@@ -584,7 +671,14 @@ impl RewardReply {
 
 /// A configured storage node with no ledger entry yet has an empty account; an id the
 /// city never knew is 404 `unknown_node`.
-async fn node_rewards(
+#[utoipa::path(get, path = "/v1/rewards/{node_id}", tag = "storage",
+    params(("node_id" = String, Path, description = "A storage node's id.")),
+    responses(
+        (status = 200, description = "The node's standing in the rewards ledger.", body = RewardReply),
+        (status = 404, description = "`unknown_node`: the city never knew this node.", body = ErrorReply),
+        (status = 500, description = "`internal`: the ledger could not be read.", body = ErrorReply),
+    ))]
+pub(crate) async fn node_rewards(
     path: web::Path<String>,
     state: web::Data<CityState>,
 ) -> ApiResult<HttpResponse> {
@@ -603,7 +697,12 @@ async fn node_rewards(
 }
 
 /// `GET /v1/rewards`: every configured storage node and every node in the ledger, by id.
-async fn all_rewards(state: web::Data<CityState>) -> ApiResult<HttpResponse> {
+#[utoipa::path(get, path = "/v1/rewards", tag = "storage",
+    responses(
+        (status = 200, description = "Every storage node's standing, by id.", body = Vec<RewardReply>),
+        (status = 500, description = "`internal`: the ledger could not be read.", body = ErrorReply),
+    ))]
+pub(crate) async fn all_rewards(state: web::Data<CityState>) -> ApiResult<HttpResponse> {
     let nodes = state.city.nodes();
     let mut accounts: std::collections::BTreeMap<String, crate::engines::rewards::Account> = state
         .city

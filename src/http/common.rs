@@ -1,13 +1,17 @@
 //! Routes every role serves: `/healthz`, `/readyz`, `/metrics`, and JSON answers for
-//! unknown paths and malformed path parameters.
+//! unknown paths and malformed path parameters; and [`Endpoint`], a route kept as a value
+//! (method, path, handler), so the routes a node registers can be listed, e.g. checked
+//! against the city's OpenAPI document ([`super::openapi`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::http::Method;
+use actix_web::{FromRequest, Handler, HttpRequest, HttpResponse, Responder, web};
 use futures::StreamExt;
 use tokio::time::Instant;
 
+use super::error::ErrorReply;
 use super::limits::{BodyGrant, Limits};
 use super::{ApiError, ApiResult};
 use crate::city::supervisor::ActorTable;
@@ -16,7 +20,7 @@ use crate::city::supervisor::ActorTable;
 pub type ReadinessCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 /// Who a node is, as `/healthz` tells it.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct NodeIdentity {
     pub node_id: String,
     pub role: crate::config::Role,
@@ -35,17 +39,93 @@ impl NodeIdentity {
     }
 }
 
+/// One route: its method, its path pattern and the handler actix-web runs for it.
+pub struct Endpoint {
+    pub method: Method,
+    pub path: &'static str,
+    route: actix_web::Route,
+}
+
+impl Endpoint {
+    pub fn new<F, Args>(method: Method, path: &'static str, handler: F) -> Self
+    where
+        F: Handler<Args>,
+        Args: FromRequest + 'static,
+        F::Output: Responder + 'static,
+    {
+        Self {
+            route: web::method(method.clone()).to(handler),
+            method,
+            path,
+        }
+    }
+}
+
+/// Registers `endpoints` on `cfg`: one resource per path, which answers any other method
+/// with 405 `method_not_allowed` and an `Allow` header naming the methods it has.
+pub fn register(cfg: &mut web::ServiceConfig, endpoints: Vec<Endpoint>) {
+    let mut paths: Vec<(&'static str, Vec<Endpoint>)> = Vec::new();
+    for e in endpoints {
+        match paths.iter_mut().find(|(path, _)| *path == e.path) {
+            Some((_, group)) => group.push(e),
+            None => paths.push((e.path, vec![e])),
+        }
+    }
+    for (path, group) in paths {
+        let allow: Vec<&str> = group.iter().map(|e| e.method.as_str()).collect();
+        let allow = allow.join(", ");
+        let resource = group
+            .into_iter()
+            .fold(web::resource(path), |r, e| r.route(e.route))
+            .default_service(web::to(move |req: HttpRequest| {
+                let allow = allow.clone();
+                async move { method_not_allowed(&req, &allow) }
+            }));
+        cfg.service(resource);
+    }
+}
+
+/// 405 `method_not_allowed` for a method the path does not have.
+fn method_not_allowed(req: &HttpRequest, allow: &str) -> HttpResponse {
+    let mut res = actix_web::ResponseError::error_response(&ApiError::new(
+        405,
+        "method_not_allowed",
+        format!(
+            "{} {} is not served; allowed: {allow}",
+            req.method(),
+            req.path()
+        ),
+    ));
+    if let Ok(value) = actix_web::http::header::HeaderValue::from_str(allow) {
+        res.headers_mut()
+            .insert(actix_web::http::header::ALLOW, value);
+    }
+    res
+}
+
+/// `/healthz`, `/readyz`, `/metrics`.
+pub fn endpoints() -> Vec<Endpoint> {
+    vec![
+        Endpoint::new(Method::GET, "/healthz", healthz),
+        Endpoint::new(Method::GET, "/readyz", readyz),
+        Endpoint::new(Method::GET, "/metrics", metrics_text),
+    ]
+}
+
 /// `/healthz`, `/readyz`, `/metrics`. Expects `web::Data<ReadinessCheck>` and
 /// `web::Data<NodeIdentity>`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz))
-        .route("/metrics", web::get().to(metrics_text));
+    register(cfg, endpoints());
+}
+
+/// `/v1/actors`.
+pub fn actor_endpoints() -> Vec<Endpoint> {
+    vec![Endpoint::new(Method::GET, "/v1/actors", actors)]
 }
 
 /// `/v1/actors`. Expects `web::Data<Arc<ActorTable>>`.
 pub fn configure_actors(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/actors", web::get().to(actors));
+    register(cfg, actor_endpoints());
 }
 
 /// What `GET /v1/uplink` reads on a node with a node above it.
@@ -54,13 +134,24 @@ pub struct UplinkInfo {
     pub outbox: Arc<dyn crate::storage::upstream::Outbox>,
 }
 
+/// `/v1/uplink`.
+pub fn uplink_endpoints() -> Vec<Endpoint> {
+    vec![Endpoint::new(Method::GET, "/v1/uplink", uplink)]
+}
+
 /// `/v1/uplink`: the link to the node above. Expects `web::Data<UplinkInfo>` when the node
 /// has one; answers 404 otherwise.
 pub fn configure_uplink(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/uplink", web::get().to(uplink));
+    register(cfg, uplink_endpoints());
 }
 
-async fn uplink(info: Option<web::Data<UplinkInfo>>) -> ApiResult<HttpResponse> {
+/// The link to the node above.
+#[utoipa::path(get, path = "/v1/uplink", tag = "federation",
+    responses(
+        (status = 200, description = "The link to the node above and its outbox.", body = crate::storage::upstream::UplinkView),
+        (status = 404, description = "`not_found`: this node forwards to no node above it.", body = ErrorReply),
+    ))]
+pub(crate) async fn uplink(info: Option<web::Data<UplinkInfo>>) -> ApiResult<HttpResponse> {
     let info = info.ok_or_else(|| ApiError::not_found("this node forwards to no node above it"))?;
     Ok(HttpResponse::Ok().json(info.status.view(info.outbox.waiting())))
 }
@@ -81,29 +172,40 @@ pub fn path_config() -> web::PathConfig {
 }
 
 /// `GET /healthz`: the process is up, and who it is.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct HealthReply<'a> {
+    /// Always `ok`.
     pub status: &'static str,
     #[serde(flatten)]
     pub node: &'a NodeIdentity,
 }
 
 /// `GET /readyz`: 200 `ready`, or 503 `not_ready` with the reason.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct ReadyReply {
+    /// `ready` or `not_ready`.
     pub status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
 
-async fn healthz(me: web::Data<NodeIdentity>) -> HttpResponse {
+/// The process is up, and who it is.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The process lives.", body = HealthReply)))]
+pub(crate) async fn healthz(me: web::Data<NodeIdentity>) -> HttpResponse {
     HttpResponse::Ok().json(HealthReply {
         status: "ok",
         node: &me,
     })
 }
 
-async fn readyz(check: web::Data<ReadinessCheck>) -> HttpResponse {
+/// Whether the node can do its job now.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "`ready`: every actor runs, the city store takes writes and a storage tier can make a batch durable.", body = ReadyReply),
+        (status = 503, description = "`not_ready` with the reason, or `overloaded` (the error body) at a connection bound.", body = super::openapi::OrError<ReadyReply>),
+    ))]
+pub(crate) async fn readyz(check: web::Data<ReadinessCheck>) -> HttpResponse {
     match (check.get_ref())() {
         Ok(()) => HttpResponse::Ok().json(ReadyReply {
             status: "ready",
@@ -116,13 +218,19 @@ async fn readyz(check: web::Data<ReadinessCheck>) -> HttpResponse {
     }
 }
 
-async fn metrics_text() -> HttpResponse {
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition format.", body = String, content_type = "text/plain")))]
+pub(crate) async fn metrics_text() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(crate::metrics::handle().render())
 }
 
-async fn actors(table: web::Data<Arc<ActorTable>>) -> HttpResponse {
+/// The supervision tree.
+#[utoipa::path(get, path = "/v1/actors", tag = "operations",
+    responses((status = 200, description = "Every actor and its state.", body = Vec<crate::city::supervisor::ActorView>)))]
+pub(crate) async fn actors(table: web::Data<Arc<ActorTable>>) -> HttpResponse {
     HttpResponse::Ok().json(table.views())
 }
 

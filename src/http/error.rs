@@ -7,14 +7,20 @@ use actix_web::{HttpResponse, ResponseError};
 
 use crate::messages::TxValidationError;
 
-/// `{"error":{"code":…,"message":…}}`.
-#[derive(Debug, serde::Serialize)]
+/// `{"error":{"code":…,"message":…}}`, the body of every error answer. It has no other
+/// field (the OpenAPI document says so, to tell it apart from the answers that carry an
+/// error with more fields, such as 503 `body_unavailable`).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ErrorReply<'a> {
     pub error: ErrorBody<'a>,
 }
 
-#[derive(Debug, serde::Serialize)]
+/// What went wrong: a stable snake_case `code` for programs, a `message` for people.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ErrorBody<'a> {
+    #[schema(pattern = "^[a-z][a-z0-9_]*$")]
     pub code: &'static str,
     pub message: &'a str,
 }

@@ -9,9 +9,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use actix_web::http::Method;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
 
+use super::common::{Endpoint, register};
+use super::error::ErrorReply;
 use super::{ApiError, ApiResult};
 use crate::crypto::Hash32;
 use crate::messages::{hex32, parse_hex32};
@@ -33,67 +36,82 @@ pub struct LogState {
     pub store: Option<Arc<CityStore>>,
 }
 
+/// The log's routes.
+pub fn endpoints() -> Vec<Endpoint> {
+    vec![
+        Endpoint::new(Method::GET, "/v1/log/head", head),
+        Endpoint::new(Method::GET, "/v1/log/status", status),
+        Endpoint::new(Method::GET, "/v1/log/proof/inclusion", inclusion),
+        Endpoint::new(Method::GET, "/v1/log/proof/consistency", consistency),
+    ]
+}
+
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/log/head", web::get().to(head))
-        .route("/v1/log/status", web::get().to(status))
-        .route("/v1/log/proof/inclusion", web::get().to(inclusion))
-        .route("/v1/log/proof/consistency", web::get().to(consistency));
+    register(cfg, endpoints());
 }
 
 /// `GET /v1/log/head`: the latest signed tree head and who signed it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HeadReply {
     pub head: SignedHead,
     /// The signer's address (hex of the first 20 bytes of BLAKE3 of its public key).
     pub signer: String,
     /// Base64 of the signer's ML-DSA-65 public key.
     #[serde(with = "base64_bytes")]
+    #[schema(value_type = String)]
     pub public_key: Vec<u8>,
     /// Records in the log now; ahead of `head.size` until the next head is signed.
     pub log_records: u64,
 }
 
 /// `GET /v1/log/proof/inclusion`: record `index` is leaf `index` of the tree of `size`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InclusionReply {
     pub index: u64,
     pub size: u64,
     /// Root of the tree of the first `size` records.
     #[serde(with = "hex_hash")]
+    #[schema(value_type = String)]
     pub root: Hash32,
     /// The signed head of exactly `size` records, if the node still has one.
     pub head: Option<SignedHead>,
     /// Base64 of the record's body, the bytes its leaf hash covers.
     #[serde(with = "base64_bytes")]
+    #[schema(value_type = String)]
     pub record: Vec<u8>,
     #[serde(with = "hex_hash")]
+    #[schema(value_type = String)]
     pub leaf_hash: Hash32,
     /// The batch the record holds, when asked for by batch id.
     pub batch_id: Option<String>,
     /// The audit path, leaf to root, hex.
     #[serde(with = "hex_hashes")]
+    #[schema(value_type = Vec<String>)]
     pub proof: Vec<Hash32>,
 }
 
 /// `GET /v1/log/proof/consistency`: the tree of `from` records is a prefix of the tree of
 /// `to`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ConsistencyReply {
     pub from: u64,
     pub to: u64,
     #[serde(with = "hex_hash")]
+    #[schema(value_type = String)]
     pub from_root: Hash32,
     #[serde(with = "hex_hash")]
+    #[schema(value_type = String)]
     pub to_root: Hash32,
     /// Signed heads of exactly those sizes, if the node still has them.
     pub from_head: Option<SignedHead>,
     pub to_head: Option<SignedHead>,
     #[serde(with = "hex_hashes")]
+    #[schema(value_type = Vec<String>)]
     pub proof: Vec<Hash32>,
 }
 
 /// `GET /v1/log/status`: the log against its heads, and what it lost.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LogStatusReply {
     pub log_records: u64,
     pub head: SignedHead,
@@ -106,7 +124,7 @@ pub struct LogStatusReply {
     pub lost_batches_total: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LostBatch {
     pub batch_id: String,
     pub seq: u64,
@@ -164,7 +182,10 @@ fn internal(what: &str, e: impl std::fmt::Display) -> ApiError {
     ApiError::new(500, "internal", format!("{what}: {e}"))
 }
 
-async fn head(state: web::Data<LogState>) -> HttpResponse {
+/// The latest signed tree head of the city's immutable log.
+#[utoipa::path(get, path = "/v1/log/head", tag = "log",
+    responses((status = 200, description = "The latest signed head and its signer.", body = HeadReply)))]
+pub(crate) async fn head(state: web::Data<LogState>) -> HttpResponse {
     HttpResponse::Ok().json(HeadReply {
         head: state.notary.latest(),
         signer: state.notary.signer(),
@@ -173,7 +194,23 @@ async fn head(state: web::Data<LogState>) -> HttpResponse {
     })
 }
 
-async fn inclusion(req: HttpRequest, state: web::Data<LogState>) -> ApiResult<HttpResponse> {
+/// An inclusion proof for one record of the log.
+#[utoipa::path(get, path = "/v1/log/proof/inclusion", tag = "log",
+    params(
+        ("index" = Option<u64>, Query, description = "The record's index (exactly one of `index` and `batch`)."),
+        ("batch" = Option<String>, Query, description = "A batch id: the last record holding that batch.", pattern = "^[0-9a-fA-F]{64}$"),
+        ("size" = Option<u64>, Query, description = "The tree size (default: the latest signed head's)."),
+    ),
+    responses(
+        (status = 200, description = "The record and its audit path.", body = InclusionReply),
+        (status = 400, description = "`invalid_parameter`, `invalid_query`, `invalid_id`, `index_out_of_range`, `size_out_of_range`.", body = ErrorReply),
+        (status = 404, description = "`not_found`: the log holds no record of that batch.", body = ErrorReply),
+        (status = 500, description = "`internal`: the record could not be read from the log.", body = ErrorReply),
+    ))]
+pub(crate) async fn inclusion(
+    req: HttpRequest,
+    state: web::Data<LogState>,
+) -> ApiResult<HttpResponse> {
     let q = query(&req, &["index", "batch", "size"])?;
     let (index, batch_id) = match (number(&q, "index")?, q.get("batch")) {
         (Some(index), None) => (index, None),
@@ -230,7 +267,20 @@ async fn inclusion(req: HttpRequest, state: web::Data<LogState>) -> ApiResult<Ht
     }))
 }
 
-async fn consistency(req: HttpRequest, state: web::Data<LogState>) -> ApiResult<HttpResponse> {
+/// A consistency proof between two sizes of the log.
+#[utoipa::path(get, path = "/v1/log/proof/consistency", tag = "log",
+    params(
+        ("from" = u64, Query, description = "The smaller tree size."),
+        ("to" = Option<u64>, Query, description = "The larger tree size (default: the latest signed head's)."),
+    ),
+    responses(
+        (status = 200, description = "The proof and both roots.", body = ConsistencyReply),
+        (status = 400, description = "`invalid_parameter`, `invalid_query`, `invalid_range`, `size_out_of_range`.", body = ErrorReply),
+    ))]
+pub(crate) async fn consistency(
+    req: HttpRequest,
+    state: web::Data<LogState>,
+) -> ApiResult<HttpResponse> {
     let q = query(&req, &["from", "to"])?;
     let from = number(&q, "from")?.ok_or_else(|| {
         ApiError::bad_request("invalid_parameter", "from (a tree size) is required")
@@ -254,7 +304,13 @@ async fn consistency(req: HttpRequest, state: web::Data<LogState>) -> ApiResult<
     }))
 }
 
-async fn status(state: web::Data<LogState>) -> ApiResult<HttpResponse> {
+/// The log against its signed heads, and what it lost.
+#[utoipa::path(get, path = "/v1/log/status", tag = "log",
+    responses(
+        (status = 200, description = "Records, the latest head, losses and lost batches.", body = LogStatusReply),
+        (status = 500, description = "`internal`: the status index could not be read.", body = ErrorReply),
+    ))]
+pub(crate) async fn status(state: web::Data<LogState>) -> ApiResult<HttpResponse> {
     let store = state.store.clone();
     let (lost, total) = web::block(
         move || -> Result<_, crate::storage::city_store::CityStoreError> {

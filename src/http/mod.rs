@@ -10,6 +10,8 @@
 //! - [`storage_api`]: the versioned internal API of light and full nodes.
 //! - [`peer_auth`]: who may call it: signed requests checked against an allow-list.
 //! - [`common`]: `/healthz`, `/readyz`, `/metrics`, JSON 404s, shared by every role.
+//! - [`openapi`]: the city's public API as an OpenAPI document (`/openapi.json`),
+//!   generated from the handlers' annotations, and the list of the city's public routes.
 //! - [`error`]: the JSON error body.
 //! - [`server`]: the one server every role runs, with a JSON error body on every error,
 //!   including the HTTP/1 protocol errors actix-http answers by itself.
@@ -22,6 +24,7 @@ pub mod error;
 pub mod federation_api;
 pub mod limits;
 pub mod log_api;
+pub mod openapi;
 pub mod peer_auth;
 pub mod server;
 pub mod storage_api;

@@ -11,7 +11,7 @@ use crate::crypto::Hash32;
 type TxId = Hash32;
 
 /// How an object may be shared (fixed the first time a city sees the object).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ObjectKind {
     /// One writer at a time, and only its owner (the sender who first wrote it).
@@ -33,7 +33,7 @@ impl ObjectKind {
 }
 
 /// What a transaction does with an object.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ObjectAccess {
     Read,
@@ -41,7 +41,7 @@ pub enum ObjectAccess {
 }
 
 /// One entry of `tx.objects`: `{"id", "kind", "access"}`, part of the signed bytes.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ObjectRef {
     pub id: String,

@@ -29,7 +29,7 @@ pub fn tx_id_hex(id: &TxId) -> String {
 }
 
 /// Flag kinds from the upstream design, in the order they are processed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FlagKind {
     FreshTx,
@@ -92,15 +92,19 @@ impl FlagKind {
 }
 
 /// Proof of place: where the sender claims to be.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Pop {
+    /// Degrees of latitude (WGS 84).
+    #[schema(minimum = -90, maximum = 90)]
     pub lat: f64,
+    /// Degrees of longitude (WGS 84).
+    #[schema(minimum = -180, maximum = 180)]
     pub lon: f64,
 }
 
 /// The `tx` object of a transaction request.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Tx {
     pub kind: FlagKind,
@@ -114,6 +118,7 @@ pub struct Tx {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub continent: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub payload: Option<Map<String, Value>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pop: Option<Pop>,
@@ -124,7 +129,7 @@ pub struct Tx {
 }
 
 /// The body of `POST /v1/tx`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TxRequest {
     pub tx: Tx,

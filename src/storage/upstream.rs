@@ -171,7 +171,7 @@ impl UpstreamClient {
 }
 
 /// The link's state as `GET /v1/uplink` shows it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct UplinkView {
     /// The upstream node's id and URL.
     pub upstream: String,

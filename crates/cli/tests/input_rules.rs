@@ -366,8 +366,12 @@ fn protocol_errors_have_json_bodies(url: &str, body_path: &str) {
     );
     check("an over-large body", answer, 413, "payload_too_large");
     let answer = raw_exchange(addr, b"DELETE /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
-    assert!(answer.status >= 400, "{}", answer.head);
-    assert!(answer.json.pointer("/error/code").is_some());
+    assert!(
+        answer.head.to_ascii_lowercase().contains("allow: get\r\n"),
+        "{}",
+        answer.head
+    );
+    check("a method the path lacks", answer, 405, "method_not_allowed");
 
     // Keep-alive still works: two requests on one connection, both answered in full.
     let mut s = TcpStream::connect(addr).unwrap();
@@ -401,6 +405,40 @@ async fn protocol_errors_on_a_city_have_json_bodies() {
     })
     .await
     .unwrap();
+}
+
+/// A method a city path does not serve is 405 `method_not_allowed` with `Allow` (it was a
+/// 404 "no route", though the path exists), and a path that does not exist stays 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_method_a_city_path_does_not_serve_is_405_with_the_allowed_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = city(dir.path(), "").await;
+    let client = client();
+    let tx = format!("/v1/tx/{}", "ab".repeat(32));
+    for (method, path, allow) in [
+        (reqwest::Method::GET, "/v1/tx", "POST"),
+        (reqwest::Method::DELETE, tx.as_str(), "GET"),
+        (reqwest::Method::POST, "/readyz", "GET"),
+        (reqwest::Method::PUT, "/v1/actors/intake/panic", "POST"),
+        (reqwest::Method::POST, "/openapi.json", "GET"),
+    ] {
+        let res = client
+            .request(method.clone(), format!("{}{path}", node.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 405, "{method} {path}");
+        assert_eq!(res.headers()["allow"], allow, "{method} {path}");
+        assert_eq!(res.headers()["content-type"], "application/json");
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(code(&body), "method_not_allowed", "{method} {path}: {body}");
+    }
+    let res = client
+        .delete(format!("{}/v1/nowhere", node.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

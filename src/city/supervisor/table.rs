@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::city::mailbox::Depth;
 
 /// One actor as `GET /v1/actors` shows it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ActorView {
     pub name: String,
     pub status: String,

@@ -31,17 +31,19 @@ pub const MAX_LOSSES: usize = 16;
 pub const FORMAT_VERSION: u32 = 1;
 
 /// A signed statement: "my log's first `size` records have Merkle root `root`".
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignedHead {
     pub size: u64,
     /// Hex of the RFC 6962 root (BLAKE3) over the first `size` records.
     #[serde(with = "hex_hash")]
+    #[schema(value_type = String)]
     pub root: Hash32,
     /// When it was signed, milliseconds since the Unix epoch.
     pub time_ms: u64,
     /// Base64 of the ML-DSA-65 signature over [`SignedHead::signed_bytes`].
     #[serde(with = "base64_bytes")]
+    #[schema(value_type = String)]
     pub signature: Vec<u8>,
 }
 
@@ -74,7 +76,7 @@ impl SignedHead {
 }
 
 /// A head the city had signed that its log no longer matched when it started.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Loss {
     /// When the city found it, milliseconds since the Unix epoch.
