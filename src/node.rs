@@ -321,6 +321,7 @@ async fn start_city(
             .app_data(actors.clone())
             .app_data(log_state.clone())
             .configure(crate::http::city_api::configure)
+            .configure(crate::http::status_page::configure)
             .configure(log_api::configure)
             .configure(common::configure)
             .configure(common::configure_actors)

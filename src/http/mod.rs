@@ -9,6 +9,8 @@
 //!   votes, representatives and evidence.
 //! - [`storage_api`]: the versioned internal API of light and full nodes.
 //! - [`peer_auth`]: who may call it: signed requests checked against an allow-list.
+//! - [`status_page`]: a city's live status page (`/status`) and the JSON it polls
+//!   (`/v1/status`).
 //! - [`common`]: `/healthz`, `/readyz`, `/metrics`, JSON 404s, shared by every role.
 //! - [`error`]: the JSON error body.
 //! - [`server`]: the one server every role runs, with a JSON error body on every error,
@@ -24,6 +26,7 @@ pub mod limits;
 pub mod log_api;
 pub mod peer_auth;
 pub mod server;
+pub mod status_page;
 pub mod storage_api;
 
 pub use error::{ApiError, ApiResult};

@@ -59,6 +59,16 @@ enum Command {
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         status_every: Duration,
     },
+    /// Print the state of a running `up` federation (every node in DIR/federation.json);
+    /// exit 1 if a node does not answer.
+    Status {
+        /// The directory `up` runs in.
+        #[arg(long, default_value = "data")]
+        dir: PathBuf,
+        /// Print one JSON object instead of the report.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run one node; its role comes from the config file.
     Node {
         #[arg(long)]
@@ -593,6 +603,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             crate::up_cmd::up(dir, topology, status_every).await
         }
         Command::Vault { command } => crate::vault::run(command),
+        Command::Status { dir, json } => crate::status_cmd::status(&dir, json).await,
     }
 }
 
