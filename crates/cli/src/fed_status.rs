@@ -21,7 +21,8 @@ pub(crate) const NODE_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct FederationStatus {
     pub taken_ms: u64,
-    /// Every node of the manifest, in its order.
+    /// Every node of the manifest, top down: the global node, continents, full nodes,
+    /// representatives, cities, light nodes (each in the manifest's order).
     pub nodes: Vec<NodeStatus>,
     pub cities: Vec<CityStatus>,
     pub continents: Vec<LevelStatus>,
@@ -104,7 +105,12 @@ pub(crate) fn client() -> reqwest::Client {
 }
 
 /// Asks every node of `manifest` at once.
-pub(crate) async fn collect(http: &reqwest::Client, manifest: &[ManifestEntry]) -> FederationStatus {
+pub(crate) async fn collect(
+    http: &reqwest::Client,
+    manifest: &[ManifestEntry],
+) -> FederationStatus {
+    let mut manifest: Vec<&ManifestEntry> = manifest.iter().collect();
+    manifest.sort_by_key(|m| rank(m.role));
     let asked = manifest.iter().map(|m| ask(http, m));
     let answers = futures::future::join_all(asked).await;
     let mut out = FederationStatus {
@@ -121,13 +127,27 @@ pub(crate) async fn collect(http: &reqwest::Client, manifest: &[ManifestEntry]) 
         }
         match m.role {
             Role::City => out.cities.push(city(m, node.answering, detail.as_ref())),
-            Role::Continent => out.continents.push(level(m, node.answering, detail.as_ref())),
+            Role::Continent => out
+                .continents
+                .push(level(m, node.answering, detail.as_ref())),
             Role::Global => out.global = Some(level(m, node.answering, detail.as_ref())),
             _ => {}
         }
         out.nodes.push(node);
     }
     out
+}
+
+/// Where a role comes in the top-down order.
+fn rank(role: Role) -> u8 {
+    match role {
+        Role::Global => 0,
+        Role::Continent => 1,
+        Role::Full => 2,
+        Role::Representative => 3,
+        Role::City => 4,
+        Role::Light => 5,
+    }
 }
 
 /// `/readyz`, and the role's own status for cities, continents and the global node.
@@ -148,12 +168,7 @@ async fn ask(http: &reqwest::Client, m: &ManifestEntry) -> (NodeStatus, Option<V
             node.ready = r.status().is_success();
             if !node.ready {
                 let body: Value = r.json().await.unwrap_or(Value::Null);
-                node.reason = Some(
-                    body["reason"]
-                        .as_str()
-                        .unwrap_or("not ready")
-                        .to_string(),
-                );
+                node.reason = Some(body["reason"].as_str().unwrap_or("not ready").to_string());
             }
         }
         Err(e) => {
@@ -210,7 +225,9 @@ fn level(m: &ManifestEntry, answering: bool, v: Option<&Value>) -> LevelStatus {
     LevelStatus {
         node_id: m.node_id.clone(),
         url: m.url.clone(),
-        continent: (m.role == Role::Continent).then(|| m.continent.clone()).flatten(),
+        continent: (m.role == Role::Continent)
+            .then(|| m.continent.clone())
+            .flatten(),
         answering: answering && v.is_some(),
         city_batches: field("city_batches"),
         continent_batches: field("continent_batches"),

@@ -4,13 +4,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::cli::{Failed, Shutdown};
+use crate::fed_status;
+use crate::status_page::{STATUS_URL_FILE, StatusServer};
 use anyhow::Context;
 use citychain::config::Role;
 use citychain::crypto::SigningKey;
 use citychain_harness::federation::{FedNode, Federation, FederationSpec, Topology};
-use crate::cli::{Failed, Shutdown};
-use crate::fed_status;
-use crate::status_page::{STATUS_URL_FILE, StatusServer};
 
 pub(crate) async fn up(
     dir: PathBuf,

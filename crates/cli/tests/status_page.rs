@@ -198,7 +198,10 @@ async fn city_status_json_shows_its_transactions_by_tier_nodes_uplink_and_actors
     assert_eq!(s["uplink"]["upstream"], "continent-asia", "{s}");
     assert!(s["uplink"]["waiting"].is_u64());
     let actors = s["actors"].as_array().unwrap();
-    let intake = actors.iter().find(|a| a["name"] == "intake").expect("intake");
+    let intake = actors
+        .iter()
+        .find(|a| a["name"] == "intake")
+        .expect("intake");
     assert_eq!(intake["status"], "running");
     assert!(intake["restarts"].is_u64());
 
@@ -209,10 +212,12 @@ async fn city_status_json_shows_its_transactions_by_tier_nodes_uplink_and_actors
         .to_str()
         .unwrap()
         .to_string();
-    assert!(page.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/html"));
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
     let html = page.text().await.unwrap();
     assert!(csp.contains("default-src 'none'") && csp.contains("connect-src 'self'"));
     assert!(html.contains("/v1/status"));
@@ -286,10 +291,7 @@ async fn status_dir_reports_the_federation_and_exits_1_when_a_node_is_killed() {
     )
     .await;
     assert_eq!(code, Some(1), "{report}\n{err}");
-    assert!(
-        err.contains("1 of 11 nodes not answering: global"),
-        "{err}"
-    );
+    assert!(err.contains("1 of 11 nodes not answering: global"), "{err}");
     assert!(report.contains("NOT ANSWERING"), "{report}");
     println!("{report}{err}");
     let (code, out, _) = up.status(true);
@@ -402,6 +404,26 @@ fn row<'a>(dom: &'a str, marker: &str) -> Option<&'a str> {
     Some(&dom[start..end])
 }
 
+/// Whether the city page's DOM shows transaction `tx_id` on `tier` in its recent
+/// transactions, and every storage node of `nodes` (`GET /v1/nodes`) with its score and
+/// state.
+fn shows_tx_and_scores(dom: &str, tx_id: &str, tier: &str, nodes: &Value) -> bool {
+    let tx_shown = row(dom, &format!("data-tx=\"{tx_id}\"")).is_some_and(|r| {
+        r.contains(&format!(">{tx_id}<"))
+            && r.contains(&format!("class=\"tier tier-{tier}\">{tier}<"))
+    });
+    let nodes = nodes.as_array().expect("GET /v1/nodes answers a list");
+    !nodes.is_empty()
+        && tx_shown
+        && nodes.iter().all(|n| {
+            let id = n["node_id"].as_str().unwrap();
+            let state = if n["up"] == true { ">up<" } else { ">down<" };
+            row(dom, &format!("data-node=\"{id}\"")).is_some_and(|r| {
+                r.contains(&format!("<span class=\"v\">{}</span>", n["score"])) && r.contains(state)
+            })
+        })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Debian chromium: run scripts/check-status-page"]
 async fn chromium_shows_the_city_status_page() {
@@ -413,32 +435,35 @@ async fn chromium_shows_the_city_status_page() {
     let answer = send_one(&city).await;
     let tx_id = answer["tx_id"].as_str().unwrap().to_string();
     let tier = answer["tier"].as_str().unwrap().to_string();
-    let (_, nodes) = get(&client(), &format!("{city}/v1/nodes")).await;
-
     let url = format!("{city}/status");
-    let dom = dom_where("the transaction", &url, |d| d.contains(&tx_id)).await;
-    // The transaction's row: its id and the tier it reached.
-    let tx_row = row(&dom, &format!("data-tx=\"{tx_id}\"")).expect("a row for the transaction");
-    assert!(tx_row.contains(&format!(">{tx_id}<")), "{tx_row}");
-    assert!(
-        tx_row.contains(&format!("class=\"tier tier-{tier}\">{tier}<")),
-        "{tx_row}"
-    );
-    // Every storage node with its score.
-    for n in nodes.as_array().unwrap() {
-        let id = n["node_id"].as_str().unwrap();
-        let node_row = row(&dom, &format!("data-node=\"{id}\"")).expect("a row per node");
-        let score = n["score"].as_u64().unwrap();
+    // Scores follow measured latency, so they may move between two reads: the page must
+    // show the scores /v1/nodes answers just before it is loaded, on some load.
+    let client = client();
+    let mut last = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let shown = loop {
         assert!(
-            node_row.contains(&format!("<span class=\"v\">{score}</span>")),
-            "{id} shows score {score}: {node_row}"
+            tokio::time::Instant::now() < deadline,
+            "the page never showed the transaction and the nodes' scores; its last DOM:\n{last}"
         );
-        let state = if n["up"] == true { ">up<" } else { ">down<" };
-        assert!(node_row.contains(state), "{node_row}");
-    }
-    assert!(dom.contains("data-actor=\"intake\""), "the actors are listed");
-    assert!(dom.contains(">continent-asia<"), "the uplink is shown");
-    assert!(dom.contains("class=\"pill ok\">ready<"), "the city is ready");
+        let (_, nodes) = get(&client, &format!("{city}/v1/nodes")).await;
+        last = dom(&url).await;
+        if shows_tx_and_scores(&last, &tx_id, &tier, &nodes) {
+            break last;
+        }
+    };
+    assert!(
+        shown.contains("data-actor=\"intake\""),
+        "the actors are listed"
+    );
+    assert!(shown.contains(">continent-asia<"), "the uplink is shown");
+    let ready = shown
+        .find("id=\"ready\"")
+        .map(|at| &shown[at..(at + 60).min(shown.len())]);
+    assert!(
+        ready.is_some_and(|r| r.contains("class=\"pill ok\"") && r.contains(">ready<")),
+        "the city is shown ready: {ready:?}"
+    );
 
     screenshot(&url, &target_dir().join("status-page.png")).await;
 }
@@ -476,5 +501,9 @@ async fn chromium_shows_the_federation_page_of_up() {
     }
     assert!(dom.contains("all nodes answering"));
 
-    screenshot(&up.status_url, &target_dir().join("federation-status-page.png")).await;
+    screenshot(
+        &up.status_url,
+        &target_dir().join("federation-status-page.png"),
+    )
+    .await;
 }
