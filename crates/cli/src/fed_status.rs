@@ -318,14 +318,16 @@ impl FederationStatus {
                 (true, false) => "not ready",
                 (false, _) => "NOT ANSWERING",
             };
-            out.push_str(&format!(
-                "  {:<14} {:<22} {:<24} {:<14} {}\n",
+            let line = format!(
+                "  {:<14} {:<22} {:<24} {:<14} {}",
                 n.role.as_str(),
                 n.node_id,
                 n.url,
                 state,
                 n.reason.as_deref().unwrap_or("")
-            ));
+            );
+            out.push_str(line.trim_end());
+            out.push('\n');
         }
         let opt = |v: Option<u64>| v.map_or("?".to_string(), |n| n.to_string());
         out.push_str("\ncities\n");

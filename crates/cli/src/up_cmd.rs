@@ -138,8 +138,10 @@ fn print_summary(fed: &Federation, dir: &Path, key: &Path, status_url: &str) {
         plural(fed.spec.continents().len(), "continent", "continents"),
         fed.nodes.len()
     );
+    // Wide enough for the status page's URL, the longest.
+    let url = status_url.len().max(24);
     println!(
-        "  {:<14} {:<22} {:<24} {:<24} PID",
+        "  {:<14} {:<22} {:<url$} {:<24} PID",
         "ROLE", "NODE", "URL", "CONTINENT / CITY"
     );
     for n in ordered(fed) {
@@ -149,7 +151,7 @@ fn print_summary(fed: &Federation, dir: &Path, key: &Path, status_url: &str) {
             _ => "-".into(),
         };
         println!(
-            "  {:<14} {:<22} {:<24} {:<24} {}",
+            "  {:<14} {:<22} {:<url$} {:<24} {}",
             n.role.as_str(),
             n.id,
             n.url,
@@ -158,7 +160,7 @@ fn print_summary(fed: &Federation, dir: &Path, key: &Path, status_url: &str) {
         );
     }
     println!(
-        "  {:<14} {:<22} {:<24} {:<24} {}",
+        "  {:<14} {:<22} {:<url$} {:<24} {}",
         "status page",
         "up",
         status_url,
@@ -241,7 +243,7 @@ fn print_summary(fed: &Federation, dir: &Path, key: &Path, status_url: &str) {
         "\nmanifest: {dir}/federation.json   logs: {dir}/logs/   key holders' keys (open sealed batches): {dir}/vault/"
     );
     println!(
-        "status: open {status_url} (its URL is in {dir}/{STATUS_URL_FILE}); each city's own page is its URL + /status; in a terminal: citychain status --dir {dir}"
+        "status page: {status_url} (also in {dir}/{STATUS_URL_FILE}); each city's own page is its URL + /status; in a terminal: citychain status --dir {dir}"
     );
     println!("a status line when something changed; Ctrl-C stops every node.\n");
 }
