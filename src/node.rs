@@ -321,7 +321,8 @@ async fn start_city(
             .app_data(identity.clone())
             .app_data(actors.clone())
             .app_data(log_state.clone())
-            .configure(crate::http::openapi::configure_city);
+            .configure(crate::http::openapi::configure_city)
+            .configure(crate::http::status_page::configure);
         if let Some(info) = &uplink_info {
             app.app_data(info.clone());
         }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use ractor::ActorRef;
 use tokio::sync::oneshot;
 
+use super::activity::ActivityView;
 use super::admission::{IntakeLimits, check_policy, check_request};
 use super::mailbox::{Mailbox, SendError};
 use super::msgs::{IntakeMsg, Receipt, SubmitError, SubmitResult, SupervisorMsg};
@@ -207,6 +208,22 @@ impl CityHandle {
         &self,
     ) -> Result<Vec<(String, crate::engines::rewards::Account)>, CityStoreError> {
         self.index.store.reward_accounts()
+    }
+
+    /// What was made durable since the node started: counts by tier and the recent
+    /// transactions (`GET /v1/status`).
+    pub fn activity(&self) -> ActivityView {
+        self.index.activity.snapshot()
+    }
+
+    /// Transactions and batches in the status index (durable, since the store was made).
+    pub fn record_counts(&self) -> Result<(u64, u64), CityStoreError> {
+        self.index.store.record_counts()
+    }
+
+    /// Transactions admitted and not durable yet.
+    pub fn pending(&self) -> usize {
+        self.index.pending.len()
     }
 
     /// The storage nodes with their scores, as the Prioritizer last published them.

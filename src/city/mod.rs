@@ -15,6 +15,7 @@
 //! - [`flag_policy`], [`node_policy`]: the pluggable decisions, chosen by name in config.
 //! - [`admission`]: checks on verified transactions, run on the HTTP blocking pool.
 //! - [`status`]: the status index `GET /v1/tx` reads.
+//! - [`activity`]: counts by tier and the recent transactions, for `GET /v1/status`.
 //! - [`reads`]: the read path: a stored batch's body from the body cache or the tiers,
 //!   opened with the city's read key.
 //! - [`readiness`]: whether some storage tier works (`/readyz`).
@@ -23,6 +24,7 @@
 //! [`start`] below is the wiring: it creates every mailbox first, then describes each
 //! child once in the supervisor's child table.
 
+pub mod activity;
 pub mod actors;
 pub mod admission;
 pub mod flag_policy;

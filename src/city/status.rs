@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use dashmap::DashMap;
 
+use super::activity::Activity;
 use crate::engines::objects::ObjectLocks;
 use crate::messages::{BatchId, FlagKind, NonceKey, TxId};
 use crate::storage::city_store::{BatchRecord, CityStore, CityStoreError, TxRecord, UplinkState};
@@ -39,6 +40,8 @@ pub struct StatusIndex {
     /// them. Here rather than in the Intake, so that a restarted Intake still sees them.
     pub objects: Mutex<ObjectLocks>,
     pub store: Arc<CityStore>,
+    /// What was made durable since the node started, for `GET /v1/status`.
+    pub activity: Activity,
 }
 
 impl StatusIndex {
@@ -48,6 +51,7 @@ impl StatusIndex {
             nonces: DashMap::new(),
             objects: Mutex::default(),
             store,
+            activity: Activity::default(),
         }
     }
 

@@ -9,6 +9,8 @@
 //!   votes, representatives and evidence.
 //! - [`storage_api`]: the versioned internal API of light and full nodes.
 //! - [`peer_auth`]: who may call it: signed requests checked against an allow-list.
+//! - [`status_page`]: a city's live status page (`/status`) and the JSON it polls
+//!   (`/v1/status`).
 //! - [`common`]: `/healthz`, `/readyz`, `/metrics`, JSON 404s, shared by every role.
 //! - [`openapi`]: the city's public API as an OpenAPI document (`/openapi.json`),
 //!   generated from the handlers' annotations, and the list of the city's public routes.
@@ -27,6 +29,7 @@ pub mod log_api;
 pub mod openapi;
 pub mod peer_auth;
 pub mod server;
+pub mod status_page;
 pub mod storage_api;
 
 pub use error::{ApiError, ApiResult};

@@ -1013,6 +1013,13 @@ impl CityStore {
         Ok(waiting.then_some(UplinkState::Waiting))
     }
 
+    /// How many transactions and batches the index holds (each count is kept by the
+    /// database: no scan).
+    pub fn record_counts(&self) -> Result<(u64, u64)> {
+        let tx = self.db.begin_read()?;
+        Ok((tx.open_table(TXS)?.len()?, tx.open_table(BATCHES)?.len()?))
+    }
+
     /// Batches waiting for the continent.
     pub fn uplink_depth(&self) -> Result<u64> {
         let tx = self.db.begin_read()?;

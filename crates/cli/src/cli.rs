@@ -89,6 +89,16 @@ enum Command {
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         status_every: Duration,
     },
+    /// Print the state of a running `up` federation (every node in DIR/federation.json);
+    /// exit 1 if a node does not answer.
+    Status {
+        /// The directory `up` runs in.
+        #[arg(long, default_value = "data")]
+        dir: PathBuf,
+        /// Print one JSON object instead of the report.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run one node; its role comes from the config file.
     Node {
         #[arg(long)]
@@ -666,6 +676,7 @@ async fn dispatch(command: Command, log_format: LogFormat) -> anyhow::Result<()>
             println!("manual pages written to {}", out.display());
             Ok(())
         }
+        Command::Status { dir, json } => crate::status_cmd::status(&dir, json).await,
     }
 }
 

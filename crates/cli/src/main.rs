@@ -4,7 +4,10 @@
 
 mod checkpoint_cmd;
 mod cli;
+mod fed_status;
 mod log_cmd;
+mod status_cmd;
+mod status_page;
 mod up_cmd;
 mod vault;
 

@@ -1,16 +1,16 @@
-//! `citychain up`: a whole federation on loopback, its summary table, and a one-line
-//! status while it runs.
+//! `citychain up`: a whole federation on loopback, its summary table, a one-line status
+//! while it runs, and a status page for the whole federation (`status_page`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::cli::{Failed, Shutdown};
+use crate::fed_status;
+use crate::status_page::{STATUS_URL_FILE, StatusServer};
 use anyhow::Context;
 use citychain::config::Role;
 use citychain::crypto::SigningKey;
 use citychain_harness::federation::{FedNode, Federation, FederationSpec, Topology};
-use serde_json::Value;
-
-use crate::cli::{Failed, Shutdown};
 
 pub(crate) async fn up(
     dir: PathBuf,
@@ -47,13 +47,14 @@ pub(crate) async fn up(
     // Caught from now on, so a Ctrl-C while the nodes start still stops them cleanly.
     let mut shutdown = Shutdown::install();
     let mut fed = Federation::launch(spec).await?;
-    print_summary(&fed, &dir, &key);
+    let page = StatusServer::start(fed.manifest()).context("serving the status page")?;
+    let url_file = dir.join(STATUS_URL_FILE);
+    std::fs::write(&url_file, format!("{}\n", page.url))
+        .with_context(|| format!("writing {}", url_file.display()))?;
+    print_summary(&fed, &dir, &key, &page.url);
 
     let watch = async {
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(2))
-            .build()?;
+        let http = fed_status::client();
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         let mut last_status = String::new();
         let mut next_status = tokio::time::Instant::now() + status_every;
@@ -68,7 +69,7 @@ pub(crate) async fn up(
             if !status_every.is_zero() && tokio::time::Instant::now() >= next_status {
                 next_status += status_every;
                 // Quiet while nothing happens: a line only when something changed.
-                let line = status_line(&http, &fed).await;
+                let line = fed_status::collect(&http, &fed.manifest()).await.line();
                 if line != last_status {
                     println!("{line}");
                     last_status = line;
@@ -83,6 +84,8 @@ pub(crate) async fn up(
         r = watch => r?,
     }
     eprintln!("stopping every node...");
+    let _ = std::fs::remove_file(&url_file);
+    page.stop().await;
     fed.shutdown().await?;
     eprintln!("stopped.");
     Ok(())
@@ -129,7 +132,7 @@ fn ordered(fed: &Federation) -> Vec<&FedNode> {
     out
 }
 
-fn print_summary(fed: &Federation, dir: &Path, key: &Path) {
+fn print_summary(fed: &Federation, dir: &Path, key: &Path, status_url: &str) {
     let dir = dir.display();
     println!(
         "\ncitychain federation is up: {} on {}, {} nodes\n",
@@ -137,8 +140,10 @@ fn print_summary(fed: &Federation, dir: &Path, key: &Path) {
         plural(fed.spec.continents().len(), "continent", "continents"),
         fed.nodes.len()
     );
+    // Wide enough for the status page's URL, the longest.
+    let url = status_url.len().max(24);
     println!(
-        "  {:<14} {:<22} {:<24} {:<24} PID",
+        "  {:<14} {:<22} {:<url$} {:<24} PID",
         "ROLE", "NODE", "URL", "CONTINENT / CITY"
     );
     for n in ordered(fed) {
@@ -148,7 +153,7 @@ fn print_summary(fed: &Federation, dir: &Path, key: &Path) {
             _ => "-".into(),
         };
         println!(
-            "  {:<14} {:<22} {:<24} {:<24} {}",
+            "  {:<14} {:<22} {:<url$} {:<24} {}",
             n.role.as_str(),
             n.id,
             n.url,
@@ -156,6 +161,14 @@ fn print_summary(fed: &Federation, dir: &Path, key: &Path) {
             n.pid().unwrap_or(0)
         );
     }
+    println!(
+        "  {:<14} {:<22} {:<url$} {:<24} {}",
+        "status page",
+        "up",
+        status_url,
+        "the whole federation",
+        std::process::id()
+    );
     let global = fed.url_of(Role::Global);
     println!("\nsend a transaction to a city (its city and continent come from the node):");
     for c in &fed.spec.cities {
@@ -234,105 +247,8 @@ fn print_summary(fed: &Federation, dir: &Path, key: &Path) {
     println!(
         "Prometheus targets (file_sd): {dir}/prometheus-targets.json   scrape config, alerts, dashboard: deploy/"
     );
-    println!("a status line when something changed; Ctrl-C stops every node.\n");
-}
-
-/// One line: transactions stored by each city, batches waiting in the outboxes on their
-/// way up, city batches on the global log and the latest checkpoint. A node that does not
-/// answer is named instead of its figures.
-async fn status_line(http: &reqwest::Client, fed: &Federation) -> String {
-    let mut silent = Vec::new();
-    let mut stored = Vec::new();
-    let mut city_waiting = 0;
-    for c in &fed.spec.cities {
-        let url = fed.city_url_of(&c.city);
-        match metric(http, &url, citychain::metrics::TX_ACCEPTED).await {
-            Some(n) => stored.push(format!("{} {n}", c.city)),
-            None => silent.push(format!("city-{}", c.city)),
-        }
-        if let Some(v) = json(http, &format!("{url}/v1/uplink")).await {
-            city_waiting += v["waiting"].as_u64().unwrap_or(0);
-        }
-    }
-    let mut continent_waiting = 0;
-    let mut merged = 0;
-    let mut approved = None;
-    for c in fed.spec.continents() {
-        match json(
-            http,
-            &format!("{}/v1/federation/status", fed.continent_url(&c)),
-        )
-        .await
-        {
-            Some(v) => {
-                continent_waiting += v["outbox"].as_u64().unwrap_or(0);
-                merged += v["city_batches"].as_u64().unwrap_or(0);
-                if let Some(n) = v["dpos"]["approved_batches"].as_u64() {
-                    *approved.get_or_insert(0) += n;
-                }
-            }
-            None => silent.push(format!("continent-{c}")),
-        }
-    }
-    let global = json(
-        http,
-        &format!("{}/v1/federation/status", fed.url_of(Role::Global)),
-    )
-    .await;
-    let at_global = match &global {
-        Some(v) => format!(
-            "global: {} city batches, checkpoint {}",
-            v["city_batches"].as_u64().unwrap_or(0),
-            match v["latest_checkpoint"]["seq"].as_u64() {
-                Some(seq) => format!("#{seq}"),
-                None => "none yet".into(),
-            }
-        ),
-        None => {
-            silent.push("global".into());
-            "global: ?".into()
-        }
-    };
-    let mut line = format!(
-        "status: {} | tx stored: {} | city batches at continents: {merged} | waiting to go up: {city_waiting} at cities, {continent_waiting} at continents | {at_global}",
-        plural(fed.spec.cities.len(), "city", "cities"),
-        stored.join(", "),
+    println!(
+        "status page: {status_url} (also in {dir}/{STATUS_URL_FILE}); each city's own page is its URL + /status; in a terminal: citychain status --dir {dir}"
     );
-    if let Some(n) = approved {
-        line.push_str(&format!(" | continent batches approved: {n}"));
-    }
-    if !silent.is_empty() {
-        line.push_str(&format!(" | not answering: {}", silent.join(", ")));
-    }
-    line
-}
-
-async fn json(http: &reqwest::Client, url: &str) -> Option<Value> {
-    let r = http.get(url).send().await.ok()?;
-    if !r.status().is_success() {
-        return None;
-    }
-    r.json().await.ok()
-}
-
-/// The sum of metric `name` over its label sets in the node's `/metrics` (0 when it has
-/// not been counted yet).
-async fn metric(http: &reqwest::Client, base: &str, name: &str) -> Option<u64> {
-    let text = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    Some(
-        text.lines()
-            .filter(|l| {
-                l.strip_prefix(name)
-                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64,
-    )
+    println!("a status line when something changed; Ctrl-C stops every node.\n");
 }

@@ -190,6 +190,11 @@ impl Intake {
 
     fn stored(state: &mut IntakeState, tx_ids: &[TxId], outcome: StoreOutcome) {
         let acks = outcome.acks.len();
+        state
+            .args
+            .index
+            .activity
+            .stored(outcome.tier, &outcome.batch_id, tx_ids);
         for id in tx_ids {
             // Absent when a sweep already failed it back: then nobody waits, and the
             // transaction is durable all the same (its record is in the store).
