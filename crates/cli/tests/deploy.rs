@@ -1,5 +1,7 @@
 //! Deployment artifacts: `citychain deploy-configs` writes a federation whose configs and
-//! keys agree with each other and with the hosts it was given.
+//! keys agree with each other and with the hosts it was given, and `scripts/check-deploy`
+//! (kubectl kustomize, kubernetes-validate, check-jsonschema, hadolint, `config check`)
+//! passes on the Dockerfile, the Compose file and the kustomizations in the repository.
 
 mod common;
 
@@ -296,4 +298,33 @@ fn probe_passes_on_2xx_only() {
         "1s",
     ]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+}
+
+/// `scripts/check-deploy` with this build's binary: every kustomization renders and is
+/// valid Kubernetes, the Compose file is valid, the Dockerfile lints clean, every
+/// generated config passes `config check` and the manifests run exactly those nodes.
+#[test]
+fn check_deploy_passes_on_the_repository() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let binary = common::binary();
+    // The target directory the binary was built in: the tools' virtualenv goes there.
+    let target = binary.parent().and_then(Path::parent).unwrap();
+    let out = Command::new(root.join("scripts/check-deploy"))
+        .env("CITYCHAIN_BIN", &binary)
+        .env("CARGO_TARGET_DIR", target)
+        .output()
+        .expect("scripts/check-deploy runs");
+    let said = text(&out);
+    assert!(out.status.success(), "scripts/check-deploy failed:\n{said}");
+    assert!(said.contains("check-deploy: ok"), "{said}");
+    for line in [
+        "deploy/compose/generate wrote 27 configs, 27 pass citychain config check",
+        "deploy/k8s/generate wrote 27 configs, 27 pass citychain config check",
+        "kubernetes: deploy/k8s/base:",
+        "kubernetes: deploy/k8s/overlays/two-cities:",
+        "compose: deploy/compose/compose.yaml checked",
+        "dockerfile: hadolint Dockerfile checked",
+    ] {
+        assert!(said.contains(line), "no {line:?} in:\n{said}");
+    }
 }
