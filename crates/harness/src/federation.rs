@@ -15,6 +15,12 @@
 //! `DIR/federation.json` (API.md) and waits until every node answers `/readyz`. Any node
 //! can then be stopped, killed or started again by id, by this code or by an operator with
 //! the pid and config path from `federation.json`.
+//!
+//! With [`Placement::Hosts`] the same plan is made for nodes on hosts of their own
+//! (`citychain deploy-configs`): every URL comes from a host-name template and one port,
+//! every data dir and key path is a fixed path on the node's host, keys are written to
+//! `DIR/keys/ID.key` for the deployment to mount, and [`Federation::plan`] writes every
+//! config whole; nothing is started.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
