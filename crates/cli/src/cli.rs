@@ -12,7 +12,7 @@ use citychain::crypto::SigningKey;
 use citychain::messages::{FlagKind, MAX_SAFE_AMOUNT, TxRequest};
 use citychain_harness::bench::{self, BenchArgs};
 use citychain_harness::client::{NodePlace, TxClient, TxDraft};
-use citychain_harness::federation::Topology;
+use citychain_harness::federation::{Hosts, Topology};
 
 use crate::{checkpoint_cmd, log_cmd};
 
@@ -66,25 +66,8 @@ enum Command {
         /// Where configs, data, logs and federation.json go.
         #[arg(long, default_value = "data")]
         dir: PathBuf,
-        /// Cities, dealt to the continents in turn: tokyo (asia), paris (europe), toronto
-        /// (north-america), lagos (africa), lima (south-america), sydney (oceania); a
-        /// continent's next cities are seoul, berlin, chicago, ... (4 per continent).
-        #[arg(long, default_value_t = 2)]
-        cities: usize,
-        /// Continents the cities are spread over (default: as many as the cities, at
-        /// most 2).
-        #[arg(long)]
-        continents: Option<usize>,
-        /// Light nodes of each city: at least k + survive_losses of the erasure coding (5).
-        #[arg(long, default_value_t = 6)]
-        light_per_city: usize,
-        /// Full nodes of each continent, shared by its cities.
-        #[arg(long, default_value_t = 2)]
-        full_per_continent: usize,
-        /// DPoS representatives of each continent, stake 100 each, each its own process;
-        /// 0 runs no approval.
-        #[arg(long, default_value_t = 3)]
-        representatives: usize,
+        #[command(flatten)]
+        shape: ShapeArgs,
         /// How often to print a status line when something changed (0s: never).
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         status_every: Duration,
@@ -98,6 +81,43 @@ enum Command {
         /// Print one JSON object instead of the report.
         #[arg(long)]
         json: bool,
+    },
+    /// Write the configs and keys of a whole federation whose nodes run on hosts of
+    /// their own (containers, pods), without starting anything: one config per node
+    /// (DIR/configs/ID.toml), its key (DIR/keys/ID.key, to mount as a secret), each
+    /// continent key holder's key (DIR/vault/CONTINENT.key, kept off the nodes) and
+    /// DIR/federation.json. Keys already in DIR are kept.
+    DeployConfigs {
+        /// Where the configs and keys go.
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        shape: ShapeArgs,
+        /// Each node's host name: {node_id}, {role}, {city} and {continent} are replaced
+        /// by the node's; must contain {node_id}.
+        #[arg(long, default_value = "{node_id}")]
+        host: String,
+        /// The port every node listens on and is reached at.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Each continent's MongoDB URI ({continent} replaced), given to its cities;
+        /// without it the MongoDB tier is skipped.
+        #[arg(long)]
+        mongo_uri: Option<String>,
+        /// Every node's data dir.
+        #[arg(long, default_value = "/data")]
+        data_dir: PathBuf,
+        /// Where each node finds its key, KEY_DIR/ID.key.
+        #[arg(long, default_value = "/etc/citychain/keys")]
+        key_dir: PathBuf,
+    },
+    /// GET a URL (e.g. a node's /healthz) and exit 0 on a 2xx answer, 1 otherwise: a
+    /// container health check with no other tool in the image.
+    Probe {
+        url: String,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
     },
     /// Run one node; its role comes from the config file.
     Node {
@@ -200,6 +220,42 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+/// The shape of a federation: its cities, continents and nodes per city and continent.
+#[derive(Args)]
+struct ShapeArgs {
+    /// Cities, dealt to the continents in turn: tokyo (asia), paris (europe), toronto
+    /// (north-america), lagos (africa), lima (south-america), sydney (oceania); a
+    /// continent's next cities are seoul, berlin, chicago, ... (4 per continent).
+    #[arg(long, default_value_t = 2)]
+    cities: usize,
+    /// Continents the cities are spread over (default: as many as the cities, at
+    /// most 2).
+    #[arg(long)]
+    continents: Option<usize>,
+    /// Light nodes of each city: at least k + survive_losses of the erasure coding (5).
+    #[arg(long, default_value_t = 6)]
+    light_per_city: usize,
+    /// Full nodes of each continent, shared by its cities.
+    #[arg(long, default_value_t = 2)]
+    full_per_continent: usize,
+    /// DPoS representatives of each continent, stake 100 each, each its own process;
+    /// 0 runs no approval.
+    #[arg(long, default_value_t = 3)]
+    representatives: usize,
+}
+
+impl ShapeArgs {
+    fn topology(&self) -> Topology {
+        Topology {
+            cities: self.cities,
+            continents: self.continents,
+            lights_per_city: self.light_per_city,
+            fulls_per_continent: self.full_per_continent,
+            representatives_per_continent: self.representatives,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -639,23 +695,31 @@ async fn dispatch(command: Command, log_format: LogFormat) -> anyhow::Result<()>
         },
         Command::Up {
             dir,
-            cities,
-            continents,
-            light_per_city,
-            full_per_continent,
-            representatives,
+            shape,
             status_every,
         } => {
-            let topology = Topology {
-                cities,
-                continents,
-                lights_per_city: light_per_city,
-                fulls_per_continent: full_per_continent,
-                representatives_per_continent: representatives,
-            };
             let node_args = vec!["--log-format".to_string(), log_format.name().to_string()];
-            crate::up_cmd::up(dir, topology, status_every, node_args).await
+            crate::up_cmd::up(dir, shape.topology(), status_every, node_args).await
         }
+        Command::DeployConfigs {
+            out,
+            shape,
+            host,
+            port,
+            mongo_uri,
+            data_dir,
+            key_dir,
+        } => {
+            let hosts = Hosts {
+                host,
+                port,
+                mongo_uri,
+                data_dir,
+                key_dir,
+            };
+            crate::deploy_cmd::deploy_configs(out, shape.topology(), hosts)
+        }
+        Command::Probe { url, timeout } => probe(&url, timeout).await,
         Command::Vault { command } => crate::vault::run(command),
         Command::Completions { shell } => {
             // Into a buffer first: the generator panics on a failed write, and a reader
@@ -677,6 +741,26 @@ async fn dispatch(command: Command, log_format: LogFormat) -> anyhow::Result<()>
             Ok(())
         }
         Command::Status { dir, json } => crate::status_cmd::status(&dir, json).await,
+    }
+}
+
+/// GET `url` within `timeout`: ok on 2xx, a failed check (exit 1) otherwise.
+async fn probe(url: &str, timeout: Duration) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(timeout)
+        .build()?;
+    let answer = http
+        .get(url)
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?;
+    let status = answer.status();
+    if status.is_success() {
+        println!("{url}: {status}");
+        Ok(())
+    } else {
+        Err(Failed::Check(format!("{url}: {status}")).into())
     }
 }
 

@@ -16,6 +16,12 @@
 //! `file_sd` format: every node's address and labels) and waits until every node answers `/readyz`. Any node
 //! can then be stopped, killed or started again by id, by this code or by an operator with
 //! the pid and config path from `federation.json`.
+//!
+//! With [`Placement::Hosts`] the same plan is made for nodes on hosts of their own
+//! (`citychain deploy-configs`): every URL comes from a host-name template and one port,
+//! every data dir and key path is a fixed path on the node's host, keys are written to
+//! `DIR/keys/ID.key` for the deployment to mount, and [`Federation::plan`] writes every
+//! config whole; nothing is started.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -211,6 +217,91 @@ pub struct FederationSpec {
     /// More arguments for every `citychain node --config FILE` started (`up` passes its
     /// `--log-format` on).
     pub node_args: Vec<String>,
+    /// Where the nodes run: loopback processes (`up`) or hosts of their own.
+    pub placement: Placement,
+}
+
+/// Where the nodes of a federation run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    /// Every node its own process on loopback, on a free port, its data and key in
+    /// `DIR/nodes/ID` (what `citychain up` runs). Storage nodes and representatives are
+    /// numbered from 1.
+    Loopback,
+    /// Every node on a host of its own (`citychain deploy-configs`): configs only, nothing
+    /// starts. Storage nodes and representatives are numbered from 0, like the pods of a
+    /// StatefulSet, so that a node's id can be its pod's or container's host name.
+    Hosts(Hosts),
+}
+
+/// The addresses, paths and MongoDB deployments of a federation on hosts of its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hosts {
+    /// Each node's host name, with `{node_id}`, `{role}`, `{city}` and `{continent}`
+    /// replaced by the node's (`{city}` and `{continent}` are empty where a node has none).
+    pub host: String,
+    /// The port every node listens on (on all interfaces) and is reached at.
+    pub port: u16,
+    /// Each continent's MongoDB URI, with `{continent}` replaced, written into the
+    /// `[storage.mongo.uris]` of its cities (none: no MongoDB tier).
+    pub mongo_uri: Option<String>,
+    /// Every node's data dir (on a volume of its own).
+    pub data_dir: PathBuf,
+    /// Where every node finds its key, `KEY_DIR/ID.key` (mounted from a secret).
+    pub key_dir: PathBuf,
+}
+
+impl Hosts {
+    /// Placeholders a template may use.
+    pub const PLACEHOLDERS: [&str; 4] = ["{node_id}", "{role}", "{city}", "{continent}"];
+
+    fn fill(
+        template: &str,
+        id: &str,
+        role: Role,
+        city: Option<&str>,
+        continent: Option<&str>,
+    ) -> String {
+        template
+            .replace("{node_id}", id)
+            .replace("{role}", role.as_str())
+            .replace("{city}", city.unwrap_or(""))
+            .replace("{continent}", continent.unwrap_or(""))
+    }
+
+    /// Why the templates cannot name every node apart, if they cannot: the host must name
+    /// the node (`{node_id}`), and the MongoDB URI its continent; no unknown placeholder.
+    pub fn check(&self) -> Result<(), String> {
+        let unknown = |what: &str, template: &str| -> Result<(), String> {
+            let mut rest = template.to_string();
+            for p in Self::PLACEHOLDERS {
+                rest = rest.replace(p, "");
+            }
+            if rest.contains('{') || rest.contains('}') {
+                return Err(format!(
+                    "{what} {template:?} has an unknown placeholder (known: {})",
+                    Self::PLACEHOLDERS.join(", ")
+                ));
+            }
+            Ok(())
+        };
+        unknown("--host", &self.host)?;
+        if !self.host.contains("{node_id}") {
+            return Err(format!(
+                "--host {:?} must contain {{node_id}}: every node needs a host name of its own",
+                self.host
+            ));
+        }
+        if self.port == 0 {
+            return Err(
+                "--port must not be 0: the other nodes must know where to reach a node".into(),
+            );
+        }
+        if let Some(uri) = &self.mongo_uri {
+            unknown("--mongo-uri", uri)?;
+        }
+        Ok(())
+    }
 }
 
 impl FederationSpec {
@@ -228,6 +319,7 @@ impl FederationSpec {
             tweak: |_| {},
             ready_timeout: Duration::from_secs(30),
             node_args: Vec::new(),
+            placement: Placement::Loopback,
         }
     }
 
@@ -266,8 +358,26 @@ impl FederationSpec {
     }
 
     /// The id of representative `i` (from 1) of `continent`.
-    pub fn representative_id(continent: &str, i: usize) -> String {
-        format!("rep-{continent}-{i}")
+    pub fn representative_id(&self, continent: &str, i: usize) -> String {
+        self.numbered(&format!("rep-{continent}"), i)
+    }
+
+    /// `PREFIX-N`, the id of the `i`-th (from 1) of several nodes: `N` is `i` on loopback,
+    /// `i - 1` on hosts (a StatefulSet's pod ordinal).
+    pub fn numbered(&self, prefix: &str, i: usize) -> String {
+        match self.placement {
+            Placement::Loopback => format!("{prefix}-{i}"),
+            Placement::Hosts(_) => format!("{prefix}-{}", i - 1),
+        }
+    }
+
+    /// Where node `id`'s key is kept on this machine: in its data dir on loopback,
+    /// `DIR/keys/ID.key` for hosts (to be mounted as a secret).
+    pub fn local_key_path(&self, id: &str) -> PathBuf {
+        match self.placement {
+            Placement::Loopback => self.dir.join("nodes").join(id).join("node.key"),
+            Placement::Hosts(_) => self.dir.join("keys").join(format!("{id}.key")),
+        }
     }
 
     /// The stake of representative `i` (from 1).
@@ -367,6 +477,10 @@ impl Federation {
     /// storage nodes are known by then). Each config file is then rewritten with the real
     /// port, so a node restarted from it comes back on the same address.
     pub async fn launch(spec: FederationSpec) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            spec.placement == Placement::Loopback,
+            "a federation planned for other hosts is not started here"
+        );
         let mut fed = Self::plan(spec)?;
         let deadline = Instant::now() + fed.spec.ready_timeout;
         // Storage nodes and representatives first: the levels above name their addresses.
@@ -377,79 +491,13 @@ impl Federation {
         for id in &storage {
             fed.learn_address(id, deadline).await?;
         }
-        let urls: std::collections::HashMap<String, String> = storage
-            .iter()
-            .map(|id| (id.clone(), fed.node(id).url.clone()))
-            .collect();
-        let entries: Vec<(StorageNodeEntry, Option<String>)> = storage
-            .iter()
-            .filter(|id| fed.node(id).role.is_storage())
-            .map(|id| {
-                let n = fed.node(id);
-                let entry = StorageNodeEntry {
-                    id: id.clone(),
-                    role: n.role,
-                    url: n.url.clone(),
-                    continent: n.config.node.continent.clone(),
-                    public_key: fed.keys[id].clone(),
-                };
-                (entry, n.city.clone())
-            })
-            .collect();
+        let entries = fed.storage_entries();
         let mut others = Vec::new();
         for role in [Role::Global, Role::Continent, Role::City] {
             let ids = fed.ids_where(|r| r == role);
             for id in &ids {
-                let (city, continent) = {
-                    let n = fed.node(id);
-                    (n.city.clone(), n.continent.clone())
-                };
-                let upstream = match role {
-                    Role::City => continent.as_ref().map(|c| format!("continent-{c}")),
-                    Role::Continent => Some("global".to_string()),
-                    _ => None,
-                }
-                .map(|up| (up.clone(), fed.node(&up).url.clone()));
-                // A city writes to its own light nodes and its continent's full nodes; a
-                // continent checks the acks of all its cities' storage nodes with their
-                // keys.
-                let serves = |(e, holder_city): &(StorageNodeEntry, Option<String>)| match role {
-                    Role::City => {
-                        Some(&e.continent) == continent.as_ref()
-                            && (e.role == Role::Full || holder_city == &city)
-                    }
-                    Role::Continent => Some(&e.continent) == continent.as_ref(),
-                    _ => false,
-                };
-                let node = fed.node_mut(id);
-                for rep in &mut node.config.dpos.representatives {
-                    rep.url = urls.get(&rep.id).cloned().unwrap_or_default();
-                }
-                if role != Role::Global {
-                    node.config.storage.nodes = entries
-                        .iter()
-                        .filter(|e| serves(e))
-                        .map(|(e, _)| e.clone())
-                        .collect();
-                }
-                if let Some((up_id, up_url)) = &upstream {
-                    let mut uplink = node
-                        .config
-                        .uplink
-                        .take()
-                        .unwrap_or_else(|| UplinkConfig::to("", ""));
-                    uplink.id = up_id.clone();
-                    uplink.url = up_url.clone();
-                    node.config.uplink = Some(uplink);
-                }
-                let problems = node.config.validate();
-                if !problems.is_empty() {
-                    bail!(
-                        "generated config for {id} is invalid:\n{}",
-                        problems.join("\n")
-                    );
-                }
-                node.write_config()?;
+                fed.wire(id, &entries)?;
+                fed.node(id).write_config()?;
                 fed.spawn(id)?;
             }
             for id in &ids {
@@ -462,6 +510,89 @@ impl Federation {
             fed.wait_ready(id, deadline).await?;
         }
         Ok(fed)
+    }
+
+    /// Every storage node as the cities and continents name it (with its URL and key),
+    /// and the city a light node serves.
+    fn storage_entries(&self) -> Vec<(StorageNodeEntry, Option<String>)> {
+        self.nodes
+            .iter()
+            .filter(|n| n.role.is_storage())
+            .map(|n| {
+                let entry = StorageNodeEntry {
+                    id: n.id.clone(),
+                    role: n.role,
+                    url: n.url.clone(),
+                    continent: n.config.node.continent.clone(),
+                    public_key: self.keys[&n.id].clone(),
+                };
+                (entry, n.city.clone())
+            })
+            .collect()
+    }
+
+    /// Points city, continent or global node `id` at the nodes it talks to (their URLs
+    /// known by now) and validates its config: its storage nodes (a city writes to its
+    /// own light nodes and its continent's full nodes; a continent checks the acks of all
+    /// its cities' storage nodes with their keys), its representatives, its uplink (a
+    /// city's continent node, a continent's global node).
+    fn wire(
+        &mut self,
+        id: &str,
+        entries: &[(StorageNodeEntry, Option<String>)],
+    ) -> anyhow::Result<()> {
+        let (role, city, continent) = {
+            let n = self.node(id);
+            (n.role, n.city.clone(), n.continent.clone())
+        };
+        let upstream = match role {
+            Role::City => continent.as_ref().map(|c| format!("continent-{c}")),
+            Role::Continent => Some("global".to_string()),
+            _ => None,
+        }
+        .map(|up| (up.clone(), self.node(&up).url.clone()));
+        let serves = |(e, holder_city): &(StorageNodeEntry, Option<String>)| match role {
+            Role::City => {
+                Some(&e.continent) == continent.as_ref()
+                    && (e.role == Role::Full || holder_city == &city)
+            }
+            Role::Continent => Some(&e.continent) == continent.as_ref(),
+            _ => false,
+        };
+        let urls: std::collections::HashMap<String, String> = self
+            .nodes
+            .iter()
+            .map(|n| (n.id.clone(), n.url.clone()))
+            .collect();
+        let node = self.node_mut(id);
+        for rep in &mut node.config.dpos.representatives {
+            rep.url = urls.get(&rep.id).cloned().unwrap_or_default();
+        }
+        if role != Role::Global {
+            node.config.storage.nodes = entries
+                .iter()
+                .filter(|e| serves(e))
+                .map(|(e, _)| e.clone())
+                .collect();
+        }
+        if let Some((up_id, up_url)) = upstream {
+            let mut uplink = node
+                .config
+                .uplink
+                .take()
+                .unwrap_or_else(|| UplinkConfig::to("", ""));
+            uplink.id = up_id;
+            uplink.url = up_url;
+            node.config.uplink = Some(uplink);
+        }
+        let problems = node.config.validate();
+        if !problems.is_empty() {
+            bail!(
+                "generated config for {id} is invalid:\n{}",
+                problems.join("\n")
+            );
+        }
+        Ok(())
     }
 
     fn ids_where(&self, f: impl Fn(Role) -> bool) -> Vec<String> {
@@ -543,10 +674,17 @@ impl Federation {
         Ok(())
     }
 
-    /// Creates keys and configs for every node (listening on port 0); starts nothing.
+    /// Creates keys and configs for every node; starts nothing. On loopback every node
+    /// listens on port 0 and the links between them are made once they listen
+    /// ([`launch`](Self::launch)); on hosts every URL is known, so every config is whole
+    /// and written here.
     pub fn plan(spec: FederationSpec) -> anyhow::Result<Self> {
         let dir = &spec.dir;
-        for sub in ["configs", "logs", "nodes"] {
+        let subdirs: &[&str] = match spec.placement {
+            Placement::Loopback => &["configs", "logs", "nodes"],
+            Placement::Hosts(_) => &["configs", "keys"],
+        };
+        for sub in subdirs {
             std::fs::create_dir_all(dir.join(sub))
                 .with_context(|| format!("creating {}", dir.join(sub).display()))?;
         }
@@ -569,9 +707,9 @@ impl Federation {
         for c in &spec.cities {
             roles.extend((1..=spec.lights).map(|i| {
                 let id = if several {
-                    format!("light-{}-{i}", c.city)
+                    spec.numbered(&format!("light-{}", c.city), i)
                 } else {
-                    format!("light-{i}")
+                    spec.numbered("light", i)
                 };
                 (
                     id,
@@ -584,9 +722,9 @@ impl Federation {
         for c in &continents {
             roles.extend((1..=spec.fulls).map(|i| {
                 let id = if several {
-                    format!("full-{c}-{i}")
+                    spec.numbered(&format!("full-{c}"), i)
                 } else {
-                    format!("full-{i}")
+                    spec.numbered("full", i)
                 };
                 (id, Role::Full, None, Some(c.clone()))
             }));
@@ -602,7 +740,7 @@ impl Federation {
         for c in &continents {
             roles.extend((1..=spec.representatives_per_continent).map(|i| {
                 (
-                    FederationSpec::representative_id(c, i),
+                    spec.representative_id(c, i),
                     Role::Representative,
                     None,
                     Some(c.clone()),
@@ -630,7 +768,7 @@ impl Federation {
         // forwards to the global node, which serves only the continents' keys.
         let b64 =
             |key: &SigningKey| base64::engine::general_purpose::STANDARD.encode(key.public_key());
-        let key_of = |id: &str| load_or_create_key(&dir.join("nodes").join(id).join("node.key"));
+        let key_of = |id: &str| load_or_create_key(&spec.local_key_path(id));
         let mut city_peers = Vec::new();
         for c in &spec.cities {
             let id = format!("city-{}", c.city);
@@ -660,7 +798,7 @@ impl Federation {
         for c in &continents {
             let mut reps = Vec::new();
             for i in 1..=spec.representatives_per_continent {
-                let id = FederationSpec::representative_id(c, i);
+                let id = spec.representative_id(c, i);
                 reps.push(RepresentativeEntry {
                     public_key: b64(&key_of(&id)?),
                     id,
@@ -691,6 +829,26 @@ impl Federation {
                 continent: continent.clone().unwrap_or_else(|| continents[0].clone()),
                 key_file: None,
             };
+            let mut url = String::new();
+            if let Placement::Hosts(hosts) = &spec.placement {
+                config.node.listen = ([0, 0, 0, 0], hosts.port).into();
+                config.node.data_dir = hosts.data_dir.clone();
+                config.node.key_file = Some(hosts.key_dir.join(format!("{id}.key")));
+                let host = Hosts::fill(
+                    &hosts.host,
+                    &id,
+                    role,
+                    city.as_deref(),
+                    continent.as_deref(),
+                );
+                url = format!("http://{host}:{}", hosts.port);
+                if role == Role::City
+                    && let (Some(template), Some(c)) = (&hosts.mongo_uri, &continent)
+                {
+                    let uri = Hosts::fill(template, &id, role, city.as_deref(), Some(c));
+                    config.storage.mongo.uris.insert(c.clone(), uri);
+                }
+            }
             config.auth.peers = match role {
                 Role::Light => peers_where(&|c| Some(&c.city) == city.as_ref()),
                 Role::Full | Role::Continent => {
@@ -717,15 +875,25 @@ impl Federation {
                 if let Some(name) = city.as_deref()
                     && let Some(fence) = example_fence(name)
                 {
-                    let path = dir.join("fences").join(format!("{name}.geojson"));
-                    std::fs::create_dir_all(dir.join("fences"))?;
-                    std::fs::write(&path, fence)?;
-                    config.pop.fence_file = Some(path);
+                    if spec.placement == Placement::Loopback {
+                        let path = dir.join("fences").join(format!("{name}.geojson"));
+                        std::fs::create_dir_all(dir.join("fences"))?;
+                        std::fs::write(&path, fence)?;
+                        config.pop.fence_file = Some(path);
+                    } else {
+                        // Inline, so the config file is all a city's host needs.
+                        config.pop.fence = Some(fence.to_string());
+                    }
                 }
             }
             (spec.tweak)(&mut config);
+            if matches!(spec.placement, Placement::Hosts(_)) {
+                // A node on a host of its own gets its key from the deployment, not from
+                // its first start.
+                key_of(&id)?;
+            }
             if role.is_storage() || role == Role::Representative {
-                let key = load_or_create_key(&config.node.key_path())?;
+                let key = key_of(&id)?;
                 keys.insert(
                     id.clone(),
                     base64::engine::general_purpose::STANDARD.encode(key.public_key()),
@@ -739,7 +907,7 @@ impl Federation {
                 }
             }
             let node = FedNode {
-                url: String::new(),
+                url,
                 config_path: dir.join("configs").join(format!("{id}.toml")),
                 id,
                 role,
@@ -755,12 +923,20 @@ impl Federation {
             .no_proxy()
             .timeout(Duration::from_secs(2))
             .build()?;
-        Ok(Self {
+        let mut fed = Self {
             spec,
             nodes,
             keys,
             http,
-        })
+        };
+        if matches!(fed.spec.placement, Placement::Hosts(_)) {
+            let entries = fed.storage_entries();
+            for id in fed.ids_where(|r| matches!(r, Role::Global | Role::Continent | Role::City)) {
+                fed.wire(&id, &entries)?;
+                fed.node(&id).write_config()?;
+            }
+        }
+        Ok(fed)
     }
 
     fn defaults() -> Config {
