@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use super::common::{Endpoint, parse_id, read_body, register, require_json};
 use super::error::ErrorReply;
-use super::openapi::OrError;
+use super::error::OrError;
 use super::{ApiError, ApiResult};
 use crate::city::CityHandle;
 use crate::city::handle::{AdmitError, Admitted, InjectError};

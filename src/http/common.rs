@@ -203,7 +203,7 @@ pub(crate) async fn healthz(me: web::Data<NodeIdentity>) -> HttpResponse {
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "`ready`: every actor runs, the city store takes writes and a storage tier can make a batch durable.", body = ReadyReply),
-        (status = 503, description = "`not_ready` with the reason, or `overloaded` (the error body) at a connection bound.", body = super::openapi::OrError<ReadyReply>),
+        (status = 503, description = "`not_ready` with the reason, or `overloaded` (the error body) at a connection bound.", body = super::error::OrError<ReadyReply>),
     ))]
 pub(crate) async fn readyz(check: web::Data<ReadinessCheck>) -> HttpResponse {
     match (check.get_ref())() {

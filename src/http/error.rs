@@ -124,3 +124,12 @@ impl From<TxValidationError> for ApiError {
 }
 
 pub type ApiResult<T> = std::result::Result<T, ApiError>;
+
+/// A 503 answer that is either the route's own body (`T`) or the plain error body any
+/// route may answer when the node is at one of its bounds.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum OrError<T> {
+    Reply(T),
+    Error(ErrorReply<'static>),
+}

@@ -22,20 +22,10 @@ use utoipa::openapi::path::Operation;
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
 
 use super::common::{self, Endpoint, register};
-use super::error::ErrorReply;
 use super::{city_api, log_api};
 
 /// The path the document is served at.
 pub const PATH: &str = "/openapi.json";
-
-/// A 503 answer that is either the route's own body (`T`) or the plain error body any
-/// route may answer when the node is at one of its bounds.
-#[derive(serde::Serialize, utoipa::ToSchema)]
-#[serde(untagged)]
-pub enum OrError<T> {
-    Reply(T),
-    Error(ErrorReply<'static>),
-}
 
 #[derive(OpenApi)]
 #[openapi(

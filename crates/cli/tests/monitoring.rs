@@ -25,7 +25,10 @@ fn check_monitoring_fast_passes_on_the_repository() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "scripts/check-monitoring --fast failed:\n{said}");
+    assert!(
+        out.status.success(),
+        "scripts/check-monitoring --fast failed:\n{said}"
+    );
     assert!(said.contains("every check passed"), "{said}");
     assert!(!said.contains("FAIL"), "{said}");
     for check in ["promtool check config", "promtool check rules"] {
