@@ -27,8 +27,16 @@ use crate::city::supervisor::{ActorTable, ActorView};
 use crate::messages::now_ms;
 use crate::storage::upstream::UplinkView;
 
-/// The page itself: HTML, CSS and script in one file.
+/// The page itself: HTML and script in one file, its style inlined from
+/// [`STATUS_PAGE_CSS`] when served.
 pub const CITY_STATUS_HTML: &str = include_str!("status_page.html");
+
+/// The style both status pages share (a city's and `up`'s federation page), inlined into
+/// each where the page says [`STYLE_MARKER`], so that either page is one self-contained file.
+pub const STATUS_PAGE_CSS: &str = include_str!("status_page.css");
+
+/// Where a status page's HTML takes [`STATUS_PAGE_CSS`].
+pub const STYLE_MARKER: &str = "/* status_page.css */";
 
 /// What the status pages may load: their own inline style and script, and requests to the
 /// node that served them.
@@ -42,8 +50,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/status", web::get().to(status));
 }
 
-/// An HTML answer with the status pages' headers.
-pub fn html_page(body: &'static str) -> HttpResponse {
+/// An HTML answer with the status pages' headers, and the shared style inlined.
+pub fn html_page(page: &'static str) -> HttpResponse {
+    let body = page.replacen(STYLE_MARKER, STATUS_PAGE_CSS, 1);
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
         .insert_header((header::CONTENT_SECURITY_POLICY, STATUS_PAGE_CSP))
@@ -130,4 +139,20 @@ async fn status(
         uplink: uplink.map(|u| u.status.view(u.outbox.waiting())),
         actors: actors.views(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[actix_web::test]
+    async fn a_status_page_is_served_whole_with_the_shared_style_inlined() {
+        assert!(CITY_STATUS_HTML.contains(STYLE_MARKER));
+        let answer = html_page(CITY_STATUS_HTML);
+        let body = actix_web::body::to_bytes(answer.into_body()).await.unwrap();
+        let body = std::str::from_utf8(&body).unwrap();
+        assert!(!body.contains(STYLE_MARKER), "the marker is replaced");
+        assert!(body.contains(STATUS_PAGE_CSS.trim()), "by the whole style");
+        assert!(body.contains("<script>"), "and the page keeps its script");
+    }
 }
