@@ -38,6 +38,13 @@ pub const STATUS_PAGE_CSS: &str = include_str!("status_page.css");
 /// Where a status page's HTML takes [`STATUS_PAGE_CSS`].
 pub const STYLE_MARKER: &str = "/* status_page.css */";
 
+/// The script helpers both status pages share (building elements as text, tables), inlined
+/// where the page's script says [`SCRIPT_MARKER`].
+pub const STATUS_PAGE_JS: &str = include_str!("status_page.js");
+
+/// Where a status page's script takes [`STATUS_PAGE_JS`].
+pub const SCRIPT_MARKER: &str = "/* status_page.js */";
+
 /// What the status pages may load: their own inline style and script, and requests to the
 /// node that served them.
 pub const STATUS_PAGE_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
@@ -50,9 +57,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/status", web::get().to(status));
 }
 
-/// An HTML answer with the status pages' headers, and the shared style inlined.
+/// An HTML answer with the status pages' headers, and the shared style and script inlined.
 pub fn html_page(page: &'static str) -> HttpResponse {
-    let body = page.replacen(STYLE_MARKER, STATUS_PAGE_CSS, 1);
+    let body =
+        page.replacen(STYLE_MARKER, STATUS_PAGE_CSS, 1)
+            .replacen(SCRIPT_MARKER, STATUS_PAGE_JS, 1);
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
         .insert_header((header::CONTENT_SECURITY_POLICY, STATUS_PAGE_CSP))
@@ -153,6 +162,11 @@ mod tests {
         let body = std::str::from_utf8(&body).unwrap();
         assert!(!body.contains(STYLE_MARKER), "the marker is replaced");
         assert!(body.contains(STATUS_PAGE_CSS.trim()), "by the whole style");
+        assert!(!body.contains(SCRIPT_MARKER), "the script marker too");
+        assert!(
+            body.contains(STATUS_PAGE_JS.trim()),
+            "by the shared helpers"
+        );
         assert!(body.contains("<script>"), "and the page keeps its script");
     }
 }
